@@ -1,0 +1,4 @@
+//! (being written)
+/// A listen address (being written).
+#[derive(Debug, Clone)]
+pub struct ListenAddr;

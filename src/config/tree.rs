@@ -1,0 +1,4 @@
+//! (being written)
+/// A node (being written).
+#[derive(Debug, Clone)]
+pub struct Node;

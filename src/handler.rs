@@ -1,0 +1,69 @@
+//! Handlers: what a route runs. Registered by name on the [`crate::Host`], looked up by the
+//! route table when a config names them.
+//!
+//! A handler is anything implementing [`Handler`]: an async function from a [`Request`] to a
+//! [`Response`]. A route's extra config keys (`"/sleep": { handler: sleep, duration: 10s }`)
+//! reach the handler in one of two ways:
+//! - [`crate::Host::handler`] takes `async fn(Request, Arc<Params>) -> Response`; the params are
+//!   passed on every call and read at request time;
+//! - [`crate::Host::handler_factory`] takes `fn(&Params) -> Result<impl Handler, ConfigError>`,
+//!   called once when the config is loaded, so bad params are config errors with file, line and
+//!   column (the built-ins work this way).
+//!
+//! What the route matched is in the request's extensions as [`RouteMatch`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::body::Body;
+use crate::config::{ConfigError, Params};
+
+/// The request a handler receives.
+pub type Request = http::Request<hyper::body::Incoming>;
+/// The response a handler returns.
+pub type Response = http::Response<Body>;
+/// A boxed response future.
+pub type BoxFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
+
+/// Something that answers requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Answer one request.
+    fn call(&self, req: Request) -> BoxFuture;
+}
+
+/// Builds a handler from a route's params, once, at config load.
+pub type Factory = Arc<dyn Fn(&Params) -> Result<Arc<dyn Handler>, ConfigError> + Send + Sync>;
+
+/// Set in the request extensions by the router.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// The route pattern as written in the config (`/files/*path`).
+    pub pattern: Arc<str>,
+    /// For a wildcard route, what the wildcard matched (without a leading `/`), else `None`.
+    pub rest: Option<String>,
+}
+
+/// Adapts an `async fn(Request) -> Response` closure into a [`Handler`].
+pub struct FnHandler<F>(pub F);
+
+impl<F, Fut> Handler for FnHandler<F>
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
+{
+    fn call(&self, req: Request) -> BoxFuture {
+        Box::pin((self.0)(req))
+    }
+}
+
+/// A plain-text response with the given status.
+pub fn text(status: http::StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = http::Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

@@ -1,0 +1,117 @@
+//! [`Host`]: the builder a program starts from. It holds the handler registry (name → factory)
+//! and runs the command line (`run`, `check`, `restart`, … and the hidden worker entry point).
+//!
+//! The `apphost` binary is `Host::with_builtins().main()`. A user's own binary registers its
+//! handlers on top and gets every subcommand:
+//!
+//! ```no_run
+//! use apphost::{Host, Request, Response, Body};
+//! use std::sync::Arc;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Host::with_builtins()
+//!         .handler("greet", |_req: Request, _params: Arc<apphost::config::Params>| async {
+//!             Response::new(Body::from("hi\n"))
+//!         })
+//!         .main()
+//! }
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use crate::config::{ConfigError, Params};
+use crate::handler::{Factory, FnHandler, Handler, Request, Response};
+
+/// Handler names → factories.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: BTreeMap<String, Factory>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.factories.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// The factory registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&Factory> {
+        self.factories.get(name)
+    }
+
+    /// Register (or replace) a factory.
+    pub fn insert(&mut self, name: impl Into<String>, factory: Factory) {
+        self.factories.insert(name.into(), factory);
+    }
+}
+
+/// The application host: a handler registry plus the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Host {
+    registry: Registry,
+}
+
+impl Host {
+    /// A host with no handlers registered.
+    pub fn new() -> Host {
+        Host::default()
+    }
+
+    /// A host with the built-in handlers (`hello`, `pid`, `sleep`, `static`, `health`).
+    pub fn with_builtins() -> Host {
+        let mut h = Host::new();
+        crate::handlers::register_builtins(&mut h.registry);
+        h
+    }
+
+    /// Register `name` as an async function of the request and the route's params.
+    pub fn handler<F, Fut>(mut self, name: &str, f: F) -> Host
+    where
+        F: Fn(Request, Arc<Params>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let factory: Factory = Arc::new(move |params: &Params| {
+            let params = Arc::new(params.clone());
+            let f = f.clone();
+            let h: Arc<dyn Handler> =
+                Arc::new(FnHandler(move |req: Request| f(req, params.clone())));
+            Ok(h)
+        });
+        self.registry.insert(name, factory);
+        self
+    }
+
+    /// Register `name` with a factory that validates the route's params once, at config load.
+    pub fn handler_factory<F, H>(mut self, name: &str, f: F) -> Host
+    where
+        F: Fn(&Params) -> Result<H, ConfigError> + Send + Sync + 'static,
+        H: Handler,
+    {
+        let factory: Factory = Arc::new(move |p: &Params| {
+            let h: Arc<dyn Handler> = Arc::new(f(p)?);
+            Ok(h)
+        });
+        self.registry.insert(name, factory);
+        self
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Parse the command line and run it. Returns the process exit code.
+    pub fn main(self) -> ExitCode {
+        crate::cli::main(self)
+    }
+}
