@@ -1,4 +1,173 @@
-//! Command line (being written).
+//! The command line: `run`, `check`, and the hidden `__worker` entry point a supervisor starts.
+//!
+//! Exit codes: 0 success; 1 the host failed at run time (the first worker could not start, a
+//! forced shutdown); 2 bad input (config errors, bad arguments).
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-/// Run the command line.
-pub fn main(_host: crate::Host) -> ExitCode { ExitCode::SUCCESS }
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::host::Host;
+use crate::routes::RouteTable;
+
+#[derive(Parser, Debug)]
+#[command(name = "apphost", version, about = "A zero-downtime application host", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the host in the foreground (the supervisor; its PID never changes across restarts).
+    Run {
+        /// Config file (.yaml, .yml or .toml). Default: $APPHOST_CONFIG, ./server.yaml,
+        /// ./server.toml, ./config/server.yaml, ./config/server.toml, else the embedded default.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate the config and print the servers, listeners and routes it would start.
+    Check {
+        /// Config file (same lookup as `run`).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// A worker process (started by the supervisor, not by hand).
+    #[command(name = "__worker", hide = true)]
+    Worker {
+        /// The config file; absent = the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Parse the process arguments and run.
+pub fn main(host: Host) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Run { config } => run(config.as_deref()),
+        Command::Check { config } => check(&host, config.as_deref()),
+        Command::Worker { config } => {
+            crate::worker::main(host.registry(), crate::worker::WorkerArgs { config })
+        }
+    }
+}
+
+/// Find and load the config: `-c FILE`, else the lookup order, else the embedded default.
+pub fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    match explicit {
+        Some(p) => Config::load(p),
+        None => match crate::config::locate()? {
+            Some(p) => Config::load(&p),
+            None => Ok(Config::embedded()),
+        },
+    }
+}
+
+fn run(explicit: Option<&Path>) -> ExitCode {
+    let config = match load_config(explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("apphost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(&config.log);
+    match &config.source {
+        crate::config::ConfigSource::File(p) => tracing::info!("using config {}", p.display()),
+        crate::config::ConfigSource::Embedded => {
+            tracing::info!("no config file found; using the embedded default")
+        }
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("cannot find my own executable: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config_path = match &config.source {
+        crate::config::ConfigSource::File(p) => Some(p.clone()),
+        crate::config::ConfigSource::Embedded => None,
+    };
+    crate::supervisor::run(crate::supervisor::Options {
+        exe,
+        config_path,
+        config,
+    })
+}
+
+fn check(host: &Host, explicit: Option<&Path>) -> ExitCode {
+    let config = match load_config(explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("apphost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match describe(host, &config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("apphost: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Everything `run` would build, except binding: route tables and TLS pairs. Returns the report.
+fn describe(host: &Host, config: &Config) -> Result<String, String> {
+    use crate::config::duration::format_duration as d;
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "config: {}", config.source);
+    let _ = writeln!(
+        out,
+        "graceful: {}  graceful_timeout: {}  shutdown_timeout: {}  keepalive_grace: {}",
+        config.graceful,
+        d(config.graceful_timeout),
+        d(config.shutdown_timeout),
+        d(config.keepalive_grace)
+    );
+    for s in &config.servers {
+        let table = RouteTable::build(s, host.registry()).map_err(|e| e.to_string())?;
+        let _ = writeln!(out, "server {}:", s.name);
+        for a in &s.http {
+            let _ = writeln!(out, "  listen http://{a}");
+        }
+        if let Some(h) = &s.https {
+            crate::serve::tls::load_pair(&h.cert, &h.key)
+                .map_err(|e| format!("servers.{}.https: {e}", s.name))?;
+            for a in &h.addresses {
+                let _ = writeln!(out, "  listen https://{a}  (cert {})", h.cert.display());
+            }
+        }
+        if let Some(a) = &s.admin {
+            let auth = if a.token.is_some() {
+                "bearer token"
+            } else {
+                "loopback clients only"
+            };
+            let _ = writeln!(out, "  admin {}  ({auth})", a.path);
+        }
+        for (pattern, handler) in table.routes() {
+            let _ = writeln!(out, "  route {pattern} -> {handler}");
+        }
+    }
+    let _ = writeln!(out, "ok");
+    Ok(out)
+}

@@ -17,12 +17,14 @@
 //! asker is told why. See the supervisor module for the state machine.
 
 pub mod body;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod handler;
 pub mod handlers;
 pub mod host;
 pub mod logging;
+pub mod ops;
 pub mod routes;
 pub mod serve;
 pub mod supervisor;

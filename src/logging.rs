@@ -1,1 +1,122 @@
-//! (being written)
+//! Logging with `tracing`: text (default) or JSON lines on stderr, each carrying the process id
+//! in the seed's wording (`pid[1234]: http server started listening on [:8199]`).
+//!
+//! Text: `2026-11-24T13:55:03.123456Z  INFO pid[1234]: message key=value`.
+//! JSON: `{"time":"…","level":"INFO","pid":1234,"msg":"message","key":"value"}`.
+//!
+//! The level comes from `log.level` in the config; `APPHOST_LOG` (a tracing filter such as
+//! `apphost=debug`) overrides it. Worker processes write to a pipe the supervisor reads, so their
+//! lines appear on the supervisor's stderr (and the last ones are kept to explain a failure).
+
+use std::fmt;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Install the global subscriber. Calling it again does nothing.
+pub fn init(cfg: &LogConfig) {
+    let filter = std::env::var("APPHOST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let pid = std::process::id();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match cfg.format {
+        LogFormat::Text => builder.event_format(TextFormat { pid }).try_init(),
+        LogFormat::Json => builder.event_format(JsonFormat { pid }).try_init(),
+    };
+}
+
+struct TextFormat {
+    pid: u32,
+}
+
+impl<S, N> FormatEvent<S, N> for TextFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        SystemTime.format_time(&mut w)?;
+        write!(w, " {:>5} pid[{}]: ", event.metadata().level(), self.pid)?;
+        ctx.field_format().format_fields(w.by_ref(), event)?;
+        writeln!(w)
+    }
+}
+
+struct JsonFormat {
+    pid: u32,
+}
+
+struct JsonVisitor(serde_json::Map<String, serde_json::Value>);
+
+impl Visit for JsonVisitor {
+    fn record_str(&mut self, f: &Field, v: &str) {
+        self.put(f, v.into());
+    }
+    fn record_i64(&mut self, f: &Field, v: i64) {
+        self.put(f, v.into());
+    }
+    fn record_u64(&mut self, f: &Field, v: u64) {
+        self.put(f, v.into());
+    }
+    fn record_bool(&mut self, f: &Field, v: bool) {
+        self.put(f, v.into());
+    }
+    fn record_f64(&mut self, f: &Field, v: f64) {
+        self.put(f, v.into());
+    }
+    fn record_debug(&mut self, f: &Field, v: &dyn fmt::Debug) {
+        self.put(f, format!("{v:?}").into());
+    }
+}
+
+impl JsonVisitor {
+    fn put(&mut self, f: &Field, v: serde_json::Value) {
+        let name = if f.name() == "message" {
+            "msg"
+        } else {
+            f.name()
+        };
+        self.0.insert(name.to_string(), v);
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonFormat
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut time = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        let mut v = JsonVisitor(serde_json::Map::new());
+        v.0.insert("time".into(), time.into());
+        v.0.insert("level".into(), event.metadata().level().as_str().into());
+        v.0.insert("pid".into(), self.pid.into());
+        event.record(&mut v);
+        let line = serde_json::to_string(&v.0).map_err(|_| fmt::Error)?;
+        writeln!(w, "{line}")
+    }
+}

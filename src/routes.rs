@@ -1,18 +1,658 @@
-//! Route table (being written).
-use crate::config::{ConfigError, ServerConfig};
-use crate::handler::{BoxFuture, Request};
+//! The route table: which handler answers a request, built once per server from its config.
+//!
+//! # Matching rules
+//! - A pattern is either an **exact path** (`/pid`) or a **wildcard** ending in `/*name` (or a
+//!   bare `/*`): `/files/*path` matches `/files`, `/files/` and everything below `/files/`, but
+//!   not `/filesx`. `/*rest` matches every path.
+//! - An exact route beats a wildcard route; among wildcards the **longest prefix** wins
+//!   (`/files/img/*p` over `/files/*p` for `/files/img/a.png`).
+//! - Paths are compared as they arrive (still percent-encoded, query excluded); nothing is
+//!   normalised. Handlers that map paths to files must check for `..` themselves (`static` does).
+//! - No match: `404` with the plain-text body `404 page not found\n`.
+//! - A route may list `methods` (a string or a list of strings; written in any case, stored
+//!   uppercase; `GET` implies `HEAD`). Any other method gets `405` with an `Allow` header listing
+//!   them. Without `methods` every request reaches the handler, which decides for itself (the
+//!   built-ins answer `GET` and `HEAD` only).
+//!
+//! Before the handler runs, the request's extensions get a [`RouteMatch`]: the pattern as written
+//! and, for a wildcard, the rest of the path after the prefix, without its leading `/` (still
+//! percent-encoded).
+//!
+//! [`RouteTable::dispatch`] is the hot path: an exact match is one hash lookup; a wildcard match
+//! is one hash lookup per `/` in the path (only when wildcard routes exist). Neither formats
+//! strings; the only allocations are the `RouteMatch` itself (and its `rest` for wildcards).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::ready;
+use std::sync::Arc;
+
+use http::header::ALLOW;
+use http::{HeaderValue, Method, StatusCode};
+
+use crate::config::tree::Value;
+use crate::config::{ConfigError, Params, ServerConfig};
+use crate::handler::{BoxFuture, Handler, Request, Response, RouteMatch, text};
 use crate::host::Registry;
 
-/// A server's routes.
-pub struct RouteTable {}
+/// The body of the `404` answer when no route matches.
+pub const NOT_FOUND_BODY: &str = "404 page not found\n";
+/// The body of the `405` answer when a route does not allow the request's method.
+pub const METHOD_NOT_ALLOWED_BODY: &str = "405 method not allowed\n";
+
+/// A server's routes: built from its config by [`RouteTable::build`], extended by the admin
+/// module with [`RouteTable::insert`], and used for every request by [`RouteTable::dispatch`].
+#[derive(Default)]
+pub struct RouteTable {
+    /// Exact routes by path.
+    exact: HashMap<Box<str>, Arc<Route>>,
+    /// Wildcard routes by prefix (the pattern without `/*name`; `""` for `/*name`).
+    wildcard: HashMap<Box<str>, Arc<Route>>,
+    /// Every route, in the order added (for [`RouteTable::routes`]).
+    list: Vec<Arc<Route>>,
+}
+
+/// One route.
+struct Route {
+    /// The pattern as written.
+    pattern: Arc<str>,
+    /// The handler's registered name.
+    handler_name: Box<str>,
+    handler: Arc<dyn Handler>,
+    /// The allowed methods, if the route restricts them.
+    methods: Option<Allowed>,
+}
+
+/// A route's `methods`, and the `Allow` header value listing them.
+struct Allowed {
+    methods: Box<[Method]>,
+    allow: HeaderValue,
+}
+
+impl Allowed {
+    /// Normalise a method list: drop duplicates, add `HEAD` when `GET` is listed.
+    fn new(mut methods: Vec<Method>) -> Allowed {
+        let mut seen = Vec::with_capacity(methods.len() + 1);
+        for m in methods.drain(..) {
+            if !seen.contains(&m) {
+                seen.push(m);
+            }
+        }
+        if seen.contains(&Method::GET) && !seen.contains(&Method::HEAD) {
+            let at = seen
+                .iter()
+                .position(|m| m == Method::GET)
+                .map_or(0, |i| i + 1);
+            seen.insert(at, Method::HEAD);
+        }
+        let joined = seen
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Methods are tokens, so the joined list is always a valid header value.
+        let allow = HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static(""));
+        Allowed {
+            methods: seen.into_boxed_slice(),
+            allow,
+        }
+    }
+
+    fn allows(&self, m: &Method) -> bool {
+        self.methods.iter().any(|x| x == m)
+    }
+}
+
+/// What a pattern is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Exact,
+    Wildcard,
+}
+
+/// Split a pattern into its kind and its map key (the path, or the wildcard's prefix).
+fn parse_pattern(pattern: &str) -> (Kind, &str) {
+    match pattern.rfind("/*") {
+        Some(i) if !pattern[i + 2..].contains('/') => (Kind::Wildcard, &pattern[..i]),
+        _ => (Kind::Exact, pattern),
+    }
+}
+
+/// Check a pattern as written in a config: it starts with `/`, and `*` appears only as the last
+/// segment's first character.
+fn validate_pattern(pattern: &str) -> Result<(), String> {
+    if !pattern.starts_with('/') {
+        return Err(format!("route pattern {pattern:?} must start with \"/\""));
+    }
+    let (kind, key) = parse_pattern(pattern);
+    let name = match kind {
+        Kind::Wildcard => &pattern[key.len() + 2..],
+        Kind::Exact => "",
+    };
+    if key.contains('*') || name.contains('*') {
+        return Err(format!(
+            "route pattern {pattern:?}: \"*\" is only allowed as the last segment (\"/prefix/*name\")"
+        ));
+    }
+    Ok(())
+}
+
+/// The outcome of a lookup.
+enum Lookup<'t, 'p> {
+    /// A route, and for a wildcard the rest of the path (no leading `/`).
+    Found {
+        route: &'t Route,
+        rest: Option<&'p str>,
+    },
+    /// A route matched but does not allow the method; the `Allow` value.
+    MethodNotAllowed(&'t HeaderValue),
+    /// No route matched.
+    NotFound,
+}
 
 impl RouteTable {
-    /// Build from a server's config.
-    pub fn build(_server: &ServerConfig, _registry: &Registry) -> Result<RouteTable, ConfigError> {
-        todo!()
+    /// An empty table (every request gets `404`).
+    pub fn new() -> RouteTable {
+        RouteTable::default()
     }
-    /// Route one request.
-    pub fn dispatch(&self, _req: Request) -> BoxFuture {
-        todo!()
+
+    /// Build a server's table from its `routes`: each route's handler is looked up in `registry`
+    /// by name and its factory called with the route's params (once, here).
+    ///
+    /// Errors: an unknown handler name, a malformed pattern, two patterns that match the same
+    /// paths, an invalid `methods` list, or whatever the handler's factory rejects.
+    pub fn build(server: &ServerConfig, registry: &Registry) -> Result<RouteTable, ConfigError> {
+        let mut table = RouteTable::new();
+        for route in &server.routes {
+            let params = &route.params;
+            let route_error = |msg: String| {
+                ConfigError::new(
+                    params.file.as_deref(),
+                    Some(params.pos),
+                    params.key_path.clone(),
+                    msg,
+                )
+            };
+            validate_pattern(&route.pattern).map_err(route_error)?;
+            let (kind, key) = parse_pattern(&route.pattern);
+            let map = match kind {
+                Kind::Exact => &table.exact,
+                Kind::Wildcard => &table.wildcard,
+            };
+            if let Some(other) = map.get(key) {
+                return Err(route_error(format!(
+                    "route {:?} matches the same paths as {:?}",
+                    route.pattern, other.pattern
+                )));
+            }
+            let factory = registry.get(&route.handler).ok_or_else(|| {
+                let names: Vec<&str> = registry.names().collect();
+                let registered = if names.is_empty() {
+                    "none registered".to_string()
+                } else {
+                    format!("registered: {}", names.join(", "))
+                };
+                ConfigError::new(
+                    params.file.as_deref(),
+                    Some(route.handler_pos),
+                    format!("{}.handler", params.key_path),
+                    format!("unknown handler {:?} ({registered})", route.handler),
+                )
+            })?;
+            let methods = parse_methods(params)?;
+            let handler = factory(params)?;
+            table.insert(&route.pattern, &route.handler, handler, methods);
+        }
+        Ok(table)
+    }
+
+    /// Add a route, replacing any route that matches the same paths (`/a/*x` and `/a/*y` do).
+    ///
+    /// Used by the admin module for its routes (exact `/debug/admin`, wildcard
+    /// `/debug/admin/*action`). `methods`, when given, restricts the route as a config's
+    /// `methods` would (`GET` implies `HEAD`). The pattern is not validated: anything ending in
+    /// `/*name` is a wildcard, anything else an exact path.
+    pub fn insert(
+        &mut self,
+        pattern: &str,
+        handler_name: &str,
+        handler: Arc<dyn Handler>,
+        methods: Option<Vec<Method>>,
+    ) {
+        let route = Arc::new(Route {
+            pattern: Arc::from(pattern),
+            handler_name: Box::from(handler_name),
+            handler,
+            methods: methods.map(Allowed::new),
+        });
+        let (kind, key) = parse_pattern(pattern);
+        let map = match kind {
+            Kind::Exact => &mut self.exact,
+            Kind::Wildcard => &mut self.wildcard,
+        };
+        match map.insert(Box::from(key), route.clone()) {
+            Some(old) => {
+                if let Some(slot) = self.list.iter_mut().find(|r| Arc::ptr_eq(r, &old)) {
+                    *slot = route;
+                }
+            }
+            None => self.list.push(route),
+        }
+    }
+
+    /// Every route as (pattern, handler name), in the order added.
+    pub fn routes(&self) -> Vec<(String, String)> {
+        self.list
+            .iter()
+            .map(|r| (r.pattern.to_string(), r.handler_name.to_string()))
+            .collect()
+    }
+
+    /// Route one request: `404`, `405`, or the matched handler's answer (with a [`RouteMatch`]
+    /// in the request's extensions).
+    pub fn dispatch(&self, mut req: Request) -> BoxFuture {
+        let (route, rest) = match self.lookup(req.method(), req.uri().path()) {
+            Lookup::Found { route, rest } => (route, rest.map(str::to_owned)),
+            Lookup::MethodNotAllowed(allow) => {
+                return Box::pin(ready(method_not_allowed(allow.clone())));
+            }
+            Lookup::NotFound => return Box::pin(ready(not_found())),
+        };
+        req.extensions_mut().insert(RouteMatch {
+            pattern: route.pattern.clone(),
+            rest,
+        });
+        route.handler.call(req)
+    }
+
+    /// Find the route for `path` and check `method` against it.
+    fn lookup<'t, 'p>(&'t self, method: &Method, path: &'p str) -> Lookup<'t, 'p> {
+        let (route, rest) = match self.exact.get(path) {
+            Some(r) => (&**r, None),
+            None => match self.find_wildcard(path) {
+                Some((r, rest)) => (r, Some(rest)),
+                None => return Lookup::NotFound,
+            },
+        };
+        match &route.methods {
+            Some(a) if !a.allows(method) => Lookup::MethodNotAllowed(&a.allow),
+            _ => Lookup::Found { route, rest },
+        }
+    }
+
+    /// The wildcard route with the longest prefix matching `path`, and the rest of the path.
+    fn find_wildcard<'p>(&self, path: &'p str) -> Option<(&Route, &'p str)> {
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        // Candidate prefixes, longest first: the whole path, then the path cut before each '/'.
+        let mut end = path.len();
+        loop {
+            let prefix = &path[..end];
+            if let Some(r) = self.wildcard.get(prefix) {
+                let rest = &path[end..];
+                return Some((r, rest.strip_prefix('/').unwrap_or(rest)));
+            }
+            end = prefix.rfind('/')?;
+        }
+    }
+}
+
+impl fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.list.iter().map(|r| (&*r.pattern, &*r.handler_name)))
+            .finish()
+    }
+}
+
+/// Read a route's optional `methods`: a string or a list of strings, each an HTTP method (any
+/// case; stored uppercase). `Ok(None)` when absent.
+fn parse_methods(params: &Params) -> Result<Option<Vec<Method>>, ConfigError> {
+    let Some(node) = params.get("methods") else {
+        return Ok(None);
+    };
+    let key_path = format!("{}.methods", params.key_path);
+    let err = |pos, key_path: String, msg: String| {
+        ConfigError::new(params.file.as_deref(), Some(pos), key_path, msg)
+    };
+    let one = |n: &crate::config::Node, key_path: String| -> Result<Method, ConfigError> {
+        let Value::Str(s) = &n.value else {
+            return Err(err(
+                n.pos,
+                key_path,
+                "expected an HTTP method such as \"GET\"".into(),
+            ));
+        };
+        let upper = s.trim().to_ascii_uppercase();
+        if upper.is_empty() {
+            return Err(err(n.pos, key_path, "empty HTTP method".into()));
+        }
+        Method::from_bytes(upper.as_bytes())
+            .map_err(|_| err(n.pos, key_path, format!("invalid HTTP method {s:?}")))
+    };
+    let methods = match &node.value {
+        Value::Str(_) => vec![one(node, key_path)?],
+        Value::Seq(items) => {
+            if items.is_empty() {
+                return Err(err(
+                    node.pos,
+                    key_path,
+                    "list at least one HTTP method (or leave `methods` out to allow all)".into(),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| one(n, format!("{key_path}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        _ => {
+            return Err(err(
+                node.pos,
+                key_path,
+                "expected a list of HTTP methods such as [GET, POST]".into(),
+            ));
+        }
+    };
+    Ok(Some(methods))
+}
+
+/// The `404` answer.
+pub fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)
+}
+
+/// A `405` answer with the given `Allow` value.
+pub fn method_not_allowed(allow: HeaderValue) -> Response {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
+    r.headers_mut().insert(ALLOW, allow);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::{Node, Pos, RouteConfig};
+    use crate::handler::FnHandler;
+    use crate::handlers::test_util::{fetch, params, s, serve};
+
+    /// A handler answering `NAME PATTERN REST` from the request's [`RouteMatch`].
+    fn echo(name: &'static str) -> Arc<dyn Handler> {
+        Arc::new(FnHandler(move |req: Request| async move {
+            let m = req.extensions().get::<RouteMatch>().cloned();
+            let (pattern, rest) = m.map_or(("-".into(), None), |m| (m.pattern, m.rest));
+            text(
+                StatusCode::OK,
+                format!("{name} {pattern} {}", rest.as_deref().unwrap_or("-")),
+            )
+        }))
+    }
+
+    fn table(patterns: &[&str]) -> RouteTable {
+        let mut t = RouteTable::new();
+        for p in patterns {
+            t.insert(p, "echo", echo("x"), None);
+        }
+        t
+    }
+
+    /// The pattern and rest a GET of `path` resolves to; `None` for 404.
+    fn find<'p>(t: &RouteTable, path: &'p str) -> Option<(String, Option<&'p str>)> {
+        match t.lookup(&Method::GET, path) {
+            Lookup::Found { route, rest } => Some((route.pattern.to_string(), rest)),
+            Lookup::MethodNotAllowed(_) => panic!("no methods configured"),
+            Lookup::NotFound => None,
+        }
+    }
+
+    fn found(pattern: &str, rest: Option<&'static str>) -> Option<(String, Option<&'static str>)> {
+        Some((pattern.to_string(), rest))
+    }
+
+    #[test]
+    fn exact_routes() {
+        let t = table(&["/", "/pid", "/a/b/"]);
+        assert_eq!(find(&t, "/"), found("/", None));
+        assert_eq!(find(&t, "/pid"), found("/pid", None));
+        assert_eq!(find(&t, "/a/b/"), found("/a/b/", None));
+        assert_eq!(find(&t, "/pid/"), None);
+        assert_eq!(find(&t, "/a/b"), None);
+        assert_eq!(find(&t, "/nope"), None);
+    }
+
+    #[test]
+    fn wildcard_routes() {
+        let t = table(&["/files/*path"]);
+        assert_eq!(find(&t, "/files"), found("/files/*path", Some("")));
+        assert_eq!(find(&t, "/files/"), found("/files/*path", Some("")));
+        assert_eq!(find(&t, "/files/a/b"), found("/files/*path", Some("a/b")));
+        assert_eq!(find(&t, "/files/a/b/"), found("/files/*path", Some("a/b/")));
+        assert_eq!(find(&t, "/files//x"), found("/files/*path", Some("/x")));
+        assert_eq!(find(&t, "/filesx"), None);
+        assert_eq!(find(&t, "/"), None);
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_exact_beats_wildcard() {
+        let t = table(&["/*all", "/a/*p", "/a/b/*q", "/a/b/c", "/a/b/*"]);
+        assert_eq!(find(&t, "/"), found("/*all", Some("")));
+        assert_eq!(find(&t, "/x/y"), found("/*all", Some("x/y")));
+        assert_eq!(find(&t, "/a"), found("/a/*p", Some("")));
+        assert_eq!(find(&t, "/a/bb"), found("/a/*p", Some("bb")));
+        // `/a/b/*` replaced `/a/b/*q` (same prefix).
+        assert_eq!(find(&t, "/a/b/x"), found("/a/b/*", Some("x")));
+        assert_eq!(find(&t, "/a/b/c"), found("/a/b/c", None));
+        assert_eq!(find(&t, "/a/b/c/d"), found("/a/b/*", Some("c/d")));
+        let routes = t.routes();
+        assert_eq!(routes.len(), 4);
+        assert_eq!(routes[2], ("/a/b/*".to_string(), "echo".to_string()));
+    }
+
+    #[test]
+    fn methods_give_405_with_allow() {
+        let mut t = RouteTable::new();
+        t.insert(
+            "/w",
+            "echo",
+            echo("w"),
+            Some(vec![Method::POST, Method::GET, Method::POST]),
+        );
+        t.insert("/d/*p", "echo", echo("d"), Some(vec![Method::DELETE]));
+        for m in [Method::GET, Method::HEAD, Method::POST] {
+            assert!(matches!(t.lookup(&m, "/w"), Lookup::Found { .. }), "{m}");
+        }
+        match t.lookup(&Method::PUT, "/w") {
+            Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "POST, GET, HEAD"),
+            _ => panic!("PUT allowed"),
+        }
+        match t.lookup(&Method::GET, "/d/x") {
+            Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "DELETE"),
+            _ => panic!("GET allowed"),
+        }
+    }
+
+    fn server(routes: Vec<RouteConfig>) -> ServerConfig {
+        ServerConfig {
+            name: "s".into(),
+            http: vec![],
+            https: None,
+            admin: None,
+            routes,
+        }
+    }
+
+    fn route(pattern: &str, handler: &str, entries: Vec<(&str, Node)>) -> RouteConfig {
+        let mut p = params(PathBuf::from("/"), entries);
+        p.key_path = format!("servers.s.routes.{pattern}");
+        RouteConfig {
+            pattern: pattern.into(),
+            handler: handler.into(),
+            handler_pos: Pos::new(4, 12),
+            params: p,
+        }
+    }
+
+    fn builtins() -> Registry {
+        let mut r = Registry::default();
+        crate::handlers::register_builtins(&mut r);
+        r
+    }
+
+    #[test]
+    fn build_from_config() {
+        let s = server(vec![
+            route("/", "hello", vec![]),
+            route("/pid", "pid", vec![("methods", s("get"))]),
+            route("/h/*x", "health", vec![]),
+        ]);
+        let t = RouteTable::build(&s, &builtins()).unwrap();
+        assert_eq!(
+            t.routes(),
+            [("/", "hello"), ("/pid", "pid"), ("/h/*x", "health")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        match t.lookup(&Method::POST, "/pid") {
+            Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "GET, HEAD"),
+            _ => panic!("POST allowed"),
+        }
+    }
+
+    #[test]
+    fn unknown_handler() {
+        let s = server(vec![route("/x", "helo", vec![])]);
+        let err = RouteTable::build(&s, &builtins()).unwrap_err();
+        assert_eq!(err.pos, Some(Pos::new(4, 12)));
+        assert_eq!(err.key_path, "servers.s.routes./x.handler");
+        assert_eq!(
+            err.message,
+            "unknown handler \"helo\" (registered: health, hello, pid, sleep, static)"
+        );
+    }
+
+    #[test]
+    fn bad_methods() {
+        let seq = |items: Vec<Node>| Node {
+            value: Value::Seq(items),
+            pos: Pos::new(5, 3),
+        };
+        let int = Node {
+            value: Value::Int(1),
+            pos: Pos::new(6, 1),
+        };
+        let cases: Vec<(Node, &str, &str)> = vec![
+            (seq(vec![]), "servers.s.routes./x.methods", "at least one"),
+            (
+                seq(vec![s("GET"), s("G T")]),
+                "servers.s.routes./x.methods[1]",
+                "invalid HTTP method \"G T\"",
+            ),
+            (
+                seq(vec![int.clone()]),
+                "servers.s.routes./x.methods[0]",
+                "expected an HTTP method",
+            ),
+            (int, "servers.s.routes./x.methods", "expected a list"),
+        ];
+        for (node, key_path, msg) in cases {
+            let s = server(vec![route("/x", "pid", vec![("methods", node)])]);
+            let err = RouteTable::build(&s, &builtins()).unwrap_err();
+            assert_eq!(err.key_path, key_path);
+            assert!(err.message.contains(msg), "{err}");
+        }
+        let s = server(vec![route(
+            "/x",
+            "pid",
+            vec![("methods", seq(vec![s("get"), s("Post")]))],
+        )]);
+        let t = RouteTable::build(&s, &builtins()).unwrap();
+        match t.lookup(&Method::PUT, "/x") {
+            Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "GET, HEAD, POST"),
+            _ => panic!("PUT allowed"),
+        }
+    }
+
+    #[test]
+    fn bad_patterns() {
+        for (patterns, msg) in [
+            (vec!["x"], "must start with \"/\""),
+            (vec!["/a*/b"], "only allowed as the last segment"),
+            (vec!["/a/*b*"], "only allowed as the last segment"),
+            (
+                vec!["/a/*x", "/a/*y"],
+                "matches the same paths as \"/a/*x\"",
+            ),
+        ] {
+            let s = server(patterns.iter().map(|p| route(p, "pid", vec![])).collect());
+            let err = RouteTable::build(&s, &builtins()).unwrap_err();
+            assert!(err.message.contains(msg), "{patterns:?}: {err}");
+            assert_eq!(err.pos, Some(Pos::new(2, 5)));
+        }
+    }
+
+    #[test]
+    fn factory_errors_pass_through() {
+        let s = server(vec![route("/s", "sleep", vec![("duraton", s("1s"))])]);
+        let err = RouteTable::build(&s, &builtins()).unwrap_err();
+        assert!(err.to_string().contains("duraton"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn dispatch_over_http() {
+        let mut t = RouteTable::new();
+        t.insert("/e", "echo", echo("e"), None);
+        t.insert("/w/*rest", "echo", echo("w"), Some(vec![Method::GET]));
+        let t = Arc::new(t);
+        let addr = serve(move |req| t.dispatch(req)).await;
+
+        let r = fetch(addr, Method::GET, "/e?q=1", &[]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.body(), "e /e -");
+        let r = fetch(addr, Method::GET, "/w/a/%2e%2e/b", &[]).await;
+        assert_eq!(r.body(), "w /w/*rest a/%2e%2e/b");
+        let r = fetch(addr, Method::GET, "/nope", &[]).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        assert_eq!(r.body(), NOT_FOUND_BODY);
+        let r = fetch(addr, Method::POST, "/w/x", &[]).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()["allow"], "GET, HEAD");
+    }
+
+    #[tokio::test]
+    async fn builtins_over_http() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("www")).unwrap();
+        std::fs::write(tmp.path().join("www/index.html"), "<p>hi</p>\n").unwrap();
+        std::fs::write(tmp.path().join("secret"), "no\n").unwrap();
+        let mut st = route("/files/*path", "static", vec![("dir", s("www"))]);
+        st.params.base_dir = tmp.path().to_path_buf();
+        let s = server(vec![
+            route("/", "hello", vec![("text", s("hey"))]),
+            route("/health", "health", vec![]),
+            st,
+        ]);
+        let t = Arc::new(RouteTable::build(&s, &builtins()).unwrap());
+        let addr = serve(move |req| t.dispatch(req)).await;
+
+        assert_eq!(fetch(addr, Method::GET, "/", &[]).await.body(), "hey\n");
+        let r = fetch(addr, Method::HEAD, "/", &[]).await;
+        assert_eq!(r.headers()["content-length"], "4");
+        assert_eq!(r.body(), "");
+        let r = fetch(addr, Method::PUT, "/health", &[]).await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()["allow"], "GET, HEAD");
+        let r = fetch(addr, Method::GET, "/files/", &[]).await;
+        assert_eq!(r.body(), "<p>hi</p>\n");
+        for path in [
+            "/files/../secret",
+            "/files/%2e%2e/secret",
+            "/files/..%2fsecret",
+        ] {
+            let r = fetch(addr, Method::GET, path, &[]).await;
+            assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+        }
     }
 }

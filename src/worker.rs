@@ -1,1 +1,446 @@
-//! (being written)
+//! A worker: one generation of the host. Started by the supervisor as `EXE __worker …` with the
+//! listening sockets and a channel inherited; never started by hand.
+//!
+//! Start-up: load the config, build every server's route table and TLS, adopt the inherited
+//! sockets by address key and bind the missing ones, start the accept loops, then hand newly
+//! bound sockets to the supervisor (`bound`) and report `ready`. Any failure before that is
+//! reported as `failed` with the reason and the worker exits 2: the supervisor keeps the old
+//! generation serving.
+//!
+//! Serving: the worker waits for the supervisor's `drain`, or for its channel to close (the
+//! supervisor died), then drains (see [`crate::serve`]) within `shutdown_timeout` and exits 0.
+//! Signals sent to the worker itself are turned into requests to the supervisor: SIGUSR1 asks for
+//! a restart; SIGINT, SIGTERM, SIGQUIT and SIGHUP ask for a shutdown.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::channel::{Channel, Msg, Op, WorkerSettings};
+use crate::config::Config;
+use crate::host::Registry;
+use crate::ops::{OpError, OpResult};
+use crate::routes::RouteTable;
+use crate::serve::{self, Endpoint, Serving, tls::CertStore};
+
+/// Environment variable naming the channel descriptor.
+pub const ENV_CHANNEL_FD: &str = "APPHOST_CHANNEL_FD";
+/// Environment variable listing inherited listeners: `KEY=FD,KEY=FD`.
+pub const ENV_LISTEN_FDS: &str = "APPHOST_LISTEN_FDS";
+/// Environment variable with the generation number.
+pub const ENV_GENERATION: &str = "APPHOST_GENERATION";
+
+/// How a worker was asked to start.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    /// The config file; `None` = the embedded default.
+    pub config: Option<PathBuf>,
+}
+
+type Pending = (Op, oneshot::Sender<OpResult>);
+
+/// The process-wide way into the supervisor (set once the worker is serving).
+static REQUESTS: OnceLock<mpsc::UnboundedSender<Pending>> = OnceLock::new();
+
+/// Ask the supervisor for an operation and wait for the answer.
+pub(crate) async fn request(op: Op) -> OpResult {
+    let Some(tx) = REQUESTS.get() else {
+        return Err(OpError::Unavailable(
+            "not running inside an apphost worker".into(),
+        ));
+    };
+    let (rtx, rrx) = oneshot::channel();
+    tx.send((op, rtx))
+        .map_err(|_| OpError::Unavailable("the worker is stopping".into()))?;
+    rrx.await
+        .unwrap_or_else(|_| Err(OpError::Unavailable("the supervisor did not answer".into())))
+}
+
+/// Facts about this worker, for the admin page.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerInfo {
+    /// This generation's number.
+    pub generation: u64,
+    /// The serving state (connection count).
+    pub serving: Option<Arc<Serving>>,
+}
+
+static INFO: Mutex<Option<WorkerInfo>> = Mutex::new(None);
+
+/// This worker's info, if this process is a worker.
+pub fn info() -> Option<WorkerInfo> {
+    INFO.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The worker entry point (the hidden `__worker` subcommand).
+pub fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
+    let generation: u64 = std::env::var(ENV_GENERATION)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let chan_fd = match std::env::var(ENV_CHANNEL_FD)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => match crate::sys::adopt_fd(n) {
+            Ok(fd) => fd,
+            Err(e) => return early_fail(None, &format!("channel fd {n}: {e}")),
+        },
+        None => {
+            eprintln!("apphost: `__worker` is started by `apphost run`, not by hand");
+            return ExitCode::from(2);
+        }
+    };
+    let inherited = match inherited_listeners() {
+        Ok(m) => m,
+        Err(e) => return early_fail(Some(&chan_fd), &e),
+    };
+    let config = match &args.config {
+        Some(p) => Config::load(p),
+        None => Ok(Config::embedded()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => return early_fail(Some(&chan_fd), &e.to_string()),
+    };
+    crate::logging::init(&config.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return early_fail(Some(&chan_fd), &format!("cannot start the runtime: {e}")),
+    };
+    let code = rt.block_on(run(registry, config, chan_fd, inherited, generation));
+    // Connections still open past shutdown_timeout are cut here.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+fn early_fail(chan: Option<&OwnedFd>, reason: &str) -> ExitCode {
+    eprintln!("pid[{}]: cannot start: {reason}", std::process::id());
+    if let Some(fd) = chan {
+        let _ = crate::channel::send_blocking(
+            fd,
+            &Msg::Failed {
+                reason: reason.into(),
+            },
+            &[],
+        );
+    }
+    ExitCode::from(2)
+}
+
+fn inherited_listeners() -> Result<HashMap<String, OwnedFd>, String> {
+    let mut out = HashMap::new();
+    let Ok(v) = std::env::var(ENV_LISTEN_FDS) else {
+        return Ok(out);
+    };
+    for item in v.split(',').filter(|s| !s.is_empty()) {
+        let (key, fd) = item
+            .rsplit_once('=')
+            .ok_or_else(|| format!("{ENV_LISTEN_FDS}: malformed entry {item:?}"))?;
+        let n: i32 = fd
+            .parse()
+            .map_err(|_| format!("{ENV_LISTEN_FDS}: bad fd in {item:?}"))?;
+        let fd =
+            crate::sys::adopt_fd(n).map_err(|e| format!("inherited socket {key} (fd {n}): {e}"))?;
+        out.insert(key.to_string(), fd);
+    }
+    Ok(out)
+}
+
+/// Everything built from the config before serving starts.
+struct Prepared {
+    listeners: Vec<(tokio::net::TcpListener, Endpoint)>,
+    newly_bound: Vec<(String, OwnedFd)>,
+    tls_files: Vec<String>,
+    certs: Vec<Arc<CertStore>>,
+}
+
+fn prepare(
+    registry: &Registry,
+    config: &Config,
+    mut inherited: HashMap<String, OwnedFd>,
+) -> Result<Prepared, String> {
+    let mut listeners = Vec::new();
+    let mut newly_bound = Vec::new();
+    let mut tls_files = Vec::new();
+    let mut certs = Vec::new();
+    for server in &config.servers {
+        let routes = Arc::new(RouteTable::build(server, registry).map_err(|e| e.to_string())?);
+        let acceptor = match &server.https {
+            Some(h) => {
+                let store = CertStore::load(&h.cert, &h.key)
+                    .map_err(|e| format!("servers.{}.https: {e}", server.name))?;
+                let cfg = store.server_config().map_err(|e| e.to_string())?;
+                tls_files.push(h.cert.display().to_string());
+                tls_files.push(h.key.display().to_string());
+                certs.push(store);
+                Some(tokio_rustls::TlsAcceptor::from(cfg))
+            }
+            None => None,
+        };
+        let mut add = |addr: &crate::config::ListenAddr,
+                       tls: Option<tokio_rustls::TlsAcceptor>|
+         -> Result<(), String> {
+            let key = addr.key().to_string();
+            let std_listener = match inherited.remove(&key) {
+                Some(fd) => {
+                    serve::listen::adopt(fd).map_err(|e| format!("inherited socket {key}: {e}"))?
+                }
+                None => {
+                    let l = serve::listen::bind(addr)
+                        .map_err(|e| format!("cannot listen on {key}: {e}"))?;
+                    let dup = l
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| format!("{key}: {e}"))?;
+                    newly_bound.push((key.clone(), dup));
+                    l
+                }
+            };
+            let l = tokio::net::TcpListener::from_std(std_listener)
+                .map_err(|e| format!("{key}: {e}"))?;
+            listeners.push((
+                l,
+                Endpoint {
+                    key,
+                    server: server.name.clone(),
+                    routes: routes.clone(),
+                    tls,
+                },
+            ));
+            Ok(())
+        };
+        for a in &server.http {
+            add(a, None)?;
+        }
+        if let Some(h) = &server.https {
+            for a in &h.addresses {
+                add(a, acceptor.clone())?;
+            }
+        }
+    }
+    // Inherited sockets this config no longer names are closed here; the supervisor closes its
+    // copies once this generation is ready.
+    drop(inherited);
+    Ok(Prepared {
+        listeners,
+        newly_bound,
+        tls_files,
+        certs,
+    })
+}
+
+async fn run(
+    registry: &Registry,
+    config: Config,
+    chan_fd: OwnedFd,
+    inherited: HashMap<String, OwnedFd>,
+    generation: u64,
+) -> ExitCode {
+    let chan = match Channel::new(chan_fd) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("pid[{}]: channel: {e}", std::process::id());
+            return ExitCode::from(2);
+        }
+    };
+    let prepared = match prepare(registry, &config, inherited) {
+        Ok(p) => p,
+        Err(reason) => {
+            tracing::error!("cannot start: {reason}");
+            let _ = chan.send(&Msg::Failed { reason }, &[]).await;
+            return ExitCode::from(2);
+        }
+    };
+    let serving = Serving::new(config.keepalive_grace, config.header_read_timeout);
+    *INFO.lock().unwrap_or_else(|p| p.into_inner()) = Some(WorkerInfo {
+        generation,
+        serving: Some(serving.clone()),
+    });
+    let mut keys = Vec::new();
+    let mut started = Vec::new();
+    for (l, ep) in prepared.listeners {
+        keys.push(ep.key.clone());
+        started.push((ep.key.clone(), ep.tls.is_some()));
+        tokio::spawn(serve::accept_loop(l, ep, serving.clone()));
+    }
+    for (key, fd) in &prepared.newly_bound {
+        if let Err(e) = chan
+            .send(&Msg::Bound { key: key.clone() }, &[fd.as_fd()])
+            .await
+        {
+            tracing::error!("cannot hand socket {key} to the supervisor: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    drop(prepared.newly_bound);
+    let settings = WorkerSettings {
+        graceful: config.graceful,
+        graceful_timeout_ms: config.graceful_timeout.as_millis() as u64,
+        shutdown_timeout_ms: config.shutdown_timeout.as_millis() as u64,
+        listeners: keys,
+        watch_executable: config.watch.executable,
+        watch_config: config.watch.config,
+        watch_settle_ms: config.watch.settle.as_millis() as u64,
+        tls_files: prepared.tls_files,
+    };
+    if chan
+        .send(
+            &Msg::Ready {
+                pid: std::process::id(),
+                settings,
+            },
+            &[],
+        )
+        .await
+        .is_err()
+    {
+        tracing::error!("the supervisor is gone; exiting");
+        return ExitCode::from(2);
+    }
+    let verb = if generation > 1 {
+        "reloaded"
+    } else {
+        "started"
+    };
+    for (key, tls) in &started {
+        let scheme = if *tls { "https" } else { "http" };
+        tracing::info!("{scheme} server {verb} listening on [{key}]");
+    }
+    let _certs = prepared.certs;
+
+    let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Pending>();
+    let _ = REQUESTS.set(req_tx);
+    let mut pending: HashMap<u64, oneshot::Sender<OpResult>> = HashMap::new();
+    let mut next_id = 1u64;
+    let mut sigs = WorkerSignals::new();
+
+    let shutdown = loop {
+        tokio::select! {
+            m = chan.recv() => match m {
+                Ok(Some((Msg::Drain { shutdown }, _))) => break shutdown,
+                Ok(Some((Msg::Reply { id, result }, _))) => deliver(&mut pending, id, result),
+                Ok(Some((other, _))) => tracing::debug!(?other, "unexpected message ignored"),
+                Ok(None) | Err(_) => {
+                    tracing::warn!("lost the supervisor; draining");
+                    break true;
+                }
+            },
+            Some((op, tx)) = req_rx.recv() => {
+                let id = next_id;
+                next_id += 1;
+                match chan.send(&Msg::Request { id, op }, &[]).await {
+                    Ok(()) => { pending.insert(id, tx); }
+                    Err(e) => { let _ = tx.send(Err(OpError::Unavailable(e.to_string()))); }
+                }
+            }
+            s = sigs.next() => {
+                let op = match s {
+                    WorkerSignal::Restart => Op::Restart { exe: None, via: Some("signal".into()) },
+                    WorkerSignal::Stop => Op::Shutdown,
+                };
+                let id = next_id;
+                next_id += 1;
+                let _ = chan.send(&Msg::Request { id, op }, &[]).await;
+            }
+        }
+    };
+    if shutdown {
+        tracing::info!("server shutting down");
+    } else {
+        tracing::info!("server reloading");
+    }
+    serving.start_drain();
+    let deadline = tokio::time::sleep(config.shutdown_timeout);
+    tokio::pin!(deadline);
+    let code = loop {
+        tokio::select! {
+            _ = serving.wait_idle() => {
+                tracing::info!("all servers shutdown");
+                break ExitCode::SUCCESS;
+            }
+            _ = &mut deadline => {
+                tracing::warn!(connections = serving.connections(), "shutdown_timeout reached; closing what is left");
+                tracing::info!("all servers shutdown");
+                break ExitCode::SUCCESS;
+            }
+            m = chan.recv() => match m {
+                Ok(Some((Msg::Reply { id, result }, _))) => deliver(&mut pending, id, result),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    // The supervisor is gone; keep draining to the deadline.
+                    std::future::pending::<()>().await;
+                }
+            },
+            s = sigs.next() => {
+                if s == WorkerSignal::Stop {
+                    tracing::warn!("second stop signal during the drain: exiting now");
+                    break ExitCode::from(1);
+                }
+            }
+        }
+    };
+    code
+}
+
+fn deliver(
+    pending: &mut HashMap<u64, oneshot::Sender<OpResult>>,
+    id: u64,
+    result: serde_json::Value,
+) {
+    if let Some(tx) = pending.remove(&id) {
+        let r: OpResult = serde_json::from_value(result)
+            .unwrap_or_else(|e| Err(OpError::Unavailable(format!("unreadable reply: {e}"))));
+        let _ = tx.send(r);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkerSignal {
+    Restart,
+    Stop,
+}
+
+struct WorkerSignals {
+    streams: Vec<(tokio::signal::unix::Signal, WorkerSignal)>,
+}
+
+impl WorkerSignals {
+    fn new() -> WorkerSignals {
+        let mut streams = Vec::new();
+        for (kind, what) in [
+            (SignalKind::user_defined1(), WorkerSignal::Restart),
+            (SignalKind::interrupt(), WorkerSignal::Stop),
+            (SignalKind::terminate(), WorkerSignal::Stop),
+            (SignalKind::quit(), WorkerSignal::Stop),
+            (SignalKind::hangup(), WorkerSignal::Stop),
+        ] {
+            match signal(kind) {
+                Ok(s) => streams.push((s, what)),
+                Err(e) => tracing::warn!("cannot handle signal {kind:?}: {e}"),
+            }
+        }
+        WorkerSignals { streams }
+    }
+
+    async fn next(&mut self) -> WorkerSignal {
+        std::future::poll_fn(|cx| {
+            for (s, what) in &mut self.streams {
+                if s.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(*what);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}

@@ -19,7 +19,9 @@
 pub mod addr;
 pub mod duration;
 pub mod error;
+mod params;
 pub mod tree;
+mod walk;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +29,7 @@ use std::time::Duration;
 pub use addr::ListenAddr;
 pub use error::{ConfigError, Pos};
 pub use tree::Node;
+pub use walk::locate_in;
 
 /// The embedded default configuration: the seed's first example (one server on `:8199` with `/`,
 /// `/pid`, `/sleep`, admin at `/debug/admin`), used when no config file is found.
@@ -227,16 +230,34 @@ pub fn locate() -> Result<Option<PathBuf>, ConfigError> {
     locate_impl()
 }
 
-// The implementation (`load_impl`, `parse_str`, `locate_impl` and the tree walk) is below.
-
-fn load_impl(_path: &Path) -> Result<Config, ConfigError> {
-    todo!()
+impl Format {
+    /// The format a file name's extension says: `.yaml`/`.yml` or `.toml` (any case).
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "yaml" | "yml" => Some(Format::Yaml),
+            "toml" => Some(Format::Toml),
+            _ => None,
+        }
+    }
 }
 
-fn parse_str(_text: &str, _format: Format, _source: ConfigSource) -> Result<Config, ConfigError> {
-    todo!()
+// The implementation is in `walk` (the tree walk, loading and lookup) and `params`.
+
+fn load_impl(path: &Path) -> Result<Config, ConfigError> {
+    walk::load(path)
+}
+
+/// Parse and validate `text` (errors name the source's file; relative paths resolve against
+/// its directory, or the current directory for the embedded default).
+pub fn parse_str(text: &str, format: Format, source: ConfigSource) -> Result<Config, ConfigError> {
+    walk::parse_source(text, format, source)
 }
 
 fn locate_impl() -> Result<Option<PathBuf>, ConfigError> {
-    todo!()
+    let env = std::env::var_os("APPHOST_CONFIG");
+    locate_in(Path::new("."), env.as_deref())
 }
+
+#[cfg(test)]
+mod tests;

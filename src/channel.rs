@@ -1,0 +1,340 @@
+//! The supervisor ↔ worker channel: a `SOCK_SEQPACKET` Unix socket pair, one JSON message per
+//! packet, optionally carrying file descriptors (SCM_RIGHTS).
+//!
+//! Every message has `"v": 1` (the protocol version) and a `"type"`. Unknown fields are ignored
+//! and an unknown `type` is logged and skipped, so an old supervisor and a new worker (after a
+//! binary upgrade the supervisor is still the old code) keep understanding each other.
+//!
+//! Worker → supervisor: `bound` (with the listening socket it had to bind, so later generations
+//! inherit it), `ready` (with the settings the supervisor needs from the worker's config),
+//! `failed` (it cannot start, and why), `request` (restart/shutdown/status asked for inside the
+//! worker: a signal, the admin page, the library call).
+//! Supervisor → worker: `drain` (stop accepting, finish, exit), `reply` (the answer to a request).
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+
+/// Protocol version carried in every message.
+pub const VERSION: u32 = 1;
+/// Largest message accepted.
+const MAX_MSG: usize = 64 * 1024;
+/// Most descriptors in one message.
+const MAX_FDS: usize = 8;
+
+/// Settings a worker reports with `ready`, taken from the config it loaded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerSettings {
+    /// `graceful`.
+    pub graceful: bool,
+    /// `graceful_timeout` in milliseconds.
+    pub graceful_timeout_ms: u64,
+    /// `shutdown_timeout` in milliseconds.
+    pub shutdown_timeout_ms: u64,
+    /// The listener keys the worker serves (see `ListenAddr::key`).
+    pub listeners: Vec<String>,
+    /// `watch.executable`.
+    #[serde(default)]
+    pub watch_executable: bool,
+    /// `watch.config`.
+    #[serde(default)]
+    pub watch_config: bool,
+    /// `watch.settle` in milliseconds.
+    #[serde(default)]
+    pub watch_settle_ms: u64,
+    /// Certificate and key files in use (watched for renewal).
+    #[serde(default)]
+    pub tls_files: Vec<String>,
+}
+
+/// An operation a worker (or the control socket) asks the supervisor for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Restart, optionally with another executable.
+    Restart {
+        /// The new executable; `None` = the one recorded at start.
+        #[serde(default)]
+        exe: Option<String>,
+        /// What asked (`signal`, `admin`, `cli`, `watch`, `library`), for the record.
+        #[serde(default)]
+        via: Option<String>,
+    },
+    /// Drain everything and exit.
+    Shutdown,
+    /// Report the supervisor's state.
+    Status,
+}
+
+/// A message on the channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Msg {
+    /// Worker → supervisor: here is a socket I bound for `key` (one fd attached).
+    Bound {
+        /// The listener key.
+        key: String,
+    },
+    /// Worker → supervisor: serving; these are my settings.
+    Ready {
+        /// The worker's pid.
+        pid: u32,
+        /// Settings from its config.
+        settings: WorkerSettings,
+    },
+    /// Worker → supervisor: I cannot start.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// Worker → supervisor: please do this, answer with `reply` and the same id.
+    Request {
+        /// Correlation id.
+        id: u64,
+        /// What.
+        #[serde(flatten)]
+        op: Op,
+    },
+    /// Supervisor → worker: stop accepting, drain, exit.
+    Drain {
+        /// True when the whole host is shutting down (log wording differs).
+        shutdown: bool,
+    },
+    /// Supervisor → worker: the answer to `request` `id`, as JSON (see `supervisor::OpResult`).
+    Reply {
+        /// Correlation id.
+        id: u64,
+        /// The result.
+        result: serde_json::Value,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u32,
+    #[serde(flatten)]
+    msg: serde_json::Value,
+}
+
+/// Make a connected pair of channel sockets (both close-on-exec; the spawner clears the flag on
+/// the child's end in the child only).
+pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    Ok((a, b))
+}
+
+fn encode(msg: &Msg) -> io::Result<Vec<u8>> {
+    let value = serde_json::to_value(msg).map_err(io::Error::other)?;
+    serde_json::to_vec(&Envelope {
+        v: VERSION,
+        msg: value,
+    })
+    .map_err(io::Error::other)
+}
+
+/// Decode a packet. `Ok(None)`: a message of a type or version this code does not know.
+fn decode(bytes: &[u8]) -> io::Result<Option<Msg>> {
+    let env: Envelope =
+        serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if env.v != VERSION {
+        tracing::warn!(
+            version = env.v,
+            "channel message of unknown protocol version ignored"
+        );
+        return Ok(None);
+    }
+    match serde_json::from_value::<Msg>(env.msg) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) => {
+            tracing::warn!(error = %e, "channel message not understood, ignored");
+            Ok(None)
+        }
+    }
+}
+
+fn send_raw(fd: impl AsFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("too many descriptors for one message"));
+    }
+    let n = rustix::net::sendmsg(
+        fd,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+    )?;
+    if n != bytes.len() {
+        return Err(io::Error::other("short write on channel"));
+    }
+    Ok(())
+}
+
+/// Receive one packet. `Ok(None)` = the other end closed.
+fn recv_raw(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let r = rustix::net::recvmsg(
+        fd,
+        &mut [IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(it) = m {
+            fds.extend(it);
+        }
+    }
+    if r.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if r.flags.contains(rustix::net::ReturnFlags::TRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "channel message too large",
+        ));
+    }
+    Ok(Some((r.bytes, fds)))
+}
+
+/// Blocking send, for a worker before its runtime starts and for tests.
+pub fn send_blocking(
+    fd: impl AsFd,
+    msg: &Msg,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    let bytes = encode(msg)?;
+    loop {
+        match send_raw(fd.as_fd(), &bytes, fds) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                rustix::event::poll(
+                    &mut [rustix::event::PollFd::new(
+                        &fd.as_fd(),
+                        rustix::event::PollFlags::OUT,
+                    )],
+                    None,
+                )?;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One end of the channel, driven by tokio.
+#[derive(Debug)]
+pub struct Channel {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl Channel {
+    /// Wrap a channel end (must be called inside a tokio runtime).
+    pub fn new(fd: OwnedFd) -> io::Result<Channel> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        Ok(Channel {
+            fd: crate::sys::async_fd(fd)?,
+        })
+    }
+
+    /// Send a message with optional descriptors.
+    pub async fn send(&self, msg: &Msg, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+        let bytes = encode(msg)?;
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| send_raw(fd, &bytes, fds)) {
+                Ok(r) => return r,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Receive the next message this code understands, with the descriptors it carried.
+    /// `Ok(None)` = the other end closed.
+    pub async fn recv(&self) -> io::Result<Option<(Msg, Vec<OwnedFd>)>> {
+        let mut buf = vec![0u8; MAX_MSG];
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let got = match guard.try_io(|fd| recv_raw(fd, &mut buf)) {
+                Ok(r) => r?,
+                Err(_would_block) => continue,
+            };
+            let Some((n, fds)) = got else { return Ok(None) };
+            if let Some(msg) = decode(&buf[..n])? {
+                return Ok(Some((msg, fds)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_and_fds_cross_the_pair() {
+        let (a, b) = pair().unwrap();
+        let a = Channel::new(a).unwrap();
+        let b = Channel::new(b).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        a.send(
+            &Msg::Bound {
+                key: "127.0.0.1:1".into(),
+            },
+            &[l.as_fd()],
+        )
+        .await
+        .unwrap();
+        let (m, fds) = b.recv().await.unwrap().unwrap();
+        assert_eq!(
+            m,
+            Msg::Bound {
+                key: "127.0.0.1:1".into()
+            }
+        );
+        assert_eq!(fds.len(), 1);
+        let got = std::net::TcpListener::from(fds.into_iter().next().unwrap());
+        assert_eq!(got.local_addr().unwrap().port(), port);
+        let req = Msg::Request {
+            id: 7,
+            op: Op::Restart {
+                exe: Some("/bin/x".into()),
+                via: None,
+            },
+        };
+        b.send(&req, &[]).await.unwrap();
+        assert_eq!(a.recv().await.unwrap().unwrap().0, req);
+        drop(b);
+        assert!(a.recv().await.unwrap().is_none());
+    }
+
+    #[test]
+    fn unknown_message_types_are_skipped_not_fatal() {
+        assert!(
+            decode(br#"{"v":1,"type":"from_the_future","x":1}"#)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            decode(br#"{"v":2,"type":"drain","shutdown":true}"#)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            decode(br#"{"v":1,"type":"drain","shutdown":true,"extra":5}"#).unwrap(),
+            Some(Msg::Drain { shutdown: true })
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! Typed access to a route's parameters ([`Params`]) for handler factories: each read checks the
+//! type and reports errors with the file, the value's line and column, and the key path
+//! (`servers.s1.routes./sleep.duration`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::error::{ConfigError, Pos};
+use super::tree::{self, Node, Value};
+use super::walk::{
+    expect_bool, expect_duration, expect_path, expect_str, join, type_error, unknown_key,
+};
+use super::{Format, Params};
+
+/// The key every route may have besides its handler's own (read by the route table).
+const ALWAYS_ALLOWED: &str = "methods";
+
+impl Params {
+    /// No parameters, no file, an empty key path, relative paths against `.`: for tests.
+    pub fn empty() -> Params {
+        Params {
+            file: None,
+            key_path: String::new(),
+            pos: Pos::default(),
+            base_dir: PathBuf::from("."),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The parameters written in `text`, a YAML or TOML map such as `duration: 10s` (for tests of
+    /// handler factories). The key path is `params`, the base directory `.`.
+    pub fn parse(text: &str, format: Format) -> Result<Params, ConfigError> {
+        let node = tree::parse(text, format)?;
+        let entries = match node.value {
+            Value::Map(entries) => entries,
+            Value::Null => Vec::new(),
+            _ => return Err(type_error(None, &node, "params", "a map")),
+        };
+        Ok(Params {
+            key_path: "params".to_string(),
+            pos: node.pos,
+            entries: entries.into_iter().map(|(k, v)| (k.name, v)).collect(),
+            ..Params::empty()
+        })
+    }
+
+    /// The value under `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// The keys, in file order.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(k, _)| k.as_str())
+    }
+
+    /// The key path of `key`: `servers.s1.routes./sleep.duration`.
+    pub fn key_path_of(&self, key: &str) -> String {
+        join(&self.key_path, key)
+    }
+
+    /// `key` as a string; an error if it is something else.
+    pub fn str(&self, key: &str) -> Result<Option<&str>, ConfigError> {
+        self.read(key, |file, node, path| expect_str(file, node, path))
+    }
+
+    /// `key` as a duration (`500ms`, `10s`, `1m30s`).
+    pub fn duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        self.read(key, expect_duration)
+    }
+
+    /// `key` as a path, resolved against the config file's directory when relative.
+    pub fn path(&self, key: &str) -> Result<Option<PathBuf>, ConfigError> {
+        self.read(key, |file, node, path| {
+            expect_path(file, &self.base_dir, node, path)
+        })
+    }
+
+    /// `key` as a boolean.
+    pub fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        self.read(key, expect_bool)
+    }
+
+    /// `key` as a non-negative integer.
+    pub fn u64(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        self.read(key, |file, node, path| {
+            node.as_int()
+                .and_then(|i| u64::try_from(i).ok())
+                .ok_or_else(|| type_error(file, node, path, "a non-negative integer"))
+        })
+    }
+
+    /// `key` as a list of strings; a single string is a list of one.
+    pub fn str_list(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        self.read(key, |file, node, path| match &node.value {
+            Value::Str(s) => Ok(vec![s.clone()]),
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| expect_str(file, n, &format!("{path}[{i}]")).map(str::to_string))
+                .collect(),
+            _ => Err(type_error(
+                file,
+                node,
+                path,
+                "a string or a list of strings",
+            )),
+        })
+    }
+
+    /// An error about `key` (at its value, key path `ROUTE.key`), or about the whole route when
+    /// `key` is `None` (or absent: "missing key" errors point at the route).
+    pub fn error(&self, key: Option<&str>, msg: impl Into<String>) -> ConfigError {
+        match key {
+            Some(k) => {
+                let pos = self.get(k).map_or(self.pos, |n| n.pos);
+                ConfigError::new(self.file(), Some(pos), self.key_path_of(k), msg)
+            }
+            None => ConfigError::new(self.file(), Some(self.pos), self.key_path.clone(), msg),
+        }
+    }
+
+    /// An error for the first key not in `allowed` (`methods` is always allowed), naming the
+    /// nearest allowed key when one is close.
+    pub fn deny_unknown(&self, allowed: &[&str]) -> Result<(), ConfigError> {
+        let mut valid: Vec<&str> = allowed.to_vec();
+        if !valid.contains(&ALWAYS_ALLOWED) {
+            valid.push(ALWAYS_ALLOWED);
+        }
+        for (k, v) in &self.entries {
+            if !valid.contains(&k.as_str()) {
+                return Err(unknown_key(
+                    self.file(),
+                    k,
+                    v.pos,
+                    &self.key_path_of(k),
+                    &valid,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    fn read<'s, T>(
+        &'s self,
+        key: &str,
+        f: impl FnOnce(Option<&Path>, &'s Node, &str) -> Result<T, ConfigError>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(key) {
+            Some(node) => f(self.file(), node, &self.key_path_of(key)).map(Some),
+            None => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,800 @@
+//! The tree walk: turns a parsed [`Node`] tree into a validated [`Config`], plus the pieces shared
+//! with [`Params`](super::Params) (typed reads that report "expected X, found Y", unknown keys
+//! with a "did you mean" hint, path resolution), file loading and config file lookup.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::addr::ListenAddr;
+use super::duration::parse_duration;
+use super::error::{ConfigError, Pos, io_message};
+use super::tree::{self, Key, Node, Value};
+use super::{
+    AdminConfig, Config, ConfigSource, ControlConfig, Format, HttpsConfig, LogConfig, LogFormat,
+    Params, RouteConfig, ServerConfig, WatchConfig,
+};
+
+/// Files tried, in order, when neither `-c` nor `$APPHOST_CONFIG` says which to use.
+pub(super) const CANDIDATES: [&str; 4] = [
+    "server.yaml",
+    "server.toml",
+    "config/server.yaml",
+    "config/server.toml",
+];
+
+const TOP_KEYS: &[&str] = &[
+    "graceful",
+    "graceful_timeout",
+    "shutdown_timeout",
+    "keepalive_grace",
+    "header_read_timeout",
+    "log",
+    "control",
+    "watch",
+    "servers",
+];
+const SERVER_KEYS: &[&str] = &["address", "https", "admin", "routes"];
+const HTTPS_KEYS: &[&str] = &["address", "cert", "key"];
+const ADMIN_KEYS: &[&str] = &["path", "token", "token_file", "allowed_exe_dirs"];
+const LOG_KEYS: &[&str] = &["format", "level"];
+const CONTROL_KEYS: &[&str] = &["socket"];
+const WATCH_KEYS: &[&str] = &["executable", "config", "settle"];
+
+const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
+const DEFAULT_ADMIN_PATH: &str = "/debug/admin";
+
+// ---------------------------------------------------------------------------------------------
+// Loading and lookup
+
+/// `Config::load`: format from the extension, read, canonicalize, parse and walk.
+pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
+    let Some(format) = Format::from_path(path) else {
+        let ext = path
+            .extension()
+            .map(|e| format!("extension \".{}\"", e.to_string_lossy()))
+            .unwrap_or_else(|| "file name without an extension".to_string());
+        return Err(ConfigError::new(
+            Some(path),
+            None,
+            "",
+            format!("unsupported config {ext} (expected .yaml, .yml or .toml)"),
+        ));
+    };
+    let text = fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    let abs = fs::canonicalize(path).map_err(|e| ConfigError::io(path, e))?;
+    let base_dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
+    parse(
+        &text,
+        format,
+        ConfigSource::File(abs),
+        Some(path),
+        &base_dir,
+    )
+}
+
+/// `parse_str`: errors name the source's file; relative paths resolve against its directory
+/// (the current directory for the embedded default).
+pub(super) fn parse_source(
+    text: &str,
+    format: Format,
+    source: ConfigSource,
+) -> Result<Config, ConfigError> {
+    let (file, base_dir) = match &source {
+        ConfigSource::File(p) => (
+            Some(p.clone()),
+            p.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        ),
+        ConfigSource::Embedded => (
+            None,
+            std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        ),
+    };
+    parse(text, format, source, file.as_deref(), &base_dir)
+}
+
+fn parse(
+    text: &str,
+    format: Format,
+    source: ConfigSource,
+    file: Option<&Path>,
+    base_dir: &Path,
+) -> Result<Config, ConfigError> {
+    let root = tree::parse(text, format).map_err(|mut e| {
+        e.file = file.map(Path::to_path_buf);
+        e
+    })?;
+    Walker { file, base_dir }.config(&root, source)
+}
+
+/// Which config file to use, looking in `dir` (the current directory in production) and at the
+/// value of `$APPHOST_CONFIG`: that path if set and non-empty (an error if it does not exist),
+/// else the first existing of `server.yaml`, `server.toml`, `config/server.yaml`,
+/// `config/server.toml`, else `None` (the embedded default). Relative paths are joined to `dir`.
+pub fn locate_in(dir: &Path, env_value: Option<&OsStr>) -> Result<Option<PathBuf>, ConfigError> {
+    if let Some(v) = env_value.filter(|v| !v.is_empty()) {
+        let path = dir.join(v);
+        return match fs::metadata(&path) {
+            Ok(_) => Ok(Some(path)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ConfigError::new(
+                Some(&path),
+                None,
+                "",
+                "the file named by $APPHOST_CONFIG does not exist",
+            )),
+            Err(e) => Err(ConfigError::io(&path, e)),
+        };
+    }
+    Ok(CANDIDATES.iter().map(|c| dir.join(c)).find(|p| p.exists()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers (also used by `Params`)
+
+/// `parent.key`, or `key` at the top.
+pub(super) fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// `expected {expected}, found {what node is}` at the node.
+pub(super) fn type_error(
+    file: Option<&Path>,
+    node: &Node,
+    key_path: &str,
+    expected: &str,
+) -> ConfigError {
+    ConfigError::new(
+        file,
+        Some(node.pos),
+        key_path,
+        format!("expected {expected}, found {}", node.describe()),
+    )
+}
+
+/// An unknown key, with the nearest of `allowed` as a hint (or the list of valid keys).
+pub(super) fn unknown_key(
+    file: Option<&Path>,
+    name: &str,
+    pos: Pos,
+    key_path: &str,
+    allowed: &[&str],
+) -> ConfigError {
+    let hint = match nearest(name, allowed) {
+        Some(s) => format!("did you mean {s:?}?"),
+        None if allowed.is_empty() => "no keys are allowed here".to_string(),
+        None => format!("valid keys: {}", allowed.join(", ")),
+    };
+    ConfigError::new(
+        file,
+        Some(pos),
+        key_path,
+        format!("unknown key {name:?} ({hint})"),
+    )
+}
+
+/// The entry of `allowed` closest to `name` (case-insensitive edit distance at most 2, and less
+/// than the length of `name`), if any.
+fn nearest<'a>(name: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let name_len = name.chars().count();
+    allowed
+        .iter()
+        .map(|a| (edit_distance(&name.to_lowercase(), &a.to_lowercase()), *a))
+        .filter(|&(d, _)| d <= 2 && d < name_len)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, a)| a)
+}
+
+/// Edit distance counting insertions, deletions, substitutions and swaps of adjacent characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let width = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * width];
+    for (i, row) in d.chunks_mut(width).enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d.iter_mut().take(width).enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[(i - 1) * width + j] + 1)
+                .min(d[i * width + j - 1] + 1)
+                .min(d[(i - 1) * width + j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[(i - 2) * width + j - 2] + 1);
+            }
+            d[i * width + j] = best;
+        }
+    }
+    d[a.len() * width + b.len()]
+}
+
+/// A string value.
+pub(super) fn expect_str<'n>(
+    file: Option<&Path>,
+    node: &'n Node,
+    key_path: &str,
+) -> Result<&'n str, ConfigError> {
+    node.as_str()
+        .ok_or_else(|| type_error(file, node, key_path, "a string"))
+}
+
+/// A boolean value.
+pub(super) fn expect_bool(
+    file: Option<&Path>,
+    node: &Node,
+    key_path: &str,
+) -> Result<bool, ConfigError> {
+    node.as_bool()
+        .ok_or_else(|| type_error(file, node, key_path, "a boolean"))
+}
+
+/// A duration: a string such as `10s`. A bare number gets the duration message, which says a
+/// unit is needed.
+pub(super) fn expect_duration(
+    file: Option<&Path>,
+    node: &Node,
+    key_path: &str,
+) -> Result<Duration, ConfigError> {
+    let text = match &node.value {
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        _ => return Err(type_error(file, node, key_path, "a duration such as 10s")),
+    };
+    parse_duration(&text).map_err(|m| ConfigError::new(file, Some(node.pos), key_path, m))
+}
+
+/// A non-empty path, resolved against `base_dir` when relative.
+pub(super) fn expect_path(
+    file: Option<&Path>,
+    base_dir: &Path,
+    node: &Node,
+    key_path: &str,
+) -> Result<PathBuf, ConfigError> {
+    let s = expect_str(file, node, key_path)?;
+    if s.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            Some(node.pos),
+            key_path,
+            "the path is empty",
+        ));
+    }
+    Ok(resolve(base_dir, Path::new(s)))
+}
+
+/// `base_dir.join(p)` without `.` components.
+pub(super) fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
+    base_dir
+        .join(p)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The walk
+
+/// A listener found in the file, for the conflict check.
+struct Listener {
+    addr: ListenAddr,
+    key_path: String,
+    pos: Pos,
+}
+
+/// The entries of a map whose keys were all checked against a list of allowed keys.
+struct Fields<'n> {
+    node: &'n Node,
+    entries: &'n [(Key, Node)],
+    path: String,
+}
+
+impl<'n> Fields<'n> {
+    /// The value under `key` and its key path.
+    fn get(&self, key: &str) -> Option<(&'n Node, String)> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| (v, join(&self.path, key)))
+    }
+}
+
+struct Walker<'a> {
+    file: Option<&'a Path>,
+    base_dir: &'a Path,
+}
+
+impl Walker<'_> {
+    fn err(&self, pos: Pos, key_path: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(self.file, Some(pos), key_path, message)
+    }
+
+    /// A map with only `allowed` keys.
+    fn fields<'n>(
+        &self,
+        node: &'n Node,
+        path: &str,
+        allowed: &[&str],
+    ) -> Result<Fields<'n>, ConfigError> {
+        let entries = node
+            .as_map()
+            .ok_or_else(|| type_error(self.file, node, path, "a map"))?;
+        for (k, _) in entries {
+            if !allowed.contains(&k.name.as_str()) {
+                return Err(unknown_key(
+                    self.file,
+                    &k.name,
+                    k.pos,
+                    &join(path, &k.name),
+                    allowed,
+                ));
+            }
+        }
+        Ok(Fields {
+            node,
+            entries,
+            path: path.to_string(),
+        })
+    }
+
+    fn required<'n>(&self, f: &Fields<'n>, key: &str) -> Result<(&'n Node, String), ConfigError> {
+        f.get(key)
+            .ok_or_else(|| self.err(f.node.pos, &f.path, format!("missing key {key:?}")))
+    }
+
+    fn bool_or(&self, f: &Fields<'_>, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match f.get(key) {
+            Some((n, p)) => expect_bool(self.file, n, &p),
+            None => Ok(default),
+        }
+    }
+
+    fn duration_or(
+        &self,
+        f: &Fields<'_>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match f.get(key) {
+            Some((n, p)) => expect_duration(self.file, n, &p),
+            None => Ok(default),
+        }
+    }
+
+    fn path(&self, node: &Node, key_path: &str) -> Result<PathBuf, ConfigError> {
+        expect_path(self.file, self.base_dir, node, key_path)
+    }
+
+    /// A non-empty string.
+    fn non_empty_str<'n>(&self, node: &'n Node, key_path: &str) -> Result<&'n str, ConfigError> {
+        let s = expect_str(self.file, node, key_path)?;
+        if s.trim().is_empty() {
+            return Err(self.err(node.pos, key_path, "must not be empty"));
+        }
+        Ok(s)
+    }
+
+    fn config(&self, root: &Node, source: ConfigSource) -> Result<Config, ConfigError> {
+        if root.value == Value::Null {
+            return Err(ConfigError::new(
+                self.file,
+                None,
+                "",
+                "the config is empty (it needs at least a \"servers\" map)",
+            ));
+        }
+        let top = self.fields(root, "", TOP_KEYS)?;
+        let graceful = self.bool_or(&top, "graceful", false)?;
+        let graceful_timeout =
+            self.duration_or(&top, "graceful_timeout", DEFAULT_GRACEFUL_TIMEOUT)?;
+        let shutdown_timeout =
+            self.duration_or(&top, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)?;
+        let keepalive_grace = self.duration_or(&top, "keepalive_grace", DEFAULT_KEEPALIVE_GRACE)?;
+        let header_read_timeout =
+            self.duration_or(&top, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)?;
+        let log = match top.get("log") {
+            Some((n, p)) => self.log(n, &p)?,
+            None => LogConfig {
+                format: LogFormat::Text,
+                level: "info".to_string(),
+            },
+        };
+        let control = match top.get("control") {
+            Some((n, p)) => {
+                let f = self.fields(n, &p, CONTROL_KEYS)?;
+                ControlConfig {
+                    socket: match f.get("socket") {
+                        Some((n, p)) => Some(self.path(n, &p)?),
+                        None => None,
+                    },
+                }
+            }
+            None => ControlConfig::default(),
+        };
+        let watch = match top.get("watch") {
+            Some((n, p)) => {
+                let f = self.fields(n, &p, WATCH_KEYS)?;
+                WatchConfig {
+                    executable: self.bool_or(&f, "executable", graceful)?,
+                    config: self.bool_or(&f, "config", graceful)?,
+                    settle: self.duration_or(&f, "settle", DEFAULT_SETTLE)?,
+                }
+            }
+            None => WatchConfig {
+                executable: graceful,
+                config: graceful,
+                settle: DEFAULT_SETTLE,
+            },
+        };
+        let Some((servers_node, servers_path)) = top.get("servers") else {
+            return Err(ConfigError::new(
+                self.file,
+                None,
+                "",
+                "missing key \"servers\" (a map of server names to servers)",
+            ));
+        };
+        let servers = self.servers(servers_node, &servers_path)?;
+        Ok(Config {
+            source,
+            graceful,
+            graceful_timeout,
+            shutdown_timeout,
+            keepalive_grace,
+            header_read_timeout,
+            log,
+            control,
+            watch,
+            servers,
+        })
+    }
+
+    fn log(&self, node: &Node, path: &str) -> Result<LogConfig, ConfigError> {
+        let f = self.fields(node, path, LOG_KEYS)?;
+        let format = match f.get("format") {
+            Some((n, p)) => match expect_str(self.file, n, &p)? {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(self.err(
+                        n.pos,
+                        &p,
+                        format!("unknown log format {other:?} (expected text or json)"),
+                    ));
+                }
+            },
+            None => LogFormat::Text,
+        };
+        let level = match f.get("level") {
+            Some((n, p)) => self.non_empty_str(n, &p)?.trim().to_string(),
+            None => "info".to_string(),
+        };
+        Ok(LogConfig { format, level })
+    }
+
+    fn servers(&self, node: &Node, path: &str) -> Result<Vec<ServerConfig>, ConfigError> {
+        let entries = node
+            .as_map()
+            .ok_or_else(|| type_error(self.file, node, path, "a map of server names to servers"))?;
+        if entries.is_empty() {
+            return Err(self.err(node.pos, path, "there must be at least one server"));
+        }
+        let mut servers = Vec::with_capacity(entries.len());
+        let mut listeners: Vec<Listener> = Vec::new();
+        for (k, v) in entries {
+            let spath = join(path, &k.name);
+            if k.name.trim().is_empty() {
+                return Err(self.err(k.pos, &spath, "a server name must not be empty"));
+            }
+            servers.push(self.server(&k.name, v, &spath, &mut listeners)?);
+        }
+        for (j, b) in listeners.iter().enumerate() {
+            if let Some(a) = listeners[..j]
+                .iter()
+                .find(|a| a.addr.conflicts_with(&b.addr))
+            {
+                let what = if a.addr == b.addr {
+                    format!(
+                        "listen address {:?} is already used at {}",
+                        b.addr.key(),
+                        a.key_path
+                    )
+                } else {
+                    format!(
+                        "listen address {:?} conflicts with {:?} at {} (same port)",
+                        b.addr.key(),
+                        a.addr.key(),
+                        a.key_path
+                    )
+                };
+                return Err(self.err(b.pos, &b.key_path, what));
+            }
+        }
+        servers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(servers)
+    }
+
+    fn server(
+        &self,
+        name: &str,
+        node: &Node,
+        path: &str,
+        listeners: &mut Vec<Listener>,
+    ) -> Result<ServerConfig, ConfigError> {
+        let f = self.fields(node, path, SERVER_KEYS)?;
+        let http = match f.get("address") {
+            Some((n, p)) => self.addresses(n, &p, listeners)?,
+            None => Vec::new(),
+        };
+        let https = match f.get("https") {
+            Some((n, p)) => Some(self.https(n, &p, listeners)?),
+            None => None,
+        };
+        if http.is_empty() && https.is_none() {
+            return Err(self.err(
+                node.pos,
+                path,
+                "a server needs at least one address (\"address\" or \"https\")",
+            ));
+        }
+        let admin = match f.get("admin") {
+            Some((n, p)) => self.admin(n, &p)?,
+            None => None,
+        };
+        let routes = match f.get("routes") {
+            Some((n, p)) => self.routes(n, &p)?,
+            None => Vec::new(),
+        };
+        Ok(ServerConfig {
+            name: name.to_string(),
+            http,
+            https,
+            admin,
+            routes,
+        })
+    }
+
+    /// A string or a non-empty list of strings, each a listen address.
+    fn addresses(
+        &self,
+        node: &Node,
+        path: &str,
+        listeners: &mut Vec<Listener>,
+    ) -> Result<Vec<ListenAddr>, ConfigError> {
+        let items: Vec<(&Node, String)> = match &node.value {
+            Value::Str(_) => vec![(node, path.to_string())],
+            Value::Seq(items) if items.is_empty() => {
+                return Err(self.err(node.pos, path, "expected at least one address"));
+            }
+            Value::Seq(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n, format!("{path}[{i}]")))
+                .collect(),
+            _ => {
+                return Err(type_error(
+                    self.file,
+                    node,
+                    path,
+                    "an address or a list of addresses",
+                ));
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (n, p) in items {
+            let s = expect_str(self.file, n, &p)?;
+            let addr = ListenAddr::parse(s).map_err(|m| self.err(n.pos, &p, m))?;
+            listeners.push(Listener {
+                addr: addr.clone(),
+                key_path: p,
+                pos: n.pos,
+            });
+            out.push(addr);
+        }
+        Ok(out)
+    }
+
+    fn https(
+        &self,
+        node: &Node,
+        path: &str,
+        listeners: &mut Vec<Listener>,
+    ) -> Result<HttpsConfig, ConfigError> {
+        let f = self.fields(node, path, HTTPS_KEYS)?;
+        let (an, ap) = self.required(&f, "address")?;
+        let (cn, cp) = self.required(&f, "cert")?;
+        let (kn, kp) = self.required(&f, "key")?;
+        let addresses = self.addresses(an, &ap, listeners)?;
+        let cert = self.readable_file(cn, &cp)?;
+        let key = self.readable_file(kn, &kp)?;
+        Ok(HttpsConfig {
+            addresses,
+            cert,
+            key,
+            pos: node.pos,
+        })
+    }
+
+    /// A path to a file that exists and can be opened (its content is checked elsewhere).
+    fn readable_file(&self, node: &Node, path: &str) -> Result<PathBuf, ConfigError> {
+        let p = self.path(node, path)?;
+        match fs::File::open(&p).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_dir() => Err(self.err(
+                node.pos,
+                path,
+                format!(
+                    "cannot read {:?}: it is a directory",
+                    p.display().to_string()
+                ),
+            )),
+            Ok(_) => Ok(p),
+            Err(e) => Err(self.err(
+                node.pos,
+                path,
+                format!(
+                    "cannot read {:?}: {}",
+                    p.display().to_string(),
+                    io_message(&e)
+                ),
+            )),
+        }
+    }
+
+    fn admin(&self, node: &Node, path: &str) -> Result<Option<AdminConfig>, ConfigError> {
+        let defaults = AdminConfig {
+            path: DEFAULT_ADMIN_PATH.to_string(),
+            token: None,
+            allowed_exe_dirs: Vec::new(),
+        };
+        match &node.value {
+            Value::Bool(true) => return Ok(Some(defaults)),
+            Value::Bool(false) => return Ok(None),
+            Value::Map(_) => {}
+            _ => return Err(type_error(self.file, node, path, "a map or a boolean")),
+        }
+        let f = self.fields(node, path, ADMIN_KEYS)?;
+        let mut admin = defaults;
+        if let Some((n, p)) = f.get("path") {
+            let s = expect_str(self.file, n, &p)?;
+            if !s.starts_with('/') {
+                return Err(self.err(n.pos, &p, format!("{s:?} must start with /")));
+            }
+            if s.len() > 1 && s.ends_with('/') {
+                return Err(self.err(n.pos, &p, format!("{s:?} must not end with /")));
+            }
+            if s.chars().any(|c| c.is_whitespace() || c == '*') {
+                return Err(self.err(n.pos, &p, format!("{s:?} must not contain spaces or *")));
+            }
+            admin.path = s.to_string();
+        }
+        let token = match f.get("token") {
+            Some((n, p)) => Some(self.non_empty_str(n, &p)?.to_string()),
+            None => None,
+        };
+        if let Some((n, p)) = f.get("token_file") {
+            if token.is_some() {
+                return Err(self.err(
+                    n.pos,
+                    &p,
+                    "token and token_file are mutually exclusive (use one)",
+                ));
+            }
+            let file = self.path(n, &p)?;
+            let shown = file.display().to_string();
+            let text = fs::read_to_string(&file).map_err(|e| {
+                self.err(
+                    n.pos,
+                    &p,
+                    format!("cannot read {shown:?}: {}", io_message(&e)),
+                )
+            })?;
+            let t = text.trim();
+            if t.is_empty() {
+                return Err(self.err(n.pos, &p, format!("{shown:?} is empty")));
+            }
+            admin.token = Some(t.to_string());
+        } else {
+            admin.token = token;
+        }
+        if let Some((n, p)) = f.get("allowed_exe_dirs") {
+            let items = n
+                .as_seq()
+                .ok_or_else(|| type_error(self.file, n, &p, "a list of directories"))?;
+            for (i, item) in items.iter().enumerate() {
+                let dir = self.path(item, &format!("{p}[{i}]"))?;
+                admin.allowed_exe_dirs.push(dir);
+            }
+        }
+        Ok(Some(admin))
+    }
+
+    fn routes(&self, node: &Node, path: &str) -> Result<Vec<RouteConfig>, ConfigError> {
+        let entries = node
+            .as_map()
+            .ok_or_else(|| type_error(self.file, node, path, "a map of paths to handlers"))?;
+        let mut routes = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
+            let rpath = join(path, &k.name);
+            check_pattern(&k.name).map_err(|m| self.err(k.pos, &rpath, m))?;
+            routes.push(self.route(&k.name, v, &rpath)?);
+        }
+        Ok(routes)
+    }
+
+    fn route(&self, pattern: &str, node: &Node, path: &str) -> Result<RouteConfig, ConfigError> {
+        let params = |pos: Pos, entries: Vec<(String, Node)>| Params {
+            file: self.file.map(Path::to_path_buf),
+            key_path: path.to_string(),
+            pos,
+            base_dir: self.base_dir.to_path_buf(),
+            entries,
+        };
+        match &node.value {
+            Value::Str(_) => {
+                let handler = self.non_empty_str(node, path)?;
+                Ok(RouteConfig {
+                    pattern: pattern.to_string(),
+                    handler: handler.to_string(),
+                    handler_pos: node.pos,
+                    params: params(node.pos, Vec::new()),
+                })
+            }
+            Value::Map(entries) => {
+                let Some((_, h)) = entries.iter().find(|(k, _)| k.name == "handler") else {
+                    return Err(self.err(node.pos, path, "missing key \"handler\""));
+                };
+                let handler = self.non_empty_str(h, &join(path, "handler"))?;
+                let rest = entries
+                    .iter()
+                    .filter(|(k, _)| k.name != "handler")
+                    .map(|(k, v)| (k.name.clone(), v.clone()))
+                    .collect();
+                Ok(RouteConfig {
+                    pattern: pattern.to_string(),
+                    handler: handler.to_string(),
+                    handler_pos: h.pos,
+                    params: params(node.pos, rest),
+                })
+            }
+            _ => Err(type_error(
+                self.file,
+                node,
+                path,
+                "a handler name or a map with a \"handler\" key",
+            )),
+        }
+    }
+}
+
+/// A route pattern starts with `/`; a `*` may only start the last segment, as in `/files/*path`.
+fn check_pattern(pattern: &str) -> Result<(), String> {
+    if !pattern.starts_with('/') {
+        return Err(format!("route {pattern:?} must start with /"));
+    }
+    if let Some(star) = pattern.find('*') {
+        let name = &pattern[star + 1..];
+        let well_placed =
+            pattern[..star].ends_with('/') && !name.is_empty() && !name.contains(['*', '/']);
+        if !well_placed {
+            return Err(format!(
+                "route {pattern:?}: a * is only allowed as a final /*name segment (e.g. /files/*path)"
+            ));
+        }
+    }
+    if pattern.chars().any(char::is_whitespace) {
+        return Err(format!("route {pattern:?} must not contain spaces"));
+    }
+    Ok(())
+}

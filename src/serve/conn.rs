@@ -1,0 +1,126 @@
+//! One connection: optional TLS handshake, then HTTP/1.1 or HTTP/2 through hyper-util, then the
+//! drain rules described in the [`crate::serve`] module doc.
+//!
+//! Protocol choice: on TLS, ALPN decides (`h2` or `http/1.1`); on plain TCP, hyper-util's auto
+//! builder looks for the HTTP/2 prior-knowledge preface (h2c) and otherwise speaks HTTP/1.1.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{CONNECTION, HeaderValue};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::{Endpoint, Serving};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    /// Plain TCP: HTTP/1.1 or h2c prior knowledge.
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// Serve one accepted TCP connection to the end.
+pub async fn serve(stream: TcpStream, ep: Endpoint, serving: Arc<Serving>) {
+    match &ep.tls {
+        None => serve_io(stream, Proto::Auto, ep, serving).await,
+        Some(acceptor) => {
+            let hs = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
+            let tls = tokio::select! {
+                r = hs => r,
+                // A handshake still going on when the drain starts is given up: the client has
+                // sent no request yet and will see a failed TLS handshake it can retry.
+                _ = serving.drained_signal() => return,
+            };
+            match tls {
+                Ok(Ok(tls)) => {
+                    let proto = match tls.get_ref().1.alpn_protocol() {
+                        Some(b"h2") => Proto::Http2,
+                        _ => Proto::Http1,
+                    };
+                    serve_io(tls, proto, ep, serving).await
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %ep.key, error = %e, "TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(listener = %ep.key, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+fn builder(proto: Proto, serving: &Serving) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(serving.header_read_timeout);
+    b.http2().timer(TokioTimer::new());
+    match proto {
+        Proto::Auto => b,
+        Proto::Http1 => b.http1_only(),
+        Proto::Http2 => b.http2_only(),
+    }
+}
+
+async fn serve_io<I>(io: I, proto: Proto, ep: Endpoint, serving: Arc<Serving>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Set by the service when it sees an HTTP/2 request (plain connections only learn their
+    // protocol from the first request).
+    let is_h2 = Arc::new(AtomicBool::new(proto == Proto::Http2));
+    let svc = {
+        let routes = ep.routes.clone();
+        let serving = serving.clone();
+        let is_h2 = is_h2.clone();
+        service_fn(move |req: crate::Request| {
+            let http1 = req.version() < http::Version::HTTP_2;
+            if !http1 {
+                is_h2.store(true, Ordering::Relaxed);
+            }
+            let fut = routes.dispatch(req);
+            let serving = serving.clone();
+            async move {
+                let mut resp = fut.await;
+                // Once draining, every HTTP/1 response closes its connection: the client learns
+                // it before sending another request, so none is lost.
+                if http1 && serving.is_draining() {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let b = builder(proto, &serving);
+    let conn = b.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+
+    tokio::select! {
+        r = conn.as_mut() => { log_end(&ep, r); return; }
+        _ = serving.drained_signal() => {}
+    }
+    if !is_h2.load(Ordering::Relaxed) {
+        // HTTP/1: give a keep-alive client the chance to send the request it may already have
+        // on the wire; its response will carry `Connection: close`.
+        tokio::select! {
+            r = conn.as_mut() => { log_end(&ep, r); return; }
+            _ = tokio::time::sleep(serving.keepalive_grace) => {}
+        }
+    }
+    // HTTP/2: GOAWAY now. HTTP/1 idle past the grace: close; busy: finish the response, then close.
+    conn.as_mut().graceful_shutdown();
+    let r = conn.await;
+    log_end(&ep, r);
+}
+
+fn log_end(ep: &Endpoint, r: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(e) = r {
+        tracing::debug!(listener = %ep.key, error = %e, "connection ended with an error");
+    }
+}

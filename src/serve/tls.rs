@@ -1,0 +1,145 @@
+//! TLS: loading a PEM certificate chain and key, the rustls server config (ALPN `h2`,
+//! `http/1.1`), and [`CertStore`], the certificate resolver whose pair can be swapped while
+//! serving (certificate renewal without a restart).
+//!
+//! PEM is read with `rustls-pki-types`' `PemObject`. The crypto provider is *ring*, passed
+//! explicitly to every config rather than installed process-wide.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Why a certificate/key pair could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The certificate file could not be read or holds no certificate.
+    #[error("certificate {path}: {reason}")]
+    Cert {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The key file could not be read or holds no private key.
+    #[error("private key {path}: {reason}")]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The key does not belong to the certificate, or is of an unsupported kind.
+    #[error("certificate {cert} and key {key} cannot be used together: {reason}")]
+    Pair {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
+}
+
+/// The crypto provider apphost uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Load and check a certificate chain and its private key.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| TlsError::Cert {
+            path: cert.into(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert {
+            path: cert.into(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert.into(),
+            reason: "no CERTIFICATE block found".into(),
+        });
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.into(),
+        reason: e.to_string(),
+    })?;
+    CertifiedKey::from_der(chain, der, &provider()).map_err(|e| TlsError::Pair {
+        cert: cert.into(),
+        key: key.into(),
+        reason: match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "the private key does not match the certificate".into()
+            }
+            other => other.to_string(),
+        },
+    })
+}
+
+/// A certificate resolver holding one pair, replaceable at any time.
+#[derive(Debug)]
+pub struct CertStore {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Load the pair from files.
+    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+        let ck = load_pair(cert, key)?;
+        Ok(Arc::new(CertStore {
+            cert_path: cert.into(),
+            key_path: key.into(),
+            current: RwLock::new(Arc::new(ck)),
+        }))
+    }
+
+    /// The files this store was loaded from.
+    pub fn paths(&self) -> (&Path, &Path) {
+        (&self.cert_path, &self.key_path)
+    }
+
+    /// Load the files again; on success new handshakes use the new pair, on failure the old pair
+    /// stays and the error is returned.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let ck = load_pair(&self.cert_path, &self.key_path)?;
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *cur = Arc::new(ck);
+        Ok(())
+    }
+
+    /// A rustls server config serving this store's pair, with ALPN `h2` and `http/1.1`.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Pair {
+                cert: self.cert_path.clone(),
+                key: self.key_path.clone(),
+                reason: e.to_string(),
+            })?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}

@@ -1,0 +1,172 @@
+//! Starting one generation (a worker process) and the tasks that follow it: its channel, its
+//! stderr (copied to ours, the last lines kept to explain a failure).
+//!
+//! The worker is started as `EXE __worker [--config FILE]` with:
+//! - every listening socket the supervisor holds, inherited under the same descriptor numbers and
+//!   listed in `APPHOST_LISTEN_FDS=KEY=FD,…`;
+//! - its end of a fresh channel in `APPHOST_CHANNEL_FD`, and `APPHOST_GENERATION`;
+//! - its own process group (so a terminal's Ctrl-C reaches only the supervisor, which decides),
+//!   and `SIGTERM` as parent-death signal (so it never outlives a killed supervisor);
+//! - no systemd variables (`NOTIFY_SOCKET`, `LISTEN_*`): the supervisor speaks for it.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rustix::process::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use super::Event;
+use crate::channel::{self, Channel};
+
+/// Lines of a worker's stderr kept for failure reports.
+const TAIL_LINES: usize = 12;
+
+/// One started worker.
+#[derive(Debug)]
+pub struct Generation {
+    /// Its number (1 for the first).
+    pub id: u64,
+    /// Its process id.
+    pub pid: Pid,
+    /// The executable it runs.
+    pub exe: PathBuf,
+    /// The supervisor's end of its channel.
+    pub chan: Arc<Channel>,
+    /// The last lines it wrote to stderr.
+    pub tail: Arc<Mutex<VecDeque<String>>>,
+    /// When it was started.
+    pub started: Instant,
+    /// When it reported ready.
+    pub ready_at: Option<Instant>,
+    /// Sockets it bound and handed over, kept aside until it is ready.
+    pub bound: Vec<(String, OwnedFd)>,
+    /// Listener keys it serves (from its ready report).
+    pub listeners: Vec<String>,
+    /// True once told to drain.
+    pub draining: bool,
+}
+
+impl Generation {
+    /// The end of its stderr, one line per entry, for error reports.
+    pub fn stderr_tail(&self) -> String {
+        let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Its pid as a number.
+    pub fn pid_u32(&self) -> u32 {
+        self.pid.as_raw_nonzero().get() as u32
+    }
+}
+
+/// Start generation `id` from `exe`, handing it `listeners`. Must be called on the supervisor's
+/// event-loop thread, which also reaps children: the caller registers the pid before the loop
+/// can see the child's exit.
+pub fn spawn(
+    id: u64,
+    exe: &Path,
+    config: Option<&Path>,
+    listeners: &[(String, &OwnedFd)],
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<Generation> {
+    let (ours, theirs) = channel::pair()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__worker");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut fds = vec![theirs.as_raw_fd()];
+    let mut list = String::new();
+    for (key, fd) in listeners {
+        if !list.is_empty() {
+            list.push(',');
+        }
+        list.push_str(&format!("{key}={}", fd.as_raw_fd()));
+        fds.push(fd.as_raw_fd());
+    }
+    cmd.env(
+        crate::worker::ENV_CHANNEL_FD,
+        theirs.as_raw_fd().to_string(),
+    )
+    .env(crate::worker::ENV_LISTEN_FDS, list)
+    .env(crate::worker::ENV_GENERATION, id.to_string())
+    .env_remove("NOTIFY_SOCKET")
+    .env_remove("LISTEN_FDS")
+    .env_remove("LISTEN_PID")
+    .env_remove("LISTEN_FDNAMES")
+    .stdin(Stdio::null())
+    .stdout(Stdio::inherit())
+    .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    crate::sys::prepare_child(&mut cmd, fds);
+    let mut child = cmd.spawn()?;
+    drop(theirs);
+    let pid =
+        Pid::from_raw(child.id() as i32).ok_or_else(|| std::io::Error::other("child pid 0"))?;
+    let chan = Arc::new(Channel::new(ours)?);
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+
+    if let Some(err) = child.stderr.take() {
+        let tail = tail.clone();
+        let fd: OwnedFd = err.into();
+        match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+            Ok(rx) => {
+                tokio::spawn(copy_stderr(rx, tail));
+            }
+            Err(e) => tracing::warn!("cannot read the worker's stderr: {e}"),
+        }
+    }
+    {
+        let chan = chan.clone();
+        tokio::spawn(async move {
+            loop {
+                match chan.recv().await {
+                    Ok(Some((msg, fds))) => {
+                        if events.send(Event::FromWorker(id, msg, fds)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        let _ = events.send(Event::ChannelClosed(id));
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    // The std Child is not waited on: the supervisor reaps every child itself (it may be PID 1).
+    drop(child);
+    Ok(Generation {
+        id,
+        pid,
+        exe: exe.to_path_buf(),
+        chan,
+        tail,
+        started: Instant::now(),
+        ready_at: None,
+        bound: Vec::new(),
+        listeners: Vec::new(),
+        draining: false,
+    })
+}
+
+async fn copy_stderr(rx: tokio::net::unix::pipe::Receiver, tail: Arc<Mutex<VecDeque<String>>>) {
+    let mut lines = tokio::io::BufReader::new(rx).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "{line}");
+        }
+        let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() == TAIL_LINES {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+}
