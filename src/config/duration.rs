@@ -100,20 +100,21 @@ fn nanos_to_duration(nanos: u128) -> Option<Duration> {
 }
 
 /// Write a duration in the shortest form [`parse_duration`] reads back exactly: `500ms`, `10s`,
-/// `1.5s`, `2m`, `90s`, `1h30m`. Zero is `0s`.
+/// `1.5s`, `2m`, `90s`, `90m`, `1h`, `1h0.5s`. Forms are the compound one (`1h2m`) and
+/// single-unit ones (`62m`, `3723s`, `1500ms`); on a tie the compound one wins. Zero is `0s`.
 pub fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         return "0s".to_string();
     }
-    // Candidates from the largest unit down; the first of the shortest wins, so `1m` beats `60s`
-    // and `10s` beats `10000ms`.
+    // The canonical compound form first, so that it wins ties (`1h` rather than `60m`), then
+    // single-unit forms: whole minutes, (decimal) seconds, (decimal) milliseconds.
     let mut candidates = Vec::with_capacity(4);
-    if nanos >= NANOS_PER_H {
-        candidates.push(compound(nanos, true));
+    if nanos >= NANOS_PER_S {
+        candidates.push(compound(nanos));
     }
-    if nanos >= NANOS_PER_M {
-        candidates.push(compound(nanos, false));
+    if nanos % NANOS_PER_M == 0 {
+        candidates.push(format!("{}m", nanos / NANOS_PER_M));
     }
     if nanos >= NANOS_PER_S {
         candidates.push(with_fraction(nanos, NANOS_PER_S, 9, "s"));
@@ -140,13 +141,13 @@ fn with_fraction(nanos: u128, unit: u128, digits: usize, suffix: &str) -> String
     }
 }
 
-/// `XhYmZs` (with `hours`) or `YmZs`, leaving out zero parts; seconds may have a fraction.
-fn compound(nanos: u128, hours: bool) -> String {
+/// `XhYmZs`, leaving out zero parts; seconds may have a fraction.
+fn compound(nanos: u128) -> String {
     let mut out = String::new();
-    let mut rest = nanos;
-    if hours {
-        out.push_str(&format!("{}h", rest / NANOS_PER_H));
-        rest %= NANOS_PER_H;
+    let hours = nanos / NANOS_PER_H;
+    let mut rest = nanos % NANOS_PER_H;
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
     }
     let minutes = rest / NANOS_PER_M;
     rest %= NANOS_PER_M;
@@ -216,7 +217,11 @@ mod tests {
         assert_eq!(format_duration(ms(90_000)), "90s");
         assert_eq!(format_duration(ms(3_600_000)), "1h");
         assert_eq!(format_duration(ms(5_400_000)), "90m");
-        assert_eq!(format_duration(ms(3_723_000)), "1h2m3s");
+        assert_eq!(format_duration(ms(3_723_000)), "3723s");
+        assert_eq!(format_duration(ms(3_720_000)), "62m");
+        assert_eq!(format_duration(ms(3_600_500)), "1h0.5s");
+        assert_eq!(format_duration(ms(86_400_000)), "24h");
+        assert_eq!(format_duration(ms(90_060_000)), "25h1m");
         assert_eq!(format_duration(Duration::from_micros(250)), "0.25ms");
         assert_eq!(format_duration(Duration::from_nanos(1)), "0.000001ms");
     }

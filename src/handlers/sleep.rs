@@ -47,13 +47,14 @@ impl Respond for Sleep {
             return Box::pin(std::future::ready(r));
         }
         let (tx, body) = Body::channel();
-        tokio::spawn(stream(tx, line, self.duration));
+        tokio::spawn(stream(tx, line, self.duration, PROBE_EVERY));
         Box::pin(std::future::ready(text(StatusCode::OK, body)))
     }
 }
 
-/// Write `line`, wait `duration`, write `line`; stop early when the client goes away.
-async fn stream(tx: BodySender, line: Bytes, duration: Duration) {
+/// Write `line`, wait `duration`, write `line`; stop early (checking every `probe`) when the
+/// client goes away.
+async fn stream(tx: BodySender, line: Bytes, duration: Duration, probe: Duration) {
     if !tx.send(line.clone()).await {
         return;
     }
@@ -63,7 +64,7 @@ async fn stream(tx: BodySender, line: Bytes, duration: Duration) {
         if now >= deadline {
             break;
         }
-        tokio::time::sleep((deadline - now).min(PROBE_EVERY)).await;
+        tokio::time::sleep((deadline - now).min(probe)).await;
         // An empty chunk is dropped by hyper but fails once the body (the client) is gone.
         if Instant::now() < deadline && !tx.send(Bytes::new()).await {
             return;
@@ -83,10 +84,10 @@ mod tests {
     use crate::config::tree::Value;
     use crate::handlers::test_util::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn first_line_at_once_second_after_the_duration() {
         let h = Sleep {
-            duration: Duration::from_secs(5),
+            duration: Duration::from_millis(300),
         };
         let start = Instant::now();
         let r = h.respond(req(Method::GET, "/sleep").into_parts().0).await;
@@ -95,22 +96,26 @@ mod tests {
         let want = pid_line();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, want);
-        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(start.elapsed() < Duration::from_millis(200));
         let rest = body.collect().await.unwrap().to_bytes();
         assert_eq!(rest, want);
-        assert!(start.elapsed() >= Duration::from_secs(5));
+        assert!(start.elapsed() >= Duration::from_millis(300));
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn stops_when_the_client_goes_away() {
         let (tx, body) = Body::channel();
         let start = Instant::now();
-        let task = tokio::spawn(stream(tx, pid_line(), Duration::from_secs(3600)));
+        let probe = Duration::from_millis(20);
+        let task = tokio::spawn(stream(tx, pid_line(), Duration::from_secs(3600), probe));
         let mut body = body;
         assert!(body.frame().await.is_some());
         drop(body);
-        task.await.unwrap();
-        assert!(start.elapsed() <= PROBE_EVERY);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the task stopped")
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
     }
 
     #[tokio::test]

@@ -1,0 +1,6 @@
+//! Integration tests: each starts the real `apphost` binary on free ports with a temporary
+//! config and talks to it over real sockets on 127.0.0.1.
+
+mod support;
+
+mod smoke;
