@@ -79,6 +79,11 @@ impl BodySender {
     pub async fn send(&self, chunk: impl Into<Bytes>) -> bool {
         self.0.send(chunk.into()).await.is_ok()
     }
+
+    /// Resolves when the body has been dropped (the client went away or the response ended).
+    pub async fn closed(&self) {
+        self.0.closed().await
+    }
 }
 
 impl http_body::Body for Body {

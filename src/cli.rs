@@ -1,7 +1,10 @@
-//! The command line: `run`, `check`, and the hidden `__worker` entry point a supervisor starts.
+//! The command line: `run`, `check`, the control commands `status`, `restart` and `shutdown`
+//! (which talk to a running host over its control socket, see [`crate::control`]), and the
+//! hidden `__worker` entry point a supervisor starts.
 //!
 //! Exit codes: 0 success; 1 the host failed at run time (the first worker could not start, a
-//! forced shutdown); 2 bad input (config errors, bad arguments).
+//! forced shutdown), or a control command failed or could not reach the host; 2 bad input
+//! (config errors, bad arguments).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +37,28 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Show a running host's state: pids, generation, uptime, listeners, the last restart.
+    Status {
+        #[command(flatten)]
+        target: crate::control::Target,
+    },
+    /// Restart a running host and wait for the outcome (new worker pid and handoff time; exit 1
+    /// with the reason if it failed, the old worker serving on).
+    Restart {
+        /// Executable for the new worker (default: the one recorded at start).
+        #[arg(long, value_name = "PATH")]
+        exe: Option<PathBuf>,
+        #[command(flatten)]
+        target: crate::control::Target,
+    },
+    /// Shut a running host down: every worker drains, then the supervisor exits.
+    Shutdown {
+        /// Wait until the host has exited.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        target: crate::control::Target,
+    },
     /// A worker process (started by the supervisor, not by hand).
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -59,6 +84,15 @@ pub fn main(host: Host) -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config.as_deref()),
         Command::Check { config } => check(&host, config.as_deref()),
+        Command::Status { target } => {
+            crate::control::run_command(crate::control::Command::Status, &target)
+        }
+        Command::Restart { exe, target } => {
+            crate::control::run_command(crate::control::Command::Restart { exe }, &target)
+        }
+        Command::Shutdown { wait, target } => {
+            crate::control::run_command(crate::control::Command::Shutdown { wait }, &target)
+        }
         Command::Worker { config } => {
             crate::worker::main(host.registry(), crate::worker::WorkerArgs { config })
         }
@@ -71,7 +105,7 @@ pub fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         Some(p) => Config::load(p),
         None => match crate::config::locate()? {
             Some(p) => Config::load(&p),
-            None => Ok(Config::embedded()),
+            None => Config::embedded(),
         },
     }
 }

@@ -10,9 +10,11 @@
 //!   called once when the config is loaded, so bad params are config errors with file, line and
 //!   column (the built-ins work this way).
 //!
-//! What the route matched is in the request's extensions as [`RouteMatch`].
+//! What the route matched is in the request's extensions as [`RouteMatch`], and the client's
+//! address as [`ClientAddr`].
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -43,6 +45,16 @@ pub struct RouteMatch {
     /// For a wildcard route, what the wildcard matched (without a leading `/`), else `None`.
     pub rest: Option<String>,
 }
+
+/// The client's address (the TCP peer), set in every request's extensions by the connection.
+///
+/// ```
+/// fn peer(req: &apphost::Request) -> Option<std::net::SocketAddr> {
+///     req.extensions().get::<apphost::ClientAddr>().map(|c| c.0)
+/// }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// Adapts an `async fn(Request) -> Response` closure into a [`Handler`].
 pub struct FnHandler<F>(pub F);

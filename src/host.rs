@@ -58,6 +58,7 @@ impl Registry {
 #[derive(Clone, Debug, Default)]
 pub struct Host {
     registry: Registry,
+    default_config: Option<&'static str>,
 }
 
 impl Host {
@@ -105,6 +106,13 @@ impl Host {
         self
     }
 
+    /// Ship a default config (YAML) with the program: used when no config file is found, in
+    /// place of apphost's own embedded default. Errors in it are reported like a file's.
+    pub fn default_config(mut self, yaml: &'static str) -> Host {
+        self.default_config = Some(yaml);
+        self
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -112,6 +120,9 @@ impl Host {
 
     /// Parse the command line and run it. Returns the process exit code.
     pub fn main(self) -> ExitCode {
+        if let Some(yaml) = self.default_config {
+            crate::config::set_embedded_default(yaml);
+        }
         crate::cli::main(self)
     }
 }

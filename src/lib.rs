@@ -16,10 +16,12 @@
 //! its channel, generation N stops accepting and drains. If N+1 fails, N keeps serving and the
 //! asker is told why. See the supervisor module for the state machine.
 
+pub mod admin;
 pub mod body;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod handler;
 pub mod handlers;
 pub mod host;
@@ -29,9 +31,10 @@ pub mod routes;
 pub mod serve;
 pub mod supervisor;
 mod sys;
+pub mod watch;
 pub mod worker;
 
 pub use body::{Body, BodySender};
 pub use config::{Config, ConfigError, Params};
-pub use handler::{Handler, Request, Response, RouteMatch};
+pub use handler::{ClientAddr, Handler, Request, Response, RouteMatch};
 pub use host::Host;

@@ -71,19 +71,17 @@ struct Allowed {
 
 impl Allowed {
     /// Normalise a method list: drop duplicates, add `HEAD` when `GET` is listed.
-    fn new(mut methods: Vec<Method>) -> Allowed {
-        let mut seen = Vec::with_capacity(methods.len() + 1);
-        for m in methods.drain(..) {
+    fn new(methods: Vec<Method>) -> Allowed {
+        let mut seen: Vec<Method> = Vec::with_capacity(methods.len() + 1);
+        for m in methods {
             if !seen.contains(&m) {
                 seen.push(m);
             }
         }
-        if seen.contains(&Method::GET) && !seen.contains(&Method::HEAD) {
-            let at = seen
-                .iter()
-                .position(|m| m == Method::GET)
-                .map_or(0, |i| i + 1);
-            seen.insert(at, Method::HEAD);
+        if let Some(i) = seen.iter().position(|m| m == Method::GET)
+            && !seen.contains(&Method::HEAD)
+        {
+            seen.insert(i + 1, Method::HEAD);
         }
         let joined = seen
             .iter()

@@ -103,7 +103,7 @@ pub fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
     };
     let config = match &args.config {
         Some(p) => Config::load(p),
-        None => Ok(Config::embedded()),
+        None => Config::embedded(),
     };
     let config = match config {
         Ok(c) => c,
@@ -174,7 +174,13 @@ fn prepare(
     let mut tls_files = Vec::new();
     let mut certs = Vec::new();
     for server in &config.servers {
-        let routes = Arc::new(RouteTable::build(server, registry).map_err(|e| e.to_string())?);
+        let mut table = RouteTable::build(server, registry).map_err(|e| e.to_string())?;
+        // Admin routes (src/admin): only for a server whose config has `admin:`. Also warns when
+        // an admin without a token listens beyond loopback.
+        if let Some(admin) = &server.admin {
+            crate::admin::install(&mut table, config, server, admin);
+        }
+        let routes = Arc::new(table);
         let acceptor = match &server.https {
             Some(h) => {
                 let store = CertStore::load(&h.cert, &h.key)
@@ -316,7 +322,7 @@ async fn run(
         let scheme = if *tls { "https" } else { "http" };
         tracing::info!("{scheme} server {verb} listening on [{key}]");
     }
-    let _certs = prepared.certs;
+    watch_certs(prepared.certs, config.watch.settle);
 
     let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Pending>();
     let _ = REQUESTS.set(req_tx);
@@ -362,7 +368,7 @@ async fn run(
     serving.start_drain();
     let deadline = tokio::time::sleep(config.shutdown_timeout);
     tokio::pin!(deadline);
-    let code = loop {
+    loop {
         tokio::select! {
             _ = serving.wait_idle() => {
                 tracing::info!("all servers shutdown");
@@ -388,8 +394,44 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Reload a certificate pair when its files change (renewal without a restart).
+fn watch_certs(certs: Vec<Arc<CertStore>>, settle: Duration) {
+    if certs.is_empty() {
+        return;
+    }
+    let files: Vec<PathBuf> = certs
+        .iter()
+        .flat_map(|c| {
+            let (a, b) = c.paths();
+            [a.to_path_buf(), b.to_path_buf()]
+        })
+        .collect();
+    let mut watch = match crate::watch::FileWatch::new(&files) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot watch certificate files: {e}; renewals need a restart");
+            return;
+        }
     };
-    code
+    tokio::spawn(async move {
+        while let Some(changed) = watch.next_settled(settle).await {
+            for store in &certs {
+                let (cert, key) = store.paths();
+                if !changed.contains(cert) && !changed.contains(key) {
+                    continue;
+                }
+                match store.reload() {
+                    Ok(()) => tracing::info!("certificate {} reloaded", cert.display()),
+                    Err(e) => tracing::warn!(
+                        "certificate change refused: {e}; keeping the old certificate"
+                    ),
+                }
+            }
+        }
+    });
 }
 
 fn deliver(

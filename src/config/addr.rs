@@ -228,7 +228,7 @@ mod tests {
         use std::collections::HashSet;
         let set: HashSet<ListenAddr> = [a("localhost:80"), a("127.0.0.1:80"), a(":80")].into();
         assert_eq!(set.len(), 2);
-        let mut v = vec![a("127.0.0.1:81"), a(":90"), a("127.0.0.1:80")];
+        let mut v = [a("127.0.0.1:81"), a(":90"), a("127.0.0.1:80")];
         v.sort();
         assert_eq!(v[0].key(), ":90");
         assert_eq!(v[1].key(), "127.0.0.1:80");

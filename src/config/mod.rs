@@ -4,11 +4,13 @@
 //! Loading happens in three steps, each in its own file:
 //! - [`tree`]: the text is parsed (YAML with `saphyr`, TOML with `toml`'s spanned tables) into one
 //!   format-neutral [`tree::Node`] tree in which every value knows its line and column;
-//! - this module walks that tree into [`Config`], rejecting unknown keys (naming the nearest valid
-//!   one), wrong types, bad durations ([`duration`]) and bad addresses ([`addr`]), and checks what
-//!   can be checked without the handler registry (two servers on one address, cert files present);
+//! - this module (the walk is in `walk.rs`) turns that tree into [`Config`], rejecting unknown keys
+//!   (naming the nearest valid one), wrong types, bad durations ([`duration`]) and bad addresses
+//!   ([`addr`]), and checks what can be checked without the handler registry (two servers on one
+//!   address, cert files present);
 //! - route parameters stay as [`Params`] (a map of nodes) so that each handler's factory can read
-//!   and validate its own keys and still report errors with file, line, column and key path.
+//!   and validate its own keys with [`Params::str`], [`Params::duration`], [`Params::path`], …
+//!   (in `params.rs`) and still report errors with file, line, column and key path.
 //!
 //! Every error is a [`ConfigError`] whose `Display` reads
 //! `server.yaml:12:20: servers.s1.routes./sleep.duration: invalid duration "abc" (…)`.
@@ -34,6 +36,19 @@ pub use walk::locate_in;
 /// The embedded default configuration: the seed's first example (one server on `:8199` with `/`,
 /// `/pid`, `/sleep`, admin at `/debug/admin`), used when no config file is found.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
+
+static EMBEDDED_OVERRIDE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Replace the embedded default for this process (first call wins). Used by
+/// [`crate::Host::default_config`], so a program ships its own default config.
+pub fn set_embedded_default(yaml: &'static str) {
+    let _ = EMBEDDED_OVERRIDE.set(yaml);
+}
+
+/// The embedded default config text in force.
+pub fn embedded_text() -> &'static str {
+    EMBEDDED_OVERRIDE.get().copied().unwrap_or(EMBEDDED_DEFAULT)
+}
 
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,10 +207,10 @@ impl Config {
         load_impl(path)
     }
 
-    /// Parse the embedded default.
-    pub fn embedded() -> Config {
-        parse_str(EMBEDDED_DEFAULT, Format::Yaml, ConfigSource::Embedded)
-            .expect("the embedded default config is valid (unit-tested)")
+    /// Parse the embedded default: [`EMBEDDED_DEFAULT`], or the YAML a program set with
+    /// [`crate::Host::default_config`].
+    pub fn embedded() -> Result<Config, ConfigError> {
+        parse_str(embedded_text(), Format::Yaml, ConfigSource::Embedded)
     }
 
     /// Every listener address of every server, with whether it is TLS.

@@ -4,7 +4,6 @@
 //! the config does not use (several documents, custom tags, non-scalar keys) are rejected here.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use toml::de::{DeTable, DeValue};
@@ -361,11 +360,7 @@ fn toml_node(
             None => return Err(err(pos, format!("invalid float {}", f.as_str()))),
         },
         DeValue::Boolean(b) => Value::Bool(*b),
-        DeValue::Datetime(d) => {
-            let mut s = String::new();
-            let _ = write!(s, "{d}");
-            Value::Str(s)
-        }
+        DeValue::Datetime(d) => Value::Str(d.to_string()),
         DeValue::Array(items) => Value::Seq(
             items
                 .iter()

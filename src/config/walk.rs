@@ -614,10 +614,10 @@ impl Walker<'_> {
     ) -> Result<HttpsConfig, ConfigError> {
         let f = self.fields(node, path, HTTPS_KEYS)?;
         let (an, ap) = self.required(&f, "address")?;
-        let (cn, cp) = self.required(&f, "cert")?;
-        let (kn, kp) = self.required(&f, "key")?;
         let addresses = self.addresses(an, &ap, listeners)?;
+        let (cn, cp) = self.required(&f, "cert")?;
         let cert = self.readable_file(cn, &cp)?;
+        let (kn, kp) = self.required(&f, "key")?;
         let key = self.readable_file(kn, &kp)?;
         Ok(HttpsConfig {
             addresses,

@@ -102,8 +102,7 @@ impl<R: Respond> Handler for Builtin<R> {
 }
 
 /// A factory for a built-in: rejects params other than `keys` (`methods` is always allowed),
-/// builds the
-/// [`Respond`] part with `build`, and puts the method policy in front.
+/// builds the [`Respond`] part with `build`, and puts the method policy in front.
 fn factory<R: Respond>(
     keys: &'static [&'static str],
     build: fn(&Params) -> Result<R, ConfigError>,
@@ -130,8 +129,9 @@ pub(crate) fn text_ok(method: &Method, body: Bytes) -> Response {
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    //! Helpers for the handlers' tests: requests without a hyper connection, body collection,
-    //! and params built by hand.
+    //! Helpers for the handlers' and the route table's tests: requests without a hyper
+    //! connection, body collection, params built by hand, and a tiny HTTP/1.1 server and client
+    //! on 127.0.0.1 for what needs a real `hyper::body::Incoming`.
 
     use std::path::PathBuf;
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use tokio::time::Instant;
 
 use super::pid::pid_line;
 use super::{Respond, text_ok};
@@ -19,9 +18,6 @@ use crate::handler::{BoxFuture, text};
 
 /// The wait when `duration` is not given.
 pub(crate) const DEFAULT_DURATION: Duration = Duration::from_secs(10);
-
-/// How often a waiting response checks that its client is still there.
-const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// Answers `PID\n`, waits, `PID\n`.
 pub(crate) struct Sleep {
@@ -47,35 +43,28 @@ impl Respond for Sleep {
             return Box::pin(std::future::ready(r));
         }
         let (tx, body) = Body::channel();
-        tokio::spawn(stream(tx, line, self.duration, PROBE_EVERY));
+        tokio::spawn(stream(tx, line, self.duration));
         Box::pin(std::future::ready(text(StatusCode::OK, body)))
     }
 }
 
-/// Write `line`, wait `duration`, write `line`; stop early (checking every `probe`) when the
-/// client goes away.
-async fn stream(tx: BodySender, line: Bytes, duration: Duration, probe: Duration) {
+/// Write `line`, wait `duration`, write `line`; stop early when the client goes away.
+async fn stream(tx: BodySender, line: Bytes, duration: Duration) {
     if !tx.send(line.clone()).await {
         return;
     }
-    let deadline = Instant::now() + duration;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {
+            tx.send(line).await;
         }
-        tokio::time::sleep((deadline - now).min(probe)).await;
-        // An empty chunk is dropped by hyper but fails once the body (the client) is gone.
-        if Instant::now() < deadline && !tx.send(Bytes::new()).await {
-            return;
-        }
+        _ = tx.closed() => {}
     }
-    tx.send(line).await;
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+    use tokio::time::Instant;
 
     use http_body_util::BodyExt;
 
@@ -103,11 +92,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn headers_and_first_line_reach_the_client_at_once() {
+        let p = params(PathBuf::from("/"), vec![("duration", s("400ms"))]);
+        let h = build("sleep", &p).unwrap();
+        let addr = serve(move |req| h.call(req)).await;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let start = Instant::now();
+        let req = http::Request::get("/sleep")
+            .header("host", "x")
+            .body(String::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, pid_line());
+        assert!(start.elapsed() < Duration::from_millis(300));
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, pid_line());
+        assert!(start.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[tokio::test]
     async fn stops_when_the_client_goes_away() {
         let (tx, body) = Body::channel();
         let start = Instant::now();
-        let probe = Duration::from_millis(20);
-        let task = tokio::spawn(stream(tx, pid_line(), Duration::from_secs(3600), probe));
+        let task = tokio::spawn(stream(tx, pid_line(), Duration::from_secs(3600)));
         let mut body = body;
         assert!(body.frame().await.is_some());
         drop(body);
@@ -116,6 +131,40 @@ mod tests {
             .expect("the task stopped")
             .unwrap();
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_client_hanging_up_over_http_stops_the_wait() {
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let addr = serve(move |_req| {
+            let (tx, body) = Body::channel();
+            let done = done_tx.clone();
+            tokio::spawn(async move {
+                stream(tx, pid_line(), Duration::from_secs(3600)).await;
+                let _ = done.send(()).await;
+            });
+            Box::pin(std::future::ready(text(StatusCode::OK, body)))
+        })
+        .await;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get("/sleep")
+            .header("host", "x")
+            .body(String::new())
+            .unwrap();
+        let mut body = sender.send_request(req).await.unwrap().into_body();
+        assert!(body.frame().await.is_some());
+        drop(body);
+        drop(sender);
+        conn.abort();
+        let mut done_rx = done_rx;
+        tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
+            .await
+            .expect("the wait stopped after the client left");
     }
 
     #[tokio::test]

@@ -3,6 +3,9 @@
 //!
 //! Protocol choice: on TLS, ALPN decides (`h2` or `http/1.1`); on plain TCP, hyper-util's auto
 //! builder looks for the HTTP/2 prior-knowledge preface (h2c) and otherwise speaks HTTP/1.1.
+//!
+//! Every request gets the peer's address in its extensions as [`ClientAddr`] (a `Copy` value;
+//! read once per connection).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{Endpoint, Serving};
+use crate::handler::ClientAddr;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -27,8 +31,10 @@ enum Proto {
 
 /// Serve one accepted TCP connection to the end.
 pub async fn serve(stream: TcpStream, ep: Endpoint, serving: Arc<Serving>) {
+    // `None` only if the client is already gone.
+    let peer = stream.peer_addr().ok().map(ClientAddr);
     match &ep.tls {
-        None => serve_io(stream, Proto::Auto, ep, serving).await,
+        None => serve_io(stream, peer, Proto::Auto, ep, serving).await,
         Some(acceptor) => {
             let hs = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
             let tls = tokio::select! {
@@ -43,7 +49,7 @@ pub async fn serve(stream: TcpStream, ep: Endpoint, serving: Arc<Serving>) {
                         Some(b"h2") => Proto::Http2,
                         _ => Proto::Http1,
                     };
-                    serve_io(tls, proto, ep, serving).await
+                    serve_io(tls, peer, proto, ep, serving).await
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(listener = %ep.key, error = %e, "TLS handshake failed")
@@ -67,8 +73,13 @@ fn builder(proto: Proto, serving: &Serving) -> auto::Builder<TokioExecutor> {
     }
 }
 
-async fn serve_io<I>(io: I, proto: Proto, ep: Endpoint, serving: Arc<Serving>)
-where
+async fn serve_io<I>(
+    io: I,
+    peer: Option<ClientAddr>,
+    proto: Proto,
+    ep: Endpoint,
+    serving: Arc<Serving>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Set by the service when it sees an HTTP/2 request (plain connections only learn their
@@ -78,7 +89,10 @@ where
         let routes = ep.routes.clone();
         let serving = serving.clone();
         let is_h2 = is_h2.clone();
-        service_fn(move |req: crate::Request| {
+        service_fn(move |mut req: crate::Request| {
+            if let Some(p) = peer {
+                req.extensions_mut().insert(p);
+            }
             let http1 = req.version() < http::Version::HTTP_2;
             if !http1 {
                 is_h2.store(true, Ordering::Relaxed);

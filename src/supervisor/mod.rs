@@ -30,6 +30,7 @@
 pub mod exe;
 pub mod generation;
 pub mod systemd;
+pub mod watchers;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
@@ -78,6 +79,10 @@ pub enum Event {
     Respawn,
     /// The shutdown took too long.
     ForceExit,
+    /// A watcher asks for a preflight run of the executable (`EXE check [-c CONFIG]`).
+    Preflight(oneshot::Sender<watchers::PreflightResult>),
+    /// A preflight run has had its time.
+    PreflightDeadline(Pid),
 }
 
 /// Where the answer to an operation goes.
@@ -160,6 +165,15 @@ struct Supervisor {
     last_restart: Option<LastRestart>,
     backoff: Duration,
     exit: Option<ExitCode>,
+    preflights: BTreeMap<i32, Preflight>,
+    watch: Option<(watchers::WatchSpec, tokio::task::AbortHandle)>,
+}
+
+/// A preflight run under way: who waits for it, and its stderr.
+struct Preflight {
+    reply: oneshot::Sender<watchers::PreflightResult>,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    timed_out: bool,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -203,6 +217,8 @@ pub fn run(opts: Options) -> ExitCode {
             last_restart: None,
             backoff: BACKOFF_MIN,
             exit: None,
+            preflights: BTreeMap::new(),
+            watch: None,
         };
         sup.main_loop(rx).await
     })
@@ -237,11 +253,17 @@ impl Supervisor {
             graceful = self.settings.graceful,
             "supervisor started"
         );
+        // The control socket for `apphost status|restart|shutdown` (src/control.rs).
+        let control = crate::control::ControlServer::start(&self.opts.config, self.events.clone());
         let exe = self.opts.exe.clone();
         self.start_recovering(exe, Vec::new(), "start".into(), true);
+        self.update_watch();
         while self.exit.is_none() {
             let Some(ev) = rx.recv().await else { break };
             self.handle(ev);
+        }
+        if let Some(c) = control {
+            c.close().await;
         }
         self.exit.take().unwrap_or(ExitCode::SUCCESS)
     }
@@ -322,6 +344,13 @@ impl Supervisor {
                 if self.current.is_none() && matches!(self.phase, Phase::Serving) {
                     let exe = self.opts.exe.clone();
                     self.start_recovering(exe, Vec::new(), "recovery".into(), false);
+                }
+            }
+            Event::Preflight(reply) => self.start_preflight(reply),
+            Event::PreflightDeadline(pid) => {
+                if let Some(p) = self.preflights.get_mut(&pid.as_raw_nonzero().get()) {
+                    p.timed_out = true;
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
                 }
             }
             Event::ForceExit => {
@@ -475,6 +504,7 @@ impl Supervisor {
             shutdown_timeout: Duration::from_millis(settings.shutdown_timeout_ms),
             worker: Some(settings),
         };
+        self.update_watch();
         let handoff = p.trigger.elapsed();
         let initial = p.via == "start";
         if !initial {
@@ -513,6 +543,88 @@ impl Supervisor {
         }
     }
 
+    /// Run `EXE check [-c CONFIG]`; the answer goes to `reply` when it exits.
+    fn start_preflight(&mut self, reply: oneshot::Sender<watchers::PreflightResult>) {
+        let mut cmd = std::process::Command::new(&self.opts.exe);
+        cmd.arg("check");
+        if let Some(c) = &self.opts.config_path {
+            cmd.arg("-c").arg(c);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .env_remove("NOTIFY_SOCKET");
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = reply.send(Err(format!("cannot run {}: {e}", self.opts.exe.display())));
+                return;
+            }
+        };
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let out = output.clone();
+            let fd: OwnedFd = err.into();
+            if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
+                tokio::spawn(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = Vec::new();
+                    let _ = rx.take(16 * 1024).read_to_end(&mut buf).await;
+                    *out.lock().unwrap_or_else(|e| e.into_inner()) =
+                        String::from_utf8_lossy(&buf).into_owned();
+                });
+            }
+        }
+        let pid = child.id() as i32;
+        // Reaped by the supervisor's own loop, like every child.
+        drop(child);
+        if let Some(p) = Pid::from_raw(pid) {
+            self.after(crate::watch::PREFLIGHT_TIMEOUT, Event::PreflightDeadline(p));
+        }
+        self.preflights.insert(
+            pid,
+            Preflight {
+                reply,
+                output,
+                timed_out: false,
+            },
+        );
+    }
+
+    /// (Re)start the file watch to match the serving generation's `watch` settings.
+    fn update_watch(&mut self) {
+        let (watch_exe, watch_config, settle) = match &self.settings.worker {
+            Some(w) => (
+                w.watch_executable,
+                w.watch_config,
+                Duration::from_millis(w.watch_settle_ms),
+            ),
+            None => (
+                self.opts.config.watch.executable,
+                self.opts.config.watch.config,
+                self.opts.config.watch.settle,
+            ),
+        };
+        let spec = watchers::WatchSpec {
+            exe: watch_exe.then(|| self.opts.exe.clone()),
+            config: if watch_config {
+                self.opts.config_path.clone()
+            } else {
+                None
+            },
+            settle,
+        };
+        if self.watch.as_ref().is_some_and(|(s, _)| *s == spec) {
+            return;
+        }
+        if let Some((_, h)) = self.watch.take() {
+            h.abort();
+        }
+        if let Some(h) = watchers::spawn(spec.clone(), self.events.clone()) {
+            self.watch = Some((spec, h));
+        }
+    }
+
     fn record(&mut self, ok: bool, via: &str, detail: String) {
         self.last_restart = Some(LastRestart {
             at_unix: now_unix(),
@@ -544,6 +656,29 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, pid: Pid, st: WaitStatus) {
+        if let Some(p) = self.preflights.remove(&pid.as_raw_nonzero().get()) {
+            let out = p
+                .output
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .trim()
+                .to_string();
+            let r = if p.timed_out {
+                Err(format!(
+                    "preflight `check` did not finish within {} s",
+                    crate::watch::PREFLIGHT_TIMEOUT.as_secs()
+                ))
+            } else if st.exit_status() == Some(0) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "preflight `check` failed ({}): {out}",
+                    describe_status(st)
+                ))
+            };
+            let _ = p.reply.send(r);
+            return;
+        }
         let Some(id) = self
             .gens
             .iter()

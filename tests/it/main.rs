@@ -3,4 +3,6 @@
 
 mod support;
 
+mod host;
+mod restart;
 mod smoke;

@@ -462,3 +462,134 @@ async fn https_get_async(port: u16, path: &str, ca_pem: &str, h2: bool) -> Resul
         peer_cert,
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Added for the host tests (tests/it/host.rs): one-shot commands, raw exchanges, h2c, /proc.
+
+/// What a finished `apphost` command printed, and how it ended.
+#[derive(Debug)]
+pub struct CmdOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    /// The exit code (`None` if killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Run `apphost ARGS` in `dir` (as the current directory) with `APPHOST_CONFIG` removed and
+/// `env` added, and wait for it to exit (killed and a panic after `timeout`).
+pub fn run_cli(dir: &Path, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CmdOutput {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("APPHOST_CONFIG")
+        .env("APPHOST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start apphost");
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            // Stop the whole host: the supervisor first (it stops its workers), then force it.
+            signal(child.id(), rustix::process::Signal::TERM);
+            std::thread::sleep(Duration::from_millis(500));
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err.join().unwrap_or_default();
+            panic!("apphost {args:?} did not exit within {timeout:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    CmdOutput {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Send `bytes` as they are over a fresh connection to 127.0.0.1:port and read until the server
+/// closes (read timeout 30 s).
+pub fn raw_exchange(port: u16, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(bytes)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    Ok(raw)
+}
+
+/// The result of an h2c request.
+#[derive(Debug)]
+pub struct H2cResp {
+    pub status: u16,
+    pub version: http::Version,
+    pub body: String,
+}
+
+/// `GET path` over HTTP/2 with prior knowledge (h2c) on a plain connection to 127.0.0.1:port.
+pub fn h2c_get(port: u16, path: &str) -> Result<H2cResp, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use http_body_util::BodyExt;
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let version = resp.version();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(H2cResp {
+            status,
+            version,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    })
+}
+
+/// The parent pid of `pid`, from `/proc/PID/stat`.
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = s.rsplit_once(')')?;
+    // After the command: state, then ppid.
+    rest.split_whitespace().nth(1)?.parse().ok()
+}

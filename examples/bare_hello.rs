@@ -1,0 +1,91 @@
+//! A bare hyper 1 "hello" server: the baseline apphost's steady-state throughput is compared with
+//! (the target is at least 0.95× of this).
+//!
+//! HTTP/1.1 only, keep-alive, `TCP_NODELAY`, a multi-thread tokio runtime with 2 workers (as
+//! apphost's workers get on a 2-core machine), and a listening socket made like apphost's
+//! (`SO_REUSEADDR`, backlog 4096). Every request gets `200 OK` with the body `Hello\n` as
+//! `text/plain; charset=utf-8` — the same size and headers as apphost's `hello` handler with
+//! `text: Hello`, so the two are compared on equal responses.
+//!
+//! ```sh
+//! cargo run --release --example bare_hello -- 18481      # serves http://127.0.0.1:18481/
+//! wrk -t2 -c50 -d10s http://127.0.0.1:18481/
+//! ```
+//!
+//! It listens on 127.0.0.1 only and runs until killed (SIGINT/SIGTERM).
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use socket2::{Domain, Protocol, Socket, Type};
+
+const BODY: &[u8] = b"Hello\n";
+
+async fn hello(
+    _req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(BODY)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+fn listener(port: u16) -> std::io::Result<std::net::TcpListener> {
+    let sa = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&sa.into())?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn main() -> std::process::ExitCode {
+    let port: u16 = match std::env::args().nth(1).map(|a| a.parse()) {
+        Some(Ok(p)) => p,
+        _ => {
+            eprintln!("usage: bare_hello PORT   (serves http://127.0.0.1:PORT/)");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let std_listener = match listener(port) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bare_hello: cannot listen on 127.0.0.1:{port}: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+        eprintln!("bare_hello: serving http://127.0.0.1:{port}/");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and the like: back off briefly, keep the listener.
+                    eprintln!("bare_hello: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(hello))
+                    .await;
+            });
+        }
+    })
+}

@@ -1,0 +1,893 @@
+//! The admin routes: a page and a few endpoints to see the host's state and restart or stop it
+//! from a browser or `curl`, served inside the worker.
+//!
+//! A server gets them when its config has `admin:` (absent or `false`: no admin routes at all):
+//!
+//! ```yaml
+//! servers:
+//!   main:
+//!     address: "127.0.0.1:8199"
+//!     admin:
+//!       path: /debug/admin          # default
+//!       token_file: admin.token     # or `token: …`; without either, loopback clients only
+//!       allowed_exe_dirs: [/opt/app/releases]
+//! ```
+//!
+//! # Endpoints (`{path}` is `admin.path`, default `/debug/admin`)
+//!
+//! | Route | Methods | Does |
+//! | --- | --- | --- |
+//! | `{path}` (and `{path}/`) | `GET`, `HEAD` | HTML page: supervisor and worker pids, executable, generation, uptime, servers and listeners, in-flight connections, the last restart; Restart (with an optional new executable) and Shutdown forms |
+//! | `{path}/status` | `GET`, `HEAD` | the same facts as JSON: `{"supervisor": Status, "worker": {...}, "servers": [...], "admin": {...}}` |
+//! | `{path}/restart` | `POST`, `GET` | restart, wait for the outcome; optional `newExeFilePath` (query or urlencoded form body) |
+//! | `{path}/reload` | `POST`, `GET` | alias of `restart` |
+//! | `{path}/shutdown` | `POST` | answer, then the host drains every worker and the supervisor exits 0 |
+//!
+//! Any other method gets `405` with `Allow`; any other path below `{path}` gets `404`.
+//!
+//! # Who may use them
+//! - With `token` (or `token_file`): every request needs `Authorization: Bearer TOKEN`
+//!   (compared in constant time), from any address. Missing or wrong: `401` with
+//!   `WWW-Authenticate: Bearer realm="apphost admin"`. (A browser cannot add that header to a
+//!   page load by itself; with a token the page is for clients that can.)
+//! - Without: only loopback clients (`127.0.0.0/8`, `::1`) are served, others get `403`; the
+//!   worker logs a warning at start when such a server listens beyond loopback.
+//! - Restart and shutdown also refuse requests a browser marks as cross-site (`Sec-Fetch-Site`
+//!   other than `same-origin`/`none`, or an `Origin` that is not the host asked): `403`. This
+//!   keeps another web page from driving a loopback-only admin through the user's browser.
+//! - `newExeFilePath` must be absolute; with `allowed_exe_dirs` it must resolve
+//!   (canonicalised, symlinks followed) to a file inside one of them, else `403`. Either way the
+//!   supervisor then checks that it is an executable it can run.
+//!
+//! Every request is logged with the client's address (refusals as warnings).
+//!
+//! # Answers
+//! Format: JSON when `?format=json` or `Accept` mentions `application/json`; HTML when
+//! `?format=html`, for form posts (`Content-Type: application/x-www-form-urlencoded`) and when
+//! `Accept` mentions `text/html` (a browser following a link); plain text otherwise (`curl`).
+//! `?format=text` forces text. The page is HTML unless JSON is asked for (then it is `status`).
+//!
+//! Restart, `200`: text `restarted: generation 3, pid 4242 (was 4100), handoff 35.2 ms
+//! (graceful)`; JSON `{"ok":true,"kind":"restarted","generation":3,"pid":4242,"old_pid":4100,
+//! "exe":"…","handoff_ms":35.2,"mode":"graceful"}`; HTML a result page with the new pid that
+//! returns to the admin page after 3 s (the response closes its HTTP/1 connection, so the page
+//! is loaded from the new worker). With `graceful: false` the answering worker must drain before
+//! the new one starts, so it cannot wait for the outcome: it answers `202` (`"kind":
+//! "restart_accepted"`) once the supervisor has begun the restart.
+//!
+//! Errors: `{"ok":false,"status":409,"error":"busy","message":"…"}` in JSON, `409 Conflict: …`
+//! in text. Status codes:
+//!
+//! | Code | When |
+//! | --- | --- |
+//! | 400 | unusable executable (missing, not a regular file, not executable, not for this machine, relative path); malformed form data |
+//! | 401 | token configured, missing or wrong bearer token |
+//! | 403 | not loopback (no token); `newExeFilePath` outside `allowed_exe_dirs`; cross-site |
+//! | 404 | unknown admin path |
+//! | 405 | wrong method (`Allow` lists the right ones) |
+//! | 409 | a restart is already under way |
+//! | 413 | request body over 16 KiB |
+//! | 502 | the new process failed (exit status and the end of its output in the message) |
+//! | 503 | shutting down, supervisor unreachable, or this worker is draining |
+//! | 504 | the new process was not ready within `graceful_timeout` |
+//!
+//! The handlers go through [`crate::ops`] (the restart is asked with `via: admin` so that the
+//! supervisor records who asked), the same state machine the signals and the CLI use.
+
+mod auth;
+mod form;
+mod page;
+
+pub use auth::is_loopback;
+pub(crate) use page::{human_duration, utc};
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{
+    ACCEPT, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
+    WWW_AUTHENTICATE,
+};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::body::Body;
+use crate::channel::Op;
+use crate::config::{AdminConfig, Config, ListenAddr, ServerConfig};
+use crate::handler::{BoxFuture, ClientAddr, Handler, Request, Response};
+use crate::ops::{OpError, OpReply, OpResult, Status};
+use crate::routes::RouteTable;
+
+/// The handler name the admin routes are listed under in [`RouteTable::routes`].
+pub const HANDLER_NAME: &str = "admin";
+
+/// How long a page or status request waits for the supervisor's state.
+const STATUS_WAIT: Duration = Duration::from_secs(10);
+
+/// After a successful restart from a form, the result page returns to the admin page after this
+/// many seconds.
+const RESULT_REFRESH_SECS: u32 = 3;
+
+/// Add the admin routes of `server` (whose config has `admin`) to its route table: the exact
+/// `{path}` and the wildcard `{path}/*action`. A configured route matching the same paths is
+/// replaced (with a warning). Logs a warning when the admin has no token and the server listens
+/// beyond loopback.
+pub fn install(
+    table: &mut RouteTable,
+    config: &Config,
+    server: &ServerConfig,
+    admin: &AdminConfig,
+) {
+    let a = Admin::new(config, server, admin);
+    warn_exposure(server, admin);
+    let exact = a.path.clone();
+    let wildcard = format!("{}/*action", a.base);
+    for (pattern, handler) in table.routes() {
+        if pattern == exact || wildcard_prefix(&pattern) == Some(a.base.as_str()) {
+            tracing::warn!(
+                "servers.{}: route {pattern} ({handler}) is replaced by the admin routes at {}",
+                server.name,
+                a.path
+            );
+        }
+    }
+    let h: Arc<dyn Handler> = Arc::new(AdminHandler(Arc::new(a)));
+    table.insert(&exact, HANDLER_NAME, h.clone(), None);
+    table.insert(&wildcard, HANDLER_NAME, h, None);
+}
+
+/// The prefix of a wildcard pattern (`/a/*x` → `/a`), `None` for an exact one.
+fn wildcard_prefix(pattern: &str) -> Option<&str> {
+    let i = pattern.rfind("/*")?;
+    (!pattern[i + 2..].contains('/')).then(|| &pattern[..i])
+}
+
+/// `http://127.0.0.1:8199`, `https://*:8443` (every interface).
+fn listener_label(scheme: &str, a: &ListenAddr) -> String {
+    if a.is_all_interfaces() {
+        format!("{scheme}://*:{}", a.port())
+    } else {
+        format!("{scheme}://{}", a.key())
+    }
+}
+
+fn server_listeners(s: &ServerConfig) -> Vec<(&'static str, &ListenAddr)> {
+    let http = s.http.iter().map(|a| ("http", a));
+    let https = s
+        .https
+        .iter()
+        .flat_map(|h| h.addresses.iter().map(|a| ("https", a)));
+    http.chain(https).collect()
+}
+
+fn warn_exposure(server: &ServerConfig, admin: &AdminConfig) {
+    let exposed: Vec<(&str, &ListenAddr)> = server_listeners(server)
+        .into_iter()
+        .filter(|(_, a)| !a.is_loopback())
+        .collect();
+    let list = |v: &[(&str, &ListenAddr)]| {
+        v.iter()
+            .map(|(s, a)| listener_label(s, a))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if exposed.is_empty() {
+        return;
+    }
+    if admin.token.is_none() {
+        tracing::warn!(
+            "servers.{}: the admin routes at {} have no token and the server listens beyond \
+             loopback ({}): only loopback clients are served; set admin.token or \
+             admin.token_file to let others in",
+            server.name,
+            admin.path,
+            list(&exposed)
+        );
+    } else {
+        let plain: Vec<(&str, &ListenAddr)> =
+            exposed.into_iter().filter(|(s, _)| *s == "http").collect();
+        if !plain.is_empty() {
+            tracing::warn!(
+                "servers.{}: the admin token travels in clear text on plain HTTP beyond \
+                 loopback ({}); prefer HTTPS or a loopback address",
+                server.name,
+                list(&plain)
+            );
+        }
+    }
+}
+
+/// One server as the page and `status` show it.
+#[derive(Debug, Clone, Serialize)]
+struct ServerFacts {
+    name: String,
+    listeners: Vec<String>,
+    admin: Option<String>,
+}
+
+/// What the admin routes of one server know, fixed when the worker loads its config.
+#[derive(Debug)]
+struct Admin {
+    /// The server these routes belong to.
+    server: String,
+    /// `admin.path` as configured.
+    path: String,
+    /// The path without a trailing `/` (`""` when the path is `/`).
+    base: String,
+    token: Option<String>,
+    allowed_exe_dirs: Vec<PathBuf>,
+    /// `graceful` of this worker's config (the supervisor restarts the way it says).
+    graceful: bool,
+    servers: Vec<ServerFacts>,
+}
+
+impl Admin {
+    fn new(config: &Config, server: &ServerConfig, admin: &AdminConfig) -> Admin {
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| ServerFacts {
+                name: s.name.clone(),
+                listeners: server_listeners(s)
+                    .into_iter()
+                    .map(|(scheme, a)| listener_label(scheme, a))
+                    .collect(),
+                admin: s.admin.as_ref().map(|a| a.path.clone()),
+            })
+            .collect();
+        Admin {
+            server: server.name.clone(),
+            path: admin.path.clone(),
+            base: admin.path.trim_end_matches('/').to_string(),
+            token: admin.token.clone(),
+            allowed_exe_dirs: admin.allowed_exe_dirs.clone(),
+            graceful: config.graceful,
+            servers,
+        }
+    }
+
+    /// `{base}/{action}`.
+    fn action_url(&self, action: &str) -> String {
+        format!("{}/{action}", self.base)
+    }
+
+    /// Which endpoint a request path names.
+    fn action(&self, path: &str) -> Option<Action> {
+        let rest = path.strip_prefix(self.base.as_str())?;
+        match rest {
+            "" | "/" => Some(Action::Page),
+            "/status" => Some(Action::Status),
+            "/restart" | "/reload" => Some(Action::Restart),
+            "/shutdown" => Some(Action::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// The admin endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Page,
+    Status,
+    Restart,
+    Shutdown,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Page => "page",
+            Action::Status => "status",
+            Action::Restart => "restart",
+            Action::Shutdown => "shutdown",
+        }
+    }
+
+    /// The `Allow` value.
+    fn allow(self) -> &'static str {
+        match self {
+            Action::Page | Action::Status => "GET, HEAD",
+            Action::Restart => "POST, GET",
+            Action::Shutdown => "POST",
+        }
+    }
+
+    fn allows(self, m: &Method) -> bool {
+        match self {
+            Action::Page | Action::Status => m == Method::GET || m == Method::HEAD,
+            Action::Restart => m == Method::POST || m == Method::GET,
+            Action::Shutdown => m == Method::POST,
+        }
+    }
+}
+
+/// How an answer is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Html,
+    Json,
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+/// See the module doc: `?format=`, then `Accept: application/json`, then form posts and
+/// `Accept: text/html`, else text.
+fn negotiate(headers: &HeaderMap, format: Option<&str>) -> Format {
+    match format.map(str::to_ascii_lowercase).as_deref() {
+        Some("json") => return Format::Json,
+        Some("html") => return Format::Html,
+        Some("text" | "txt" | "plain") => return Format::Text,
+        _ => {}
+    }
+    let accept = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("application/json") {
+        Format::Json
+    } else if is_form(headers) || accept.contains("text/html") {
+        Format::Html
+    } else {
+        Format::Text
+    }
+}
+
+/// The status code an operation's error is answered with.
+pub fn status_for(e: &OpError) -> StatusCode {
+    match e {
+        OpError::BadExecutable(_) => StatusCode::BAD_REQUEST,
+        OpError::Forbidden(_) => StatusCode::FORBIDDEN,
+        OpError::Busy(_) => StatusCode::CONFLICT,
+        OpError::Failed(_) => StatusCode::BAD_GATEWAY,
+        OpError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        OpError::ShuttingDown | OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn op_code(e: &OpError) -> &'static str {
+    match e {
+        OpError::Busy(_) => "busy",
+        OpError::ShuttingDown => "shutting_down",
+        OpError::BadExecutable(_) => "bad_executable",
+        OpError::Failed(_) => "failed",
+        OpError::Timeout(_) => "timeout",
+        OpError::Forbidden(_) => "forbidden",
+        OpError::Unavailable(_) => "unavailable",
+    }
+}
+
+/// Why an admin request was not carried out.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    /// Authentication or client address.
+    #[error(transparent)]
+    Denied(#[from] auth::Denied),
+    /// A cross-site browser request.
+    #[error("{0}")]
+    CrossSite(String),
+    /// No such endpoint.
+    #[error("no such admin route")]
+    NotFound,
+    /// The endpoint does not take this method.
+    #[error("method not allowed (allowed: {0})")]
+    Method(&'static str),
+    /// Unreadable query or form.
+    #[error(transparent)]
+    Form(#[from] form::FormError),
+    /// The operation failed or was refused.
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AdminError::Denied(auth::Denied::NotLoopback(_)) | AdminError::CrossSite(_) => {
+                StatusCode::FORBIDDEN
+            }
+            AdminError::Denied(_) => StatusCode::UNAUTHORIZED,
+            AdminError::NotFound => StatusCode::NOT_FOUND,
+            AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AdminError::Form(form::FormError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Form(_) => StatusCode::BAD_REQUEST,
+            AdminError::Op(e) => status_for(e),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            AdminError::Denied(auth::Denied::NotLoopback(_)) | AdminError::CrossSite(_) => {
+                "forbidden"
+            }
+            AdminError::Denied(_) => "unauthorized",
+            AdminError::NotFound => "not_found",
+            AdminError::Method(_) => "method_not_allowed",
+            AdminError::Form(form::FormError::TooLarge) => "payload_too_large",
+            AdminError::Form(_) => "bad_request",
+            AdminError::Op(e) => op_code(e),
+        }
+    }
+}
+
+/// This worker's own facts.
+#[derive(Debug, Clone, Serialize)]
+struct WorkerFacts {
+    pid: u32,
+    generation: u64,
+    /// Live connections of this worker (the asking one included); `None` outside a worker.
+    connections: Option<usize>,
+    draining: bool,
+    exe: String,
+}
+
+fn worker_facts() -> WorkerFacts {
+    let info = crate::worker::info();
+    let serving = info.as_ref().and_then(|i| i.serving.as_ref());
+    WorkerFacts {
+        pid: std::process::id(),
+        generation: info.as_ref().map_or(0, |i| i.generation),
+        connections: serving.map(|s| s.connections()),
+        draining: serving.is_some_and(|s| s.is_draining()),
+        exe: std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+/// What the page and `status` show.
+#[derive(Debug)]
+struct Snapshot {
+    status: Result<Status, OpError>,
+    worker: WorkerFacts,
+}
+
+fn draining_error() -> OpError {
+    OpError::Unavailable(
+        "this worker is draining (a newer generation serves); ask again on a new connection".into(),
+    )
+}
+
+async fn snapshot() -> Snapshot {
+    let worker = worker_facts();
+    let status = if worker.draining {
+        // A draining worker no longer relays requests to the supervisor.
+        Err(draining_error())
+    } else {
+        match tokio::time::timeout(STATUS_WAIT, crate::ops::status()).await {
+            Ok(Ok(OpReply::Status(s))) => Ok(s),
+            Ok(Ok(other)) => Err(OpError::Unavailable(format!(
+                "unexpected answer to status: {other:?}"
+            ))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(OpError::Unavailable(format!(
+                "no answer within {}s",
+                STATUS_WAIT.as_secs()
+            ))),
+        }
+    };
+    Snapshot { status, worker }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The admin routes' handler (one per server, shared by its two routes).
+struct AdminHandler(Arc<Admin>);
+
+impl Handler for AdminHandler {
+    fn call(&self, req: Request) -> BoxFuture {
+        let admin = self.0.clone();
+        Box::pin(async move { admin.handle(req).await })
+    }
+}
+
+/// The parts of a request the endpoints need after the body has been taken.
+struct Asked {
+    fmt: Format,
+    client: String,
+    http1: bool,
+}
+
+impl Admin {
+    async fn handle(&self, req: Request) -> Response {
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+        let who = client.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let query = form::parse(req.uri().query().unwrap_or("").as_bytes());
+        let fmt = negotiate(
+            req.headers(),
+            query.as_ref().ok().and_then(|q| form::get(q, "format")),
+        );
+        let action = self.action(req.uri().path());
+        let name = action.map_or("unknown", Action::name);
+        let method = req.method().clone();
+        let asked = Asked {
+            fmt,
+            client: who,
+            http1: req.version() < http::Version::HTTP_2,
+        };
+        let r = self.serve(req, action, query, client, &asked).await;
+        match r {
+            Ok(resp) => resp,
+            Err(e) => {
+                let status = e.status();
+                if matches!(e, AdminError::Op(_)) {
+                    tracing::warn!(client = %asked.client, server = %self.server, action = name, status = status.as_u16(), "admin: {e}");
+                } else {
+                    tracing::warn!(client = %asked.client, server = %self.server, action = name, %method, status = status.as_u16(), "admin: refused: {e}");
+                }
+                self.error_response(&asked, &e)
+            }
+        }
+    }
+
+    async fn serve(
+        &self,
+        req: Request,
+        action: Option<Action>,
+        query: Result<Vec<(String, String)>, form::FormError>,
+        client: Option<std::net::SocketAddr>,
+        asked: &Asked,
+    ) -> Result<Response, AdminError> {
+        auth::authorize(self.token.as_deref(), req.headers(), client)?;
+        let action = action.ok_or(AdminError::NotFound)?;
+        if !action.allows(req.method()) {
+            return Err(AdminError::Method(action.allow()));
+        }
+        let query = query?;
+        match action {
+            Action::Page => {
+                tracing::info!(client = %asked.client, server = %self.server, "admin: page");
+                let snap = snapshot().await;
+                if asked.fmt == Format::Json {
+                    return Ok(self.status_response(&snap));
+                }
+                let html = page::page(self, &snap, now_unix());
+                Ok(respond(StatusCode::OK, Format::Html, html))
+            }
+            Action::Status => {
+                tracing::info!(client = %asked.client, server = %self.server, "admin: status");
+                Ok(self.status_response(&snapshot().await))
+            }
+            Action::Restart => self.restart(req, &query, asked).await,
+            Action::Shutdown => self.shutdown(req, asked).await,
+        }
+    }
+
+    fn status_json(&self, snap: &Snapshot) -> Value {
+        let mut v = json!({
+            "supervisor": snap.status.as_ref().ok(),
+            "worker": snap.worker,
+            "servers": self.servers,
+            "admin": {
+                "server": self.server,
+                "path": self.path,
+                "auth": if self.token.is_some() { "bearer_token" } else { "loopback_only" },
+                "allowed_exe_dirs": self.allowed_exe_dirs,
+            },
+        });
+        if let Err(e) = &snap.status {
+            v["supervisor_error"] = Value::String(e.to_string());
+        }
+        v
+    }
+
+    fn status_response(&self, snap: &Snapshot) -> Response {
+        let code = if snap.status.is_ok() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        respond(code, Format::Json, json_body(&self.status_json(snap)))
+    }
+
+    /// Refuse browser requests from other sites (see the module doc).
+    fn same_site(req: &Request) -> Result<(), AdminError> {
+        let authority = req.uri().authority().map(|a| a.as_str());
+        match auth::cross_site(req.headers(), authority) {
+            Some(why) => Err(AdminError::CrossSite(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Check a `newExeFilePath`: absolute, and inside `allowed_exe_dirs` when there are any.
+    /// Returns the path to hand to the supervisor (canonical when checked against the list).
+    fn check_exe(&self, given: &str) -> Result<PathBuf, OpError> {
+        let p = Path::new(given);
+        if !p.is_absolute() {
+            return Err(OpError::BadExecutable(format!(
+                "{given}: give an absolute path"
+            )));
+        }
+        if self.allowed_exe_dirs.is_empty() {
+            return Ok(p.to_path_buf());
+        }
+        let canon = std::fs::canonicalize(p)
+            .map_err(|e| OpError::BadExecutable(format!("{given}: {e}")))?;
+        let inside = self.allowed_exe_dirs.iter().any(|d| {
+            std::fs::canonicalize(d)
+                .map(|d| canon.starts_with(d))
+                .unwrap_or(false)
+        });
+        if inside {
+            Ok(canon)
+        } else {
+            let dirs = self
+                .allowed_exe_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(OpError::Forbidden(format!(
+                "{} is not inside allowed_exe_dirs ({dirs})",
+                canon.display()
+            )))
+        }
+    }
+
+    /// Ask for the restart. `None`: a full restart was accepted and this worker is draining, so
+    /// its outcome will not reach us.
+    async fn ask_restart(&self, exe: Option<PathBuf>) -> Option<OpResult> {
+        let op = Op::Restart {
+            exe: exe.map(|p| p.to_string_lossy().into_owned()),
+            via: Some("admin".into()),
+        };
+        let asked = crate::worker::request(op);
+        let serving = crate::worker::info().and_then(|i| i.serving);
+        match serving {
+            Some(serving) if !self.graceful => {
+                tokio::pin!(asked);
+                tokio::select! {
+                    biased;
+                    r = &mut asked => Some(r),
+                    _ = serving.drained_signal() => None,
+                }
+            }
+            _ => Some(asked.await),
+        }
+    }
+
+    async fn restart(
+        &self,
+        req: Request,
+        query: &[(String, String)],
+        asked: &Asked,
+    ) -> Result<Response, AdminError> {
+        Self::same_site(&req)?;
+        let mut exe = form::get(query, "newExeFilePath").map(str::to_owned);
+        if req.method() == Method::POST && is_form(req.headers()) {
+            let body = form::read_body(req.into_body()).await?;
+            let fields = form::parse(&body)?;
+            if let Some(v) = form::get(&fields, "newExeFilePath") {
+                exe = Some(v.to_owned());
+            }
+        }
+        let exe = exe.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let exe = exe.as_deref().map(|e| self.check_exe(e)).transpose()?;
+        if worker_facts().draining {
+            return Err(draining_error().into());
+        }
+        let shown = exe
+            .as_deref()
+            .map_or_else(|| "(recorded)".to_string(), |p| p.display().to_string());
+        tracing::info!(client = %asked.client, server = %self.server, exe = %shown, "admin: restart requested");
+        let Some(result) = self.ask_restart(exe).await else {
+            tracing::info!(client = %asked.client, "admin: full restart under way; this worker drains first");
+            let msg = "full restart under way (graceful: false): this worker drains and exits \
+                       before the new one starts, so the outcome is not known here; check \
+                       the status in a moment";
+            let body = match asked.fmt {
+                Format::Json => json_body(&json!({
+                    "ok": true, "kind": "restart_accepted", "mode": "full", "message": msg,
+                })),
+                Format::Text => format!("{msg}\n"),
+                Format::Html => page::result(
+                    self,
+                    true,
+                    "Full restart under way",
+                    &[("Note", msg.to_string())],
+                    Some(RESULT_REFRESH_SECS),
+                ),
+            };
+            return Ok(closing(
+                respond(StatusCode::ACCEPTED, asked.fmt, body),
+                asked.http1,
+            ));
+        };
+        let o = match result? {
+            OpReply::Restarted(o) => o,
+            other => {
+                return Err(OpError::Unavailable(format!(
+                    "unexpected answer to restart: {other:?}"
+                ))
+                .into());
+            }
+        };
+        let old = o
+            .old_pid
+            .map_or_else(|| "none".to_string(), |p| p.to_string());
+        tracing::info!(client = %asked.client, server = %self.server, pid = o.pid, generation = o.generation, handoff_ms = format!("{:.1}", o.handoff_ms), "admin: restart done");
+        let body = match asked.fmt {
+            Format::Json => {
+                let mut v = json!({ "ok": true, "kind": "restarted" });
+                if let (Some(m), Ok(Value::Object(o))) =
+                    (v.as_object_mut(), serde_json::to_value(&o))
+                {
+                    m.extend(o);
+                }
+                json_body(&v)
+            }
+            Format::Text => format!(
+                "restarted: generation {}, pid {} (was {old}), handoff {:.1} ms ({})\n",
+                o.generation, o.pid, o.handoff_ms, o.mode
+            ),
+            Format::Html => page::result(
+                self,
+                true,
+                &format!("Restarted: worker pid {} now serves", o.pid),
+                &[
+                    ("New worker pid", o.pid.to_string()),
+                    ("Generation", o.generation.to_string()),
+                    ("Previous worker pid", old),
+                    ("Handoff", format!("{:.1} ms", o.handoff_ms)),
+                    ("Mode", o.mode.clone()),
+                    ("Executable", o.exe.clone()),
+                ],
+                Some(RESULT_REFRESH_SECS),
+            ),
+        };
+        // Close this (old worker's) connection so the browser's next request reaches the new one.
+        Ok(closing(
+            respond(StatusCode::OK, asked.fmt, body),
+            asked.http1,
+        ))
+    }
+
+    async fn shutdown(&self, req: Request, asked: &Asked) -> Result<Response, AdminError> {
+        Self::same_site(&req)?;
+        if worker_facts().draining {
+            return Err(draining_error().into());
+        }
+        tracing::info!(client = %asked.client, server = %self.server, "admin: shutdown requested");
+        match crate::ops::shutdown().await? {
+            OpReply::ShuttingDown => {}
+            other => {
+                return Err(OpError::Unavailable(format!(
+                    "unexpected answer to shutdown: {other:?}"
+                ))
+                .into());
+            }
+        }
+        let msg = "shutting down: every worker drains, then the supervisor exits";
+        let body = match asked.fmt {
+            Format::Json => {
+                json_body(&json!({ "ok": true, "kind": "shutting_down", "message": msg }))
+            }
+            Format::Text => format!("{msg}\n"),
+            Format::Html => page::result(
+                self,
+                true,
+                "The host is shutting down",
+                &[("Note", msg.into())],
+                None,
+            ),
+        };
+        Ok(closing(
+            respond(StatusCode::OK, asked.fmt, body),
+            asked.http1,
+        ))
+    }
+
+    fn error_response(&self, asked: &Asked, e: &AdminError) -> Response {
+        let status = e.status();
+        let body = match asked.fmt {
+            Format::Json => json_body(&json!({
+                "ok": false,
+                "status": status.as_u16(),
+                "error": e.code(),
+                "message": e.to_string(),
+            })),
+            Format::Text => format!(
+                "{} {}: {e}\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            ),
+            Format::Html => page::result(
+                self,
+                false,
+                &format!(
+                    "{} {}: {e}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                ),
+                &[],
+                None,
+            ),
+        };
+        let mut r = respond(status, asked.fmt, body);
+        let h = r.headers_mut();
+        match e {
+            AdminError::Denied(auth::Denied::MissingToken) => {
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"apphost admin\""),
+                );
+            }
+            AdminError::Denied(auth::Denied::WrongToken) => {
+                h.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        "Bearer realm=\"apphost admin\", error=\"invalid_token\"",
+                    ),
+                );
+            }
+            AdminError::Method(allow) => {
+                h.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+fn json_body(v: &Value) -> String {
+    let mut s = v.to_string();
+    s.push('\n');
+    s
+}
+
+/// A response in `fmt` with the admin's headers: never cached, no sniffing; HTML may only use
+/// its own inline style and script, post forms to itself, and not be framed.
+fn respond(status: StatusCode, fmt: Format, body: String) -> Response {
+    let ct = match fmt {
+        Format::Json => "application/json",
+        Format::Html => "text/html; charset=utf-8",
+        Format::Text => "text/plain; charset=utf-8",
+    };
+    let mut r = http::Response::new(Body::from(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    if fmt == Format::Html {
+        h.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
+                 form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+        );
+        h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    }
+    r
+}
+
+/// Ask an HTTP/1 client to close the connection after this response (HTTP/2 has no such header).
+fn closing(mut r: Response, http1: bool) -> Response {
+    if http1 {
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! Watching files so apphost restarts (or reloads a certificate) by itself.
+//!
+//! - The **executable** path recorded at start (see `cli`), and the **config** file: the
+//!   supervisor watches their directories (inotify through `notify`; nothing polls, so an idle
+//!   watch costs no CPU). A change is acted on once the file has been quiet for `watch.settle`,
+//!   and only if its identity (device, inode, size, mtime) differs from the last one seen, so a
+//!   half-written file is never run and a burst of saves (editors that write by rename, `cp`
+//!   then `mv`) gives one restart. The candidate is then checked: the executable checks of
+//!   `supervisor::exe`, and a preflight run `EXE check [-c CONFIG]` that must exit 0 within
+//!   [`PREFLIGHT_TIMEOUT`]. Only then is a restart asked for, through the same state machine as
+//!   every other trigger. A file that fails is refused with the reason in the log; the serving
+//!   generation is untouched and the next change is still picked up.
+//! - **Certificates**: each worker watches its cert and key files and, when they change and the
+//!   new pair loads and matches, swaps it in for new TLS handshakes without a restart; a broken
+//!   pair is logged and the old one stays.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// How long a preflight `check` may take.
+pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What makes a file "the same file": if none of these changed, nothing happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+/// The identity of the file at `path` now (following symlinks), `None` if it does not exist.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    })
+}
+
+/// A set of watched files. Dropping it stops the watch.
+///
+/// Their directories are watched, not the files: a rename over a file, a delete-and-create, or a
+/// symlink swap next to it (Kubernetes secret volumes) are all seen. Any event in those
+/// directories makes the set compare the files' identities; only files whose identity changed
+/// are reported.
+pub struct FileWatch {
+    _watcher: notify::RecommendedWatcher,
+    rx: mpsc::UnboundedReceiver<()>,
+    ids: HashMap<PathBuf, Option<FileId>>,
+}
+
+impl std::fmt::Debug for FileWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWatch")
+            .field("files", &self.ids.keys())
+            .finish()
+    }
+}
+
+impl FileWatch {
+    /// Watch `files`, taking their identities now as the baseline.
+    pub fn new(files: &[PathBuf]) -> notify::Result<FileWatch> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res {
+                    if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                        let _ = tx.send(());
+                    }
+                }
+            })?;
+        let dirs: HashSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
+            .collect();
+        for d in dirs {
+            watcher.watch(&d, RecursiveMode::NonRecursive)?;
+        }
+        let ids = files.iter().map(|f| (f.clone(), file_id(f))).collect();
+        Ok(FileWatch {
+            _watcher: watcher,
+            rx,
+            ids,
+        })
+    }
+
+    /// Wait until some watched file's identity changes and then stays unchanged for `settle`;
+    /// returns the files that changed (a missing file counts as changed only once it is back).
+    /// `None` when the watch has ended.
+    pub async fn next_settled(&mut self, settle: Duration) -> Option<HashSet<PathBuf>> {
+        loop {
+            self.rx.recv().await?;
+            // Quiet period: every further event restarts it.
+            loop {
+                match tokio::time::timeout(settle, self.rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return None,
+                    Err(_quiet) => break,
+                }
+            }
+            let mut changed = HashSet::new();
+            for (path, last) in self.ids.iter_mut() {
+                let now = file_id(path);
+                if now.is_some() && now != *last {
+                    changed.insert(path.clone());
+                }
+                if now.is_some() {
+                    *last = now;
+                }
+            }
+            if !changed.is_empty() {
+                return Some(changed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_writes_and_a_rename_over_settle_into_one_change() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("server.yaml");
+        std::fs::write(&f, "a").unwrap();
+        let before = file_id(&f).unwrap();
+        let mut w = FileWatch::new(&[f.clone()]).unwrap();
+        for i in 0..5 {
+            std::fs::write(&f, format!("write {i}")).unwrap();
+        }
+        let tmp = d.path().join(".server.yaml.tmp");
+        std::fs::write(&tmp, "final").unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        let changed = tokio::time::timeout(
+            Duration::from_secs(5),
+            w.next_settled(Duration::from_millis(200)),
+        )
+        .await
+        .expect("a change is reported")
+        .unwrap();
+        assert_eq!(changed, HashSet::from([f.clone()]));
+        assert_ne!(file_id(&f).unwrap(), before);
+        // Nothing more is pending: the burst was one change.
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                w.next_settled(Duration::from_millis(50))
+            )
+            .await
+            .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn other_files_in_the_directory_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("apphost");
+        std::fs::write(&f, "x").unwrap();
+        let mut w = FileWatch::new(&[f.clone()]).unwrap();
+        std::fs::write(d.path().join("other"), "y").unwrap();
+        assert!(
+            tokio::time::timeout(
+                Duration::from_millis(300),
+                w.next_settled(Duration::from_millis(50))
+            )
+            .await
+            .is_err()
+        );
+    }
+}
