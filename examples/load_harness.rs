@@ -225,10 +225,8 @@ struct Resp {
 }
 
 enum Parse {
-    /// More bytes needed; `to_eof`: the body ends when the connection does.
-    Incomplete {
-        to_eof: bool,
-    },
+    /// More bytes needed (with no length, until the connection ends).
+    Incomplete,
     Complete(Resp),
 }
 
@@ -245,7 +243,7 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Parse, String> {
         if buf.len() > 64 * 1024 {
             return Err("response head over 64 KiB".into());
         }
-        return Ok(Parse::Incomplete { to_eof: false });
+        return Ok(Parse::Incomplete);
     };
     let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "response head not UTF-8")?;
     let mut lines = head.split("\r\n");
@@ -298,7 +296,7 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Parse, String> {
         let mut body = Vec::new();
         loop {
             let Some(line_end) = find(buf, b"\r\n", pos) else {
-                return Ok(Parse::Incomplete { to_eof: false });
+                return Ok(Parse::Incomplete);
             };
             let size_str = std::str::from_utf8(&buf[pos..line_end]).map_err(|_| "bad chunk")?;
             let size_str = size_str.split(';').next().unwrap_or_default().trim();
@@ -312,11 +310,11 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Parse, String> {
                 }
                 return match find(buf, b"\r\n\r\n", pos.saturating_sub(2)) {
                     Some(_) => done(&body, keep_alive),
-                    None => Ok(Parse::Incomplete { to_eof: false }),
+                    None => Ok(Parse::Incomplete),
                 };
             }
             if buf.len() < pos + size + 2 {
-                return Ok(Parse::Incomplete { to_eof: false });
+                return Ok(Parse::Incomplete);
             }
             if body.len() < 256 {
                 body.extend_from_slice(&buf[pos..pos + size]);
@@ -328,13 +326,13 @@ fn parse_response(buf: &[u8], eof: bool) -> Result<Parse, String> {
         if buf.len() >= body_start + n {
             return done(&buf[body_start..body_start + n], keep_alive);
         }
-        return Ok(Parse::Incomplete { to_eof: false });
+        return Ok(Parse::Incomplete);
     }
     // No length: the body runs to the end of the connection.
     if eof {
         return done(&buf[body_start..], false);
     }
-    Ok(Parse::Incomplete { to_eof: true })
+    Ok(Parse::Incomplete)
 }
 
 /// How one request attempt ended, short of a complete response.
@@ -397,10 +395,10 @@ async fn read_response(conn: &mut Conn, buf: &mut Vec<u8>) -> Result<Resp, Failu
         let eof = n == 0;
         match parse_response(buf, eof) {
             Ok(Parse::Complete(r)) => return Ok(r),
-            Ok(Parse::Incomplete { .. }) if eof => {
+            Ok(Parse::Incomplete) if eof => {
                 return Err(read_fail("closed".into(), buf.len(), conn.reused));
             }
-            Ok(Parse::Incomplete { .. }) => {}
+            Ok(Parse::Incomplete) => {}
             Err(e) => return Err(failure(Fail::ReadErr, e)),
         }
     }
@@ -1042,7 +1040,7 @@ mod tests {
     fn complete(buf: &[u8]) -> Resp {
         match parse_response(buf, false).unwrap() {
             Parse::Complete(r) => r,
-            Parse::Incomplete { .. } => panic!("incomplete"),
+            Parse::Incomplete => panic!("incomplete"),
         }
     }
 
@@ -1061,12 +1059,12 @@ mod tests {
         let partial = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nHel";
         assert!(matches!(
             parse_response(partial, false),
-            Ok(Parse::Incomplete { to_eof: false })
+            Ok(Parse::Incomplete)
         ));
         let to_eof = b"HTTP/1.0 200 OK\r\n\r\nabc";
         assert!(matches!(
             parse_response(to_eof, false),
-            Ok(Parse::Incomplete { to_eof: true })
+            Ok(Parse::Incomplete)
         ));
         assert!(matches!(
             parse_response(to_eof, true),

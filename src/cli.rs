@@ -125,7 +125,7 @@ fn run(explicit: Option<&Path>) -> ExitCode {
             tracing::info!("no config file found; using the embedded default")
         }
     }
-    let exe = match std::env::current_exe() {
+    let exe = match recorded_exe() {
         Ok(p) => p,
         Err(e) => {
             tracing::error!("cannot find my own executable: {e}");
@@ -204,4 +204,32 @@ fn describe(host: &Host, config: &Config) -> Result<String, String> {
     }
     let _ = writeln!(out, "ok");
     Ok(out)
+}
+
+/// The executable path restarts run and the watcher watches: the path the program was started
+/// by (`argv[0]` made absolute, or found on `PATH`), so a symlink that is switched to a new
+/// version is followed; `/proc/self/exe` only as a last resort, since it names the file that was
+/// running at start even after it has been replaced.
+fn recorded_exe() -> std::io::Result<PathBuf> {
+    let argv0 = std::env::args_os().next().map(PathBuf::from);
+    if let Some(a) = argv0 {
+        if a.components().count() > 1 {
+            let abs = if a.is_absolute() {
+                a
+            } else {
+                std::env::current_dir()?.join(a)
+            };
+            if abs.is_file() {
+                return Ok(abs);
+            }
+        } else if let Some(path) = std::env::var_os("PATH") {
+            for dir in std::env::split_paths(&path) {
+                let cand = dir.join(&a);
+                if cand.is_file() && dir.is_absolute() {
+                    return Ok(cand);
+                }
+            }
+        }
+    }
+    std::env::current_exe()
 }

@@ -21,8 +21,9 @@ use tokio::net::TcpStream;
 use super::{Endpoint, Serving};
 use crate::handler::ClientAddr;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Proto {
+/// Which HTTP versions a connection may speak.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Proto {
     /// Plain TCP: HTTP/1.1 or h2c prior knowledge.
     Auto,
     Http1,
@@ -30,19 +31,20 @@ enum Proto {
 }
 
 /// Serve one accepted TCP connection to the end.
-pub async fn serve(stream: TcpStream, ep: Endpoint, serving: Arc<Serving>) {
-    // `None` only if the client is already gone.
-    let peer = stream.peer_addr().ok().map(ClientAddr);
+pub async fn serve(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    ep: Arc<Endpoint>,
+    serving: Arc<Serving>,
+) {
+    let peer = Some(ClientAddr(peer));
     match &ep.tls {
         None => serve_io(stream, peer, Proto::Auto, ep, serving).await,
         Some(acceptor) => {
             let hs = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
-            let tls = tokio::select! {
-                r = hs => r,
-                // A handshake still going on when the drain starts is given up: the client has
-                // sent no request yet and will see a failed TLS handshake it can retry.
-                _ = serving.drained_signal() => return,
-            };
+            // A handshake under way when the drain starts is completed (bounded by the
+            // timeout): the client then gets its answer with `Connection: close`.
+            let tls = hs.await;
             match tls {
                 Ok(Ok(tls)) => {
                     let proto = match tls.get_ref().1.alpn_protocol() {
@@ -60,11 +62,15 @@ pub async fn serve(stream: TcpStream, ep: Endpoint, serving: Arc<Serving>) {
     }
 }
 
-fn builder(proto: Proto, serving: &Serving) -> auto::Builder<TokioExecutor> {
+/// The hyper-util builder for a protocol choice; built once per generation (see `Serving`).
+pub(crate) fn builder(
+    proto: Proto,
+    header_read_timeout: std::time::Duration,
+) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(serving.header_read_timeout);
+        .header_read_timeout(header_read_timeout);
     b.http2().timer(TokioTimer::new());
     match proto {
         Proto::Auto => b,
@@ -77,7 +83,7 @@ async fn serve_io<I>(
     io: I,
     peer: Option<ClientAddr>,
     proto: Proto,
-    ep: Endpoint,
+    ep: Arc<Endpoint>,
     serving: Arc<Serving>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -111,7 +117,7 @@ async fn serve_io<I>(
             }
         })
     };
-    let b = builder(proto, &serving);
+    let b = serving.builder(proto);
     let conn = b.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
 

@@ -39,6 +39,8 @@ pub struct Serving {
     pub keepalive_grace: Duration,
     /// Request headers (and the TLS handshake) must arrive within this.
     pub header_read_timeout: Duration,
+    /// hyper-util builders for plain (auto), HTTP/1-only and HTTP/2-only connections.
+    builders: [hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>; 3],
 }
 
 impl Serving {
@@ -50,7 +52,23 @@ impl Serving {
             tracker: TaskTracker::new(),
             keepalive_grace,
             header_read_timeout,
+            builders: [
+                conn::builder(conn::Proto::Auto, header_read_timeout),
+                conn::builder(conn::Proto::Http1, header_read_timeout),
+                conn::builder(conn::Proto::Http2, header_read_timeout),
+            ],
         })
+    }
+
+    fn builder(
+        &self,
+        proto: conn::Proto,
+    ) -> &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+        match proto {
+            conn::Proto::Auto => &self.builders[0],
+            conn::Proto::Http1 => &self.builders[1],
+            conn::Proto::Http2 => &self.builders[2],
+        }
     }
 
     /// True once the drain has started.
@@ -98,6 +116,7 @@ pub struct Endpoint {
 
 /// Accept connections on `listener` until the drain starts, then drop the listener.
 pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, serving: Arc<Serving>) {
+    let endpoint = Arc::new(endpoint);
     let mut drain = serving.drain_tx.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -106,11 +125,11 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, serving: Arc
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let ep = endpoint.clone();
                 let s = serving.clone();
-                serving.tracker.spawn(conn::serve(stream, ep, s));
+                serving.tracker.spawn(conn::serve(stream, peer, ep, s));
             }
             Err(e) => {
                 // EMFILE/ENFILE/ECONNABORTED: keep the listener, back off briefly.
