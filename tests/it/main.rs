@@ -3,6 +3,8 @@
 
 mod support;
 
+mod admin;
 mod host;
 mod restart;
 mod smoke;
+mod watch;
