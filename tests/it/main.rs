@@ -7,4 +7,5 @@ mod admin;
 mod host;
 mod restart;
 mod smoke;
+mod systemd;
 mod watch;
