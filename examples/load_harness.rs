@@ -15,7 +15,8 @@
 //! target/release/examples/load_harness --url http://127.0.0.1:18480/pid --handoff --count 50 \
 //!     --restart-pid $SUP
 //! ```
-//! Add `--json` for one JSON object on stdout instead of the table.
+//! Add `--json` for one JSON object on stdout instead of the table, `--json-out FILE` to write it
+//! to a file as well.
 //!
 //! **Load.** `--mode keepalive`: each client keeps one connection and sends requests back to back;
 //! when a response carries `Connection: close` (or is HTTP/1.0 without keep-alive) the client
@@ -119,6 +120,9 @@ struct Args {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON object to this file (the tables still go to stdout).
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
 }
 
 /// `500ms`, `2s`, `1m`, or a bare number of seconds (`5`, `0.5`).
@@ -440,6 +444,18 @@ fn request_bytes(target: &Target, close: bool) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Print `out` if `--json`, write it to `--json-out` if given.
+fn emit_json(args: &Args, out: &Value) -> Result<(), String> {
+    if args.json {
+        println!("{out}");
+    }
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, format!("{out}\n"))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Load mode.
 
@@ -708,25 +724,24 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
         Mode::Keepalive => "keepalive",
         Mode::Close => "close",
     };
-    if args.json {
-        let out = json!({
-            "url": args.url,
-            "mode": mode,
-            "clients": args.clients,
-            "restart_pid": args.restart_pid,
-            "restart_every_ms": args.restart_pid.map(|_| args.restart_every.as_millis() as u64),
-            "restarts_sent": sent,
-            "kill_errors": kill_errors,
-            "phases": phases.iter().map(PhaseReport::json).collect::<Vec<_>>(),
-            "first_failures": samples.iter().map(|s| json!({
-                "at_ms": s.at.as_secs_f64() * 1000.0,
-                "phase": s.phase,
-                "kind": s.kind.name(),
-                "detail": s.detail,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{out}");
-    } else {
+    let out = json!({
+        "url": args.url,
+        "mode": mode,
+        "clients": args.clients,
+        "restart_pid": args.restart_pid,
+        "restart_every_ms": args.restart_pid.map(|_| args.restart_every.as_millis() as u64),
+        "restarts_sent": sent,
+        "kill_errors": kill_errors,
+        "phases": phases.iter().map(PhaseReport::json).collect::<Vec<_>>(),
+        "first_failures": samples.iter().map(|s| json!({
+            "at_ms": s.at.as_secs_f64() * 1000.0,
+            "phase": s.phase,
+            "kind": s.kind.name(),
+            "detail": s.detail,
+        })).collect::<Vec<_>>(),
+    });
+    emit_json(args, &out)?;
+    if !args.json {
         println!(
             "load_harness: {} mode={mode} clients={} timeout={:?}",
             args.url, args.clients, args.timeout
@@ -885,30 +900,27 @@ async fn run_handoff(args: &Args, target: Target) -> Result<bool, String> {
     let mut sorted = times_us.clone();
     sorted.sort_unstable();
     let errors: u64 = poll_errors.iter().sum();
-    if args.json {
-        let mut fails = serde_json::Map::new();
-        for (k, n) in FAILS.iter().zip(poll_errors) {
-            fails.insert(k.name().into(), n.into());
-        }
-        println!(
-            "{}",
-            json!({
-                "url": args.url,
-                "restart_pid": pid.as_raw_nonzero().get(),
-                "rounds": args.count,
-                "measured": sorted.len(),
-                "timed_out": timed_out,
-                "polls": polls_total,
-                "poll_failures": fails,
-                "min_us": sorted.first(),
-                "median_us": percentile(&sorted, 0.5),
-                "p90_us": percentile(&sorted, 0.9),
-                "max_us": sorted.last(),
-                "handoffs_us": times_us,
-                "notes": samples,
-            })
-        );
-    } else {
+    let mut fails = serde_json::Map::new();
+    for (k, n) in FAILS.iter().zip(poll_errors) {
+        fails.insert(k.name().into(), n.into());
+    }
+    let out = json!({
+        "url": args.url,
+        "restart_pid": pid.as_raw_nonzero().get(),
+        "rounds": args.count,
+        "measured": sorted.len(),
+        "timed_out": timed_out,
+        "polls": polls_total,
+        "poll_failures": fails,
+        "min_us": sorted.first(),
+        "median_us": percentile(&sorted, 0.5),
+        "p90_us": percentile(&sorted, 0.9),
+        "max_us": sorted.last(),
+        "handoffs_us": times_us,
+        "notes": samples,
+    });
+    emit_json(args, &out)?;
+    if !args.json {
         println!(
             "handoff: {} rounds, SIGUSR1 to {} then GET {} on fresh connections until a new pid answers",
             args.count,

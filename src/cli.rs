@@ -82,7 +82,7 @@ pub fn main(host: Host) -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => run(config.as_deref()),
+        Command::Run { config } => run(&host, config.as_deref()),
         Command::Check { config } => check(&host, config.as_deref()),
         Command::Status { target } => {
             crate::control::run_command(crate::control::Command::Status, &target)
@@ -110,7 +110,7 @@ pub fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     }
 }
 
-fn run(explicit: Option<&Path>) -> ExitCode {
+fn run(host: &Host, explicit: Option<&Path>) -> ExitCode {
     let config = match load_config(explicit) {
         Ok(c) => c,
         Err(e) => {
@@ -118,6 +118,12 @@ fn run(explicit: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Everything a worker would build (routes, handler params, TLS pairs), checked here so a
+    // mistake is reported with exit 2 before any process starts.
+    if let Err(e) = describe(host, &config) {
+        eprintln!("apphost: {e}");
+        return ExitCode::from(2);
+    }
     crate::logging::init(&config.log);
     match &config.source {
         crate::config::ConfigSource::File(p) => tracing::info!("using config {}", p.display()),
@@ -184,8 +190,7 @@ fn describe(host: &Host, config: &Config) -> Result<String, String> {
             let _ = writeln!(out, "  listen http://{a}");
         }
         if let Some(h) = &s.https {
-            crate::serve::tls::load_pair(&h.cert, &h.key)
-                .map_err(|e| format!("servers.{}.https: {e}", s.name))?;
+            crate::serve::tls::load_for_server(config, s).map_err(|e| e.to_string())?;
             for a in &h.addresses {
                 let _ = writeln!(out, "  listen https://{a}  (cert {})", h.cert.display());
             }

@@ -371,12 +371,12 @@ async fn ask(mut op: Op, events: &mpsc::UnboundedSender<Event>, peer: &str) -> O
     }
     match &op {
         Op::Restart { exe, .. } => tracing::info!(
-            peer_pid = peer,
+            peer_pid = %peer,
             exe = exe.as_deref().unwrap_or("(recorded)"),
             "control: restart requested"
         ),
-        Op::Shutdown => tracing::info!(peer_pid = peer, "control: shutdown requested"),
-        Op::Status => tracing::debug!(peer_pid = peer, "control: status requested"),
+        Op::Shutdown => tracing::info!(peer_pid = %peer, "control: shutdown requested"),
+        Op::Status => tracing::debug!(peer_pid = %peer, "control: status requested"),
     }
     let (tx, rx) = oneshot::channel();
     if events.send(Event::Op(op, Reply::Local(tx))).is_err() {
@@ -584,7 +584,7 @@ pub fn describe_status(s: &Status) -> String {
     }
     out.push_str(&format!("  executable {}\n  config {}\n", s.exe, s.config));
     out.push_str(&format!(
-        "  restarts: {} ({} since start)\n  listeners: {}\n",
+        "  restart mode {}, {} restarts since start\n  listeners {}\n",
         if s.graceful { "graceful" } else { "full" },
         s.restarts,
         if s.listeners.is_empty() {

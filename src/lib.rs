@@ -15,6 +15,10 @@
 //! the sockets. A restart starts generation N+1 with the same sockets; once it reports ready over
 //! its channel, generation N stops accepting and drains. If N+1 fails, N keeps serving and the
 //! asker is told why. See the supervisor module for the state machine.
+//!
+//! Whatever asks for a restart, a shutdown or the status — a signal, a server's [`admin`] routes,
+//! the `apphost status|restart|shutdown` commands over the supervisor's [`control`] socket, or a
+//! handler calling [`ops`] — goes through that one state machine and gets the same answer.
 
 pub mod admin;
 pub mod body;

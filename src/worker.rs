@@ -183,8 +183,9 @@ fn prepare(
         let routes = Arc::new(table);
         let acceptor = match &server.https {
             Some(h) => {
-                let store = CertStore::load(&h.cert, &h.key)
-                    .map_err(|e| format!("servers.{}.https: {e}", server.name))?;
+                let store = serve::tls::load_for_server(config, server)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("https without a certificate")?;
                 let cfg = store.server_config().map_err(|e| e.to_string())?;
                 tls_files.push(h.cert.display().to_string());
                 tls_files.push(h.key.display().to_string());
@@ -272,12 +273,17 @@ async fn run(
         generation,
         serving: Some(serving.clone()),
     });
+    // Before the first connection is accepted: a handler calling `ops::*` (the admin page) must
+    // not find it unset. Requests made before `ready` wait in the queue until the loop below.
+    let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Pending>();
+    let _ = REQUESTS.set(req_tx);
     let mut keys = Vec::new();
     let mut started = Vec::new();
+    let mut accept_loops = Vec::new();
     for (l, ep) in prepared.listeners {
         keys.push(ep.key.clone());
         started.push((ep.key.clone(), ep.tls.is_some()));
-        tokio::spawn(serve::accept_loop(l, ep, serving.clone()));
+        accept_loops.push(tokio::spawn(serve::accept_loop(l, ep, serving.clone())));
     }
     for (key, fd) in &prepared.newly_bound {
         if let Err(e) = chan
@@ -324,8 +330,6 @@ async fn run(
     }
     watch_certs(prepared.certs, config.watch.settle);
 
-    let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Pending>();
-    let _ = REQUESTS.set(req_tx);
     let mut pending: HashMap<u64, oneshot::Sender<OpResult>> = HashMap::new();
     let mut next_id = 1u64;
     let mut sigs = WorkerSignals::new();
@@ -366,6 +370,11 @@ async fn run(
         tracing::info!("server reloading");
     }
     serving.start_drain();
+    // A loop may be handing over a connection it has just accepted: count it before waiting for
+    // the connections to finish.
+    for l in accept_loops {
+        let _ = l.await;
+    }
     let deadline = tokio::time::sleep(config.shutdown_timeout);
     tokio::pin!(deadline);
     loop {

@@ -75,16 +75,19 @@ pub(crate) fn authorize(
 /// elsewhere posting a form or loading an image at the admin URL), since a loopback-only admin
 /// without a token would otherwise obey it. Requests without these headers (curl, scripts) pass.
 ///
-/// Refused: `Sec-Fetch-Site` other than `same-origin` or `none` (typed by the user), and an
-/// `Origin` whose host and port differ from the `Host` the request was sent to.
+/// Browsers that send `Sec-Fetch-Site` are judged by it alone: `same-origin` and `none` (typed
+/// by the user) pass, anything else is refused. Without it (older browsers), an `Origin` whose
+/// host and port differ from the `Host` the request was sent to, or an opaque `null` one, is
+/// refused.
 pub(crate) fn cross_site(headers: &HeaderMap, authority: Option<&str>) -> Option<String> {
     if let Some(site) = headers.get("sec-fetch-site") {
         let site = site.to_str().unwrap_or("?");
-        if !site.eq_ignore_ascii_case("same-origin") && !site.eq_ignore_ascii_case("none") {
-            return Some(format!(
-                "cross-site request refused (Sec-Fetch-Site: {site})"
-            ));
+        if site.eq_ignore_ascii_case("same-origin") || site.eq_ignore_ascii_case("none") {
+            return None;
         }
+        return Some(format!(
+            "cross-site request refused (Sec-Fetch-Site: {site})"
+        ));
     }
     let origin = headers.get(ORIGIN)?;
     let origin = origin.to_str().unwrap_or("null");
@@ -192,9 +195,17 @@ mod tests {
             cross_site(&headers(&[host, ("sec-fetch-site", "none")]), None),
             None
         );
+        // A same-origin form under a strict referrer policy may say `Origin: null`.
+        let strict = headers(&[host, ("origin", "null"), ("sec-fetch-site", "same-origin")]);
+        assert_eq!(cross_site(&strict, None), None);
         for bad in [
             headers(&[host, ("sec-fetch-site", "cross-site")]),
             headers(&[host, ("sec-fetch-site", "same-site")]),
+            headers(&[
+                host,
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "http://127.0.0.1:8199"),
+            ]),
             headers(&[host, ("origin", "http://evil.example")]),
             headers(&[host, ("origin", "http://127.0.0.1:8200")]),
             headers(&[host, ("origin", "null")]),

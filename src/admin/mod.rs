@@ -33,8 +33,9 @@
 //! - Without: only loopback clients (`127.0.0.0/8`, `::1`) are served, others get `403`; the
 //!   worker logs a warning at start when such a server listens beyond loopback.
 //! - Restart and shutdown also refuse requests a browser marks as cross-site (`Sec-Fetch-Site`
-//!   other than `same-origin`/`none`, or an `Origin` that is not the host asked): `403`. This
-//!   keeps another web page from driving a loopback-only admin through the user's browser.
+//!   other than `same-origin`/`none`; without that header, an `Origin` that is not the host
+//!   asked): `403`. This keeps another web page from driving a loopback-only admin through the
+//!   user's browser. Clients that send neither header (`curl`, scripts) are not affected.
 //! - `newExeFilePath` must be absolute; with `allowed_exe_dirs` it must resolve
 //!   (canonicalised, symlinks followed) to a file inside one of them, else `403`. Either way the
 //!   supervisor then checks that it is an executable it can run.
@@ -121,7 +122,9 @@ pub fn install(
     admin: &AdminConfig,
 ) {
     let a = Admin::new(config, server, admin);
-    warn_exposure(server, admin);
+    if let Some(w) = exposure_warning(server, admin) {
+        tracing::warn!("{w}");
+    }
     let exact = a.path.clone();
     let wildcard = format!("{}/*action", a.base);
     for (pattern, handler) in table.routes() {
@@ -162,7 +165,10 @@ fn server_listeners(s: &ServerConfig) -> Vec<(&'static str, &ListenAddr)> {
     http.chain(https).collect()
 }
 
-fn warn_exposure(server: &ServerConfig, admin: &AdminConfig) {
+/// The warning to log at worker start, if any: an admin without a token on a server that
+/// listens beyond loopback (only loopback clients will be served), or a token sent in clear text
+/// over plain HTTP beyond loopback.
+fn exposure_warning(server: &ServerConfig, admin: &AdminConfig) -> Option<String> {
     let exposed: Vec<(&str, &ListenAddr)> = server_listeners(server)
         .into_iter()
         .filter(|(_, a)| !a.is_loopback())
@@ -174,29 +180,28 @@ fn warn_exposure(server: &ServerConfig, admin: &AdminConfig) {
             .join(", ")
     };
     if exposed.is_empty() {
-        return;
+        return None;
     }
     if admin.token.is_none() {
-        tracing::warn!(
+        return Some(format!(
             "servers.{}: the admin routes at {} have no token and the server listens beyond \
              loopback ({}): only loopback clients are served; set admin.token or \
              admin.token_file to let others in",
             server.name,
             admin.path,
             list(&exposed)
-        );
-    } else {
-        let plain: Vec<(&str, &ListenAddr)> =
-            exposed.into_iter().filter(|(s, _)| *s == "http").collect();
-        if !plain.is_empty() {
-            tracing::warn!(
-                "servers.{}: the admin token travels in clear text on plain HTTP beyond \
-                 loopback ({}); prefer HTTPS or a loopback address",
-                server.name,
-                list(&plain)
-            );
-        }
+        ));
     }
+    let plain: Vec<(&str, &ListenAddr)> =
+        exposed.into_iter().filter(|(s, _)| *s == "http").collect();
+    (!plain.is_empty()).then(|| {
+        format!(
+            "servers.{}: the admin token travels in clear text on plain HTTP beyond loopback \
+             ({}); prefer HTTPS or a loopback address",
+            server.name,
+            list(&plain)
+        )
+    })
 }
 
 /// One server as the page and `status` show it.
@@ -875,7 +880,8 @@ fn respond(status: StatusCode, fmt: Format, body: String) -> Response {
                  form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
         );
-        h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        // Not `no-referrer`: with it, browsers send `Origin: null` on the page's own forms.
+        h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     }
     r
 }

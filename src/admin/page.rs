@@ -259,6 +259,38 @@ pub(crate) fn page(admin: &Admin, snap: &Snapshot, now_unix: u64) -> String {
     );
     b.push_str("</table></section>\n");
 
+    let restart = escape(&admin.action_url("restart"));
+    let shutdown = escape(&admin.action_url("shutdown"));
+    let placeholder = st.map_or_else(|| w.exe.clone(), |s| s.exe.clone());
+    let dirs = if admin.allowed_exe_dirs.is_empty() {
+        String::new()
+    } else {
+        let list = admin
+            .allowed_exe_dirs
+            .iter()
+            .map(|d| format!("<code>{}</code>", escape(&d.display().to_string())))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(" It must be in {list}.")
+    };
+    let _ = writeln!(
+        b,
+        "<section><h2>Actions</h2>\n\
+         <form method=\"post\" action=\"{restart}\" \
+         onsubmit=\"return confirm('Restart the host now?')\">\n\
+         <label for=\"exe-input\">New executable (optional)</label>\n\
+         <input type=\"text\" id=\"exe-input\" name=\"newExeFilePath\" \
+         placeholder=\"{}\" autocomplete=\"off\" spellcheck=\"false\">\n\
+         <button type=\"submit\" id=\"restart\">Restart</button>\n\
+         <p class=\"hint\">Leave it empty to restart the recorded executable; otherwise give an \
+         absolute path.{dirs} The answer comes once the new worker serves (or has failed).</p>\n\
+         </form>\n\
+         <form method=\"post\" action=\"{shutdown}\" \
+         onsubmit=\"return confirm('Shut the host down? Every worker drains, then the supervisor exits.')\">\n\
+         <button type=\"submit\" id=\"shutdown\" class=\"danger\">Shutdown</button>\n\
+         </form></section>",
+        escape(&placeholder)
+    );
     b.push_str(
         "<section><h2>Servers</h2><table>\n<tr><th>Server</th><th>Listeners</th><th>Admin</th></tr>\n",
     );
@@ -293,38 +325,6 @@ pub(crate) fn page(admin: &Admin, snap: &Snapshot, now_unix: u64) -> String {
     }
     b.push_str("</table></section>\n");
 
-    let restart = escape(&admin.action_url("restart"));
-    let shutdown = escape(&admin.action_url("shutdown"));
-    let placeholder = st.map_or_else(|| w.exe.clone(), |s| s.exe.clone());
-    let dirs = if admin.allowed_exe_dirs.is_empty() {
-        String::new()
-    } else {
-        let list = admin
-            .allowed_exe_dirs
-            .iter()
-            .map(|d| format!("<code>{}</code>", escape(&d.display().to_string())))
-            .collect::<Vec<_>>()
-            .join(", ");
-        format!(" It must be in {list}.")
-    };
-    let _ = writeln!(
-        b,
-        "<section><h2>Actions</h2>\n\
-         <form method=\"post\" action=\"{restart}\" \
-         onsubmit=\"return confirm('Restart the host now?')\">\n\
-         <label for=\"exe-input\">New executable (optional)</label>\n\
-         <input type=\"text\" id=\"exe-input\" name=\"newExeFilePath\" \
-         placeholder=\"{}\" autocomplete=\"off\" spellcheck=\"false\">\n\
-         <button type=\"submit\" id=\"restart\">Restart</button>\n\
-         <p class=\"hint\">Leave it empty to restart the recorded executable; otherwise give an \
-         absolute path.{dirs} The answer comes once the new worker serves (or has failed).</p>\n\
-         </form>\n\
-         <form method=\"post\" action=\"{shutdown}\" \
-         onsubmit=\"return confirm('Shut the host down? Every worker drains, then the supervisor exits.')\">\n\
-         <button type=\"submit\" id=\"shutdown\" class=\"danger\">Shutdown</button>\n\
-         </form></section>",
-        escape(&placeholder)
-    );
     let status_url = escape(&admin.action_url("status"));
     let page_url = escape(&admin.path);
     let _ = writeln!(

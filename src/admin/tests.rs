@@ -54,6 +54,24 @@ fn paths_name_actions() {
 }
 
 #[test]
+fn warns_when_an_admin_without_token_listens_beyond_loopback() {
+    let cfg = crate::config::Config::embedded().unwrap();
+    let mut server = cfg.servers[0].clone();
+    server.http = vec![ListenAddr::parse(":8199").unwrap()];
+    let w = exposure_warning(&server, &admin_config(None, vec![])).unwrap();
+    assert!(w.contains("no token") && w.contains("http://*:8199"), "{w}");
+    let w = exposure_warning(&server, &admin_config(Some("t"), vec![])).unwrap();
+    assert!(w.contains("clear text"), "{w}");
+    server.http = vec![
+        ListenAddr::parse("127.0.0.1:8199").unwrap(),
+        ListenAddr::parse("[::1]:8199").unwrap(),
+    ];
+    assert_eq!(exposure_warning(&server, &admin_config(None, vec![])), None);
+    server.http = vec![ListenAddr::parse("192.0.2.1:8199").unwrap()];
+    assert!(exposure_warning(&server, &admin_config(None, vec![])).is_some());
+}
+
+#[test]
 fn format_negotiation() {
     let h = |pairs: &[(&'static str, &'static str)]| {
         let mut m = HeaderMap::new();

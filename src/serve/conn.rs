@@ -4,8 +4,8 @@
 //! Protocol choice: on TLS, ALPN decides (`h2` or `http/1.1`); on plain TCP, hyper-util's auto
 //! builder looks for the HTTP/2 prior-knowledge preface (h2c) and otherwise speaks HTTP/1.1.
 //!
-//! Every request gets the peer's address in its extensions as [`ClientAddr`] (a `Copy` value;
-//! read once per connection).
+//! Every request gets the peer's address (from `accept`) in its extensions as [`ClientAddr`], a
+//! `Copy` value: no allocation beyond the extension map the router fills anyway.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,9 +37,26 @@ pub async fn serve(
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
 ) {
-    let peer = Some(ClientAddr(peer));
+    let peer = ClientAddr(peer);
     match &ep.tls {
-        None => serve_io(stream, peer, Proto::Auto, ep, serving).await,
+        None => {
+            // hyper's header timeout starts with the first byte; a client that connects and
+            // sends nothing is bounded here (and given up once a drain's grace has passed).
+            let mut probe = [0u8; 1];
+            let first_byte =
+                tokio::time::timeout(serving.header_read_timeout, stream.peek(&mut probe));
+            let drained = async {
+                serving.drained_signal().await;
+                tokio::time::sleep(serving.keepalive_grace).await;
+            };
+            let readable = tokio::select! {
+                r = first_byte => matches!(r, Ok(Ok(n)) if n > 0),
+                _ = drained => false,
+            };
+            if readable {
+                serve_io(stream, peer, Proto::Auto, ep, serving).await
+            }
+        }
         Some(acceptor) => {
             let hs = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
             // A handshake under way when the drain starts is completed (bounded by the
@@ -81,7 +98,7 @@ pub(crate) fn builder(
 
 async fn serve_io<I>(
     io: I,
-    peer: Option<ClientAddr>,
+    peer: ClientAddr,
     proto: Proto,
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
@@ -96,9 +113,7 @@ async fn serve_io<I>(
         let serving = serving.clone();
         let is_h2 = is_h2.clone();
         service_fn(move |mut req: crate::Request| {
-            if let Some(p) = peer {
-                req.extensions_mut().insert(p);
-            }
+            req.extensions_mut().insert(peer);
             let http1 = req.version() < http::Version::HTTP_2;
             if !http1 {
                 is_h2.store(true, Ordering::Relaxed);

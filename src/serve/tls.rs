@@ -84,6 +84,29 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     })
 }
 
+/// Load a server's TLS pair, reporting a failure as a config error at its `https` key (file,
+/// line, column), as the other config mistakes are.
+pub fn load_for_server(
+    config: &crate::config::Config,
+    server: &crate::config::ServerConfig,
+) -> Result<Option<Arc<CertStore>>, crate::config::ConfigError> {
+    let Some(h) = &server.https else {
+        return Ok(None);
+    };
+    let file = match &config.source {
+        crate::config::ConfigSource::File(p) => Some(p.as_path()),
+        crate::config::ConfigSource::Embedded => None,
+    };
+    CertStore::load(&h.cert, &h.key).map(Some).map_err(|e| {
+        crate::config::ConfigError::new(
+            file,
+            Some(h.pos),
+            format!("servers.{}.https", server.name),
+            e.to_string(),
+        )
+    })
+}
+
 /// A certificate resolver holding one pair, replaceable at any time.
 #[derive(Debug)]
 pub struct CertStore {

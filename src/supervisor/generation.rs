@@ -50,6 +50,11 @@ pub struct Generation {
     pub listeners: Vec<String>,
     /// True once told to drain.
     pub draining: bool,
+    /// True once reaped: its pid may belong to another process now, so it is never signalled.
+    pub exited: bool,
+    /// The tasks copying its stderr and reading its channel; waited for when it exits, so its
+    /// last words are in hand before its exit is judged.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Generation {
@@ -57,6 +62,14 @@ impl Generation {
     pub fn stderr_tail(&self) -> String {
         let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Send a signal to its process group (it leads one: a wrapper script's children go too),
+    /// unless it has already been reaped.
+    pub fn kill(&self, sig: rustix::process::Signal) {
+        if !self.exited {
+            let _ = rustix::process::kill_process_group(self.pid, sig);
+        }
     }
 
     /// Its pid as a number.
@@ -112,19 +125,20 @@ pub fn spawn(
     let chan = Arc::new(Channel::new(ours)?);
     let tail = Arc::new(Mutex::new(VecDeque::new()));
 
+    let mut tasks = Vec::new();
     if let Some(err) = child.stderr.take() {
         let tail = tail.clone();
         let fd: OwnedFd = err.into();
         match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => {
-                tokio::spawn(copy_stderr(rx, tail));
+                tasks.push(tokio::spawn(copy_stderr(rx, tail)));
             }
             Err(e) => tracing::warn!("cannot read the worker's stderr: {e}"),
         }
     }
     {
         let chan = chan.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             loop {
                 match chan.recv().await {
                     Ok(Some((msg, fds))) => {
@@ -138,7 +152,7 @@ pub fn spawn(
                     }
                 }
             }
-        });
+        }));
     }
     // The std Child is not waited on: the supervisor reaps every child itself (it may be PID 1).
     drop(child);
@@ -153,6 +167,8 @@ pub fn spawn(
         bound: Vec::new(),
         listeners: Vec::new(),
         draining: false,
+        exited: false,
+        tasks,
     })
 }
 

@@ -67,6 +67,8 @@ pub enum Event {
     ChannelClosed(u64),
     /// A child exited.
     Exited(Pid, WaitStatus),
+    /// Generation `id` exited and its stderr and channel have been read to the end.
+    Reaped(u64, WaitStatus),
     /// An operation asked for from outside the workers (signal, control socket, watcher).
     Op(Op, Reply),
     /// A signal to the supervisor.
@@ -327,17 +329,18 @@ impl Supervisor {
             Event::FromWorker(id, msg, fds) => self.on_worker_msg(id, msg, fds),
             Event::ChannelClosed(id) => tracing::debug!(generation = id, "worker channel closed"),
             Event::Exited(pid, st) => self.on_exit(pid, st),
+            Event::Reaped(id, st) => self.on_reaped(id, st),
             Event::Op(op, reply) => self.on_op(op, reply),
             Event::Stop(name) => self.on_stop_signal(name),
             Event::ReadyDeadline(id) => self.on_ready_deadline(id),
             Event::DrainDeadline(id) => {
-                if let Some(g) = self.gens.get(&id) {
+                if let Some(g) = self.gens.get(&id).filter(|g| !g.exited) {
                     tracing::warn!(
                         generation = id,
                         pid = g.pid_u32(),
                         "still running past shutdown_timeout; killing it"
                     );
-                    let _ = rustix::process::kill_process(g.pid, Signal::KILL);
+                    g.kill(Signal::KILL);
                 }
             }
             Event::Respawn => {
@@ -356,7 +359,7 @@ impl Supervisor {
             Event::ForceExit => {
                 tracing::error!("shutdown took longer than shutdown_timeout; killing the workers");
                 for g in self.gens.values() {
-                    let _ = rustix::process::kill_process(g.pid, Signal::KILL);
+                    g.kill(Signal::KILL);
                 }
                 self.exit = Some(ExitCode::from(1));
             }
@@ -464,6 +467,12 @@ impl Supervisor {
             Phase::Starting { new, p } if new == id => (p, "graceful"),
             Phase::Recovering { new, p, first } if new == id => {
                 if first {
+                    tracing::info!(
+                        generation = id,
+                        pid,
+                        ready_ms = format!("{:.2}", p.trigger.elapsed().as_secs_f64() * 1000.0),
+                        "worker ready"
+                    );
                     systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
                 }
                 (p, "full")
@@ -638,15 +647,16 @@ impl Supervisor {
         let Some(g) = self.gens.get_mut(&id) else {
             return;
         };
-        if g.draining {
+        if g.draining || g.exited {
             return;
         }
         g.draining = true;
         let chan = g.chan.clone();
-        let pid = g.pid;
         tokio::spawn(async move {
-            if chan.send(&Msg::Drain { shutdown }, &[]).await.is_err() {
-                let _ = rustix::process::kill_process(pid, Signal::TERM);
+            // A worker that cannot be told is exiting already; one that is stuck is killed at
+            // the drain deadline.
+            if let Err(e) = chan.send(&Msg::Drain { shutdown }, &[]).await {
+                tracing::debug!("cannot send drain: {e}");
             }
         });
         self.after(
@@ -679,15 +689,25 @@ impl Supervisor {
             let _ = p.reply.send(r);
             return;
         }
-        let Some(id) = self
-            .gens
-            .iter()
-            .find(|(_, g)| g.pid == pid)
-            .map(|(id, _)| *id)
-        else {
+        let Some(g) = self.gens.values_mut().find(|g| g.pid == pid && !g.exited) else {
             tracing::debug!(pid = pid.as_raw_nonzero().get(), "reaped an orphan");
             return;
         };
+        // Judge the exit only once its last stderr lines and channel messages (a `failed`
+        // reason) are in: they may still be in flight behind the SIGCHLD.
+        g.exited = true;
+        let tasks = std::mem::take(&mut g.tasks);
+        let id = g.id;
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            for t in tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+            }
+            let _ = events.send(Event::Reaped(id, st));
+        });
+    }
+
+    fn on_reaped(&mut self, id: u64, st: WaitStatus) {
         let Some(g) = self.gens.remove(&id) else {
             return;
         };
@@ -795,7 +815,7 @@ impl Supervisor {
                     .map(Generation::stderr_tail)
                     .unwrap_or_default();
                 if let Some(g) = self.gens.get(&id) {
-                    let _ = rustix::process::kill_process(g.pid, Signal::KILL);
+                    g.kill(Signal::KILL);
                 }
                 let mut why = format!(
                     "not ready within graceful_timeout ({})",
@@ -812,7 +832,7 @@ impl Supervisor {
                     "worker not ready within graceful_timeout; killing it"
                 );
                 if let Some(g) = self.gens.get(&id) {
-                    let _ = rustix::process::kill_process(g.pid, Signal::KILL);
+                    g.kill(Signal::KILL);
                 }
                 // Its exit is handled as a failed start.
                 self.phase = Phase::Recovering { new, p, first };
@@ -908,7 +928,7 @@ impl Supervisor {
         if matches!(self.phase, Phase::ShuttingDown) {
             tracing::warn!("second {name} during the shutdown: stopping now");
             for g in self.gens.values() {
-                let _ = rustix::process::kill_process(g.pid, Signal::KILL);
+                g.kill(Signal::KILL);
             }
             self.exit = Some(ExitCode::from(1));
             return;
@@ -935,13 +955,9 @@ impl Supervisor {
         }
         let ids: Vec<u64> = self.gens.keys().copied().collect();
         for id in ids {
-            let ready = self.gens.get(&id).is_some_and(|g| g.ready_at.is_some());
-            if ready {
-                self.drain(id, true);
-            } else if let Some(g) = self.gens.get(&id) {
-                // Not serving yet: nothing to drain.
-                let _ = rustix::process::kill_process(g.pid, Signal::KILL);
-            }
+            // A generation not yet seen ready may already be serving (it accepts before it
+            // reports): it reads the drain right after its report, so nothing is cut.
+            self.drain(id, true);
         }
         self.after(
             self.settings.shutdown_timeout + Duration::from_secs(5),

@@ -21,6 +21,8 @@ pub fn notify(state: &str) {
     };
     let r = (|| -> io::Result<()> {
         let sock = UnixDatagram::unbound()?;
+        // Never block the supervisor's loop on a slow reader.
+        sock.set_nonblocking(true)?;
         let bytes = path.as_encoded_bytes();
         if let Some(name) = bytes.strip_prefix(b"@") {
             use std::os::linux::net::SocketAddrExt;

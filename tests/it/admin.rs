@@ -90,6 +90,20 @@ fn send(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u
         .unwrap_or_else(|e| panic!("{method} {path} on port {port}: {e}"))
 }
 
+/// [`send`] to an admin route, asked again while the answer is "this worker is draining": just
+/// after a restart, a connection the old worker accepted before its drain began is answered by
+/// it, and a draining worker no longer relays to the supervisor.
+fn admin(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    wait_until(
+        T,
+        &format!("{method} {path} answered by a serving worker"),
+        || {
+            let r = send(port, method, path, headers, body);
+            (r.status != 503 || !r.body_str().contains("draining")).then_some(r)
+        },
+    )
+}
+
 fn json(r: &Resp) -> Value {
     serde_json::from_slice(&r.body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", r.status, r.body_str()))
@@ -267,7 +281,7 @@ fn restart_answers_with_the_new_pid_in_every_format() {
     let first = host.wait_serving(port);
 
     // JSON.
-    let r = send(port, "POST", "/debug/admin/restart", &[JSON], b"");
+    let r = admin(port, "POST", "/debug/admin/restart", &[JSON], b"");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let v = json(&r);
     assert_eq!(v["ok"], true);
@@ -282,7 +296,7 @@ fn restart_answers_with_the_new_pid_in_every_format() {
     wait_pid(port, second);
 
     // Plain text, via GET (as the seed's links do).
-    let r = get(port, "/debug/admin/restart");
+    let r = admin(port, "GET", "/debug/admin/restart", &[], b"");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let body = r.body_str();
     assert!(body.starts_with("restarted: generation 3, pid "), "{body}");
@@ -297,13 +311,13 @@ fn restart_answers_with_the_new_pid_in_every_format() {
     wait_pid(port, third);
 
     // The `reload` alias, with `?format=json`.
-    let r = send(port, "POST", "/debug/admin/reload?format=json", &[], b"");
+    let r = admin(port, "POST", "/debug/admin/reload?format=json", &[], b"");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let fourth = json(&r)["pid"].as_u64().unwrap() as u32;
     wait_pid(port, fourth);
 
     // A browser form: an HTML result page with the new pid and a way back.
-    let r = send(
+    let r = admin(
         port,
         "POST",
         "/debug/admin/restart",
@@ -327,15 +341,18 @@ fn restart_answers_with_the_new_pid_in_every_format() {
     assert_ne!(fifth, fourth);
     assert!(html.contains("href=\"/debug/admin\""), "{html}");
     wait_pid(port, fifth);
-    // The page now shows it.
-    let page = get(port, "/debug/admin").body_str();
-    assert!(
-        page.contains(&format!("id=\"worker-pid\"><span class=\"big\">{fifth}<")),
-        "{page}"
-    );
+    // The page now shows it (a connection the old worker accepted just before its drain began
+    // would be answered by it, saying it is draining: poll).
+    let want = format!("id=\"worker-pid\"><span class=\"big\">{fifth}<");
+    wait_until(T, "the page to show the new worker", || {
+        get(port, "/debug/admin")
+            .body_str()
+            .contains(&want)
+            .then_some(())
+    });
 
     // With the executable named explicitly (the same binary).
-    let r = send(
+    let r = admin(
         port,
         "POST",
         "/debug/admin/restart",
@@ -348,7 +365,7 @@ fn restart_answers_with_the_new_pid_in_every_format() {
     wait_pid(port, v["pid"].as_u64().unwrap() as u32);
 
     // The supervisor recorded who asked.
-    let v = json(&get(port, "/debug/admin/status"));
+    let v = json(&admin(port, "GET", "/debug/admin/status", &[], b""));
     assert_eq!(v["supervisor"]["restarts"], 5);
     assert_eq!(v["supervisor"]["last_restart"]["ok"], true);
     assert_eq!(v["supervisor"]["last_restart"]["trigger"], "admin");
@@ -415,8 +432,8 @@ fn allowed_exe_dirs_refuse_others_with_403() {
     let probe = tempfile::tempdir().unwrap();
     let allowed = probe.path().join("releases");
     std::fs::create_dir(&allowed).unwrap();
-    let admin = format!("{{ allowed_exe_dirs: [\"{}\"] }}", allowed.display());
-    let host = start(&config(port, Some(&admin), "10s"));
+    let admin_cfg = format!("{{ allowed_exe_dirs: [\"{}\"] }}", allowed.display());
+    let host = start(&config(port, Some(&admin_cfg), "10s"));
     let worker = host.wait_serving(port);
     // A real executable, outside the allowed dir; and a symlink inside pointing out.
     let link = allowed.join("apphost");
@@ -445,7 +462,7 @@ fn allowed_exe_dirs_refuse_others_with_403() {
     );
     assert_eq!(r.status, 400, "{}", r.body_str());
     // No newExeFilePath: the recorded executable, allowed whatever the list says.
-    let r = send(port, "POST", "/debug/admin/restart", &[JSON], b"");
+    let r = admin(port, "POST", "/debug/admin/restart", &[JSON], b"");
     assert_eq!(r.status, 200, "{}", r.body_str());
     assert_ne!(json(&r)["pid"], worker);
 }
@@ -680,7 +697,7 @@ fn full_restart_is_accepted_with_202() {
             .ok()?;
         (p != first).then_some(p)
     });
-    let v = json(&get(port, "/debug/admin/status"));
+    let v = json(&admin(port, "GET", "/debug/admin/status", &[], b""));
     assert_eq!(v["supervisor"]["worker_pid"], second);
     assert_eq!(v["supervisor"]["last_restart"]["ok"], true);
     assert_eq!(v["supervisor"]["last_restart"]["trigger"], "admin");

@@ -593,3 +593,102 @@ pub fn parent_pid(pid: u32) -> Option<u32> {
     // After the command: state, then ppid.
     rest.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Ports handed out by [`free_ports`] in this test process.
+static HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> =
+    Mutex::new(std::collections::BTreeSet::new());
+
+/// `N` distinct free TCP ports on 127.0.0.1, none handed out before by this function in this test
+/// process ([`free_port`] alone may return the same port twice when called in a row).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut held = Vec::new();
+    let mut out = [0u16; N];
+    let mut i = 0;
+    while i < N {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if handed_out.insert(port) {
+            out[i] = port;
+            i += 1;
+        }
+        // Held until all are chosen, so the OS cannot give the same port twice in this call.
+        held.push(l);
+    }
+    out
+}
+
+/// One port from [`free_ports`].
+pub fn unique_port() -> u16 {
+    free_ports::<1>()[0]
+}
+
+/// A `NOTIFY_SOCKET` for a host started with [`Apphost::start_notified`]: the datagrams its
+/// supervisor sends (`READY=1` once the first worker is ready and after each restart, …).
+pub struct Notify {
+    sock: std::os::unix::net::UnixDatagram,
+    /// Every datagram received so far.
+    pub seen: Mutex<Vec<String>>,
+}
+
+impl Notify {
+    /// Wait until a datagram containing `needle` has arrived (`count` of them in all).
+    pub fn wait_for_count(&self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        loop {
+            let have = self
+                .seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| m.contains(needle))
+                .count();
+            if have >= count {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "timed out after {timeout:?} waiting for {count}× {needle:?} on NOTIFY_SOCKET; got {:?}",
+                    self.seen.lock().unwrap()
+                );
+            }
+            self.sock.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                self.seen.lock().unwrap().push(msg);
+            }
+        }
+    }
+
+    /// Wait for the first datagram containing `needle`.
+    pub fn wait_for(&self, needle: &str) {
+        self.wait_for_count(needle, 1, Duration::from_secs(15));
+    }
+}
+
+impl Apphost {
+    /// Like [`Apphost::start_in`], with `NOTIFY_SOCKET` set to a datagram socket in `dir`, so a
+    /// test can wait until the supervisor itself counts the worker as ready (`READY=1`).
+    pub fn start_notified(dir: tempfile::TempDir, config: &str, name: &str) -> (Apphost, Notify) {
+        let path = dir.path().join(name);
+        std::fs::write(&path, config).unwrap();
+        let notify_path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("-c")
+            .arg(&path)
+            .current_dir(dir.path())
+            .env("NOTIFY_SOCKET", &notify_path);
+        let host = Self::spawn(cmd, dir, path);
+        (
+            host,
+            Notify {
+                sock,
+                seen: Mutex::new(Vec::new()),
+            },
+        )
+    }
+}

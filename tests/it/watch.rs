@@ -14,7 +14,15 @@ use crate::support::*;
 fn dir_with_binary() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let exe = dir.path().join("apphost");
-    std::fs::copy(BIN, &exe).unwrap();
+    // Copied by `cp`, not from this process: a file this (multi-threaded) test process had open
+    // for writing could be inherited by a child another test forks meanwhile, and exec would
+    // then fail with ETXTBSY.
+    let st = std::process::Command::new("cp")
+        .arg(BIN)
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(st.success());
     (dir, exe)
 }
 
