@@ -133,7 +133,7 @@ mod tests {
         let f = d.path().join("server.yaml");
         std::fs::write(&f, "a").unwrap();
         let before = file_id(&f).unwrap();
-        let mut w = FileWatch::new(&[f.clone()]).unwrap();
+        let mut w = FileWatch::new(std::slice::from_ref(&f)).unwrap();
         for i in 0..5 {
             std::fs::write(&f, format!("write {i}")).unwrap();
         }
@@ -165,7 +165,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("apphost");
         std::fs::write(&f, "x").unwrap();
-        let mut w = FileWatch::new(&[f.clone()]).unwrap();
+        let mut w = FileWatch::new(std::slice::from_ref(&f)).unwrap();
         std::fs::write(d.path().join("other"), "y").unwrap();
         assert!(
             tokio::time::timeout(
