@@ -377,6 +377,7 @@ async fn run(
     }
     let deadline = tokio::time::sleep(config.shutdown_timeout);
     tokio::pin!(deadline);
+    let mut chan_open = true;
     loop {
         tokio::select! {
             _ = serving.wait_idle() => {
@@ -388,14 +389,27 @@ async fn run(
                 tracing::info!("all servers shutdown");
                 break ExitCode::SUCCESS;
             }
-            m = chan.recv() => match m {
+            m = chan.recv(), if chan_open => match m {
                 Ok(Some((Msg::Reply { id, result }, _))) => deliver(&mut pending, id, result),
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     // The supervisor is gone; keep draining to the deadline.
-                    std::future::pending::<()>().await;
+                    chan_open = false;
+                    pending.clear();
                 }
             },
+            // A handler still running may ask for an operation (status, …): pass it on.
+            Some((op, tx)) = req_rx.recv() => {
+                let id = next_id;
+                next_id += 1;
+                if !chan_open {
+                    let _ = tx.send(Err(OpError::Unavailable("the supervisor is gone".into())));
+                } else if let Err(e) = chan.send(&Msg::Request { id, op }, &[]).await {
+                    let _ = tx.send(Err(OpError::Unavailable(e.to_string())));
+                } else {
+                    pending.insert(id, tx);
+                }
+            }
             s = sigs.next() => {
                 if s == WorkerSignal::Stop {
                     tracing::warn!("second stop signal during the drain: exiting now");
