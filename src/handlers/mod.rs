@@ -14,6 +14,8 @@ mod pid;
 mod sleep;
 mod static_files;
 
+pub(crate) use static_files::civil_from_days;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
