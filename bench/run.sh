@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Load and restart benchmarks for apphost (the figures in BENCHMARKS.md).
 #
-#   bench/run.sh                 # everything, ~6 minutes; results in bench/out/<timestamp>/
+#   bench/run.sh                 # everything, ~9 minutes; results in bench/out/<timestamp>/
 #   REPS=1 bench/run.sh          # steady-state wrk runs once instead of median of 3
-#   ONLY="handoff" bench/run.sh  # a subset of: steady harness wrk handoff
+#   ONLY="handoff" bench/run.sh  # a subset of: steady harness wrk handoff stress
 #
 # What it does:
 #  0. builds release (`cargo build --release --examples --bins`, CARGO_TARGET_DIR defaults to
@@ -20,6 +20,9 @@
 #      sends SIGUSR1 every 500 ms (50 restarts, from t=2 s): wrk never retries, so its socket
 #      errors and non-2xx responses are requests lost;
 #  (d) load_harness --handoff: 50 × (SIGUSR1, then poll /pid until a new pid answers);
+#  (e) stress: load_harness with 4 clients (close, then keepalive) for 60 s with SIGUSR1 every
+#      100 ms (600 restarts each): few clients leave the old worker often idle at its drain, the
+#      case where a connection accepted during the drain was once reset (fixed in f8e22ea);
 #  then checks that the supervisor pid is unchanged, exactly one worker is left, and apphost
 #  still serves; counts `restart done` / `restart refused` in the log for every step; stops
 #  apphost with SIGTERM and checks it exits 0.
@@ -32,7 +35,7 @@ ROOT=$PWD
 PORT=18480
 BARE_PORT=18481
 REPS=${REPS:-3}
-ONLY=${ONLY:-steady harness wrk handoff}
+ONLY=${ONLY:-steady harness wrk handoff stress}
 RESTARTS=50
 EVERY=0.5
 TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
@@ -103,7 +106,7 @@ wrk_line() { # FILE -> "rps p50 p99 max connect read write timeout non2xx"
         /Requests\/sec:/ { rps = $2 }
         /^ +50%/ { p50 = $2 }
         /^ +99%/ { p99 = $2 }
-        /^ +Latency/ { max = $4 }
+        /^ +Latency / && !/Distribution/ { max = $4 }
         /Socket errors:/ { gsub(",", ""); c = $4; r = $6; w = $8; t = $10 }
         /Non-2xx or 3xx responses:/ { n = $5 }
         END { printf "%s %s %s %s %d %d %d %d %d\n", rps, p50, p99, max, c, r, w, t, n }
@@ -112,21 +115,36 @@ wrk_line() { # FILE -> "rps p50 p99 max connect read write timeout non2xx"
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+# CPU time (user + system, all threads) a process has used, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
 # ---- (a) steady state -----------------------------------------------------------------------
 if want steady; then
     say ""
     say "== (a) steady state: wrk -t2 -c50 -d10s --latency, $REPS run(s) each, interleaved"
+    say "   (cpu: the server's user+system CPU time per request, from /proc/PID/stat)"
+    WORKER=$(curl -fsS "http://127.0.0.1:$PORT/pid")
     for rep in $(seq "$REPS"); do
         for conn in keepalive close; do
             hdr=()
             [[ $conn == close ]] && hdr=(-H 'Connection: close')
             for who in apphost bare; do
                 port=$PORT
-                [[ $who == bare ]] && port=$BARE_PORT
+                pid=$WORKER
+                if [[ $who == bare ]]; then
+                    port=$BARE_PORT
+                    pid=$BARE
+                fi
                 f=$OUT/steady-$who-$conn-$rep.txt
+                t0=$(cpu_ticks "$pid")
                 wrk -t2 -c50 -d10s --latency "${hdr[@]}" "http://127.0.0.1:$port/" >"$f"
+                t1=$(cpu_ticks "$pid")
+                n=$(awk '/requests in/ { print $1 }' "$f")
+                cpu=$(echo "($t1 - $t0) * 1000000 / $HZ / $n" | bc -l)
+                echo "$cpu" >"$f.cpu"
                 say "$(printf '%-8s %-9s run %d: ' "$who" "$conn" "$rep")$(wrk_line "$f" |
-                    awk '{ printf "%10.0f req/s  p50 %s  p99 %s  max %s  errors c/r/w/t %d/%d/%d/%d  non-2xx %d", $1, $2, $3, $4, $5, $6, $7, $8, $9 }')"
+                    awk -v cpu="$cpu" '{ printf "%10.0f req/s  cpu %5.1f us/req  p50 %s  p99 %s  max %s  errors c/r/w/t %d/%d/%d/%d  non-2xx %d", $1, cpu, $2, $3, $4, $5, $6, $7, $8, $9 }')"
             done
         done
     done
@@ -134,6 +152,9 @@ if want steady; then
         a=$(for f in "$OUT"/steady-apphost-$conn-*.txt; do wrk_line "$f" | cut -d' ' -f1; done | median)
         b=$(for f in "$OUT"/steady-bare-$conn-*.txt; do wrk_line "$f" | cut -d' ' -f1; done | median)
         say "$(printf 'median %-9s apphost %10.0f  bare %10.0f  ratio %.3f' "$conn" "$a" "$b" "$(echo "$a / $b" | bc -l)")"
+        a=$(cat "$OUT"/steady-apphost-$conn-*.txt.cpu | median)
+        b=$(cat "$OUT"/steady-bare-$conn-*.txt.cpu | median)
+        say "$(printf 'median %-9s cpu/req apphost %.1f us  bare %.1f us  bare/apphost %.3f' "$conn" "$a" "$b" "$(echo "$b / $a" | bc -l)")"
     done
 fi
 
@@ -194,6 +215,21 @@ if want handoff; then
     grep 'restart done' "$LOG" | tail -n "$n" | sed -n 's/.*handoff_ms="\([0-9.]*\)".*/\1/p' |
         sort -g >"$OUT/handoff-supervisor-ms.txt"
     say "$(awk '{ v[NR] = $1 } END { if (NR) printf "supervisor handoff_ms (signal -> ready) over %d: median %.2f  p90 %.2f  max %.2f", NR, v[int((NR + 1) / 2)], v[int(NR * 0.9 + 0.999)], v[NR] }' "$OUT/handoff-supervisor-ms.txt")"
+fi
+
+# ---- (e) stress: many restarts, few clients ----------------------------------------------------
+if want stress; then
+    for mode in close keepalive; do
+        say ""
+        say "== (e) load_harness --mode $mode -c 4: 60 s with SIGUSR1 every 100 ms"
+        before=$(restarts_done)
+        refused=$(restarts_refused)
+        "$BIN/load_harness" --url "http://127.0.0.1:$PORT/" --mode "$mode" -c 4 \
+            --duration 60 --restart-pid "$SUP" --restart-every 100ms \
+            --json-out "$OUT/stress-$mode.json" | tee -a "$SUMMARY" || true
+        sleep 1
+        say "restart done in the log: $(($(restarts_done) - before)), refused: $(($(restarts_refused) - refused))"
+    done
 fi
 
 # ---- afterwards -----------------------------------------------------------------------------

@@ -13,6 +13,12 @@
 //! ```
 //!
 //! It listens on 127.0.0.1 only and runs until killed (SIGINT/SIGTERM).
+//!
+//! Two options add, one at a time, what apphost's connections do on top of this, to measure what
+//! each costs: `--auto` serves through hyper-util's auto builder (HTTP/1.1 or h2c, chosen by
+//! sniffing the first bytes) instead of hyper's `http1` builder, and `--header-timeout` arms
+//! hyper's header read timeout (30 s, with `TokioTimer`) as apphost does. The baseline figures
+//! use neither.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,11 +26,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http_body_util::Full;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
 
 const BODY: &[u8] = b"Hello\n";
+/// apphost's default `header_read_timeout`.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn hello(
     _req: hyper::Request<hyper::body::Incoming>,
@@ -48,13 +58,27 @@ fn listener(port: u16) -> std::io::Result<std::net::TcpListener> {
 }
 
 fn main() -> std::process::ExitCode {
-    let port: u16 = match std::env::args().nth(1).map(|a| a.parse()) {
+    let usage =
+        "usage: bare_hello PORT [--auto] [--header-timeout]   (serves http://127.0.0.1:PORT/)";
+    let mut args = std::env::args().skip(1);
+    let port: u16 = match args.next().map(|a| a.parse()) {
         Some(Ok(p)) => p,
         _ => {
-            eprintln!("usage: bare_hello PORT   (serves http://127.0.0.1:PORT/)");
+            eprintln!("{usage}");
             return std::process::ExitCode::from(2);
         }
     };
+    let (mut auto, mut header_timeout) = (false, false);
+    for a in args {
+        match a.as_str() {
+            "--auto" => auto = true,
+            "--header-timeout" => header_timeout = true,
+            _ => {
+                eprintln!("{usage}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let std_listener = match listener(port) {
         Ok(l) => l,
         Err(e) => {
@@ -82,9 +106,23 @@ fn main() -> std::process::ExitCode {
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(hello))
-                    .await;
+                let io = TokioIo::new(stream);
+                if auto {
+                    let mut b = auto::Builder::new(TokioExecutor::new());
+                    if header_timeout {
+                        b.http1()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT);
+                    }
+                    let _ = b.serve_connection(io, service_fn(hello)).await;
+                } else {
+                    let mut b = http1::Builder::new();
+                    if header_timeout {
+                        b.timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT);
+                    }
+                    let _ = b.serve_connection(io, service_fn(hello)).await;
+                }
             });
         }
     })

@@ -40,10 +40,11 @@
 //!
 //! **Handoff** (`--handoff`): with no load, `--count` times: read the serving pid from the URL
 //! (which must answer `PID\n`, apphost's `pid` handler), take t0, send SIGUSR1 to
-//! `--restart-pid`, then poll the URL on fresh connections as fast as possible until another pid
-//! answers; the handoff is that response's arrival − t0. `--handoff-gap` (default 300 ms) separates
-//! the rounds so the previous restart has finished (apphost refuses a restart while one is under
-//! way).
+//! `--restart-pid`, then poll the URL on fresh connections as fast as possible until a pid not
+//! seen before answers; the handoff is that response's arrival − t0. (Not just "another pid": a
+//! new worker accepts before it reports ready, so for a moment the old and the new one both
+//! answer.) `--handoff-gap` (default 300 ms) separates the rounds so the previous restart has
+//! finished (apphost refuses a restart while one is under way; such a round times out).
 //!
 //! Bounded: at most 1000 clients, 10 minutes of load, 1000 handoffs; it stops by itself. It only
 //! talks to 127.0.0.1. Exit status: 0 if nothing failed, 1 if a request or a handoff failed, 2 on
@@ -559,17 +560,15 @@ async fn client(sh: Arc<Shared>) -> [Stats; 3] {
                 st.ok += 1;
                 let us = done.duration_since(start).as_micros();
                 st.lat_us.push(us.min(u128::from(u32::MAX)) as u32);
-                if sh.mode == Mode::Close || !resp.keep_alive {
-                    if let Some(mut c) = conn.take() {
-                        // Let the server close first (it said it would): the TIME_WAIT is then
-                        // on its side, as with a browser. Bounded, and not part of the latency.
-                        let mut scratch = [0u8; 512];
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(1),
-                            c.stream.read(&mut scratch),
-                        )
-                        .await;
-                    }
+                if (sh.mode == Mode::Close || !resp.keep_alive)
+                    && let Some(mut c) = conn.take()
+                {
+                    // Let the server close first (it said it would): the TIME_WAIT is then on
+                    // its side, as with a browser. Bounded, and not part of the latency.
+                    let mut scratch = [0u8; 512];
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), c.stream.read(&mut scratch))
+                            .await;
                 }
             }
             Ok(resp) => {
@@ -846,9 +845,13 @@ async fn run_handoff(args: &Args, target: Target) -> Result<bool, String> {
         .ok_or("--handoff needs --restart-pid (the supervisor's pid)")?;
     let pid = Pid::from_raw(pid).expect("checked positive");
     let request = request_bytes(&target, true);
+    // Every pid seen so far: a round ends when one not in here answers (a worker that answered
+    // before it was ready, while the old one still serves, must not count twice).
+    let mut seen = std::collections::HashSet::new();
     let mut prev = get_pid_timed(&target, &request, args.timeout)
         .await
         .map_err(|f| format!("reading the serving pid from {}: {}", args.url, f.detail))?;
+    seen.insert(prev);
     let mut times_us: Vec<u32> = Vec::new();
     let mut polls_total = 0u64;
     let mut poll_errors = [0u64; FAILS.len()];
@@ -864,19 +867,21 @@ async fn run_handoff(args: &Args, target: Target) -> Result<bool, String> {
                 timed_out += 1;
                 if samples.len() < MAX_SAMPLES {
                     samples.push(format!(
-                        "round {round}: pid {prev} still answering after {:?}",
+                        "round {round}: no new pid within {:?} (last seen: {prev})",
                         args.timeout
                     ));
                 }
                 // Go on from whatever serves now.
                 if let Ok(p) = get_pid_timed(&target, &request, args.timeout).await {
+                    seen.insert(p);
                     prev = p;
                 }
                 break;
             }
             polls_total += 1;
             match get_pid_timed(&target, &request, args.timeout).await {
-                Ok(p) if p != prev => {
+                Ok(p) if !seen.contains(&p) => {
+                    seen.insert(p);
                     let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
                     times_us.push(us);
                     prev = p;

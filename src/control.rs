@@ -264,10 +264,10 @@ impl ControlServer {
 impl Drop for ControlServer {
     fn drop(&mut self) {
         self.accept.abort();
-        if let Ok(m) = std::fs::symlink_metadata(&self.path) {
-            if (m.dev(), m.ino()) == self.id {
-                let _ = std::fs::remove_file(&self.path);
-            }
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && (m.dev(), m.ino()) == self.id
+        {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -329,14 +329,15 @@ async fn accept_loop(
 
 async fn serve_conn(stream: tokio::net::UnixStream, events: mpsc::UnboundedSender<Event>) {
     let cred = stream.peer_cred().ok();
-    if let Some(c) = &cred {
-        if c.uid() != effective_uid() && c.uid() != 0 {
-            tracing::warn!(
-                uid = c.uid(),
-                "control socket: connection from another user refused"
-            );
-            return;
-        }
+    if let Some(c) = &cred
+        && c.uid() != effective_uid()
+        && c.uid() != 0
+    {
+        tracing::warn!(
+            uid = c.uid(),
+            "control socket: connection from another user refused"
+        );
+        return;
     }
     let peer = cred
         .and_then(|c| c.pid())

@@ -71,10 +71,10 @@ impl FileWatch {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-                if let Ok(ev) = res {
-                    if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                        let _ = tx.send(());
-                    }
+                if let Ok(ev) = res
+                    && !matches!(ev.kind, notify::EventKind::Access(_))
+                {
+                    let _ = tx.send(());
                 }
             })?;
         let dirs: HashSet<PathBuf> = files

@@ -113,7 +113,7 @@ pub fn format_duration(d: Duration) -> String {
     if nanos >= NANOS_PER_S {
         candidates.push(compound(nanos));
     }
-    if nanos % NANOS_PER_M == 0 {
+    if nanos.is_multiple_of(NANOS_PER_M) {
         candidates.push(format!("{}m", nanos / NANOS_PER_M));
     }
     if nanos >= NANOS_PER_S {

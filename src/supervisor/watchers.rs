@@ -61,13 +61,12 @@ pub fn spawn(
             };
             let path = path.map(|p| p.display().to_string()).unwrap_or_default();
             tracing::info!("{what} {path} changed; checking it");
-            if exe_changed {
-                if let Some(exe) = &spec.exe {
-                    if let Err(why) = super::exe::check(exe) {
-                        tracing::warn!("new executable refused: {why}; still serving the old one");
-                        continue;
-                    }
-                }
+            if exe_changed
+                && let Some(exe) = &spec.exe
+                && let Err(why) = super::exe::check(exe)
+            {
+                tracing::warn!("new executable refused: {why}; still serving the old one");
+                continue;
             }
             let (tx, rx) = oneshot::channel();
             if events.send(Event::Preflight(tx)).is_err() {

@@ -119,12 +119,11 @@ fn group_members(pgid: u32) -> Vec<u32> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if let Some(f) = proc_stat(pid) {
-            if f.first().map(String::as_str) != Some("Z")
-                && f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
-            {
-                out.push(pid);
-            }
+        if let Some(f) = proc_stat(pid)
+            && f.first().map(String::as_str) != Some("Z")
+            && f.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+        {
+            out.push(pid);
         }
     }
     out
@@ -194,10 +193,10 @@ fn pid_at(port: u16) -> Option<u32> {
 fn wait_new_pid(host: &Apphost, port: u16, old: u32) -> u32 {
     let deadline = Instant::now() + T;
     loop {
-        if let Some(p) = pid_at(port) {
-            if p != old {
-                return p;
-            }
+        if let Some(p) = pid_at(port)
+            && p != old
+        {
+            return p;
         }
         if Instant::now() > deadline {
             panic!(

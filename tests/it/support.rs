@@ -134,10 +134,10 @@ impl Apphost {
     pub fn wait_serving(&self, port: u16) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = try_get(port, "/pid") {
-                if r.status == 200 {
-                    return r.body_str().trim().parse().expect("pid body");
-                }
+            if let Ok(r) = try_get(port, "/pid")
+                && r.status == 200
+            {
+                return r.body_str().trim().parse().expect("pid body");
             }
             if Instant::now() > deadline {
                 panic!("port {port} never served /pid; log:\n{}", self.log());
