@@ -91,7 +91,7 @@ wait_port() {
 restarts_done() { grep -c 'restart done' "$LOG" || true; }
 restarts_refused() { grep -c 'restart refused' "$LOG" || true; }
 
-"$BIN/apphost" run -c "$ROOT/bench/bench.yaml" >"$LOG" 2>&1 &
+"$BIN/apphost" run -c "${BENCH_CONFIG:-$ROOT/bench/bench.yaml}" >"$LOG" 2>&1 &
 SUP=$!
 "$BIN/bare_hello" "$BARE_PORT" 2>"$OUT/bare_hello.log" &
 BARE=$!

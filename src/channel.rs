@@ -52,6 +52,9 @@ pub struct WorkerSettings {
     /// Certificate and key files in use (watched for renewal).
     #[serde(default)]
     pub tls_files: Vec<String>,
+    /// `warm_standby`.
+    #[serde(default)]
+    pub warm_standby: bool,
 }
 
 /// An operation a worker (or the control socket) asks the supervisor for.
@@ -101,6 +104,12 @@ pub enum Msg {
         /// What.
         #[serde(flatten)]
         op: Op,
+    },
+    /// Supervisor → a standby worker: become generation `generation` now (load the config, adopt
+    /// the sockets, serve, report `ready`).
+    Activate {
+        /// The generation number it becomes.
+        generation: u64,
     },
     /// Supervisor → worker: stop accepting, drain, exit.
     Drain {

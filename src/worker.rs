@@ -35,6 +35,8 @@ pub const ENV_CHANNEL_FD: &str = "APPHOST_CHANNEL_FD";
 pub const ENV_LISTEN_FDS: &str = "APPHOST_LISTEN_FDS";
 /// Environment variable with the generation number.
 pub const ENV_GENERATION: &str = "APPHOST_GENERATION";
+/// Set for a standby worker: it starts up to its runtime, then waits for `activate`.
+pub const ENV_STANDBY: &str = "APPHOST_STANDBY";
 
 /// How a worker was asked to start.
 #[derive(Debug, Clone)]
@@ -80,7 +82,7 @@ pub fn info() -> Option<WorkerInfo> {
 
 /// The worker entry point (the hidden `__worker` subcommand).
 pub fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
-    let generation: u64 = std::env::var(ENV_GENERATION)
+    let mut generation: u64 = std::env::var(ENV_GENERATION)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
@@ -101,6 +103,22 @@ pub fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
         Ok(m) => m,
         Err(e) => return early_fail(Some(&chan_fd), &e),
     };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return early_fail(Some(&chan_fd), &format!("cannot start the runtime: {e}")),
+    };
+    if std::env::var_os(ENV_STANDBY).is_some() {
+        // A warm standby: process start-up (exec, loader, runtime) is done ahead of the restart;
+        // the config is read only when activated, so it is the config of that moment.
+        match rt.block_on(wait_for_activation(&chan_fd)) {
+            Ok(Some(g)) => generation = g,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => return early_fail(Some(&chan_fd), &format!("standby channel: {e}")),
+        }
+    }
     let config = match &args.config {
         Some(p) => Config::load(p),
         None => Config::embedded(),
@@ -110,17 +128,23 @@ pub fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
         Err(e) => return early_fail(Some(&chan_fd), &e.to_string()),
     };
     crate::logging::init(&config.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return early_fail(Some(&chan_fd), &format!("cannot start the runtime: {e}")),
-    };
     let code = rt.block_on(run(registry, config, chan_fd, inherited, generation));
     // Connections still open past shutdown_timeout are cut here.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
+}
+
+/// Wait on the channel (through a duplicate of its descriptor) for `activate`: the generation
+/// number to become. `drain` or a closed channel (the standby is not needed): `None`.
+async fn wait_for_activation(chan_fd: &OwnedFd) -> std::io::Result<Option<u64>> {
+    let chan = Channel::new(chan_fd.try_clone()?)?;
+    loop {
+        match chan.recv().await? {
+            Some((Msg::Activate { generation }, _)) => return Ok(Some(generation)),
+            Some((Msg::Drain { .. }, _)) | None => return Ok(None),
+            Some(_) => {}
+        }
+    }
 }
 
 fn early_fail(chan: Option<&OwnedFd>, reason: &str) -> ExitCode {
@@ -304,6 +328,7 @@ async fn run(
         watch_config: config.watch.config,
         watch_settle_ms: config.watch.settle.as_millis() as u64,
         tls_files: prepared.tls_files,
+        warm_standby: config.warm_standby,
     };
     if chan
         .send(

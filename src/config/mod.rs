@@ -87,6 +87,9 @@ pub struct Config {
     pub keepalive_grace: Duration,
     /// `header_read_timeout`: a client must send a request's headers within this. Default 30s.
     pub header_read_timeout: Duration,
+    /// `warm_standby`: with `graceful`, keep the next worker process started ahead of the next
+    /// restart, so a restart skips process start-up. Default false.
+    pub warm_standby: bool,
     /// `log`.
     pub log: LogConfig,
     /// `control`: the supervisor's Unix control socket for the CLI.

@@ -50,6 +50,10 @@ pub struct Generation {
     pub listeners: Vec<String>,
     /// True once told to drain.
     pub draining: bool,
+    /// A warm standby waiting for `activate` (not serving, not a generation yet).
+    pub standby: bool,
+    /// The id its channel events carry; changed when a standby is activated under a new id.
+    pub id_cell: Arc<std::sync::atomic::AtomicU64>,
     /// True once reaped: its pid may belong to another process now, so it is never signalled.
     pub exited: bool,
     /// The tasks copying its stderr and reading its channel; waited for when it exits, so its
@@ -86,6 +90,7 @@ pub fn spawn(
     exe: &Path,
     config: Option<&Path>,
     listeners: &[(String, &OwnedFd)],
+    standby: bool,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<Generation> {
     let (ours, theirs) = channel::pair()?;
@@ -109,6 +114,7 @@ pub fn spawn(
     )
     .env(crate::worker::ENV_LISTEN_FDS, list)
     .env(crate::worker::ENV_GENERATION, id.to_string())
+    .env_remove(crate::worker::ENV_STANDBY)
     .env_remove("NOTIFY_SOCKET")
     .env_remove("LISTEN_FDS")
     .env_remove("LISTEN_PID")
@@ -116,6 +122,9 @@ pub fn spawn(
     .stdin(Stdio::null())
     .stdout(Stdio::inherit())
     .stderr(Stdio::piped());
+    if standby {
+        cmd.env(crate::worker::ENV_STANDBY, "1");
+    }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     crate::sys::prepare_child(&mut cmd, fds);
     let mut child = cmd.spawn()?;
@@ -126,6 +135,7 @@ pub fn spawn(
     let tail = Arc::new(Mutex::new(VecDeque::new()));
 
     let mut tasks = Vec::new();
+    let id_cell = Arc::new(std::sync::atomic::AtomicU64::new(id));
     if let Some(err) = child.stderr.take() {
         let tail = tail.clone();
         let fd: OwnedFd = err.into();
@@ -138,15 +148,18 @@ pub fn spawn(
     }
     {
         let chan = chan.clone();
+        let cell = id_cell.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 match chan.recv().await {
                     Ok(Some((msg, fds))) => {
+                        let id = cell.load(std::sync::atomic::Ordering::Relaxed);
                         if events.send(Event::FromWorker(id, msg, fds)).is_err() {
                             return;
                         }
                     }
                     Ok(None) | Err(_) => {
+                        let id = cell.load(std::sync::atomic::Ordering::Relaxed);
                         let _ = events.send(Event::ChannelClosed(id));
                         return;
                     }
@@ -167,6 +180,8 @@ pub fn spawn(
         bound: Vec::new(),
         listeners: Vec::new(),
         draining: false,
+        standby,
+        id_cell,
         exited: false,
         tasks,
     })

@@ -168,6 +168,8 @@ struct Supervisor {
     backoff: Duration,
     exit: Option<ExitCode>,
     preflights: BTreeMap<i32, Preflight>,
+    /// The warm standby worker: its id and the identity of the executable it was started from.
+    standby: Option<(u64, Option<crate::watch::FileId>)>,
     watch: Option<(watchers::WatchSpec, tokio::task::AbortHandle)>,
 }
 
@@ -178,6 +180,8 @@ struct Preflight {
     timed_out: bool,
 }
 
+/// Ids of standby workers start here (generation numbers never get this high).
+const STANDBY_IDS: u64 = 1 << 48;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
@@ -220,6 +224,7 @@ pub fn run(opts: Options) -> ExitCode {
             backoff: BACKOFF_MIN,
             exit: None,
             preflights: BTreeMap::new(),
+            standby: None,
             watch: None,
         };
         sup.main_loop(rx).await
@@ -374,8 +379,14 @@ impl Supervisor {
         });
     }
 
-    fn spawn_gen(&mut self, exe: &std::path::Path) -> Result<u64, String> {
-        let id = self.next_id;
+    fn spawn_gen(&mut self, exe: &std::path::Path, standby: bool) -> Result<u64, String> {
+        // A standby gets an id outside the generation numbers; it takes the next generation
+        // number only when activated.
+        let id = if standby {
+            STANDBY_IDS + self.next_id
+        } else {
+            self.next_id
+        };
         let fds: Vec<(String, &OwnedFd)> =
             self.listeners.iter().map(|(k, v)| (k.clone(), v)).collect();
         let g = generation::spawn(
@@ -383,18 +394,23 @@ impl Supervisor {
             exe,
             self.opts.config_path.as_deref(),
             &fds,
+            standby,
             self.events.clone(),
         )
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-        self.next_id += 1;
-        tracing::info!(generation = id, pid = g.pid_u32(), exe = %exe.display(), "worker started");
+        if standby {
+            tracing::debug!(pid = g.pid_u32(), "standby worker started");
+        } else {
+            self.next_id += 1;
+            tracing::info!(generation = id, pid = g.pid_u32(), exe = %exe.display(), "worker started");
+        }
         self.gens.insert(id, g);
         Ok(id)
     }
 
     fn start_recovering(&mut self, exe: PathBuf, waiters: Vec<Reply>, via: String, first: bool) {
         let trigger = Instant::now();
-        match self.spawn_gen(&exe) {
+        match self.spawn_gen(&exe, false) {
             Ok(new) => {
                 self.after(self.settings.graceful_timeout, Event::ReadyDeadline(new));
                 self.phase = Phase::Recovering {
@@ -550,6 +566,69 @@ impl Supervisor {
         if let Some(o) = old {
             self.drain(o, false);
         }
+        self.spawn_standby();
+    }
+
+    /// With `warm_standby` (and `graceful`), keep one worker process started ahead of the next
+    /// restart, waiting on its channel: the restart then skips process start-up (exec, loader,
+    /// runtime). It reads the config only when activated, and is used only while the executable
+    /// is still the file it was started from.
+    fn spawn_standby(&mut self) {
+        let wanted = self.settings.graceful
+            && self
+                .settings
+                .worker
+                .as_ref()
+                .is_some_and(|w| w.warm_standby);
+        if !wanted {
+            if let Some((id, _)) = self.standby.take() {
+                self.drain(id, true);
+            }
+            return;
+        }
+        if self.standby.is_some() || !matches!(self.phase, Phase::Serving) {
+            return;
+        }
+        let exe = self.opts.exe.clone();
+        let file = crate::watch::file_id(&exe);
+        match self.spawn_gen(&exe, true) {
+            Ok(id) => self.standby = Some((id, file)),
+            Err(e) => tracing::debug!("no standby worker: {e}"),
+        }
+    }
+
+    /// Activate the standby for a restart to `exe` if it runs that very file (else stop it);
+    /// returns its new generation id.
+    fn take_standby(&mut self, exe: &std::path::Path, exe_given: bool) -> Option<u64> {
+        let (sid, file) = self.standby.take()?;
+        let usable = !exe_given
+            && exe == self.opts.exe
+            && file.is_some()
+            && crate::watch::file_id(exe) == file
+            && self
+                .gens
+                .get(&sid)
+                .is_some_and(|g| !g.exited && !g.draining);
+        if !usable {
+            self.drain(sid, true);
+            return None;
+        }
+        let mut g = self.gens.remove(&sid)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        g.id = id;
+        g.standby = false;
+        g.started = Instant::now();
+        g.id_cell.store(id, std::sync::atomic::Ordering::Relaxed);
+        let chan = g.chan.clone();
+        tokio::spawn(async move {
+            if let Err(e) = chan.send(&Msg::Activate { generation: id }, &[]).await {
+                tracing::debug!("cannot activate the standby: {e}");
+            }
+        });
+        tracing::info!(generation = id, pid = g.pid_u32(), exe = %exe.display(), "worker started");
+        self.gens.insert(id, g);
+        Some(id)
     }
 
     /// Run `EXE check [-c CONFIG]`; the answer goes to `reply` when it exits.
@@ -711,6 +790,17 @@ impl Supervisor {
         let Some(g) = self.gens.remove(&id) else {
             return;
         };
+        if g.standby {
+            if self.standby.as_ref().is_some_and(|(s, _)| *s == id) {
+                self.standby = None;
+            }
+            tracing::debug!("standby worker exited ({})", describe_status(st));
+            if matches!(self.phase, Phase::ShuttingDown) && self.gens.is_empty() {
+                tracing::info!("supervisor exiting");
+                self.exit = Some(ExitCode::SUCCESS);
+            }
+            return;
+        }
         let status = describe_status(st);
         let reported = self.fail_reasons.remove(&id);
         let tail = g.stderr_tail();
@@ -887,7 +977,9 @@ impl Supervisor {
                 ));
             }
         }
-        let exe = match exe.filter(|s| !s.is_empty()) {
+        let exe = exe.filter(|s| !s.is_empty());
+        let exe_given = exe.is_some();
+        let exe = match exe {
             Some(p) => exe::check(std::path::Path::new(&p)),
             None => exe::check(&self.opts.exe),
         };
@@ -911,7 +1003,10 @@ impl Supervisor {
                 self.drain(old, false);
                 self.phase = Phase::Stopping { old, p };
             }
-            Some(_) => match self.spawn_gen(&p.exe) {
+            Some(_) => match self
+                .take_standby(&p.exe, exe_given)
+                .map_or_else(|| self.spawn_gen(&p.exe, false), Ok)
+            {
                 Ok(new) => {
                     self.after(self.settings.graceful_timeout, Event::ReadyDeadline(new));
                     self.phase = Phase::Starting { new, p };

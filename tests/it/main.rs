@@ -7,5 +7,6 @@ mod admin;
 mod host;
 mod restart;
 mod smoke;
+mod standby;
 mod systemd;
 mod watch;

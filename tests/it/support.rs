@@ -131,12 +131,17 @@ impl Apphost {
     }
 
     /// Wait until `port` answers `GET /pid` and return that pid.
+    ///
+    /// It also waits for the supervisor's `worker ready` line: a worker accepts before the
+    /// supervisor has read its ready report, and a restart asked for in between is refused as
+    /// "already under way".
     pub fn wait_serving(&self, port: u16) -> u32 {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(r) = try_get(port, "/pid")
                 && r.status == 200
             {
+                self.wait_log("worker ready");
                 return r.body_str().trim().parse().expect("pid body");
             }
             if Instant::now() > deadline {

@@ -107,6 +107,7 @@ fn socket_activation_adopts_the_passed_socket() {
     host.wait_log(&format!(
         "adopted socket-activated listener [127.0.0.1:{port}]"
     ));
+    host.wait_log("worker ready");
     // The supervisor did not bind the port itself: the worker inherited the adopted socket.
     assert!(
         !host.log().contains("cannot listen"),
