@@ -88,7 +88,7 @@ pub struct Config {
     /// `header_read_timeout`: a client must send a request's headers within this. Default 30s.
     pub header_read_timeout: Duration,
     /// `warm_standby`: with `graceful`, keep the next worker process started ahead of the next
-    /// restart, so a restart skips process start-up. Default false.
+    /// restart, so a restart skips process start-up. Default: the value of `graceful`.
     pub warm_standby: bool,
     /// `log`.
     pub log: LogConfig,

@@ -405,7 +405,7 @@ impl Walker<'_> {
         let keepalive_grace = self.duration_or(&top, "keepalive_grace", DEFAULT_KEEPALIVE_GRACE)?;
         let header_read_timeout =
             self.duration_or(&top, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)?;
-        let warm_standby = self.bool_or(&top, "warm_standby", false)?;
+        let warm_standby = self.bool_or(&top, "warm_standby", graceful)?;
         let log = match top.get("log") {
             Some((n, p)) => self.log(n, &p)?,
             None => LogConfig {

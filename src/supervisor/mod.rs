@@ -13,6 +13,12 @@
 //! A worker that dies by itself is also replaced through `Recovering`, with backoff
 //! (100 ms doubling to 10 s, reset once a generation has served a minute).
 //!
+//! Warm standby (`warm_standby`, on by default with `graceful`): right after each restart the
+//! supervisor starts the next worker and leaves it waiting on its channel with its runtime up;
+//! a graceful restart to the recorded executable then sends it `activate` instead of starting a
+//! process (it reads the config at that moment). It is used only while the executable is still
+//! the file it was started from, and never for another executable.
+//!
 //! One operation at a time: a restart asked for while another is under way is refused with
 //! [`OpError::Busy`] (not queued or merged), whatever asked for it.
 //!
