@@ -269,6 +269,17 @@ impl Channel {
         }
     }
 
+    /// Send a message now if the socket takes it without waiting (`Ok(true)`); `Ok(false)` when
+    /// it would block (the caller then uses [`Channel::send`]).
+    pub fn try_send_now(&self, msg: &Msg) -> io::Result<bool> {
+        let bytes = encode(msg)?;
+        match send_raw(self.fd.get_ref(), &bytes, &[]) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Receive the next message this code understands, with the descriptors it carried.
     /// `Ok(None)` = the other end closed.
     pub async fn recv(&self) -> io::Result<Option<(Msg, Vec<OwnedFd>)>> {

@@ -516,6 +516,11 @@ impl Supervisor {
         };
         let old = self.current.replace(id);
         let old_pid = old.and_then(|o| self.gens.get(&o)).map(Generation::pid_u32);
+        // The old generation stops accepting at once; an asker inside it still hears the
+        // outcome (a draining worker keeps reading replies).
+        if let Some(o) = old {
+            self.drain(o, false);
+        }
         // Sockets whose address left the config: the new generation never took them; the old
         // one holds its own copy until it stops accepting.
         let keep: std::collections::BTreeSet<&String> = settings.listeners.iter().collect();
@@ -567,10 +572,6 @@ impl Supervisor {
                 self.reply(w, Ok(OpReply::Restarted(outcome.clone())));
             }
             systemd::notify("READY=1");
-        }
-        // After the replies: an asker inside the old generation hears the outcome first.
-        if let Some(o) = old {
-            self.drain(o, false);
         }
         self.spawn_standby();
     }
@@ -737,13 +738,20 @@ impl Supervisor {
         }
         g.draining = true;
         let chan = g.chan.clone();
-        tokio::spawn(async move {
-            // A worker that cannot be told is exiting already; one that is stuck is killed at
-            // the drain deadline.
-            if let Err(e) = chan.send(&Msg::Drain { shutdown }, &[]).await {
-                tracing::debug!("cannot send drain: {e}");
+        let msg = Msg::Drain { shutdown };
+        // Straight away when the socket takes it (the usual case): the old generation stops
+        // accepting sooner, so new connections go to the new one.
+        match chan.try_send_now(&msg) {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::spawn(async move {
+                    if let Err(e) = chan.send(&msg, &[]).await {
+                        tracing::debug!("cannot send drain: {e}");
+                    }
+                });
             }
-        });
+            Err(e) => tracing::debug!("cannot send drain: {e}"),
+        }
         self.after(
             self.settings.shutdown_timeout + Duration::from_secs(2),
             Event::DrainDeadline(id),
