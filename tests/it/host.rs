@@ -625,27 +625,17 @@ fn bad_duration_case() -> (tempfile::TempDir, PathBuf, usize, usize) {
 const BAD_DURATION_WORDS: &[&str] = &["invalid duration", "\"soon\""];
 
 #[test]
-fn check_rejects_an_invalid_sleep_duration() {
-    let (dir, file, line, col) = bad_duration_case();
-    let e = Expect {
-        line,
-        col,
-        key_path: "servers.s1.routes./sleep.duration",
-        words: BAD_DURATION_WORDS,
-    };
-    assert_config_error("check", dir.path(), &file, &e);
-}
-
-#[test]
-fn run_rejects_an_invalid_sleep_duration_with_exit_2() {
-    let (dir, file, line, col) = bad_duration_case();
-    let e = Expect {
-        line,
-        col,
-        key_path: "servers.s1.routes./sleep.duration",
-        words: BAD_DURATION_WORDS,
-    };
-    assert_config_error("run", dir.path(), &file, &e);
+fn check_and_run_reject_an_invalid_sleep_duration() {
+    for command in ["check", "run"] {
+        let (dir, file, line, col) = bad_duration_case();
+        let e = Expect {
+            line,
+            col,
+            key_path: "servers.s1.routes./sleep.duration",
+            words: BAD_DURATION_WORDS,
+        };
+        assert_config_error(command, dir.path(), &file, &e);
+    }
 }
 
 #[test]
@@ -682,27 +672,17 @@ const UNKNOWN_HANDLER_WORDS: &[&str] = &[
 ];
 
 #[test]
-fn check_rejects_an_unknown_handler_listing_the_registered_ones() {
-    let (dir, file, line, col) = unknown_handler_case();
-    let e = Expect {
-        line,
-        col,
-        key_path: "servers.s1.routes./x.handler",
-        words: UNKNOWN_HANDLER_WORDS,
-    };
-    assert_config_error("check", dir.path(), &file, &e);
-}
-
-#[test]
-fn run_rejects_an_unknown_handler_with_exit_2() {
-    let (dir, file, line, col) = unknown_handler_case();
-    let e = Expect {
-        line,
-        col,
-        key_path: "servers.s1.routes./x.handler",
-        words: UNKNOWN_HANDLER_WORDS,
-    };
-    assert_config_error("run", dir.path(), &file, &e);
+fn check_and_run_reject_an_unknown_handler_listing_the_registered_ones() {
+    for command in ["check", "run"] {
+        let (dir, file, line, col) = unknown_handler_case();
+        let e = Expect {
+            line,
+            col,
+            key_path: "servers.s1.routes./x.handler",
+            words: UNKNOWN_HANDLER_WORDS,
+        };
+        assert_config_error(command, dir.path(), &file, &e);
+    }
 }
 
 #[test]
