@@ -110,7 +110,6 @@ async fn serve_io<I>(
     let is_h2 = Arc::new(AtomicBool::new(proto == Proto::Http2));
     let svc = {
         let routes = ep.routes.clone();
-        let serving = serving.clone();
         let is_h2 = is_h2.clone();
         service_fn(move |mut req: crate::Request| {
             req.extensions_mut().insert(peer);
@@ -119,12 +118,12 @@ async fn serve_io<I>(
                 is_h2.store(true, Ordering::Relaxed);
             }
             let fut = routes.dispatch(req);
-            let serving = serving.clone();
             async move {
                 let mut resp = fut.await;
                 // Once draining, every HTTP/1 response closes its connection: the client learns
-                // it before sending another request, so none is lost.
-                if http1 && serving.is_draining() {
+                // it before sending another request, so none is lost. (A process-wide flag: no
+                // shared reference count is touched per request.)
+                if http1 && super::process_draining() {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }

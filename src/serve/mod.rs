@@ -29,6 +29,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::routes::RouteTable;
 
+/// Set once this process's generation starts draining (a worker process serves one generation).
+static PROCESS_DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// True once this process's generation has started draining.
+pub fn process_draining() -> bool {
+    PROCESS_DRAINING.load(Ordering::Relaxed)
+}
+
 /// Shared by all connections of one generation.
 #[derive(Debug)]
 pub struct Serving {
@@ -79,6 +87,7 @@ impl Serving {
     /// Start draining: accept loops stop, connections wind down.
     pub fn start_drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        PROCESS_DRAINING.store(true, Ordering::Relaxed);
         self.drain_tx.send_replace(true);
         self.tracker.close();
     }
