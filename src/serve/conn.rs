@@ -39,24 +39,7 @@ pub async fn serve(
 ) {
     let peer = ClientAddr(peer);
     match &ep.tls {
-        None => {
-            // hyper's header timeout starts with the first byte; a client that connects and
-            // sends nothing is bounded here (and given up once a drain's grace has passed).
-            let mut probe = [0u8; 1];
-            let first_byte =
-                tokio::time::timeout(serving.header_read_timeout, stream.peek(&mut probe));
-            let drained = async {
-                serving.drained_signal().await;
-                tokio::time::sleep(serving.keepalive_grace).await;
-            };
-            let readable = tokio::select! {
-                r = first_byte => matches!(r, Ok(Ok(n)) if n > 0),
-                _ = drained => false,
-            };
-            if readable {
-                serve_io(stream, peer, Proto::Auto, ep, serving).await
-            }
-        }
+        None => serve_io(stream, peer, Proto::Auto, ep, serving).await,
         Some(acceptor) => {
             let hs = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
             // A handshake under way when the drain starts is completed (bounded by the
@@ -108,10 +91,15 @@ async fn serve_io<I>(
     // Set by the service when it sees an HTTP/2 request (plain connections only learn their
     // protocol from the first request).
     let is_h2 = Arc::new(AtomicBool::new(proto == Proto::Http2));
+    // Set at the first request: until then the connection is bounded by header_read_timeout
+    // (hyper's own header timer only starts with the first byte).
+    let seen = Arc::new(AtomicBool::new(false));
     let svc = {
         let routes = ep.routes.clone();
         let is_h2 = is_h2.clone();
+        let seen = seen.clone();
         service_fn(move |mut req: crate::Request| {
+            seen.store(true, Ordering::Relaxed);
             req.extensions_mut().insert(peer);
             let http1 = req.version() < http::Version::HTTP_2;
             if !http1 {
@@ -138,6 +126,8 @@ async fn serve_io<I>(
     tokio::select! {
         r = conn.as_mut() => { log_end(&ep, r); return; }
         _ = serving.drained_signal() => {}
+        // A client that connects and never sends a request is closed.
+        _ = first_request_deadline(&seen, serving.header_read_timeout) => return,
     }
     if !is_h2.load(Ordering::Relaxed) {
         // HTTP/1: give a keep-alive client the chance to send the request it may already have
@@ -147,10 +137,22 @@ async fn serve_io<I>(
             _ = tokio::time::sleep(serving.keepalive_grace) => {}
         }
     }
+    if !seen.load(Ordering::Relaxed) {
+        // Never sent a request: nothing to finish.
+        return;
+    }
     // HTTP/2: GOAWAY now. HTTP/1 idle past the grace: close; busy: finish the response, then close.
     conn.as_mut().graceful_shutdown();
     let r = conn.await;
     log_end(&ep, r);
+}
+
+/// Resolves `after` from now if no request has been seen by then; otherwise never.
+async fn first_request_deadline(seen: &AtomicBool, after: std::time::Duration) {
+    tokio::time::sleep(after).await;
+    if seen.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn log_end(ep: &Endpoint, r: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
