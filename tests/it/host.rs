@@ -879,6 +879,45 @@ fn run_fails_cleanly_when_the_port_is_in_use() {
     });
 }
 
+/// Start `apphost run -c file` in `dir` and read its stderr until the first worker is started:
+/// the supervisor (killed on drop), its stderr, what it logged so far, and the worker's pid.
+fn start_until_first_worker(
+    file: &std::path::Path,
+    dir: &std::path::Path,
+) -> (
+    Stopped,
+    std::io::BufReader<std::process::ChildStderr>,
+    String,
+    u32,
+) {
+    use std::io::BufRead;
+    let child = std::process::Command::new(BIN)
+        .args(["run", "-c", file.to_str().unwrap()])
+        .current_dir(dir)
+        .env_remove("APPHOST_CONFIG")
+        .env("APPHOST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sup = Stopped(child);
+    let mut err = std::io::BufReader::new(sup.0.stderr.take().unwrap());
+    let mut log = String::new();
+    let pid: u32 = loop {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "no worker started:\n{log}"
+        );
+        log.push_str(&line);
+        if let Some(rest) = line.split("worker started generation=1 pid=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (sup, err, log, pid)
+}
+
 /// A supervisor process that is stopped (SIGSTOP) for a while; continued and killed if a test
 /// panics before continuing it.
 struct Stopped(std::process::Child);
@@ -895,7 +934,6 @@ impl Drop for Stopped {
 
 #[test]
 fn run_always_says_which_address_is_in_use() {
-    use std::io::BufRead;
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let (_dir, path) = tempdir();
@@ -910,30 +948,7 @@ fn run_always_says_which_address_is_in_use() {
     // The race shows when the supervisor learns everything at once: stop it as soon as it has
     // started its worker, let the worker fail and exit, then let the supervisor go on.
     for attempt in 0..10 {
-        let child = std::process::Command::new(BIN)
-            .args(["run", "-c", file.to_str().unwrap()])
-            .current_dir(&path)
-            .env_remove("APPHOST_CONFIG")
-            .env("APPHOST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut sup = Stopped(child);
-        let mut err = std::io::BufReader::new(sup.0.stderr.take().unwrap());
-        let mut log = String::new();
-        let worker: u32 = loop {
-            let mut line = String::new();
-            assert!(
-                err.read_line(&mut line).unwrap() > 0,
-                "no worker started:\n{log}"
-            );
-            log.push_str(&line);
-            if let Some(rest) = line.split("worker started generation=1 pid=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
+        let (mut sup, mut err, mut log, worker) = start_until_first_worker(&file, &path);
         signal(sup.0.id(), Signal::STOP);
         wait_until(Duration::from_secs(10), "the worker to fail", || {
             (!process_alive(worker)).then_some(())
@@ -1306,7 +1321,6 @@ fn sigint_lets_the_request_in_flight_finish_then_exits_0() {
 
 #[test]
 fn sigterm_does_not_cut_a_request_served_before_the_supervisor_saw_ready() {
-    use std::io::BufRead;
     // Stop the supervisor as soon as it has started its worker: the worker serves on its own and
     // reports to the supervisor (one `bound` message per new socket, then `ready`); SIGTERM then
     // arrives together with those messages. Many listeners make the report long, so SIGTERM
@@ -1327,30 +1341,7 @@ fn sigterm_does_not_cut_a_request_served_before_the_supervisor_saw_ready() {
     let attempts = 8;
     let mut cut = Vec::new();
     for attempt in 0..attempts {
-        let child = std::process::Command::new(BIN)
-            .args(["run", "-c", file.to_str().unwrap()])
-            .current_dir(&path)
-            .env_remove("APPHOST_CONFIG")
-            .env("APPHOST_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut sup = Stopped(child);
-        let mut err = std::io::BufReader::new(sup.0.stderr.take().unwrap());
-        let mut log = String::new();
-        let pid: u32 = loop {
-            let mut line = String::new();
-            assert!(
-                err.read_line(&mut line).unwrap() > 0,
-                "no worker started:\n{log}"
-            );
-            log.push_str(&line);
-            if let Some(rest) = line.split("worker started generation=1 pid=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
+        let (mut sup, mut err, mut log, pid) = start_until_first_worker(&file, &path);
         signal(sup.0.id(), Signal::STOP);
         // A request to the worker as soon as it accepts (polled tightly: the window is short).
         let deadline = Instant::now() + Duration::from_secs(15);
