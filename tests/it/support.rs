@@ -398,7 +398,6 @@ pub fn https_get(port: u16, path: &str, ca_pem: &str, h2: bool) -> Result<TlsRes
 }
 
 async fn https_get_async(port: u16, path: &str, ca_pem: &str, h2: bool) -> Result<TlsResp, String> {
-    use http_body_util::BodyExt;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -452,6 +451,20 @@ async fn https_get_async(port: u16, path: &str, ca_pem: &str, h2: bool) -> Resul
         tokio::spawn(conn);
         send.send_request(req).await.map_err(|e| e.to_string())?
     };
+    let (status, version, body) = read_response(resp).await?;
+    Ok(TlsResp {
+        status,
+        version,
+        body,
+        peer_cert,
+    })
+}
+
+/// Status, version and body (as text) of a hyper client response.
+async fn read_response(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<(u16, http::Version, String), String> {
+    use http_body_util::BodyExt;
     let status = resp.status().as_u16();
     let version = resp.version();
     let body = resp
@@ -460,12 +473,7 @@ async fn https_get_async(port: u16, path: &str, ca_pem: &str, h2: bool) -> Resul
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    Ok(TlsResp {
-        status,
-        version,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        peer_cert,
-    })
+    Ok((status, version, String::from_utf8_lossy(&body).into_owned()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -560,7 +568,6 @@ pub fn h2c_get(port: u16, path: &str) -> Result<H2cResp, String> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        use http_body_util::BodyExt;
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
@@ -575,18 +582,11 @@ pub fn h2c_get(port: u16, path: &str) -> Result<H2cResp, String> {
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
         let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let version = resp.version();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let (status, version, body) = read_response(resp).await?;
         Ok(H2cResp {
             status,
             version,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
         })
     })
 }
