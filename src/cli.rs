@@ -183,6 +183,12 @@ fn describe(host: &Host, config: &Config) -> Result<String, String> {
         d(config.shutdown_timeout),
         d(config.keepalive_grace)
     );
+    let _ = writeln!(
+        out,
+        "header_read_timeout: {}  idle_timeout: {}",
+        d(config.header_read_timeout),
+        d(config.idle_timeout)
+    );
     for s in &config.servers {
         let table = RouteTable::build(s, host.registry()).map_err(|e| e.to_string())?;
         let _ = writeln!(out, "server {}:", s.name);

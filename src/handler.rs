@@ -11,7 +11,7 @@
 //!   column (the built-ins work this way).
 //!
 //! What the route matched is in the request's extensions as [`RouteMatch`], and the client's
-//! address as [`ClientAddr`].
+//! address as [`ClientAddr`] (unless the handler's [`Handler::wants`] says it reads neither).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,6 +32,36 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
 pub trait Handler: Send + Sync + 'static {
     /// Answer one request.
     fn call(&self, req: Request) -> BoxFuture;
+
+    /// What this handler reads from the request's extensions. The router inserts only that:
+    /// each insert costs allocations on every request (the extension map and its entry), which
+    /// is a measurable share of a small handler's cost. The default is everything; a handler
+    /// that reads neither [`RouteMatch`] nor [`ClientAddr`] can return [`Wants::NONE`].
+    fn wants(&self) -> Wants {
+        Wants::ALL
+    }
+}
+
+/// Which per-request context a [`Handler`] reads from the request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wants {
+    /// Insert a [`RouteMatch`].
+    pub route_match: bool,
+    /// Insert a [`ClientAddr`].
+    pub client_addr: bool,
+}
+
+impl Wants {
+    /// Both [`RouteMatch`] and [`ClientAddr`].
+    pub const ALL: Wants = Wants {
+        route_match: true,
+        client_addr: true,
+    };
+    /// Neither.
+    pub const NONE: Wants = Wants {
+        route_match: false,
+        client_addr: false,
+    };
 }
 
 /// Builds a handler from a route's params, once, at config load.

@@ -40,5 +40,5 @@ pub mod worker;
 
 pub use body::{Body, BodySender};
 pub use config::{Config, ConfigError, Params};
-pub use handler::{ClientAddr, Handler, Request, Response, RouteMatch};
+pub use handler::{ClientAddr, Handler, Request, Response, RouteMatch, Wants};
 pub use host::Host;

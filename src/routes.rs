@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::ready;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use http::header::ALLOW;
@@ -32,7 +33,7 @@ use http::{HeaderValue, Method, StatusCode};
 
 use crate::config::tree::Value;
 use crate::config::{ConfigError, Params, ServerConfig};
-use crate::handler::{BoxFuture, Handler, Request, Response, RouteMatch, text};
+use crate::handler::{BoxFuture, ClientAddr, Handler, Request, Response, RouteMatch, Wants, text};
 use crate::host::Registry;
 
 /// The body of the `404` answer when no route matches.
@@ -45,11 +46,36 @@ pub const METHOD_NOT_ALLOWED_BODY: &str = "405 method not allowed\n";
 #[derive(Default)]
 pub struct RouteTable {
     /// Exact routes by path.
-    exact: HashMap<Box<str>, Arc<Route>>,
+    exact: PathMap,
     /// Wildcard routes by prefix (the pattern without `/*name`; `""` for `/*name`).
-    wildcard: HashMap<Box<str>, Arc<Route>>,
+    wildcard: PathMap,
     /// Every route, in the order added (for [`RouteTable::routes`]).
     list: Vec<Arc<Route>>,
+}
+
+/// Routes by path, hashed with FNV-1a: the keys come from the config and lookups never insert,
+/// so SipHash's defence against chosen keys buys nothing here, and it costs more per request.
+type PathMap = HashMap<Box<str>, Arc<Route>, BuildHasherDefault<Fnv1a>>;
+
+/// The FNV-1a hash (64-bit).
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Fnv1a {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// One route.
@@ -59,6 +85,8 @@ struct Route {
     /// The handler's registered name.
     handler_name: Box<str>,
     handler: Arc<dyn Handler>,
+    /// What the handler reads from the request's extensions (asked once, at build).
+    wants: Wants,
     /// The allowed methods, if the route restricts them.
     methods: Option<Allowed>,
 }
@@ -220,6 +248,7 @@ impl RouteTable {
         let route = Arc::new(Route {
             pattern: Arc::from(pattern),
             handler_name: Box::from(handler_name),
+            wants: handler.wants(),
             handler,
             methods: methods.map(Allowed::new),
         });
@@ -248,18 +277,39 @@ impl RouteTable {
 
     /// Route one request: `404`, `405`, or the matched handler's answer (with a [`RouteMatch`]
     /// in the request's extensions).
-    pub fn dispatch(&self, mut req: Request) -> BoxFuture {
+    pub fn dispatch(&self, req: Request) -> BoxFuture {
+        self.route(req, None)
+    }
+
+    /// Route one request from `client`: as [`RouteTable::dispatch`], and the handler also gets
+    /// a [`ClientAddr`] if it [wants](Handler::wants) one.
+    pub fn dispatch_from(&self, req: Request, client: ClientAddr) -> BoxFuture {
+        self.route(req, Some(client))
+    }
+
+    fn route(&self, mut req: Request, client: Option<ClientAddr>) -> BoxFuture {
         let (route, rest) = match self.lookup(req.method(), req.uri().path()) {
-            Lookup::Found { route, rest } => (route, rest.map(str::to_owned)),
+            Lookup::Found { route, rest } => (
+                route,
+                // Copied only if it is going to be used.
+                rest.filter(|_| route.wants.route_match).map(str::to_owned),
+            ),
             Lookup::MethodNotAllowed(allow) => {
                 return Box::pin(ready(method_not_allowed(allow.clone())));
             }
             Lookup::NotFound => return Box::pin(ready(not_found())),
         };
-        req.extensions_mut().insert(RouteMatch {
-            pattern: route.pattern.clone(),
-            rest,
-        });
+        if route.wants.route_match {
+            req.extensions_mut().insert(RouteMatch {
+                pattern: route.pattern.clone(),
+                rest,
+            });
+        }
+        if route.wants.client_addr
+            && let Some(c) = client
+        {
+            req.extensions_mut().insert(c);
+        }
         route.handler.call(req)
     }
 

@@ -292,7 +292,11 @@ async fn run(
             return ExitCode::from(2);
         }
     };
-    let serving = Serving::new(config.keepalive_grace, config.header_read_timeout);
+    let serving = Serving::new(crate::serve::watchdog::Limits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        keepalive_grace: config.keepalive_grace,
+    });
     *INFO.lock().unwrap_or_else(|p| p.into_inner()) = Some(WorkerInfo {
         generation,
         serving: Some(serving.clone()),

@@ -85,8 +85,12 @@ pub struct Config {
     /// request the client may already be sending is answered (with `Connection: close`) rather
     /// than lost. Default 1s.
     pub keepalive_grace: Duration,
-    /// `header_read_timeout`: a client must send a request's headers within this. Default 30s.
+    /// `header_read_timeout`: a new connection must complete its TLS handshake and the headers of
+    /// its first request within this. Default 30s.
     pub header_read_timeout: Duration,
+    /// `idle_timeout`: an HTTP/1 keep-alive connection is closed when its next request's headers
+    /// have not arrived this long after the previous response ended. Default 60s.
+    pub idle_timeout: Duration,
     /// `warm_standby`: with `graceful`, keep the next worker process started ahead of the next
     /// restart, so a restart skips process start-up. Default: the value of `graceful`.
     pub warm_standby: bool,

@@ -135,6 +135,7 @@ fn defaults() {
     assert_eq!(c.shutdown_timeout, Duration::from_secs(60));
     assert_eq!(c.keepalive_grace, Duration::from_secs(1));
     assert_eq!(c.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(c.idle_timeout, Duration::from_secs(60));
     assert_eq!(
         c.log,
         LogConfig {

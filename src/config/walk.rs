@@ -30,6 +30,7 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_timeout",
     "keepalive_grace",
     "header_read_timeout",
+    "idle_timeout",
     "warm_standby",
     "log",
     "control",
@@ -47,6 +48,7 @@ const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
 const DEFAULT_ADMIN_PATH: &str = "/debug/admin";
 
@@ -405,6 +407,7 @@ impl Walker<'_> {
         let keepalive_grace = self.duration_or(&top, "keepalive_grace", DEFAULT_KEEPALIVE_GRACE)?;
         let header_read_timeout =
             self.duration_or(&top, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)?;
+        let idle_timeout = self.duration_or(&top, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?;
         let warm_standby = self.bool_or(&top, "warm_standby", graceful)?;
         let log = match top.get("log") {
             Some((n, p)) => self.log(n, &p)?,
@@ -455,6 +458,7 @@ impl Walker<'_> {
             graceful_timeout,
             shutdown_timeout,
             keepalive_grace,
+            idle_timeout,
             header_read_timeout,
             warm_standby,
             log,

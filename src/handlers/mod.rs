@@ -24,7 +24,7 @@ use http::{HeaderValue, Method, StatusCode};
 
 use crate::body::Body;
 use crate::config::{ConfigError, Params};
-use crate::handler::{BoxFuture, Factory, Handler, Request, Response, text};
+use crate::handler::{BoxFuture, Factory, Handler, Request, Response, Wants, text};
 use crate::host::Registry;
 
 use health::Health;
@@ -49,6 +49,11 @@ pub fn register_builtins(r: &mut Registry) {
 pub(crate) trait Respond: Send + Sync + 'static {
     /// Answer; `parts.method` is `HEAD` for a head request (answer without a body).
     fn respond(&self, parts: http::request::Parts) -> BoxFuture;
+
+    /// What it reads from the request's extensions (see [`Handler::wants`]); default none.
+    fn wants(&self) -> Wants {
+        Wants::NONE
+    }
 }
 
 /// Which methods a built-in accepts.
@@ -100,6 +105,10 @@ impl<R: Respond> Builtin<R> {
 impl<R: Respond> Handler for Builtin<R> {
     fn call(&self, req: Request) -> BoxFuture {
         self.handle(req)
+    }
+
+    fn wants(&self) -> Wants {
+        self.inner.wants()
     }
 }
 

@@ -35,7 +35,7 @@ use super::Respond;
 use crate::body::{Body, BodySender};
 use crate::config::error::io_message;
 use crate::config::{ConfigError, Params};
-use crate::handler::{BoxFuture, Response, RouteMatch, text};
+use crate::handler::{BoxFuture, Response, RouteMatch, Wants, text};
 
 /// The index file served for a directory when `index` is not given.
 pub(crate) const DEFAULT_INDEX: &str = "index.html";
@@ -91,6 +91,13 @@ impl Respond for StaticFiles {
     fn respond(&self, parts: http::request::Parts) -> BoxFuture {
         let inner = self.inner.clone();
         Box::pin(async move { inner.serve(parts).await })
+    }
+
+    fn wants(&self) -> Wants {
+        Wants {
+            route_match: true,
+            client_addr: false,
+        }
     }
 }
 

@@ -1,23 +1,29 @@
-//! One connection: optional TLS handshake, then HTTP/1.1 or HTTP/2 through hyper-util, then the
+//! One connection: optional TLS handshake, then HTTP/1.1 or HTTP/2 through hyper, then the
 //! drain rules described in the [`crate::serve`] module doc.
 //!
-//! Protocol choice: on TLS, ALPN decides (`h2` or `http/1.1`); on plain TCP, hyper-util's auto
-//! builder looks for the HTTP/2 prior-knowledge preface (h2c) and otherwise speaks HTTP/1.1.
+//! Protocol choice: on TLS, ALPN decides (`h2` or `http/1.1`); on plain TCP, the first bytes are
+//! peeked for the HTTP/2 prior-knowledge preface (h2c), and otherwise it is HTTP/1.1. The chosen
+//! hyper connection then reads the socket itself (one `recv(MSG_PEEK)` per connection, instead
+//! of hyper-util's auto connection re-reading through a buffer for the connection's life).
 //!
-//! Every request gets the peer's address (from `accept`) in its extensions as [`ClientAddr`], a
-//! `Copy` value: no allocation beyond the extension map the router fills anyway.
+//! The peer's address (from `accept`) goes to the router, which puts it in the request's
+//! extensions as [`ClientAddr`] for handlers that want it.
 
 use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use http::header::{CONNECTION, HeaderValue};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::watchdog::{ConnState, TrackedBody};
 use super::{Endpoint, Serving};
 use crate::handler::ClientAddr;
 
@@ -30,52 +36,91 @@ pub(crate) enum Proto {
     Http2,
 }
 
-/// Serve one accepted TCP connection to the end.
-pub async fn serve(
+/// Serve one accepted plain-TCP connection to the end (HTTP/1.1, or h2c with prior knowledge).
+/// Its deadlines (first request head, keep-alive idle, drain grace) are enforced from outside by
+/// the [`super::watchdog`], which drops this future when one passes; `state` is this
+/// connection's entry there.
+pub async fn serve_plain(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
+    state: Arc<ConnState>,
 ) {
-    let peer = ClientAddr(peer);
-    match &ep.tls {
-        None => serve_io(stream, peer, Proto::Auto, ep, serving).await,
-        Some(acceptor) => {
-            let hs = tokio::time::timeout(serving.header_read_timeout, acceptor.accept(stream));
-            // A handshake under way when the drain starts is completed (bounded by the
-            // timeout): the client then gets its answer with `Connection: close`.
-            let tls = hs.await;
-            match tls {
-                Ok(Ok(tls)) => {
-                    let proto = match tls.get_ref().1.alpn_protocol() {
-                        Some(b"h2") => Proto::Http2,
-                        _ => Proto::Http1,
-                    };
-                    serve_io(tls, peer, proto, ep, serving).await
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(listener = %ep.key, error = %e, "TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(listener = %ep.key, "TLS handshake timed out"),
-            }
-        }
+    let Some(proto) = sniff(&stream).await else {
+        return;
+    };
+    serve_io(stream, ClientAddr(peer), proto, ep, serving, state).await
+}
+
+/// HTTP/2 with prior knowledge (h2c) starts with this preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Choose a plain connection's protocol from its first bytes, peeked (left in the socket), so
+/// the chosen hyper connection reads the socket directly. `None` when the client closed or the
+/// socket failed before sending anything. A client whose first segment is a strict prefix of the
+/// preface (rare) gets hyper-util's auto connection, which reads until it can tell.
+async fn sniff(stream: &TcpStream) -> Option<Proto> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let n = stream.peek(&mut buf).await.ok()?;
+    if n == 0 {
+        None
+    } else if buf[..n] != H2_PREFACE[..n] {
+        Some(Proto::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Proto::Http2)
+    } else {
+        Some(Proto::Auto)
     }
 }
 
-/// The hyper-util builder for a protocol choice; built once per generation (see `Serving`).
-pub(crate) fn builder(
-    proto: Proto,
-    header_read_timeout: std::time::Duration,
-) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    b.http2().timer(TokioTimer::new());
-    match proto {
-        Proto::Auto => b,
-        Proto::Http1 => b.http1_only(),
-        Proto::Http2 => b.http2_only(),
+/// Serve one accepted connection on an HTTPS listener to the end: the TLS handshake (bounded by
+/// `header_read_timeout` through the watchdog), then HTTP/2 or HTTP/1.1 as ALPN chose.
+pub async fn serve_tls(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    ep: Arc<Endpoint>,
+    serving: Arc<Serving>,
+    state: Arc<ConnState>,
+) {
+    let Some(acceptor) = ep.tls.clone() else {
+        return;
+    };
+    // A handshake under way when the drain starts is completed (bounded by the watchdog): the
+    // client then gets its answer with `Connection: close`.
+    match acceptor.accept(stream).await {
+        Ok(tls) => {
+            let proto = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Proto::Http2,
+                _ => Proto::Http1,
+            };
+            serve_io(tls, ClientAddr(peer), proto, ep, serving, state).await
+        }
+        Err(e) => tracing::debug!(listener = %ep.key, error = %e, "TLS handshake failed"),
+    }
+}
+
+/// hyper's connection builders, made once per generation (see `Serving`). No hyper timers on
+/// HTTP/1: the watchdog enforces the header-read deadline for all connections at once.
+#[derive(Debug)]
+pub(crate) struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// For the rare plain connection whose protocol the first bytes did not settle.
+    auto: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    pub(crate) fn new() -> Builders {
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http2().timer(TokioTimer::new());
+        Builders {
+            http1: http1::Builder::new(),
+            http2,
+            auto,
+        }
     }
 }
 
@@ -85,32 +130,29 @@ async fn serve_io<I>(
     proto: Proto,
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
+    state: Arc<ConnState>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    // Set by the service when it sees an HTTP/2 request (plain connections only learn their
-    // protocol from the first request).
-    let is_h2 = Arc::new(AtomicBool::new(proto == Proto::Http2));
-    // Set at the first request: until then the connection is bounded by header_read_timeout
-    // (hyper's own header timer only starts with the first byte).
-    let seen = Arc::new(AtomicBool::new(false));
+    if proto == Proto::Http2 {
+        state.mark_h2();
+    }
     let svc = {
         let routes = ep.routes.clone();
-        let is_h2 = is_h2.clone();
-        let seen = seen.clone();
-        service_fn(move |mut req: crate::Request| {
-            seen.store(true, Ordering::Relaxed);
-            req.extensions_mut().insert(peer);
+        let state = state.clone();
+        service_fn(move |req: crate::Request| {
+            let busy = state.request_started();
             let http1 = req.version() < http::Version::HTTP_2;
             if !http1 {
-                is_h2.store(true, Ordering::Relaxed);
+                state.mark_h2();
             }
-            let fut = routes.dispatch(req);
+            let fut = routes.dispatch_from(req, peer);
             async move {
-                let mut resp = fut.await;
+                let resp = fut.await;
                 // Once draining, every HTTP/1 response closes its connection: the client learns
                 // it before sending another request, so none is lost. (A process-wide flag: no
                 // shared reference count is touched per request.)
+                let mut resp = resp.map(|b| TrackedBody::new(b, busy));
                 if http1 && super::process_draining() {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -119,43 +161,63 @@ async fn serve_io<I>(
             }
         })
     };
-    let b = serving.builder(proto);
-    let conn = b.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-
-    tokio::select! {
-        r = conn.as_mut() => { log_end(&ep, r); return; }
-        _ = serving.drained_signal() => {}
-        // A client that connects and never sends a request is closed.
-        _ = first_request_deadline(&seen, serving.header_read_timeout) => return,
-    }
-    if !is_h2.load(Ordering::Relaxed) {
-        // HTTP/1: give a keep-alive client the chance to send the request it may already have
-        // on the wire; its response will carry `Connection: close`.
-        tokio::select! {
-            r = conn.as_mut() => { log_end(&ep, r); return; }
-            _ = tokio::time::sleep(serving.keepalive_grace) => {}
+    let io = TokioIo::new(io);
+    let b = &serving.builders;
+    // One branch per protocol, so the connection future is only as big as the largest of the
+    // direct ones (the rare auto one is boxed).
+    match proto {
+        Proto::Http1 => {
+            let conn = pin!(b.http1.serve_connection(io, svc));
+            drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
+        }
+        Proto::Http2 => {
+            let conn = pin!(b.http2.serve_connection(io, svc));
+            drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
+        }
+        Proto::Auto => {
+            let mut conn = Box::pin(b.auto.serve_connection(io, svc));
+            drive(
+                conn.as_mut(),
+                |c| c.graceful_shutdown(),
+                &ep,
+                &serving,
+                &state,
+            )
+            .await
         }
     }
-    if !seen.load(Ordering::Relaxed) {
-        // Never sent a request: nothing to finish.
-        return;
-    }
-    // HTTP/2: GOAWAY now. HTTP/1 idle past the grace: close; busy: finish the response, then close.
-    conn.as_mut().graceful_shutdown();
-    let r = conn.await;
-    log_end(&ep, r);
 }
 
-/// Resolves `after` from now if no request has been seen by then; otherwise never.
-async fn first_request_deadline(seen: &AtomicBool, after: std::time::Duration) {
-    tokio::time::sleep(after).await;
-    if seen.load(Ordering::Relaxed) {
-        std::future::pending::<()>().await;
-    }
-}
-
-fn log_end(ep: &Endpoint, r: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+/// Run a hyper connection to its end. HTTP/1 needs nothing here when the drain starts (responses
+/// carry `Connection: close`, the watchdog closes idle connections after the grace); HTTP/2 sends
+/// GOAWAY as soon as the drain wakes this task, then finishes its open streams.
+async fn drive<C, E>(
+    mut conn: Pin<&mut C>,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+    ep: &Endpoint,
+    serving: &Serving,
+    state: &ConnState,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let r = poll_fn(|cx| {
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if state.is_h2() && serving.is_draining() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    let r = match r {
+        Some(r) => r,
+        None => {
+            graceful_shutdown(conn.as_mut());
+            conn.await
+        }
+    };
     if let Err(e) = r {
         tracing::debug!(listener = %ep.key, error = %e, "connection ended with an error");
     }

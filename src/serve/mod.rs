@@ -3,31 +3,37 @@
 //! - [`listen`]: bind a listening socket for a config address, or adopt one handed in.
 //! - [`tls`]: rustls server config and the certificate store (swappable for renewal).
 //! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper-util, and how it drains.
+//! - [`watchdog`]: the registry of live connections and the one timer task that enforces their
+//!   deadlines (header read, keep-alive idle, drain grace).
 //!
-//! A generation's servers share one [`Serving`]: it counts live connections and carries the
-//! drain signal. Draining works like this:
+//! A generation's servers share one [`Serving`]: it holds the watchdog and carries the drain
+//! signal. Draining works like this:
 //! 1. every accept loop stops and drops its listener (the supervisor and the next generation still
 //!    hold the socket, so nothing is refused);
 //! 2. HTTP/2 connections get GOAWAY at once (clients retry unstarted streams elsewhere);
 //! 3. HTTP/1 connections are *not* closed while idle right away: a keep-alive client may already
 //!    be sending its next request, and closing then loses it (the race nginx loses on reload).
 //!    Instead every response finished from now on carries `Connection: close`, and a connection
-//!    that stays idle for `keepalive_grace` is closed after that;
+//!    that stays idle for `keepalive_grace` (from the drain's start or its last response) is
+//!    closed by the watchdog;
 //! 4. when every connection is gone, or `shutdown_timeout` passes, the generation exits.
 
 pub mod conn;
 pub mod listen;
 pub mod tls;
+pub mod watchdog;
 
-use std::sync::Arc;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
 
 use crate::routes::RouteTable;
+use watchdog::{Guard, Limits, Watchdog};
 
 /// Set once this process's generation starts draining (a worker process serves one generation).
 static PROCESS_DRAINING: AtomicBool = AtomicBool::new(false);
@@ -42,41 +48,24 @@ pub fn process_draining() -> bool {
 pub struct Serving {
     draining: AtomicBool,
     drain_tx: watch::Sender<bool>,
-    tracker: TaskTracker,
-    /// How long an idle HTTP/1 keep-alive connection is kept after the drain starts.
-    pub keepalive_grace: Duration,
-    /// Request headers (and the TLS handshake) must arrive within this.
-    pub header_read_timeout: Duration,
-    /// hyper-util builders for plain (auto), HTTP/1-only and HTTP/2-only connections.
-    builders: [hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>; 3],
+    /// Live connections and their deadlines.
+    watchdog: Arc<Watchdog>,
+    /// The accept loops' wakers, woken when the drain starts.
+    accept_wakers: Mutex<Vec<Waker>>,
+    /// hyper's connection builders.
+    builders: conn::Builders,
 }
 
 impl Serving {
-    /// A new, not draining, state.
-    pub fn new(keepalive_grace: Duration, header_read_timeout: Duration) -> Arc<Serving> {
+    /// A new, not draining, state; starts the watchdog's timer task on the current runtime.
+    pub fn new(limits: Limits) -> Arc<Serving> {
         Arc::new(Serving {
             draining: AtomicBool::new(false),
             drain_tx: watch::Sender::new(false),
-            tracker: TaskTracker::new(),
-            keepalive_grace,
-            header_read_timeout,
-            builders: [
-                conn::builder(conn::Proto::Auto, header_read_timeout),
-                conn::builder(conn::Proto::Http1, header_read_timeout),
-                conn::builder(conn::Proto::Http2, header_read_timeout),
-            ],
+            watchdog: Watchdog::start(limits),
+            accept_wakers: Mutex::new(Vec::new()),
+            builders: conn::Builders::new(),
         })
-    }
-
-    fn builder(
-        &self,
-        proto: conn::Proto,
-    ) -> &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
-        match proto {
-            conn::Proto::Auto => &self.builders[0],
-            conn::Proto::Http1 => &self.builders[1],
-            conn::Proto::Http2 => &self.builders[2],
-        }
     }
 
     /// True once the drain has started.
@@ -89,7 +78,14 @@ impl Serving {
         self.draining.store(true, Ordering::Relaxed);
         PROCESS_DRAINING.store(true, Ordering::Relaxed);
         self.drain_tx.send_replace(true);
-        self.tracker.close();
+        self.watchdog.start_drain();
+        for w in self.lock_accept_wakers().drain(..) {
+            w.wake();
+        }
+    }
+
+    fn lock_accept_wakers(&self) -> std::sync::MutexGuard<'_, Vec<Waker>> {
+        self.accept_wakers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Resolves when the drain has started.
@@ -100,13 +96,13 @@ impl Serving {
 
     /// Live connections.
     pub fn connections(&self) -> usize {
-        self.tracker.len()
+        self.watchdog.len()
     }
 
     /// Resolves when the drain has started and every connection has finished.
     pub async fn wait_idle(&self) {
         self.drained_signal().await;
-        self.tracker.wait().await;
+        self.watchdog.wait_empty().await;
     }
 }
 
@@ -126,19 +122,38 @@ pub struct Endpoint {
 /// Accept connections on `listener` until the drain starts, then drop the listener.
 pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, serving: Arc<Serving>) {
     let endpoint = Arc::new(endpoint);
-    let mut drain = serving.drain_tx.subscribe();
+    let mut registered: Option<Waker> = None;
     loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = drain.wait_for(|d| *d) => break,
-            r = listener.accept() => r,
-        };
+        // Checks the drain flag, not a drain channel: re-arming a channel receiver for every
+        // accepted connection costs a lock. `start_drain` wakes this task.
+        let accepted = poll_fn(|cx| {
+            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                let w = cx.waker().clone();
+                serving.lock_accept_wakers().push(w.clone());
+                registered = Some(w);
+            }
+            if serving.is_draining() {
+                return Poll::Ready(None);
+            }
+            listener.poll_accept(cx).map(Some)
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let ep = endpoint.clone();
-                let s = serving.clone();
-                serving.tracker.spawn(conn::serve(stream, peer, ep, s));
+                // Registered here, before the task runs, so a drain starting now counts it.
+                let (state, reg) = serving.watchdog.register();
+                let (ep, s) = (endpoint.clone(), serving.clone());
+                // Plain and TLS connections are separate futures: a plain one does not carry the
+                // (much larger) TLS state, and tokio copies the future when spawning it.
+                if ep.tls.is_some() {
+                    let conn = conn::serve_tls(stream, peer, ep, s, state.clone());
+                    tokio::spawn(Guard::new(state, reg, conn));
+                } else {
+                    let conn = conn::serve_plain(stream, peer, ep, s, state.clone());
+                    tokio::spawn(Guard::new(state, reg, conn));
+                }
             }
             Err(e) => {
                 // EMFILE/ENFILE/ECONNABORTED: keep the listener, back off briefly.

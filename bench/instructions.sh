@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Instructions per request: apphost's worker vs bare hyper (examples/bare_hello.rs), counted by
+# valgrind's callgrind. Unlike req/s on this shared 2-core VM, the count hardly moves from run to
+# run, so it shows what a change to the request path costs or saves.
+#
+#   bench/instructions.sh                 # both servers, keep-alive and close, ~2 minutes
+#   VARIANTS="apphost bare" bench/instructions.sh
+#   SECS=5 CONNS=8 bench/instructions.sh
+#
+# For each server: start it under `valgrind --tool=callgrind` (apphost with --trace-children, so
+# its worker is counted too), warm up with wrk for 2 s, zero the worker's counters
+# (`callgrind_control -z`), run `wrk -t1 -cCONNS -dSECS` (keep-alive, then with
+# `Connection: close`), dump the counters (`callgrind_control -d`) and divide the instructions
+# executed (Ir, all threads) by the requests wrk completed. The dumps stay in the output
+# directory for `callgrind_annotate` (the release profile keeps line tables).
+#
+# bare_hello variants: `bare` (hyper http1), `bare-auto` (hyper-util's auto builder), and
+# `bare-auto-timer` (auto builder + header-read timer: what apphost's connections use).
+#
+# Binaries come from $BIN (default: the release build in $CARGO_TARGET_DIR, /work/target-bench).
+# 127.0.0.1 only; everything started is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${SECS:-8}
+CONNS=${CONNS:-8}
+VARIANTS=${VARIANTS:-bare bare-auto bare-auto-timer apphost}
+TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+OUT=${OUT:-bench/out/instructions-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+if [[ -z ${BIN:-} ]]; then
+    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --examples --bins >/dev/null
+    cp "$TARGET_DIR/release/apphost" "$TARGET_DIR/release/examples/bare_hello" "$OUT/"
+    BIN=$OUT
+fi
+command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
+command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# wait_http URL: poll until it answers (valgrind starts slowly).
+wait_http() {
+    for _ in $(seq 300); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "no answer from $1" >&2
+    return 1
+}
+
+# dumps FILE: how many dumps of FILE exist.
+dumps() { compgen -G "$1.*" | wc -l || true; }
+
+# totals FILE: the Ir total of a callgrind dump.
+totals() { awk '/^(totals|summary):/ { print $2; exit }' "$1"; }
+
+# measure NAME FILE PID URL: keep-alive and close figures for one server whose callgrind output
+# file is FILE (its dumps are FILE.1, FILE.2, ...).
+measure() {
+    local name=$1 file=$2 pid=$3 url=$4 mode n before dump ir
+    wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null
+    for mode in keepalive close; do
+        local hdr=()
+        [[ $mode == close ]] && hdr=(-H 'Connection: close')
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        n=$(wrk -t1 -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "$url" | awk '/requests in/ { print $1 }')
+        before=$(dumps "$file")
+        callgrind_control -d "$mode" "$pid" >/dev/null 2>&1
+        for _ in $(seq 100); do
+            [[ $(dumps "$file") -gt $before ]] && break
+            sleep 0.1
+        done
+        dump=$(ls -t "$file".* | head -1)
+        ir=$(totals "$dump")
+        printf '%-16s %-9s %8d requests  %9.0f instructions/request  (%s)\n' \
+            "$name" "$mode" "$n" "$(echo "$ir / $n" | bc -l)" "$(basename "$dump")" |
+            tee -a "$OUT/results"
+    done
+}
+
+port=18490
+for v in $VARIANTS; do
+    port=$((port + 1))
+    case $v in
+    apphost)
+        sed "s/127.0.0.1:18480/127.0.0.1:$port/" bench/bench-no-standby.yaml >"$OUT/bench.yaml"
+        valgrind --tool=callgrind --trace-children=yes \
+            --callgrind-out-file="$OUT/apphost.cg.%p" \
+            "$BIN/apphost" run -c "$OUT/bench.yaml" >"$OUT/apphost.log" 2>&1 &
+        pids+=($!)
+        wait_http "http://127.0.0.1:$port/pid"
+        worker=$(curl -fsS "http://127.0.0.1:$port/pid")
+        measure apphost "$OUT/apphost.cg.$worker" "$worker" "http://127.0.0.1:$port/" ;;
+    bare | bare-auto | bare-auto-timer)
+        flags=()
+        [[ $v == bare-auto* ]] && flags+=(--auto)
+        [[ $v == *timer ]] && flags+=(--header-timeout)
+        valgrind --tool=callgrind --callgrind-out-file="$OUT/$v.cg.%p" \
+            "$BIN/bare_hello" "$port" "${flags[@]}" >"$OUT/$v.log" 2>&1 &
+        pid=$!
+        pids+=($pid)
+        wait_http "http://127.0.0.1:$port/"
+        measure "$v" "$OUT/$v.cg.$pid" "$pid" "http://127.0.0.1:$port/" ;;
+    *) echo "unknown variant $v" >&2; exit 2 ;;
+    esac
+    cleanup
+    pids=()
+done
+echo "results in $OUT/results"

@@ -1,0 +1,551 @@
+//! The connection watchdog: one registry of a generation's live connections and one timer task
+//! (the sweeper) that enforces every connection deadline, instead of a timer per connection or
+//! per request.
+//!
+//! Why: arming, polling and cancelling a tokio timer on every request (hyper's header-read timer)
+//! and watching a drain signal and a first-request timer on every wake-up of every connection
+//! cost more than the rest of apphost's request path put together (`bench/instructions.sh`
+//! counts it). Here the hot path only touches a few atomics of its own connection's
+//! [`ConnState`]:
+//! - a request starting marks the connection busy, its response body ending (being dropped by
+//!   hyper) marks it idle again and stamps the time from a coarse clock the sweeper keeps;
+//! - the connection's task checks one "killed" flag each time it is polled.
+//!
+//! The sweeper wakes every `tick` (at most 1 s; finer when a timeout is short; not at all while
+//! there is no connection) and kills a connection — sets its flag and wakes its task, which then
+//! drops the connection and so closes the socket — when it is not busy and:
+//! - it has sent no complete request head (and, on TLS, finished no handshake) within
+//!   `header_read_timeout` of being accepted;
+//! - it is HTTP/1 and has been idle for `idle_timeout` since its last response ended (a
+//!   keep-alive connection's next request head must arrive within it);
+//! - the generation is draining and it has been idle for `keepalive_grace` since the drain began
+//!   or its last response ended, whichever is later (see the drain rules in [`crate::serve`]).
+//!
+//! HTTP/2 connections that have made a request are left to the drain (GOAWAY) and to h2's own
+//! limits. A deadline fires up to one tick late, never early. Starting the drain wakes every
+//! connection's task, so HTTP/2 connections send GOAWAY at once.
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::Notify;
+
+use crate::body::Body;
+
+/// `ConnState::flags`: a request has been seen.
+const SEEN: u8 = 1;
+/// `ConnState::flags`: the connection speaks HTTP/2.
+const H2: u8 = 2;
+/// `ConnState::flags`: the sweeper closed the connection.
+const KILLED: u8 = 4;
+
+/// The longest sweeper tick.
+const MAX_TICK: Duration = Duration::from_secs(1);
+/// The shortest sweeper tick.
+const MIN_TICK: Duration = Duration::from_millis(5);
+
+/// Milliseconds since the process's clock epoch, refreshed by the sweepers on every tick: read
+/// on every response end, so it must cost one load, not a clock call.
+static COARSE_NOW_MS: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the epoch, read from the clock; also refreshes the coarse clock.
+fn precise_now_ms() -> u64 {
+    let now = epoch().elapsed().as_millis() as u64;
+    COARSE_NOW_MS.fetch_max(now, Ordering::Relaxed);
+    now
+}
+
+fn coarse_now_ms() -> u64 {
+    COARSE_NOW_MS.load(Ordering::Relaxed)
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+/// The deadlines the sweeper enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// From accept to the first request head (TLS handshake included).
+    pub header_read_timeout: Duration,
+    /// HTTP/1: from the end of a response to the next request head.
+    pub idle_timeout: Duration,
+    /// Draining: how long an idle HTTP/1 connection is kept.
+    pub keepalive_grace: Duration,
+}
+
+impl Limits {
+    /// The sweeper's period while serving: an eighth of the shortest timeout, within bounds.
+    fn tick(&self) -> Duration {
+        (self.header_read_timeout.min(self.idle_timeout) / 8).clamp(MIN_TICK, MAX_TICK)
+    }
+
+    /// The sweeper's period while draining.
+    fn drain_tick(&self) -> Duration {
+        self.tick().min((self.keepalive_grace / 8).max(MIN_TICK))
+    }
+}
+
+/// One connection's state, shared by its task, its in-flight responses and the sweeper.
+#[derive(Debug)]
+pub struct ConnState {
+    /// When the connection was accepted or its last response ended (coarse ms).
+    since_ms: AtomicU64,
+    /// Requests whose response body has not ended yet.
+    busy: AtomicU32,
+    /// `SEEN | H2 | KILLED`.
+    flags: AtomicU8,
+    /// The connection task's waker, for the sweeper and the drain to wake it.
+    waker: Mutex<Option<Waker>>,
+}
+
+impl ConnState {
+    fn flag(&self, f: u8) -> bool {
+        self.flags.load(Ordering::Acquire) & f != 0
+    }
+
+    fn set(&self, f: u8) {
+        if !self.flag(f) {
+            self.flags.fetch_or(f, Ordering::AcqRel);
+        }
+    }
+
+    /// The connection speaks HTTP/2 (ALPN, or an h2c request seen).
+    pub fn mark_h2(&self) {
+        self.set(H2);
+    }
+
+    /// True once [`ConnState::mark_h2`] was called.
+    pub fn is_h2(&self) -> bool {
+        self.flag(H2)
+    }
+
+    /// A request has started: the connection is busy until the returned body guard ends.
+    pub fn request_started(self: &Arc<Self>) -> Busy {
+        self.set(SEEN);
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &*self.waker.lock().unwrap_or_else(|p| p.into_inner()) {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// Held while a request's response is not finished; dropping it marks the connection idle.
+#[derive(Debug)]
+pub struct Busy(Arc<ConnState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // Stamp before the count drops, so the sweeper never sees "idle" with an old stamp.
+        self.0.since_ms.store(coarse_now_ms(), Ordering::Release);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its connection busy until it ends (hyper drops the body once the
+/// last frame is written, or when the connection dies).
+#[derive(Debug)]
+pub struct TrackedBody {
+    body: Body,
+    _busy: Busy,
+}
+
+impl TrackedBody {
+    /// `body`, keeping `busy` until it is dropped.
+    pub fn new(body: Body, busy: Busy) -> TrackedBody {
+        TrackedBody { body, _busy: busy }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The live connections of one generation and the deadlines on them.
+#[derive(Debug)]
+pub struct Watchdog {
+    limits: Limits,
+    slots: Mutex<Slots>,
+    /// Set by [`Watchdog::start_drain`]; `drain_at_ms` is valid once it is.
+    draining: AtomicBool,
+    drain_at_ms: AtomicU64,
+    /// Wakes the sweeper: a first connection, or the drain.
+    wake_sweeper: Notify,
+    /// Notified when the last connection is gone.
+    empty: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    entries: Vec<Option<Arc<ConnState>>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+/// A connection's place in the registry; dropping it removes the connection.
+#[derive(Debug)]
+pub struct Registration {
+    watchdog: Arc<Watchdog>,
+    slot: usize,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let now_empty = {
+            let mut s = self.watchdog.lock();
+            s.entries[self.slot] = None;
+            s.free.push(self.slot);
+            s.len -= 1;
+            s.len == 0
+        };
+        if now_empty {
+            self.watchdog.empty.notify_waiters();
+        }
+    }
+}
+
+impl Watchdog {
+    /// A registry with these deadlines; its sweeper runs on the current tokio runtime until the
+    /// drain has started and the last connection is gone.
+    pub fn start(limits: Limits) -> Arc<Watchdog> {
+        let wd = Arc::new(Watchdog {
+            limits,
+            slots: Mutex::new(Slots::default()),
+            draining: AtomicBool::new(false),
+            drain_at_ms: AtomicU64::new(0),
+            wake_sweeper: Notify::new(),
+            empty: Notify::new(),
+        });
+        tokio::spawn(sweeper(wd.clone()));
+        wd
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a connection accepted now.
+    pub fn register(self: &Arc<Self>) -> (Arc<ConnState>, Registration) {
+        let state = Arc::new(ConnState {
+            since_ms: AtomicU64::new(precise_now_ms()),
+            busy: AtomicU32::new(0),
+            flags: AtomicU8::new(0),
+            waker: Mutex::new(None),
+        });
+        let (slot, first) = {
+            let mut s = self.lock();
+            let slot = match s.free.pop() {
+                Some(i) => {
+                    s.entries[i] = Some(state.clone());
+                    i
+                }
+                None => {
+                    s.entries.push(Some(state.clone()));
+                    s.entries.len() - 1
+                }
+            };
+            s.len += 1;
+            (slot, s.len == 1)
+        };
+        if first {
+            self.wake_sweeper.notify_one();
+        }
+        let reg = Registration {
+            watchdog: self.clone(),
+            slot,
+        };
+        (state, reg)
+    }
+
+    /// Live connections.
+    pub fn len(&self) -> usize {
+        self.lock().len
+    }
+
+    /// True when no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Start the drain deadlines and wake every connection's task (HTTP/2 ones send GOAWAY).
+    pub fn start_drain(&self) {
+        self.drain_at_ms.store(precise_now_ms(), Ordering::Release);
+        self.draining.store(true, Ordering::Release);
+        self.wake_sweeper.notify_one();
+        let states: Vec<Arc<ConnState>> = self.lock().entries.iter().flatten().cloned().collect();
+        for s in states {
+            s.wake();
+        }
+    }
+
+    /// Resolves once no connection is live.
+    pub async fn wait_empty(&self) {
+        loop {
+            let mut n = pin!(self.empty.notified());
+            n.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// One sweep at `now`: kill what is past its deadline.
+    fn sweep(&self, now: u64, tick: u64) {
+        let l = &self.limits;
+        let drain_at = self
+            .draining
+            .load(Ordering::Acquire)
+            .then(|| self.drain_at_ms.load(Ordering::Acquire));
+        let mut doomed = Vec::new();
+        for s in self.lock().entries.iter().flatten() {
+            let flags = s.flags.load(Ordering::Acquire);
+            if flags & KILLED != 0 || (flags & (SEEN | H2) == SEEN | H2) {
+                continue;
+            }
+            if s.busy.load(Ordering::Acquire) > 0 {
+                continue;
+            }
+            let since = s.since_ms.load(Ordering::Acquire);
+            let idle = now.saturating_sub(since);
+            // `since` is stamped from the coarse clock (up to a tick old) except at accept.
+            let expired = if flags & SEEN == 0 {
+                idle >= millis(l.header_read_timeout)
+            } else {
+                idle >= millis(l.idle_timeout) + tick
+            };
+            let drained = drain_at.is_some_and(|at| {
+                now.saturating_sub(since.max(at)) >= millis(l.keepalive_grace) + tick
+            });
+            if expired || drained {
+                doomed.push(s.clone());
+            }
+        }
+        for s in doomed {
+            s.flags.fetch_or(KILLED, Ordering::AcqRel);
+            s.wake();
+        }
+    }
+}
+
+/// The sweeper task: ticks while there are connections, parks on `wake_sweeper` otherwise; ends
+/// once the drain has started and the last connection is gone (nothing registers after that).
+async fn sweeper(w: Arc<Watchdog>) {
+    loop {
+        let draining = w.draining.load(Ordering::Acquire);
+        if w.is_empty() {
+            if draining {
+                return;
+            }
+            // `notify_one` stores a permit, so a registration racing this wait is not missed.
+            w.wake_sweeper.notified().await;
+            continue;
+        }
+        let tick = if draining {
+            w.limits.drain_tick()
+        } else {
+            w.limits.tick()
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = w.wake_sweeper.notified() => {}
+        }
+        w.sweep(precise_now_ms(), millis(tick));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One connection's task: runs the connection future until it ends or the sweeper kills it,
+    /// and leaves the registry when dropped. (A plain struct rather than an `async fn`, so the
+    /// spawned future is no bigger than the connection's own: tokio copies it when spawning.)
+    pub struct Guard<F> {
+        #[pin]
+        fut: F,
+        state: Arc<ConnState>,
+        registered: Option<Waker>,
+        reg: Registration,
+    }
+}
+
+impl<F: Future<Output = ()>> Guard<F> {
+    /// Guard `fut`, the connection registered as `state` / `reg`.
+    pub fn new(state: Arc<ConnState>, reg: Registration, fut: F) -> Guard<F> {
+        Guard {
+            fut,
+            state,
+            registered: None,
+            reg,
+        }
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Guard<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.state.flag(KILLED) {
+            return Poll::Ready(());
+        }
+        if !this
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            let w = cx.waker().clone();
+            *this.state.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
+            *this.registered = Some(w);
+            // Killed between the check above and the waker being stored: the wake was missed.
+            if this.state.flag(KILLED) {
+                return Poll::Ready(());
+            }
+        }
+        this.fut.poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(header: u64, idle: u64, grace: u64) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(header),
+            idle_timeout: Duration::from_millis(idle),
+            keepalive_grace: Duration::from_millis(grace),
+        }
+    }
+
+    #[test]
+    fn ticks_follow_the_shortest_timeout_within_bounds() {
+        assert_eq!(limits(30_000, 60_000, 1000).tick(), MAX_TICK);
+        assert_eq!(
+            limits(1000, 60_000, 1000).tick(),
+            Duration::from_millis(125)
+        );
+        assert_eq!(limits(1, 1, 1).tick(), MIN_TICK);
+        assert_eq!(
+            limits(30_000, 60_000, 200).drain_tick(),
+            Duration::from_millis(25)
+        );
+    }
+
+    /// Drives a connection future that never ends; returns whether it was killed.
+    async fn killed_within(state: Arc<ConnState>, reg: Registration, ms: u64) -> bool {
+        tokio::time::timeout(
+            Duration::from_millis(ms),
+            Guard::new(state, reg, std::future::pending()),
+        )
+        .await
+        .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_killed_after_the_header_timeout() {
+        let wd = Watchdog::start(limits(100, 10_000, 1000));
+        let (state, reg) = wd.register();
+        let start = Instant::now();
+        assert!(killed_within(state, reg, 2000).await);
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(100), "{took:?}");
+        assert_eq!(wd.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_is_not_killed_and_idles_out_after_its_response() {
+        let wd = Watchdog::start(limits(50, 200, 1000));
+        let (state, reg) = wd.register();
+        let busy = state.request_started();
+        let st = state.clone();
+        let task = tokio::spawn(Guard::new(st, reg, std::future::pending()));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!task.is_finished(), "killed while busy");
+        drop(busy);
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("idle connection not killed")
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn http2_connections_are_left_to_the_drain() {
+        let wd = Watchdog::start(limits(50, 50, 50));
+        let (state, reg) = wd.register();
+        state.mark_h2();
+        drop(state.request_started());
+        assert!(!killed_within(state, reg, 400).await);
+    }
+
+    #[tokio::test]
+    async fn draining_kills_idle_connections_after_the_grace_and_wakes_every_task() {
+        let wd = Watchdog::start(limits(10_000, 10_000, 100));
+        let (idle, idle_reg) = wd.register();
+        drop(idle.request_started());
+        let idle_task = tokio::spawn(Guard::new(idle, idle_reg, std::future::pending()));
+        // A task that finishes when woken after the drain started (as an HTTP/2 connection
+        // sends GOAWAY).
+        let (h2, h2_reg) = wd.register();
+        h2.mark_h2();
+        let b = h2.request_started();
+        let wd2 = wd.clone();
+        let h2_task = tokio::spawn(Guard::new(h2, h2_reg, async move {
+            std::future::poll_fn(|_| {
+                if wd2.draining.load(Ordering::Acquire) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await
+        }));
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        wd.start_drain();
+        tokio::time::timeout(Duration::from_secs(2), h2_task)
+            .await
+            .expect("not woken by the drain")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), idle_task)
+            .await
+            .expect("idle connection kept past the grace")
+            .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(100));
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(2), wd.wait_empty())
+            .await
+            .expect("registry not empty");
+    }
+}
