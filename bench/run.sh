@@ -240,7 +240,7 @@ if kill -0 "$SUP" 2>/dev/null; then
 else
     say "SUPERVISOR $SUP IS GONE"
 fi
-say "workers under the supervisor: $(pgrep -P "$SUP" | wc -l) (expect 1 once drains are over)"
+say "workers under the supervisor: $(pgrep -P "$SUP" | wc -l) (expect 2: the serving worker and the warm standby)"
 say "GET / -> $(curl -fsS "http://127.0.0.1:$PORT/" || echo FAILED)"
 say "GET /pid -> $(curl -fsS "http://127.0.0.1:$PORT/pid" || echo FAILED) (first worker was $FIRST_WORKER)"
 say "restart done in the log: $(restarts_done); refused: $(restarts_refused); warnings/errors: $(grep -cE ' (WARN|ERROR) ' "$LOG" || true)"

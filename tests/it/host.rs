@@ -1452,6 +1452,120 @@ fn header_read_timeout_disconnects_a_plain_client_that_sends_nothing() {
     slow_client_is_disconnected(false, b"");
 }
 
+/// Read one HTTP/1.1 response with a `Content-Length` body from a keep-alive connection.
+fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "closed inside a response head"
+        );
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// How long until the server closes `stream` (EOF or reset), within 10 s.
+fn time_to_close(stream: &mut TcpStream) -> Duration {
+    let start = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("not closed within 10s ({e})"),
+    }
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 4"), "{text}");
+    start.elapsed()
+}
+
+fn idle_timeout_host() -> (Apphost, u16, u32) {
+    let port = free_port();
+    let host = Apphost::start(&format!(
+        "header_read_timeout: 1s\nidle_timeout: 1s\nshutdown_timeout: 5s\nservers:\n  s1:\n    address: \"127.0.0.1:{port}\"\n    routes:\n      \"/pid\": pid\n      \"/sleep\": {{ handler: sleep, duration: 2500ms }}\n"
+    ));
+    let pid = host.wait_serving(port);
+    (host, port, pid)
+}
+
+/// With `idle_timeout: 1s`, a keep-alive connection that stays quiet after its response is
+/// closed about a second later; one that keeps sending requests is not.
+#[test]
+fn idle_timeout_closes_a_quiet_keep_alive_connection() {
+    let (_host, port, pid) = idle_timeout_host();
+    let req = format!("GET /pid HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let mut busy = connect(port);
+    let mut quiet = connect(port);
+    quiet.write_all(req.as_bytes()).unwrap();
+    assert!(read_one_response(&mut quiet).ends_with(&format!("\r\n\r\n{pid}\n")));
+    // Meanwhile `busy` sends a request every 300 ms for 2.4 s, longer than the idle timeout.
+    let chatter = std::thread::spawn(move || {
+        for _ in 0..8 {
+            busy.write_all(req.as_bytes()).unwrap();
+            let r = read_one_response(&mut busy);
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let took = time_to_close(&mut quiet);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?} (idle_timeout is 1s)"
+    );
+    chatter.join().expect("a connection in use was closed");
+}
+
+/// A keep-alive connection whose second request head stalls half-way is closed within about
+/// `idle_timeout` of its first response.
+#[test]
+fn idle_timeout_bounds_a_stalled_second_request() {
+    let (_host, port, pid) = idle_timeout_host();
+    let mut c = connect(port);
+    c.write_all(format!("GET /pid HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+        .unwrap();
+    assert!(read_one_response(&mut c).ends_with(&format!("{pid}\n")));
+    c.write_all(b"GET /pid HTTP/1.1\r\nHost: 127").unwrap();
+    let took = time_to_close(&mut c);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "closed after {took:?} (idle_timeout is 1s)"
+    );
+}
+
+/// A response that streams for longer than `idle_timeout` and `header_read_timeout` is not cut:
+/// a connection is never idle while a response is being written.
+#[test]
+fn a_response_longer_than_the_idle_timeout_is_not_cut() {
+    let (_host, port, pid) = idle_timeout_host();
+    let started = Instant::now();
+    let raw = raw_exchange(
+        port,
+        format!("GET /sleep HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let r = parse_response(&raw, false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body_str(), format!("{pid}\n{pid}\n"));
+    assert!(started.elapsed() >= Duration::from_millis(2400));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Logs and the command line
 
