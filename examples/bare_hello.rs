@@ -1,9 +1,9 @@
 //! A bare hyper 1 "hello" server: the baseline apphost's steady-state throughput is compared with
 //! (the target is at least 0.95× of this).
 //!
-//! HTTP/1.1 only, keep-alive, `TCP_NODELAY`, a multi-thread tokio runtime with 2 workers (as
-//! apphost's workers get on a 2-core machine), and a listening socket made like apphost's
-//! (`SO_REUSEADDR`, backlog 4096). Every request gets `200 OK` with the body `Hello\n` as
+//! HTTP/1.1 only, keep-alive, `TCP_NODELAY`, a multi-thread tokio runtime with tokio's default
+//! worker count (one per CPU it may run on, as apphost's workers), and a listening socket made
+//! like apphost's (`SO_REUSEADDR`, backlog 4096). Every request gets `200 OK` with the body `Hello\n` as
 //! `text/plain; charset=utf-8` — the same size and headers as apphost's `hello` handler with
 //! `text: Hello`, so the two are compared on equal responses.
 //!
@@ -47,6 +47,31 @@ async fn hello(
     Ok(resp)
 }
 
+/// The baseline: hyper's http1 connection.
+async fn serve_http1(stream: tokio::net::TcpStream, header_timeout: bool) {
+    let mut b = http1::Builder::new();
+    if header_timeout {
+        b.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+    }
+    let _ = b
+        .serve_connection(TokioIo::new(stream), service_fn(hello))
+        .await;
+}
+
+/// `--auto`: hyper-util's auto connection (HTTP/1.1 or h2c).
+async fn serve_auto(stream: tokio::net::TcpStream, header_timeout: bool) {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    if header_timeout {
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+    }
+    let _ = b
+        .serve_connection(TokioIo::new(stream), service_fn(hello))
+        .await;
+}
+
 fn listener(port: u16) -> std::io::Result<std::net::TcpListener> {
     let sa = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
@@ -86,8 +111,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
+    // tokio's default worker count (the CPUs this process may run on), as apphost's workers.
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -105,25 +130,13 @@ fn main() -> std::process::ExitCode {
                 }
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let io = TokioIo::new(stream);
-                if auto {
-                    let mut b = auto::Builder::new(TokioExecutor::new());
-                    if header_timeout {
-                        b.http1()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT);
-                    }
-                    let _ = b.serve_connection(io, service_fn(hello)).await;
-                } else {
-                    let mut b = http1::Builder::new();
-                    if header_timeout {
-                        b.timer(TokioTimer::new())
-                            .header_read_timeout(HEADER_TIMEOUT);
-                    }
-                    let _ = b.serve_connection(io, service_fn(hello)).await;
-                }
-            });
+            // One spawned future per variant, so the plain one is only as big as hyper's http1
+            // connection (tokio copies the future when spawning it).
+            if auto {
+                tokio::spawn(serve_auto(stream, header_timeout));
+            } else {
+                tokio::spawn(serve_http1(stream, header_timeout));
+            }
         }
     })
 }

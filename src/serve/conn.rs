@@ -163,16 +163,24 @@ async fn serve_io<I>(
     };
     let io = TokioIo::new(io);
     let b = &serving.builders;
-    // One branch per protocol, so the connection future is only as big as the largest of the
-    // direct ones (the rare auto one is boxed).
+    // One branch per protocol. The HTTP/2 and auto connections are boxed, so the future every
+    // connection task carries is only as big as HTTP/1's (tokio copies it when spawning): one
+    // allocation per HTTP/2 connection, which is long-lived and multiplexed anyway.
     match proto {
         Proto::Http1 => {
             let conn = pin!(b.http1.serve_connection(io, svc));
             drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
         Proto::Http2 => {
-            let conn = pin!(b.http2.serve_connection(io, svc));
-            drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
+            let mut conn = Box::pin(b.http2.serve_connection(io, svc));
+            drive(
+                conn.as_mut(),
+                |c| c.graceful_shutdown(),
+                &ep,
+                &serving,
+                &state,
+            )
+            .await
         }
         Proto::Auto => {
             let mut conn = Box::pin(b.auto.serve_connection(io, svc));
