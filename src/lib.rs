@@ -6,8 +6,10 @@
 //!
 //! ## How a request flows
 //! A listening socket ([`serve`]) accepts a connection, TLS is terminated if the listener is
-//! HTTPS, hyper-util serves HTTP/1.1 or HTTP/2 on it, and each request goes to the server's
-//! [`routes::RouteTable`], which calls the matched [`Handler`].
+//! HTTPS, hyper serves HTTP/1.1 or HTTP/2 on it (chosen by ALPN, or by the first bytes on a
+//! plain port), and each request goes to the server's [`routes::RouteTable`], which calls the
+//! matched [`Handler`]. One watchdog task per worker ([`serve::watchdog`]) enforces every
+//! connection's deadlines, so the request path arms no timer.
 //!
 //! ## How a restart flows
 //! `apphost run` starts the [`supervisor`], a small process whose PID never changes. It opens the

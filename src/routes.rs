@@ -669,6 +669,50 @@ mod tests {
         assert_eq!(r.headers()["allow"], "GET, HEAD");
     }
 
+    /// Answers which of `RouteMatch` and `ClientAddr` it found in the request.
+    struct Probe(Wants);
+
+    impl Handler for Probe {
+        fn call(&self, req: Request) -> BoxFuture {
+            let m = req.extensions().get::<RouteMatch>();
+            let body = format!(
+                "route={:?} client={:?}",
+                m.map(|m| (m.pattern.to_string(), m.rest.clone())),
+                req.extensions().get::<ClientAddr>().map(|c| c.0.port())
+            );
+            Box::pin(ready(text(StatusCode::OK, body)))
+        }
+
+        fn wants(&self) -> Wants {
+            self.0
+        }
+    }
+
+    #[tokio::test]
+    async fn extensions_follow_what_the_handler_wants() {
+        let mut t = RouteTable::new();
+        t.insert("/all/*rest", "probe", Arc::new(Probe(Wants::ALL)), None);
+        t.insert("/none/*rest", "probe", Arc::new(Probe(Wants::NONE)), None);
+        let route_only = Wants {
+            route_match: true,
+            client_addr: false,
+        };
+        t.insert("/route", "probe", Arc::new(Probe(route_only)), None);
+        let t = Arc::new(t);
+        let client = ClientAddr(([127, 0, 0, 1], 4321).into());
+        let addr = serve(move |req| t.dispatch_from(req, client)).await;
+
+        let r = fetch(addr, Method::GET, "/all/a/b", &[]).await;
+        assert_eq!(
+            r.body(),
+            "route=Some((\"/all/*rest\", Some(\"a/b\"))) client=Some(4321)"
+        );
+        let r = fetch(addr, Method::GET, "/none/a", &[]).await;
+        assert_eq!(r.body(), "route=None client=None");
+        let r = fetch(addr, Method::GET, "/route", &[]).await;
+        assert_eq!(r.body(), "route=Some((\"/route\", None)) client=None");
+    }
+
     #[tokio::test]
     async fn builtins_over_http() {
         let tmp = tempfile::tempdir().unwrap();

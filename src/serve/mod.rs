@@ -2,7 +2,7 @@
 //!
 //! - [`listen`]: bind a listening socket for a config address, or adopt one handed in.
 //! - [`tls`]: rustls server config and the certificate store (swappable for renewal).
-//! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper-util, and how it drains.
+//! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper, and how it drains.
 //! - [`watchdog`]: the registry of live connections and the one timer task that enforces their
 //!   deadlines (header read, keep-alive idle, drain grace).
 //!
