@@ -6,6 +6,7 @@
 //! - a graceful restart (SIGUSR1 to the supervisor or to the worker) never refuses a connection
 //!   nor cuts a request in flight; the supervisor's pid never changes;
 //! - a keep-alive client that reconnects when told `Connection: close` never loses a request;
+//! - an HTTP/2 connection gets GOAWAY at the drain, finishes its open stream and then closes;
 //! - a restart that fails (the new process exits, hangs, cannot load its config, or the
 //!   executable is not a program) leaves the old worker serving, says why in the log, and the
 //!   next restart after a fix succeeds;
@@ -648,6 +649,77 @@ fn graceful_restart_lets_an_in_flight_request_finish_on_the_old_worker() {
     wait_gone(old, T, "the drained old worker");
     assert_supervised_by(&mut host, new);
     assert_eq!(host.log().matches("restart done (graceful)").count(), 1);
+}
+
+/// An HTTP/2 (h2c) connection with a stream in flight when the drain starts gets GOAWAY: the
+/// stream finishes on the old worker with its full body, then the connection closes at once
+/// rather than at `shutdown_timeout`, and the client's connection refuses new streams.
+#[test]
+fn graceful_restart_sends_goaway_to_http2_and_finishes_its_stream() {
+    use http_body_util::BodyExt;
+    let port = free_port();
+    let host = Host::start(&graceful_config(port));
+    let old = host.wait_serving(port);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let get = |path: &str| {
+        http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let (mut send, conn_task) = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2c handshake");
+        (send, tokio::spawn(conn))
+    });
+    // The /sleep stream: its headers and first line arrive, then it waits 3 s.
+    let (mut body, started) = rt.block_on(async {
+        let resp = send.send_request(get("/sleep")).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, format!("{old}\n"));
+        (body, Instant::now())
+    });
+    host.signal(Signal::USR1);
+    let new = wait_new_pid(&host, port, old);
+    assert_ne!(new, old);
+    let ended = rt.block_on(async {
+        let rest = body.collect().await.expect("the stream was cut").to_bytes();
+        assert_eq!(
+            rest,
+            format!("{old}\n"),
+            "the second line from the old worker"
+        );
+        Instant::now()
+    });
+    assert!(
+        ended - started >= Duration::from_millis(2500),
+        "/sleep ended early"
+    );
+    // GOAWAY: the old worker closes the connection once its last stream is done. Without it the
+    // connection would stay open until shutdown_timeout (5 s after the drain began).
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_millis(1500), conn_task)
+            .await
+            .expect("the HTTP/2 connection stayed open after its last stream")
+            .unwrap()
+            .expect("the HTTP/2 connection ended with an error");
+        assert!(
+            send.send_request(get("/pid")).await.is_err(),
+            "a new stream was accepted after GOAWAY"
+        );
+    });
+    wait_gone(old, T, "the drained old worker");
 }
 
 /// `restarts` graceful restarts in a row while `clients` threads do fresh-connection GETs;
