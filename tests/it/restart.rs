@@ -682,7 +682,7 @@ fn graceful_restart_sends_goaway_to_http2_and_finishes_its_stream() {
         (send, tokio::spawn(conn))
     });
     // The /sleep stream: its headers and first line arrive, then it waits 3 s.
-    let (mut body, started) = rt.block_on(async {
+    let (body, started) = rt.block_on(async {
         let resp = send.send_request(get("/sleep")).await.unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_2);
         let mut body = resp.into_body();
