@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Where apphost's per-request overhead over bare hyper comes from: wrk (keep-alive) against
 # bare_hello plain, with --header-timeout, with --auto, with both (what apphost's connections
-# do), and apphost itself; REPS rounds interleaved. Prints req/s and the server's CPU time per
-# request (user+system from /proc/PID/stat), median over the rounds.
+# did before 2026-11-29), and apphost itself; REPS rounds interleaved. Prints req/s and the
+# server's CPU time per request (user+system from /proc/PID/stat), median over the rounds.
+# req/s and CPU time are too noisy on a shared machine to separate these; bench/instructions.sh
+# counts instructions instead and is the better tool for the request path's cost.
 #
 #   bench/overhead.sh            # REPS=3, 8 s per run: ~2 minutes
 #
