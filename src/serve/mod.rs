@@ -46,7 +46,6 @@ pub fn process_draining() -> bool {
 /// Shared by all connections of one generation.
 #[derive(Debug)]
 pub struct Serving {
-    draining: AtomicBool,
     drain_tx: watch::Sender<bool>,
     /// Live connections and their deadlines.
     watchdog: Arc<Watchdog>,
@@ -60,7 +59,6 @@ impl Serving {
     /// A new, not draining, state; starts the watchdog's timer task on the current runtime.
     pub fn new(limits: Limits) -> Arc<Serving> {
         Arc::new(Serving {
-            draining: AtomicBool::new(false),
             drain_tx: watch::Sender::new(false),
             watchdog: Watchdog::start(limits),
             accept_wakers: Mutex::new(Vec::new()),
@@ -70,15 +68,15 @@ impl Serving {
 
     /// True once the drain has started.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.watchdog.is_draining()
     }
 
     /// Start draining: accept loops stop, connections wind down.
     pub fn start_drain(&self) {
-        self.draining.store(true, Ordering::Relaxed);
         PROCESS_DRAINING.store(true, Ordering::Relaxed);
-        self.drain_tx.send_replace(true);
+        // Sets the flag `is_draining` reads, then wakes every connection task.
         self.watchdog.start_drain();
+        self.drain_tx.send_replace(true);
         for w in self.lock_accept_wakers().drain(..) {
             w.wake();
         }

@@ -298,6 +298,11 @@ impl Watchdog {
         self.len() == 0
     }
 
+    /// True once [`Watchdog::start_drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Start the drain deadlines and wake every connection's task (HTTP/2 ones send GOAWAY).
     pub fn start_drain(&self) {
         self.drain_at_ms.store(precise_now_ms(), Ordering::Release);
@@ -325,8 +330,7 @@ impl Watchdog {
     fn sweep(&self, now: u64, tick: u64) {
         let l = &self.limits;
         let drain_at = self
-            .draining
-            .load(Ordering::Acquire)
+            .is_draining()
             .then(|| self.drain_at_ms.load(Ordering::Acquire));
         let mut doomed = Vec::new();
         for s in self.lock().entries.iter().flatten() {
@@ -363,7 +367,7 @@ impl Watchdog {
 /// once the drain has started and the last connection is gone (nothing registers after that).
 async fn sweeper(w: Arc<Watchdog>) {
     loop {
-        let draining = w.draining.load(Ordering::Acquire);
+        let draining = w.is_draining();
         if w.is_empty() {
             if draining {
                 return;
@@ -523,7 +527,7 @@ mod tests {
         let wd2 = wd.clone();
         let h2_task = tokio::spawn(Guard::new(h2, h2_reg, async move {
             std::future::poll_fn(|_| {
-                if wd2.draining.load(Ordering::Acquire) {
+                if wd2.is_draining() {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
