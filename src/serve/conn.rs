@@ -172,26 +172,12 @@ async fn serve_io<I>(
             drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
         Proto::Http2 => {
-            let mut conn = Box::pin(b.http2.serve_connection(io, svc));
-            drive(
-                conn.as_mut(),
-                |c| c.graceful_shutdown(),
-                &ep,
-                &serving,
-                &state,
-            )
-            .await
+            let conn = Box::pin(b.http2.serve_connection(io, svc));
+            drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
         Proto::Auto => {
-            let mut conn = Box::pin(b.auto.serve_connection(io, svc));
-            drive(
-                conn.as_mut(),
-                |c| c.graceful_shutdown(),
-                &ep,
-                &serving,
-                &state,
-            )
-            .await
+            let conn = Box::pin(b.auto.serve_connection(io, svc));
+            drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
     }
 }
@@ -199,13 +185,14 @@ async fn serve_io<I>(
 /// Run a hyper connection to its end. HTTP/1 needs nothing here when the drain starts (responses
 /// carry `Connection: close`, the watchdog closes idle connections after the grace); HTTP/2 sends
 /// GOAWAY as soon as the drain wakes this task, then finishes its open streams.
-async fn drive<C, E>(
-    mut conn: Pin<&mut C>,
+async fn drive<P, C, E>(
+    mut conn: Pin<P>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
     ep: &Endpoint,
     serving: &Serving,
     state: &ConnState,
 ) where
+    P: std::ops::DerefMut<Target = C>,
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
@@ -223,7 +210,7 @@ async fn drive<C, E>(
         Some(r) => r,
         None => {
             graceful_shutdown(conn.as_mut());
-            conn.await
+            conn.as_mut().await
         }
     };
     if let Err(e) = r {
