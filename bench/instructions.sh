@@ -24,27 +24,11 @@ cd "$(dirname "$0")/.."
 SECS=${SECS:-8}
 CONNS=${CONNS:-8}
 VARIANTS=${VARIANTS:-bare bare-auto bare-auto-timer apphost}
-TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 OUT=${OUT:-bench/out/instructions-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-if [[ -z ${BIN:-} ]]; then
-    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --examples --bins >/dev/null
-    cp "$TARGET_DIR/release/apphost" "$TARGET_DIR/release/examples/bare_hello" "$OUT/"
-    BIN=$OUT
-fi
+source bench/common.sh
+bench_binaries
 command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
-command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-
-# wait_http URL: poll until it answers (valgrind starts slowly).
-wait_http() {
-    for _ in $(seq 300); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "no answer from $1" >&2
-    return 1
-}
 
 # dumps FILE: how many dumps of FILE exist.
 dumps() { compgen -G "$1.*" | wc -l || true; }
@@ -85,7 +69,7 @@ for v in $VARIANTS; do
         valgrind --tool=callgrind --trace-children=yes \
             --callgrind-out-file="$OUT/apphost.cg.%p" \
             "$BIN/apphost" run -c "$OUT/bench.yaml" >"$OUT/apphost.log" 2>&1 &
-        pids+=($!)
+        bench_track $!
         wait_http "http://127.0.0.1:$port/pid"
         worker=$(curl -fsS "http://127.0.0.1:$port/pid")
         measure apphost "$OUT/apphost.cg.$worker" "$worker" "http://127.0.0.1:$port/" ;;
@@ -96,12 +80,11 @@ for v in $VARIANTS; do
         valgrind --tool=callgrind --callgrind-out-file="$OUT/$v.cg.%p" \
             "$BIN/bare_hello" "$port" "${flags[@]}" >"$OUT/$v.log" 2>&1 &
         pid=$!
-        pids+=($pid)
+        bench_track "$pid"
         wait_http "http://127.0.0.1:$port/"
         measure "$v" "$OUT/$v.cg.$pid" "$pid" "http://127.0.0.1:$port/" ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
     esac
-    cleanup
-    pids=()
+    bench_stop_all
 done
 echo "results in $OUT/results"

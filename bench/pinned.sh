@@ -14,41 +14,27 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-5}
 SECS=${SECS:-10}
-TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 OUT=${OUT:-bench/out/pinned-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-if [[ -z ${BIN:-} ]]; then
-    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --examples --bins >/dev/null
-    cp "$TARGET_DIR/release/apphost" "$TARGET_DIR/release/examples/bare_hello" "$OUT/"
-    BIN=$OUT
-fi
-command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
-
-pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done' EXIT
-
-wait_http() {
-    for _ in $(seq 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "no answer from $1" >&2
-    return 1
-}
+source bench/common.sh
+bench_binaries
 
 declare -A port
 servers=(bare apphost)
 port[bare]=18581
 taskset -c 0 "$BIN/bare_hello" 18581 2>/dev/null &
-pids+=($!)
+bench_track $!
 port[apphost]=18580
 sed 's/127.0.0.1:18480/127.0.0.1:18580/' bench/bench.yaml >"$OUT/bench.yaml"
 taskset -c 0 "$BIN/apphost" run -c "$OUT/bench.yaml" >"$OUT/apphost.log" 2>&1 &
-pids+=($!)
+bench_track $!
 if [[ -n ${OLD:-} ]]; then
     servers+=(old)
     port[old]=18582
     cp "$OLD" "$OUT/apphost-old"
     sed 's/127.0.0.1:18480/127.0.0.1:18582/' bench/bench.yaml >"$OUT/bench-old.yaml"
     taskset -c 0 "$OUT/apphost-old" run -c "$OUT/bench-old.yaml" >"$OUT/apphost-old.log" 2>&1 &
-    pids+=($!)
+    bench_track $!
 fi
 for s in "${servers[@]}"; do wait_http "http://127.0.0.1:${port[$s]}/"; done
 
