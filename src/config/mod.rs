@@ -89,7 +89,8 @@ pub struct Config {
     /// its first request within this. Default 30s.
     pub header_read_timeout: Duration,
     /// `idle_timeout`: an HTTP/1 keep-alive connection is closed when its next request's headers
-    /// have not arrived this long after the previous response ended. Default 60s.
+    /// have not arrived this long after the previous response ended; an HTTP/2 connection with
+    /// no open stream for this long gets GOAWAY and is closed. Default 60s.
     pub idle_timeout: Duration,
     /// `warm_standby`: with `graceful`, keep the next worker process started ahead of the next
     /// restart, so a restart skips process start-up. Default: the value of `graceful`.

@@ -184,7 +184,8 @@ async fn serve_io<I>(
 
 /// Run a hyper connection to its end. HTTP/1 needs nothing here when the drain starts (responses
 /// carry `Connection: close`, the watchdog closes idle connections after the grace); HTTP/2 sends
-/// GOAWAY as soon as the drain wakes this task, then finishes its open streams.
+/// GOAWAY as soon as the drain wakes this task (or the watchdog finds it idle for
+/// `idle_timeout`), then finishes its open streams.
 async fn drive<P, C, E>(
     mut conn: Pin<P>,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
@@ -200,7 +201,7 @@ async fn drive<P, C, E>(
         if let Poll::Ready(r) = conn.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        if state.is_h2() && serving.is_draining() {
+        if state.is_h2() && (serving.is_draining() || state.goaway_requested()) {
             return Poll::Ready(None);
         }
         Poll::Pending

@@ -17,12 +17,12 @@
 //! - it has sent no complete request head (and, on TLS, finished no handshake) within
 //!   `header_read_timeout` of being accepted;
 //! - it is HTTP/1 and has been idle for `idle_timeout` since its last response ended (a
-//!   keep-alive connection's next request head must arrive within it);
+//!   keep-alive connection's next request head must arrive within it); an HTTP/2 connection
+//!   idle that long (no open stream) is not killed but asked to send GOAWAY and close;
 //! - the generation is draining and it has been idle for `keepalive_grace` since the drain began
 //!   or its last response ended, whichever is later (see the drain rules in [`crate::serve`]).
 //!
-//! HTTP/2 connections that have made a request are left to the drain (GOAWAY) and to h2's own
-//! limits. A deadline fires up to one tick late, never early. Starting the drain wakes every
+//! A deadline fires up to one tick late, never early. Starting the drain wakes every
 //! connection's task, so HTTP/2 connections send GOAWAY at once.
 
 use std::future::Future;
@@ -44,6 +44,8 @@ const SEEN: u8 = 1;
 const H2: u8 = 2;
 /// `ConnState::flags`: the sweeper closed the connection.
 const KILLED: u8 = 4;
+/// `ConnState::flags`: the sweeper asked an idle HTTP/2 connection to send GOAWAY and close.
+const GOAWAY: u8 = 8;
 
 /// The longest sweeper tick.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -104,7 +106,7 @@ pub struct ConnState {
     since_ms: AtomicU64,
     /// Requests whose response body has not ended yet.
     busy: AtomicU32,
-    /// `SEEN | H2 | KILLED`.
+    /// `SEEN | H2 | KILLED | GOAWAY`.
     flags: AtomicU8,
     /// The connection task's waker, for the sweeper and the drain to wake it.
     waker: Mutex<Option<Waker>>,
@@ -129,6 +131,12 @@ impl ConnState {
     /// True once [`ConnState::mark_h2`] was called.
     pub fn is_h2(&self) -> bool {
         self.flag(H2)
+    }
+
+    /// True once the sweeper found this HTTP/2 connection idle for `idle_timeout`: the
+    /// connection should send GOAWAY and close.
+    pub fn goaway_requested(&self) -> bool {
+        self.flag(GOAWAY)
     }
 
     /// A request has started: the connection is busy until the returned body guard ends.
@@ -332,17 +340,22 @@ impl Watchdog {
         let drain_at = self
             .is_draining()
             .then(|| self.drain_at_ms.load(Ordering::Acquire));
-        let mut doomed = Vec::new();
+        let (mut doomed, mut goaway) = (Vec::new(), Vec::new());
         for s in self.lock().entries.iter().flatten() {
             let flags = s.flags.load(Ordering::Acquire);
-            if flags & KILLED != 0 || (flags & (SEEN | H2) == SEEN | H2) {
-                continue;
-            }
-            if s.busy.load(Ordering::Acquire) > 0 {
+            if flags & (KILLED | GOAWAY) != 0 || s.busy.load(Ordering::Acquire) > 0 {
                 continue;
             }
             let since = s.since_ms.load(Ordering::Acquire);
             let idle = now.saturating_sub(since);
+            if flags & (SEEN | H2) == SEEN | H2 {
+                // HTTP/2 that has made a request: closed with GOAWAY, by its own task, when idle
+                // for idle_timeout; the drain sends GOAWAY by itself.
+                if drain_at.is_none() && idle >= millis(l.idle_timeout) + tick {
+                    goaway.push(s.clone());
+                }
+                continue;
+            }
             // `since` is stamped from the coarse clock (up to a tick old) except at accept.
             let expired = if flags & SEEN == 0 {
                 idle >= millis(l.header_read_timeout)
@@ -356,9 +369,11 @@ impl Watchdog {
                 doomed.push(s.clone());
             }
         }
-        for s in doomed {
-            s.flags.fetch_or(KILLED, Ordering::AcqRel);
-            s.wake();
+        for (list, flag) in [(doomed, KILLED), (goaway, GOAWAY)] {
+            for s in list {
+                s.flags.fetch_or(flag, Ordering::AcqRel);
+                s.wake();
+            }
         }
     }
 }
@@ -505,12 +520,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http2_connections_are_left_to_the_drain() {
-        let wd = Watchdog::start(limits(50, 50, 50));
+    async fn idle_http2_connections_are_asked_for_goaway_not_killed() {
+        let wd = Watchdog::start(limits(50, 100, 50));
         let (state, reg) = wd.register();
         state.mark_h2();
-        drop(state.request_started());
-        assert!(!killed_within(state, reg, 400).await);
+        let busy = state.request_started();
+        let st = state.clone();
+        // The connection's own task: ends when asked for GOAWAY (as `drive` then does).
+        let task = tokio::spawn(Guard::new(
+            st.clone(),
+            reg,
+            std::future::poll_fn(move |_| {
+                if st.goaway_requested() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!state.goaway_requested(), "asked while a stream was open");
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("not asked for GOAWAY")
+            .unwrap();
+        assert!(state.goaway_requested());
+        assert!(!state.flag(KILLED));
     }
 
     #[tokio::test]

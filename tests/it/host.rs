@@ -1531,6 +1531,47 @@ fn idle_timeout_closes_a_quiet_keep_alive_connection() {
     chatter.join().expect("a connection in use was closed");
 }
 
+/// An HTTP/2 (h2c) connection with no open stream for `idle_timeout` gets GOAWAY and is closed
+/// cleanly (the client's connection ends without an error).
+#[test]
+fn idle_timeout_closes_an_idle_http2_connection_with_goaway() {
+    let (_host, port, pid) = idle_timeout_host();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2c handshake");
+        let conn = tokio::spawn(conn);
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/pid"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, format!("{pid}\n"));
+        let idle_from = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the idle HTTP/2 connection was not closed within 10s")
+            .unwrap()
+            .expect("closed with an error, not GOAWAY");
+        let took = idle_from.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "closed after {took:?} (idle_timeout is 1s)"
+        );
+    });
+}
+
 /// A keep-alive connection whose second request head stalls half-way is closed within about
 /// `idle_timeout` of its first response.
 #[test]
