@@ -669,18 +669,7 @@ fn graceful_restart_sends_goaway_to_http2_and_finishes_its_stream() {
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap()
     };
-    let (mut send, conn_task) = rt.block_on(async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let (send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .expect("h2c handshake");
-        (send, tokio::spawn(conn))
-    });
+    let (mut send, conn_task) = rt.block_on(h2c_connect(port)).unwrap();
     // The /sleep stream: its headers and first line arrive, then it waits 3 s.
     let (body, started) = rt.block_on(async {
         let resp = send.send_request(get("/sleep")).await.unwrap();

@@ -561,6 +561,29 @@ pub struct H2cResp {
     pub body: String,
 }
 
+/// An HTTP/2 client connection with prior knowledge (h2c) to 127.0.0.1:port: the request sender
+/// and the spawned connection task (it ends when the server closes the connection).
+pub async fn h2c_connect(
+    port: u16,
+) -> Result<
+    (
+        hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    String,
+> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| format!("h2 handshake: {e}"))?;
+    Ok((send, tokio::spawn(conn)))
+}
+
 /// `GET path` over HTTP/2 with prior knowledge (h2c) on a plain connection to 127.0.0.1:port.
 pub fn h2c_get(port: u16, path: &str) -> Result<H2cResp, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -568,16 +591,7 @@ pub fn h2c_get(port: u16, path: &str) -> Result<H2cResp, String> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .map_err(|e| format!("h2 handshake: {e}"))?;
-        tokio::spawn(conn);
+        let (mut send, _conn) = h2c_connect(port).await?;
         let req = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .unwrap();
