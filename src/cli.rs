@@ -125,6 +125,9 @@ fn run(host: &Host, explicit: Option<&Path>) -> ExitCode {
         return ExitCode::from(2);
     }
     crate::logging::init(&config.log);
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     match &config.source {
         crate::config::ConfigSource::File(p) => tracing::info!("using config {}", p.display()),
         crate::config::ConfigSource::Embedded => {
@@ -157,6 +160,9 @@ fn check(host: &Host, explicit: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in &config.warnings {
+        eprintln!("apphost: warning: {w}");
+    }
     match describe(host, &config) {
         Ok(text) => {
             print!("{text}");

@@ -11,6 +11,7 @@
 //!       path: /debug/admin          # default
 //!       token_file: admin.token     # or `token: …`; without either, loopback clients only
 //!       allowed_exe_dirs: [/opt/app/releases]
+//!       allowed_hosts: [admin.internal]   # without a token: names besides localhost
 //! ```
 //!
 //! # Endpoints (`{path}` is `admin.path`, default `/debug/admin`)
@@ -31,10 +32,14 @@
 //!   `WWW-Authenticate: Bearer realm="apphost admin"`. (A browser cannot add that header to a
 //!   page load by itself; with a token the page is for clients that can.)
 //! - Without: only loopback clients (`127.0.0.0/8`, `::1`) are served, others get `403`; the
-//!   worker logs a warning at start when such a server listens beyond loopback.
+//!   worker logs a warning at start when such a server listens beyond loopback. The request must
+//!   also be addressed to this machine by name: a `Host` (or HTTP/2 authority) of `localhost`
+//!   (any port), a loopback IP literal, or a name listed in `allowed_hosts`; any other gets
+//!   `403` saying so. This defeats DNS rebinding, where a web page's own name is made to resolve
+//!   to `127.0.0.1` (see `auth.rs`).
 //! - Restart and shutdown also refuse requests a browser marks as cross-site (`Sec-Fetch-Site`
-//!   other than `same-origin`/`none`; without that header, an `Origin` that is not the host
-//!   asked): `403`. This keeps another web page from driving a loopback-only admin through the
+//!   other than `same-origin`/`none`; without that header, an `Origin` or `Referer` that is not
+//!   the host asked): `403`. This holds for the `GET` restart links too. This keeps another web page from driving a loopback-only admin through the
 //!   user's browser. Clients that send neither header (`curl`, scripts) are not affected.
 //! - `newExeFilePath` must be absolute; with `allowed_exe_dirs` it must resolve
 //!   (canonicalised, symlinks followed) to a file inside one of them, else `403`. Either way the
@@ -63,7 +68,7 @@
 //! | --- | --- |
 //! | 400 | unusable executable (missing, not a regular file, not executable, not for this machine, relative path); malformed form data |
 //! | 401 | token configured, missing or wrong bearer token |
-//! | 403 | not loopback (no token); `newExeFilePath` outside `allowed_exe_dirs`; cross-site |
+//! | 403 | not loopback, or a `Host` not local (no token); `newExeFilePath` outside `allowed_exe_dirs` (the answer does not show where the path resolves); cross-site |
 //! | 404 | unknown admin path |
 //! | 405 | wrong method (`Allow` lists the right ones) |
 //! | 409 | a restart is already under way |
@@ -222,6 +227,8 @@ struct Admin {
     /// The path without a trailing `/` (`""` when the path is `/`).
     base: String,
     token: Option<String>,
+    /// `admin.allowed_hosts`: names besides `localhost` a token-less admin answers to.
+    allowed_hosts: Vec<String>,
     allowed_exe_dirs: Vec<PathBuf>,
     /// `graceful` of this worker's config (the supervisor restarts the way it says).
     graceful: bool,
@@ -247,6 +254,7 @@ impl Admin {
             path: admin.path.clone(),
             base: admin.path.trim_end_matches('/').to_string(),
             token: admin.token.clone(),
+            allowed_hosts: admin.allowed_hosts.clone(),
             allowed_exe_dirs: admin.allowed_exe_dirs.clone(),
             graceful: config.graceful,
             servers,
@@ -399,9 +407,8 @@ enum AdminError {
 impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
-            AdminError::Denied(auth::Denied::NotLoopback(_)) | AdminError::CrossSite(_) => {
-                StatusCode::FORBIDDEN
-            }
+            AdminError::Denied(auth::Denied::NotLoopback(_) | auth::Denied::ForeignHost(_))
+            | AdminError::CrossSite(_) => StatusCode::FORBIDDEN,
             AdminError::Denied(_) => StatusCode::UNAUTHORIZED,
             AdminError::NotFound => StatusCode::NOT_FOUND,
             AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -413,9 +420,8 @@ impl AdminError {
 
     fn code(&self) -> &'static str {
         match self {
-            AdminError::Denied(auth::Denied::NotLoopback(_)) | AdminError::CrossSite(_) => {
-                "forbidden"
-            }
+            AdminError::Denied(auth::Denied::NotLoopback(_) | auth::Denied::ForeignHost(_))
+            | AdminError::CrossSite(_) => "forbidden",
             AdminError::Denied(_) => "unauthorized",
             AdminError::NotFound => "not_found",
             AdminError::Method(_) => "method_not_allowed",
@@ -548,7 +554,12 @@ impl Admin {
         client: Option<std::net::SocketAddr>,
         asked: &Asked,
     ) -> Result<Response, AdminError> {
-        auth::authorize(self.token.as_deref(), req.headers(), client)?;
+        let asker = auth::Asker {
+            headers: req.headers(),
+            authority: req.uri().authority().map(|a| a.as_str()),
+            client,
+        };
+        auth::authorize(self.token.as_deref(), &self.allowed_hosts, &asker)?;
         let action = action.ok_or(AdminError::NotFound)?;
         if !action.allows(req.method()) {
             return Err(AdminError::Method(action.allow()));
@@ -637,9 +648,9 @@ impl Admin {
                 .map(|d| d.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ");
+            // The resolved path is not echoed: it would tell the asker where links point.
             Err(OpError::Forbidden(format!(
-                "{} is not inside allowed_exe_dirs ({dirs})",
-                canon.display()
+                "{given} is not inside allowed_exe_dirs ({dirs})"
             )))
         }
     }

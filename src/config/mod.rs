@@ -19,8 +19,10 @@
 //! `./config/server.yaml`, `./config/server.toml`, then the embedded default ([`EMBEDDED_DEFAULT`]).
 
 pub mod addr;
+mod aliases;
 pub mod duration;
 pub mod error;
+pub(crate) mod file;
 mod params;
 pub mod tree;
 mod walk;
@@ -103,6 +105,9 @@ pub struct Config {
     pub watch: WatchConfig,
     /// `servers`, in the order of their names.
     pub servers: Vec<ServerConfig>,
+    /// Things that work but should be fixed (a token file others can read), each as
+    /// `FILE:LINE:COL: KEYPATH: MESSAGE`; `run` logs them, `check` prints them.
+    pub warnings: Vec<String>,
 }
 
 /// `log: { format, level }`.
@@ -169,7 +174,7 @@ pub struct HttpsConfig {
     pub pos: Pos,
 }
 
-/// `admin: { path, token, token_file, allowed_exe_dirs }`.
+/// `admin: { path, token, token_file, allowed_exe_dirs, allowed_hosts }`.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     /// URL path prefix, default `/debug/admin`.
@@ -178,6 +183,9 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// `allowed_exe_dirs`: directories a `newExeFilePath` must be in (empty: any).
     pub allowed_exe_dirs: Vec<PathBuf>,
+    /// `allowed_hosts`: without a token, the host names (besides `localhost` and loopback IP
+    /// literals) a request's `Host` may carry; compared without case and port. Default empty.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// One entry of `routes`: `"/path": handler` or `"/path": { handler: name, ...params }`.

@@ -145,6 +145,8 @@ fn err(pos: Pos, message: impl Into<String>) -> ConfigError {
 // YAML
 
 fn parse_yaml(text: &str) -> Result<Node, ConfigError> {
+    // Before loading: the loader copies every alias, so a bomb must be stopped first.
+    super::aliases::check(text).map_err(|(pos, message)| err(pos, message))?;
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(docs) => docs,
         Err(e) => {
@@ -494,6 +496,25 @@ mod tests {
         );
         assert_eq!(yaml("").value, Value::Null);
         assert_eq!(yaml("# only a comment\n").value, Value::Null);
+    }
+
+    #[test]
+    fn yaml_alias_bomb_through_mapping_keys_is_refused_before_loading() {
+        // Every other level hides its copies in a mapping key, which saphyr's own budget counts
+        // as one node. At 20 levels (810 bytes) that was 9^10 nodes and 3 GB; 8 levels keep the
+        // old behaviour affordable (it loaded 66,000 nodes, then refused the non-string keys).
+        // It must fail at once, on the aliases.
+        let mut text = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..=8 {
+            let prev = format!("*l{}", i - 1);
+            if i % 2 == 1 {
+                text.push_str(&format!("l{i}: &l{i} {{ ? {prev} : 1 }}\n"));
+            } else {
+                text.push_str(&format!("l{i}: &l{i} [{}]\n", vec![prev; 9].join(", ")));
+            }
+        }
+        let e = yaml_err(&text);
+        assert!(e.contains("YAML aliases expand to more than"), "{e}");
     }
 
     #[test]

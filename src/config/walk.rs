@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::addr::ListenAddr;
 use super::duration::parse_duration;
-use super::error::{ConfigError, Pos, io_message};
+use super::error::{ConfigError, Pos};
+use super::file;
 use super::tree::{self, Key, Node, Value};
 use super::{
     AdminConfig, Config, ConfigSource, ControlConfig, Format, HttpsConfig, LogConfig, LogFormat,
@@ -39,7 +40,13 @@ const TOP_KEYS: &[&str] = &[
 ];
 const SERVER_KEYS: &[&str] = &["address", "https", "admin", "routes"];
 const HTTPS_KEYS: &[&str] = &["address", "cert", "key"];
-const ADMIN_KEYS: &[&str] = &["path", "token", "token_file", "allowed_exe_dirs"];
+const ADMIN_KEYS: &[&str] = &[
+    "path",
+    "token",
+    "token_file",
+    "allowed_exe_dirs",
+    "allowed_hosts",
+];
 const LOG_KEYS: &[&str] = &["format", "level"];
 const CONTROL_KEYS: &[&str] = &["socket"];
 const WATCH_KEYS: &[&str] = &["executable", "config", "settle"];
@@ -69,7 +76,14 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
             format!("unsupported config {ext} (expected .yaml, .yml or .toml)"),
         ));
     };
-    let text = fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+    let (text, _) = file::read_regular(path, file::MAX_CONFIG_BYTES).map_err(|e| {
+        ConfigError::new(
+            Some(path),
+            None,
+            "",
+            format!("cannot read the config file: {e}"),
+        )
+    })?;
     let abs = fs::canonicalize(path).map_err(|e| ConfigError::io(path, e))?;
     let base_dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
     parse(
@@ -112,7 +126,12 @@ fn parse(
         e.file = file.map(Path::to_path_buf);
         e
     })?;
-    Walker { file, base_dir }.config(&root, source)
+    Walker {
+        file,
+        base_dir,
+        warnings: Default::default(),
+    }
+    .config(&root, source)
 }
 
 /// Which config file to use, looking in `dir` (the current directory in production) and at the
@@ -317,6 +336,8 @@ impl<'n> Fields<'n> {
 struct Walker<'a> {
     file: Option<&'a Path>,
     base_dir: &'a Path,
+    /// Warnings found on the way (see [`Config::warnings`]).
+    warnings: std::cell::RefCell<Vec<String>>,
 }
 
 impl Walker<'_> {
@@ -465,6 +486,7 @@ impl Walker<'_> {
             control,
             watch,
             servers,
+            warnings: self.warnings.take(),
         })
     }
 
@@ -637,24 +659,12 @@ impl Walker<'_> {
     /// A path to a file that exists and can be opened (its content is checked elsewhere).
     fn readable_file(&self, node: &Node, path: &str) -> Result<PathBuf, ConfigError> {
         let p = self.path(node, path)?;
-        match fs::File::open(&p).and_then(|f| f.metadata()) {
-            Ok(m) if m.is_dir() => Err(self.err(
-                node.pos,
-                path,
-                format!(
-                    "cannot read {:?}: it is a directory",
-                    p.display().to_string()
-                ),
-            )),
+        match file::open_regular(&p, file::MAX_PEM_BYTES) {
             Ok(_) => Ok(p),
             Err(e) => Err(self.err(
                 node.pos,
                 path,
-                format!(
-                    "cannot read {:?}: {}",
-                    p.display().to_string(),
-                    io_message(&e)
-                ),
+                format!("cannot read {:?}: {e}", p.display().to_string()),
             )),
         }
     }
@@ -664,6 +674,7 @@ impl Walker<'_> {
             path: DEFAULT_ADMIN_PATH.to_string(),
             token: None,
             allowed_exe_dirs: Vec::new(),
+            allowed_hosts: Vec::new(),
         };
         match &node.value {
             Value::Bool(true) => return Ok(Some(defaults)),
@@ -700,13 +711,21 @@ impl Walker<'_> {
             }
             let file = self.path(n, &p)?;
             let shown = file.display().to_string();
-            let text = fs::read_to_string(&file).map_err(|e| {
-                self.err(
+            let (text, meta) = file::read_regular(&file, file::MAX_TOKEN_BYTES)
+                .map_err(|e| self.err(n.pos, &p, format!("cannot read {shown:?}: {e}")))?;
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions());
+            if mode & 0o044 != 0 {
+                let w = self.err(
                     n.pos,
                     &p,
-                    format!("cannot read {shown:?}: {}", io_message(&e)),
-                )
-            })?;
+                    format!(
+                        "{shown:?} is readable by group or others (mode {:o}); \
+                         `chmod 600` it so only this user can read the token",
+                        mode & 0o777
+                    ),
+                );
+                self.warnings.borrow_mut().push(w.to_string());
+            }
             let t = text.trim();
             if t.is_empty() {
                 return Err(self.err(n.pos, &p, format!("{shown:?} is empty")));
@@ -722,6 +741,25 @@ impl Walker<'_> {
             for (i, item) in items.iter().enumerate() {
                 let dir = self.path(item, &format!("{p}[{i}]"))?;
                 admin.allowed_exe_dirs.push(dir);
+            }
+        }
+        if let Some((n, p)) = f.get("allowed_hosts") {
+            let items = n
+                .as_seq()
+                .ok_or_else(|| type_error(self.file, n, &p, "a list of host names"))?;
+            for (i, item) in items.iter().enumerate() {
+                let ip = format!("{p}[{i}]");
+                let name = self.non_empty_str(item, &ip)?;
+                if name.contains(['/', ':', ' ', '*']) {
+                    return Err(self.err(
+                        item.pos,
+                        &ip,
+                        format!("{name:?} must be a host name without scheme, port or wildcard"),
+                    ));
+                }
+                admin
+                    .allowed_hosts
+                    .push(name.trim_end_matches('.').to_string());
             }
         }
         Ok(Some(admin))

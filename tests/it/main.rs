@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod host;
+mod hostile_ops;
 mod restart;
 mod smoke;
 mod standby;
