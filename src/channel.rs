@@ -10,6 +10,10 @@
 //! `failed` (it cannot start, and why), `request` (restart/shutdown/status asked for inside the
 //! worker: a signal, the admin page, the library call).
 //! Supervisor → worker: `drain` (stop accepting, finish, exit), `reply` (the answer to a request).
+//!
+//! Also the protocol's vocabulary shared by every side: the operations ([`Op`]) and their
+//! results ([`OpResult`], [`Status`]), which the control socket speaks too, and the environment
+//! variables a supervisor starts a worker with (`ENV_*`).
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -23,15 +27,24 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 /// Protocol version carried in every message.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 /// Largest message accepted.
 const MAX_MSG: usize = 64 * 1024;
 /// Most descriptors in one message.
 const MAX_FDS: usize = 8;
 
+/// Environment variable naming a worker's channel descriptor.
+pub(crate) const ENV_CHANNEL_FD: &str = "APPHOST_CHANNEL_FD";
+/// Environment variable listing a worker's inherited listeners: `KEY=FD,KEY=FD`.
+pub(crate) const ENV_LISTEN_FDS: &str = "APPHOST_LISTEN_FDS";
+/// Environment variable with a worker's generation number.
+pub(crate) const ENV_GENERATION: &str = "APPHOST_GENERATION";
+/// Set for a standby worker: it starts up to its runtime, then waits for `activate`.
+pub(crate) const ENV_STANDBY: &str = "APPHOST_STANDBY";
+
 /// Settings a worker reports with `ready`, taken from the config it loaded.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WorkerSettings {
+pub(crate) struct WorkerSettings {
     /// `graceful`.
     pub graceful: bool,
     /// `graceful_timeout` in milliseconds.
@@ -60,7 +73,7 @@ pub struct WorkerSettings {
 /// An operation a worker (or the control socket) asks the supervisor for.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
+pub(crate) enum Op {
     /// Restart, optionally with another executable.
     Restart {
         /// The new executable; `None` = the one recorded at start.
@@ -76,10 +89,111 @@ pub enum Op {
     Status,
 }
 
+/// What a successful operation returns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OpReply {
+    /// A restart finished: a new generation serves.
+    Restarted(RestartOutcome),
+    /// Shutdown has begun.
+    ShuttingDown,
+    /// The supervisor's state.
+    Status(Status),
+}
+
+/// A finished restart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RestartOutcome {
+    /// The new generation's number.
+    pub generation: u64,
+    /// The new worker's pid.
+    pub pid: u32,
+    /// The worker it replaced.
+    pub old_pid: Option<u32>,
+    /// The executable the new worker runs.
+    pub exe: String,
+    /// From the request to the new worker's ready report, in milliseconds.
+    pub handoff_ms: f64,
+    /// `graceful` (new ready before old drains) or `full` (old drained first).
+    pub mode: String,
+}
+
+/// Why an operation failed. The old generation keeps serving in every case.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
+#[serde(tag = "error", content = "reason", rename_all = "snake_case")]
+pub enum OpError {
+    /// Another restart is under way (requests are refused, not queued).
+    #[error("a restart is already under way: {0}")]
+    Busy(String),
+    /// The host is shutting down.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+    /// The executable asked for cannot be used.
+    #[error("unusable executable: {0}")]
+    BadExecutable(String),
+    /// The new generation failed (its exit status and the end of its stderr).
+    #[error("the new process failed: {0}")]
+    Failed(String),
+    /// The new generation was not ready within `graceful_timeout`.
+    #[error("the new process was not ready in time: {0}")]
+    Timeout(String),
+    /// Not allowed (admin restrictions).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Not running under a supervisor, or it could not be reached.
+    #[error("no supervisor: {0}")]
+    Unavailable(String),
+}
+
+/// The result of an operation.
+pub type OpResult = Result<OpReply, OpError>;
+
+/// The supervisor's state, for `status`, the admin page and the CLI.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Status {
+    /// The supervisor's pid (stable for the host's life).
+    pub supervisor_pid: u32,
+    /// The serving worker's pid.
+    pub worker_pid: Option<u32>,
+    /// The serving generation's number.
+    pub generation: u64,
+    /// The executable recorded at start (restarts use it unless told otherwise).
+    pub exe: String,
+    /// The config file, or `<embedded default>`.
+    pub config: String,
+    /// Seconds since the supervisor started.
+    pub uptime_s: f64,
+    /// Seconds since the serving generation became ready.
+    pub generation_uptime_s: f64,
+    /// `graceful` from the serving generation's config.
+    pub graceful: bool,
+    /// Listener keys held by the supervisor.
+    pub listeners: Vec<String>,
+    /// What is under way: `serving`, `restarting`, `shutting_down`, `recovering`.
+    pub phase: String,
+    /// Number of restarts done since start.
+    pub restarts: u64,
+    /// The last restart's outcome.
+    pub last_restart: Option<LastRestart>,
+}
+
+/// How the last restart ended.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LastRestart {
+    /// Unix time (seconds) it ended.
+    pub at_unix: u64,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// What asked for it (`signal`, `admin`, `cli`, `watch`, `library`).
+    pub trigger: String,
+    /// The outcome or the reason it failed.
+    pub detail: String,
+}
+
 /// A message on the channel.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Msg {
+pub(crate) enum Msg {
     /// Worker → supervisor: here is a socket I bound for `key` (one fd attached).
     Bound {
         /// The listener key.
@@ -134,7 +248,7 @@ struct Envelope {
 
 /// Make a connected pair of channel sockets (both close-on-exec; the spawner clears the flag on
 /// the child's end in the child only).
-pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (a, b) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -220,7 +334,7 @@ fn recv_raw(fd: impl AsFd, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<Owne
 }
 
 /// Blocking send, for a worker before its runtime starts and for tests.
-pub fn send_blocking(
+pub(crate) fn send_blocking(
     fd: impl AsFd,
     msg: &Msg,
     fds: &[std::os::fd::BorrowedFd<'_>],
@@ -244,13 +358,13 @@ pub fn send_blocking(
 
 /// One end of the channel, driven by tokio.
 #[derive(Debug)]
-pub struct Channel {
+pub(crate) struct Channel {
     fd: AsyncFd<OwnedFd>,
 }
 
 impl Channel {
     /// Wrap a channel end (must be called inside a tokio runtime).
-    pub fn new(fd: OwnedFd) -> io::Result<Channel> {
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Channel> {
         rustix::io::ioctl_fionbio(&fd, true)?;
         Ok(Channel {
             fd: crate::sys::async_fd(fd)?,
@@ -258,7 +372,11 @@ impl Channel {
     }
 
     /// Send a message with optional descriptors.
-    pub async fn send(&self, msg: &Msg, fds: &[std::os::fd::BorrowedFd<'_>]) -> io::Result<()> {
+    pub(crate) async fn send(
+        &self,
+        msg: &Msg,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
         let bytes = encode(msg)?;
         loop {
             let mut guard = self.fd.writable().await?;
@@ -271,7 +389,7 @@ impl Channel {
 
     /// Send a message now if the socket takes it without waiting (`Ok(true)`); `Ok(false)` when
     /// it would block (the caller then uses [`Channel::send`]).
-    pub fn try_send_now(&self, msg: &Msg) -> io::Result<bool> {
+    pub(crate) fn try_send_now(&self, msg: &Msg) -> io::Result<bool> {
         let bytes = encode(msg)?;
         match send_raw(self.fd.get_ref(), &bytes, &[]) {
             Ok(()) => Ok(true),
@@ -282,7 +400,7 @@ impl Channel {
 
     /// Receive the next message this code understands, with the descriptors it carried.
     /// `Ok(None)` = the other end closed.
-    pub async fn recv(&self) -> io::Result<Option<(Msg, Vec<OwnedFd>)>> {
+    pub(crate) async fn recv(&self) -> io::Result<Option<(Msg, Vec<OwnedFd>)>> {
         let mut buf = vec![0u8; MAX_MSG];
         loop {
             let mut guard = self.fd.readable().await?;

@@ -13,10 +13,14 @@
 //! What the route matched is in the request's extensions as [`RouteMatch`], and the client's
 //! address as [`ClientAddr`] (unless the handler's [`Handler::wants`] says it reads neither).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+
+use http::header::ALLOW;
+use http::{HeaderValue, StatusCode};
 
 use crate::body::Body;
 use crate::config::{ConfigError, Params};
@@ -65,7 +69,8 @@ impl Wants {
 }
 
 /// Builds a handler from a route's params, once, at config load.
-pub type Factory = Arc<dyn Fn(&Params) -> Result<Arc<dyn Handler>, ConfigError> + Send + Sync>;
+pub(crate) type Factory =
+    Arc<dyn Fn(&Params) -> Result<Arc<dyn Handler>, ConfigError> + Send + Sync>;
 
 /// Set in the request extensions by the router.
 #[derive(Debug, Clone)]
@@ -100,7 +105,7 @@ where
 }
 
 /// A plain-text response with the given status.
-pub fn text(status: http::StatusCode, body: impl Into<Body>) -> Response {
+pub fn text(status: StatusCode, body: impl Into<Body>) -> Response {
     let mut r = http::Response::new(body.into());
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -108,4 +113,50 @@ pub fn text(status: http::StatusCode, body: impl Into<Body>) -> Response {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+/// The body of the `404` answer when no route matches.
+pub(crate) const NOT_FOUND_BODY: &str = "404 page not found\n";
+/// The body of the `405` answer when a route does not allow the request's method.
+pub(crate) const METHOD_NOT_ALLOWED_BODY: &str = "405 method not allowed\n";
+
+/// The `404` answer.
+pub(crate) fn not_found() -> Response {
+    text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)
+}
+
+/// A `405` answer with the given `Allow` value.
+pub(crate) fn method_not_allowed(allow: HeaderValue) -> Response {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
+    r.headers_mut().insert(ALLOW, allow);
+    r
+}
+
+/// Handler names → factories.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: BTreeMap<String, Factory>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.factories.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// The registered names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    /// The factory registered under `name`.
+    pub fn get(&self, name: &str) -> Option<&Factory> {
+        self.factories.get(name)
+    }
+
+    /// Register (or replace) a factory.
+    pub fn insert(&mut self, name: impl Into<String>, factory: Factory) {
+        self.factories.insert(name.into(), factory);
+    }
 }

@@ -10,49 +10,19 @@
 //!
 //! fn main() -> std::process::ExitCode {
 //!     Host::with_builtins()
-//!         .handler("greet", |_req: Request, _params: Arc<apphost::config::Params>| async {
+//!         .handler("greet", |_req: Request, _params: Arc<apphost::Params>| async {
 //!             Response::new(Body::from("hi\n"))
 //!         })
 //!         .main()
 //! }
 //! ```
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use crate::config::{ConfigError, Params};
-use crate::handler::{Factory, FnHandler, Handler, Request, Response};
-
-/// Handler names → factories.
-#[derive(Clone, Default)]
-pub struct Registry {
-    factories: BTreeMap<String, Factory>,
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.factories.keys()).finish()
-    }
-}
-
-impl Registry {
-    /// The registered names, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.factories.keys().map(String::as_str)
-    }
-
-    /// The factory registered under `name`.
-    pub fn get(&self, name: &str) -> Option<&Factory> {
-        self.factories.get(name)
-    }
-
-    /// Register (or replace) a factory.
-    pub fn insert(&mut self, name: impl Into<String>, factory: Factory) {
-        self.factories.insert(name.into(), factory);
-    }
-}
+use crate::handler::{Factory, FnHandler, Handler, Registry, Request, Response};
 
 /// The application host: a handler registry plus the command line.
 #[derive(Clone, Debug, Default)]
@@ -123,6 +93,6 @@ impl Host {
         if let Some(yaml) = self.default_config {
             crate::config::set_embedded_default(yaml);
         }
-        crate::cli::main(self)
+        crate::cli::main(&self.registry)
     }
 }

@@ -5,42 +5,67 @@
 //! for, it moves to a new process without refusing a connection or cutting a request in flight.
 //!
 //! ## How a request flows
-//! A listening socket ([`serve`]) accepts a connection, TLS is terminated if the listener is
+//! A listening socket (`serve`) accepts a connection, TLS is terminated if the listener is
 //! HTTPS, hyper serves HTTP/1.1 or HTTP/2 on it (chosen by ALPN, or by the first bytes on a
-//! plain port), and each request goes to the server's [`routes::RouteTable`], which calls the
-//! matched [`Handler`]. One watchdog task per worker ([`serve::watchdog`]) enforces every
+//! plain port), and each request goes to the server's route table (`routes`), which calls the
+//! matched [`Handler`]. One watchdog task per worker (`serve::watchdog`) enforces every
 //! connection's deadlines, so the request path arms no timer.
 //!
 //! ## How a restart flows
-//! `apphost run` starts the [`supervisor`], a small process whose PID never changes. It opens the
-//! listening sockets once and starts a [`worker`] (a *generation*) from the executable, handing it
-//! the sockets. A restart starts generation N+1 with the same sockets; once it reports ready over
-//! its channel, generation N stops accepting and drains. If N+1 fails, N keeps serving and the
-//! asker is told why. See the supervisor module for the state machine.
+//! `apphost run` starts the supervisor (`supervisor`), a small process whose PID never changes.
+//! It opens the listening sockets once and starts a worker (`worker`, a *generation*) from the
+//! executable, handing it the sockets. A restart starts generation N+1 with the same sockets;
+//! once it reports ready over its channel, generation N stops accepting and drains. If N+1
+//! fails, N keeps serving and the asker is told why. See `supervisor::machine` for the state
+//! machine.
 //!
-//! Whatever asks for a restart, a shutdown or the status — a signal, a server's [`admin`] routes,
-//! the `apphost status|restart|shutdown` commands over the supervisor's [`control`] socket, or a
+//! Whatever asks for a restart, a shutdown or the status — a signal, a server's admin routes,
+//! the `apphost status|restart|shutdown` commands over the supervisor's control socket, or a
 //! handler calling [`ops`] — goes through that one state machine and gets the same answer.
+//!
+//! ## Module map
+//! Imports point down the layers (a module uses its own layer or lower ones), and no module
+//! imports one that imports it back (`python3 ../shared/tools/modcycles.py src` checks).
+//!
+//! | layer | modules | one job each |
+//! | --- | --- | --- |
+//! | front | `host` ([`Host`]), `cli` (the command line), `cli::client` (the control client) | start the program, parse the command line, print answers |
+//! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, watchers), `worker` | who runs, who restarts |
+//! | product | `admin` (admin routes), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
+//! | serving | `serve` (listeners, TLS, connections, watchdog) | bytes in, bytes out |
+//! | app | `routes` (route table), `handlers` (built-ins) | which code answers |
+//! | base | `config`, `handler` (trait, helpers, registry), `body`, `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `logging`, `watch`, `sys` | shared vocabulary |
+//!
+//! The public API is what an application needs: [`Host`], [`Handler`] and its helpers,
+//! [`Body`], [`Request`]/[`Response`], [`Params`], [`ConfigError`], [`ClientAddr`],
+//! [`RouteMatch`], and [`ops`]. Everything else is crate-private.
 
-pub mod admin;
-pub mod body;
-pub mod channel;
-pub mod cli;
-pub mod config;
-pub mod control;
-pub mod handler;
-pub mod handlers;
-pub mod host;
-pub mod logging;
+// The library's own items only: the integration tests' and examples' helpers are `pub` in
+// their own binaries, which this lint would flag.
+#![warn(unreachable_pub)]
+
+mod admin;
+mod body;
+mod channel;
+mod cli;
+mod clock;
+mod config;
+mod control;
+mod handler;
+mod handlers;
+mod host;
+mod logging;
 pub mod ops;
-pub mod routes;
-pub mod serve;
-pub mod supervisor;
+mod routes;
+mod serve;
+mod supervisor;
 mod sys;
-pub mod watch;
-pub mod worker;
+mod watch;
+mod worker;
 
 pub use body::{Body, BodySender};
-pub use config::{Config, ConfigError, Params};
-pub use handler::{ClientAddr, Handler, Request, Response, RouteMatch, Wants};
+pub use config::{ConfigError, Params, Pos};
+pub use handler::{
+    BoxFuture, ClientAddr, FnHandler, Handler, Request, Response, RouteMatch, Wants, text,
+};
 pub use host::Host;

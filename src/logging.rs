@@ -21,7 +21,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber. Calling it again does nothing.
-pub fn init(cfg: &LogConfig) {
+pub(crate) fn init(cfg: &LogConfig) {
     let filter = std::env::var("APPHOST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())

@@ -4,117 +4,101 @@
 //! [`restart`], [`shutdown`], [`status`]), the request goes to the supervisor's one state machine,
 //! and the answer comes back as an [`OpResult`]: so the admin page, the CLI and a handler all
 //! report the same outcome in the same words.
+//!
+//! Inside a worker the way to the supervisor is one [`Link`]: made by the worker when it starts
+//! serving and passed to whoever asks for operations (the admin routes). The library calls
+//! below are meant to work from anywhere in a handler's code, which has no link in hand, so the
+//! worker also registers its link here once; that registration is the only process-wide state
+//! on this path, and nothing inside apphost reads it.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
-use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
-/// What a successful operation returns.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum OpReply {
-    /// A restart finished: a new generation serves.
-    Restarted(RestartOutcome),
-    /// Shutdown has begun.
-    ShuttingDown,
-    /// The supervisor's state.
-    Status(Status),
+use crate::channel::Op;
+use crate::serve::Serving;
+
+pub use crate::channel::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, Status};
+
+/// An operation waiting to go to the supervisor, and where its answer goes.
+pub(crate) type Pending = (Op, oneshot::Sender<OpResult>);
+
+/// A worker's handle to its supervisor: asks for operations (relayed over the channel by the
+/// worker's loop) and knows the worker's own facts (generation, connections, drain).
+#[derive(Clone, Debug)]
+pub(crate) struct Link {
+    inner: Arc<LinkInner>,
 }
 
-/// A finished restart.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RestartOutcome {
-    /// The new generation's number.
-    pub generation: u64,
-    /// The new worker's pid.
-    pub pid: u32,
-    /// The worker it replaced.
-    pub old_pid: Option<u32>,
-    /// The executable the new worker runs.
-    pub exe: String,
-    /// From the request to the new worker's ready report, in milliseconds.
-    pub handoff_ms: f64,
-    /// `graceful` (new ready before old drains) or `full` (old drained first).
-    pub mode: String,
+#[derive(Debug)]
+struct LinkInner {
+    requests: mpsc::UnboundedSender<Pending>,
+    generation: u64,
+    serving: Arc<Serving>,
 }
 
-/// Why an operation failed. The old generation keeps serving in every case.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, thiserror::Error)]
-#[serde(tag = "error", content = "reason", rename_all = "snake_case")]
-pub enum OpError {
-    /// Another restart is under way (requests are refused, not queued).
-    #[error("a restart is already under way: {0}")]
-    Busy(String),
-    /// The host is shutting down.
-    #[error("the host is shutting down")]
-    ShuttingDown,
-    /// The executable asked for cannot be used.
-    #[error("unusable executable: {0}")]
-    BadExecutable(String),
-    /// The new generation failed (its exit status and the end of its stderr).
-    #[error("the new process failed: {0}")]
-    Failed(String),
-    /// The new generation was not ready within `graceful_timeout`.
-    #[error("the new process was not ready in time: {0}")]
-    Timeout(String),
-    /// Not allowed (admin restrictions).
-    #[error("forbidden: {0}")]
-    Forbidden(String),
-    /// Not running under a supervisor, or it could not be reached.
-    #[error("no supervisor: {0}")]
-    Unavailable(String),
+impl Link {
+    /// A link for generation `generation` serving through `serving`, and the queue of the
+    /// operations asked through it (the worker's loop relays them to the supervisor).
+    pub(crate) fn new(
+        generation: u64,
+        serving: Arc<Serving>,
+    ) -> (Link, mpsc::UnboundedReceiver<Pending>) {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(LinkInner {
+            requests,
+            generation,
+            serving,
+        });
+        (Link { inner }, rx)
+    }
+
+    /// Ask the supervisor for an operation and wait for the answer.
+    pub(crate) async fn request(&self, op: Op) -> OpResult {
+        let (rtx, rrx) = oneshot::channel();
+        self.inner
+            .requests
+            .send((op, rtx))
+            .map_err(|_| OpError::Unavailable("the worker is stopping".into()))?;
+        rrx.await
+            .unwrap_or_else(|_| Err(OpError::Unavailable("the supervisor did not answer".into())))
+    }
+
+    /// This worker's generation number.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// This worker's serving state (connections, drain).
+    pub(crate) fn serving(&self) -> &Arc<Serving> {
+        &self.inner.serving
+    }
+
+    /// Make this link the one the library calls ([`restart`], [`shutdown`], [`status`]) use.
+    /// A worker serves one generation, so the first registration stays.
+    pub(crate) fn register_for_library(&self) {
+        let _ = LIBRARY_LINK.set(self.clone());
+    }
 }
 
-/// The result of an operation.
-pub type OpResult = Result<OpReply, OpError>;
+/// The link the library calls use (see the module doc).
+static LIBRARY_LINK: OnceLock<Link> = OnceLock::new();
 
-/// The supervisor's state, for `status`, the admin page and the CLI.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Status {
-    /// The supervisor's pid (stable for the host's life).
-    pub supervisor_pid: u32,
-    /// The serving worker's pid.
-    pub worker_pid: Option<u32>,
-    /// The serving generation's number.
-    pub generation: u64,
-    /// The executable recorded at start (restarts use it unless told otherwise).
-    pub exe: String,
-    /// The config file, or `<embedded default>`.
-    pub config: String,
-    /// Seconds since the supervisor started.
-    pub uptime_s: f64,
-    /// Seconds since the serving generation became ready.
-    pub generation_uptime_s: f64,
-    /// `graceful` from the serving generation's config.
-    pub graceful: bool,
-    /// Listener keys held by the supervisor.
-    pub listeners: Vec<String>,
-    /// What is under way: `serving`, `restarting`, `shutting_down`, `recovering`.
-    pub phase: String,
-    /// Number of restarts done since start.
-    pub restarts: u64,
-    /// The last restart's outcome.
-    pub last_restart: Option<LastRestart>,
-}
-
-/// How the last restart ended.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct LastRestart {
-    /// Unix time (seconds) it ended.
-    pub at_unix: u64,
-    /// Whether it succeeded.
-    pub ok: bool,
-    /// What asked for it (`signal`, `admin`, `cli`, `watch`, `library`).
-    pub trigger: String,
-    /// The outcome or the reason it failed.
-    pub detail: String,
+async fn request(op: Op) -> OpResult {
+    match LIBRARY_LINK.get() {
+        Some(link) => link.request(op).await,
+        None => Err(OpError::Unavailable(
+            "not running inside an apphost worker".into(),
+        )),
+    }
 }
 
 /// Restart the host (graceful or full, as configured), optionally with another executable.
 /// Callable from a handler or anywhere in a worker process; waits for the outcome.
 pub async fn restart(new_exe: Option<&Path>) -> OpResult {
     let exe = new_exe.map(|p| p.to_string_lossy().into_owned());
-    crate::worker::request(crate::channel::Op::Restart {
+    request(Op::Restart {
         exe,
         via: Some("library".into()),
     })
@@ -123,10 +107,10 @@ pub async fn restart(new_exe: Option<&Path>) -> OpResult {
 
 /// Shut the host down: every generation drains, then the supervisor exits 0.
 pub async fn shutdown() -> OpResult {
-    crate::worker::request(crate::channel::Op::Shutdown).await
+    request(Op::Shutdown).await
 }
 
 /// The supervisor's state.
 pub async fn status() -> OpResult {
-    crate::worker::request(crate::channel::Op::Status).await
+    request(Op::Status).await
 }

@@ -18,7 +18,7 @@
 //! and, for a wildcard, the rest of the path after the prefix, without its leading `/` (still
 //! percent-encoded).
 //!
-//! [`RouteTable::dispatch`] is the hot path: an exact match is one hash lookup; a wildcard match
+//! [`RouteTable::dispatch_from`] is the hot path: an exact match is one hash lookup; a wildcard match
 //! is one hash lookup per `/` in the path (only when wildcard routes exist). Neither formats
 //! strings; the only allocations are the `RouteMatch` itself (and its `rest` for wildcards).
 
@@ -28,23 +28,17 @@ use std::future::ready;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use http::header::ALLOW;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderValue, Method};
 
 use crate::config::tree::Value;
 use crate::config::{ConfigError, Params, ServerConfig};
-use crate::handler::{BoxFuture, ClientAddr, Handler, Request, Response, RouteMatch, Wants, text};
-use crate::host::Registry;
-
-/// The body of the `404` answer when no route matches.
-pub const NOT_FOUND_BODY: &str = "404 page not found\n";
-/// The body of the `405` answer when a route does not allow the request's method.
-pub const METHOD_NOT_ALLOWED_BODY: &str = "405 method not allowed\n";
+use crate::handler::{BoxFuture, ClientAddr, Handler, Request, RouteMatch, Wants};
+use crate::handler::{Registry, method_not_allowed, not_found};
 
 /// A server's routes: built from its config by [`RouteTable::build`], extended by the admin
-/// module with [`RouteTable::insert`], and used for every request by [`RouteTable::dispatch`].
+/// module with [`RouteTable::insert`], and used for every request by [`RouteTable::dispatch_from`].
 #[derive(Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     /// Exact routes by path.
     exact: PathMap,
     /// Wildcard routes by prefix (the pattern without `/*name`; `""` for `/*name`).
@@ -178,7 +172,7 @@ enum Lookup<'t, 'p> {
 
 impl RouteTable {
     /// An empty table (every request gets `404`).
-    pub fn new() -> RouteTable {
+    pub(crate) fn new() -> RouteTable {
         RouteTable::default()
     }
 
@@ -187,7 +181,10 @@ impl RouteTable {
     ///
     /// Errors: an unknown handler name, a malformed pattern, two patterns that match the same
     /// paths, an invalid `methods` list, or whatever the handler's factory rejects.
-    pub fn build(server: &ServerConfig, registry: &Registry) -> Result<RouteTable, ConfigError> {
+    pub(crate) fn build(
+        server: &ServerConfig,
+        registry: &Registry,
+    ) -> Result<RouteTable, ConfigError> {
         let mut table = RouteTable::new();
         for route in &server.routes {
             let params = &route.params;
@@ -238,7 +235,7 @@ impl RouteTable {
     /// `/debug/admin/*action`). `methods`, when given, restricts the route as a config's
     /// `methods` would (`GET` implies `HEAD`). The pattern is not validated: anything ending in
     /// `/*name` is a wildcard, anything else an exact path.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         pattern: &str,
         handler_name: &str,
@@ -268,7 +265,7 @@ impl RouteTable {
     }
 
     /// Every route as (pattern, handler name), in the order added.
-    pub fn routes(&self) -> Vec<(String, String)> {
+    pub(crate) fn routes(&self) -> Vec<(String, String)> {
         self.list
             .iter()
             .map(|r| (r.pattern.to_string(), r.handler_name.to_string()))
@@ -277,13 +274,14 @@ impl RouteTable {
 
     /// Route one request: `404`, `405`, or the matched handler's answer (with a [`RouteMatch`]
     /// in the request's extensions).
-    pub fn dispatch(&self, req: Request) -> BoxFuture {
+    #[cfg(test)]
+    pub(crate) fn dispatch(&self, req: Request) -> BoxFuture {
         self.route(req, None)
     }
 
-    /// Route one request from `client`: as [`RouteTable::dispatch`], and the handler also gets
+    /// Route one request from `client`: as `RouteTable::dispatch`, and the handler also gets
     /// a [`ClientAddr`] if it [wants](Handler::wants) one.
-    pub fn dispatch_from(&self, req: Request, client: ClientAddr) -> BoxFuture {
+    pub(crate) fn dispatch_from(&self, req: Request, client: ClientAddr) -> BoxFuture {
         self.route(req, Some(client))
     }
 
@@ -406,18 +404,6 @@ fn parse_methods(params: &Params) -> Result<Option<Vec<Method>>, ConfigError> {
     Ok(Some(methods))
 }
 
-/// The `404` answer.
-pub fn not_found() -> Response {
-    text(StatusCode::NOT_FOUND, NOT_FOUND_BODY)
-}
-
-/// A `405` answer with the given `Allow` value.
-pub fn method_not_allowed(allow: HeaderValue) -> Response {
-    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, METHOD_NOT_ALLOWED_BODY);
-    r.headers_mut().insert(ALLOW, allow);
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -425,7 +411,9 @@ mod tests {
     use super::*;
     use crate::config::{Node, Pos, RouteConfig};
     use crate::handler::FnHandler;
+    use crate::handler::{NOT_FOUND_BODY, text};
     use crate::handlers::test_util::{fetch, params, s, serve};
+    use http::StatusCode;
 
     /// A handler answering `NAME PATTERN REST` from the request's [`RouteMatch`].
     fn echo(name: &'static str) -> Arc<dyn Handler> {

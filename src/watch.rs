@@ -23,11 +23,11 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// How long a preflight `check` may take.
-pub const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What makes a file "the same file": if none of these changed, nothing happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileId {
+pub(crate) struct FileId {
     dev: u64,
     ino: u64,
     size: u64,
@@ -35,7 +35,7 @@ pub struct FileId {
 }
 
 /// The identity of the file at `path` now (following symlinks), `None` if it does not exist.
-pub fn file_id(path: &Path) -> Option<FileId> {
+pub(crate) fn file_id(path: &Path) -> Option<FileId> {
     let m = std::fs::metadata(path).ok()?;
     Some(FileId {
         dev: m.dev(),
@@ -51,7 +51,7 @@ pub fn file_id(path: &Path) -> Option<FileId> {
 /// symlink swap next to it (Kubernetes secret volumes) are all seen. Any event in those
 /// directories makes the set compare the files' identities; only files whose identity changed
 /// are reported.
-pub struct FileWatch {
+pub(crate) struct FileWatch {
     _watcher: notify::RecommendedWatcher,
     rx: mpsc::UnboundedReceiver<()>,
     ids: HashMap<PathBuf, Option<FileId>>,
@@ -67,7 +67,7 @@ impl std::fmt::Debug for FileWatch {
 
 impl FileWatch {
     /// Watch `files`, taking their identities now as the baseline.
-    pub fn new(files: &[PathBuf]) -> notify::Result<FileWatch> {
+    pub(crate) fn new(files: &[PathBuf]) -> notify::Result<FileWatch> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -95,7 +95,7 @@ impl FileWatch {
     /// Wait until some watched file's identity changes and then stays unchanged for `settle`;
     /// returns the files that changed (a missing file counts as changed only once it is back).
     /// `None` when the watch has ended.
-    pub async fn next_settled(&mut self, settle: Duration) -> Option<HashSet<PathBuf>> {
+    pub(crate) async fn next_settled(&mut self, settle: Duration) -> Option<HashSet<PathBuf>> {
         loop {
             self.rx.recv().await?;
             // Quiet period: every further event restarts it.

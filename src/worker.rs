@@ -16,72 +16,30 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::channel::{Channel, Msg, Op, WorkerSettings};
+use crate::channel::{
+    Channel, ENV_CHANNEL_FD, ENV_GENERATION, ENV_LISTEN_FDS, ENV_STANDBY, Msg, Op, WorkerSettings,
+};
 use crate::config::Config;
-use crate::host::Registry;
-use crate::ops::{OpError, OpResult};
+use crate::handler::Registry;
+use crate::ops::{Link, OpError, OpResult};
 use crate::routes::RouteTable;
 use crate::serve::{self, Endpoint, Serving, tls::CertStore};
 
-/// Environment variable naming the channel descriptor.
-pub const ENV_CHANNEL_FD: &str = "APPHOST_CHANNEL_FD";
-/// Environment variable listing inherited listeners: `KEY=FD,KEY=FD`.
-pub const ENV_LISTEN_FDS: &str = "APPHOST_LISTEN_FDS";
-/// Environment variable with the generation number.
-pub const ENV_GENERATION: &str = "APPHOST_GENERATION";
-/// Set for a standby worker: it starts up to its runtime, then waits for `activate`.
-pub const ENV_STANDBY: &str = "APPHOST_STANDBY";
-
 /// How a worker was asked to start.
 #[derive(Debug, Clone)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// The config file; `None` = the embedded default.
-    pub config: Option<PathBuf>,
-}
-
-type Pending = (Op, oneshot::Sender<OpResult>);
-
-/// The process-wide way into the supervisor (set once the worker is serving).
-static REQUESTS: OnceLock<mpsc::UnboundedSender<Pending>> = OnceLock::new();
-
-/// Ask the supervisor for an operation and wait for the answer.
-pub(crate) async fn request(op: Op) -> OpResult {
-    let Some(tx) = REQUESTS.get() else {
-        return Err(OpError::Unavailable(
-            "not running inside an apphost worker".into(),
-        ));
-    };
-    let (rtx, rrx) = oneshot::channel();
-    tx.send((op, rtx))
-        .map_err(|_| OpError::Unavailable("the worker is stopping".into()))?;
-    rrx.await
-        .unwrap_or_else(|_| Err(OpError::Unavailable("the supervisor did not answer".into())))
-}
-
-/// Facts about this worker, for the admin page.
-#[derive(Debug, Clone, Default)]
-pub struct WorkerInfo {
-    /// This generation's number.
-    pub generation: u64,
-    /// The serving state (connection count).
-    pub serving: Option<Arc<Serving>>,
-}
-
-static INFO: Mutex<Option<WorkerInfo>> = Mutex::new(None);
-
-/// This worker's info, if this process is a worker.
-pub fn info() -> Option<WorkerInfo> {
-    INFO.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// The worker entry point (the hidden `__worker` subcommand).
-pub fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
+pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
     let mut generation: u64 = std::env::var(ENV_GENERATION)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -192,6 +150,7 @@ fn prepare(
     registry: &Registry,
     config: &Config,
     mut inherited: HashMap<String, OwnedFd>,
+    link: &Link,
 ) -> Result<Prepared, String> {
     let mut listeners = Vec::new();
     let mut newly_bound = Vec::new();
@@ -202,7 +161,7 @@ fn prepare(
         // Admin routes (src/admin): only for a server whose config has `admin:`. Also warns when
         // an admin without a token listens beyond loopback.
         if let Some(admin) = &server.admin {
-            crate::admin::install(&mut table, config, server, admin);
+            crate::admin::install(&mut table, config, server, admin, Some(link.clone()));
         }
         let routes = Arc::new(table);
         let acceptor = match &server.https {
@@ -243,7 +202,6 @@ fn prepare(
                 l,
                 Endpoint {
                     key,
-                    server: server.name.clone(),
                     routes: routes.clone(),
                     tls,
                 },
@@ -284,7 +242,17 @@ async fn run(
             return ExitCode::from(2);
         }
     };
-    let prepared = match prepare(registry, &config, inherited) {
+    let serving = Serving::new(crate::serve::watchdog::Limits {
+        header_read_timeout: config.header_read_timeout,
+        idle_timeout: config.idle_timeout,
+        keepalive_grace: config.keepalive_grace,
+    });
+    // Made before the first connection is accepted: a handler asking for an operation (the
+    // admin page) must find it. Requests made before `ready` wait in the queue until the loop
+    // below relays them.
+    let (link, mut req_rx) = Link::new(generation, serving.clone());
+    link.register_for_library();
+    let prepared = match prepare(registry, &config, inherited, &link) {
         Ok(p) => p,
         Err(reason) => {
             tracing::error!("cannot start: {reason}");
@@ -292,19 +260,6 @@ async fn run(
             return ExitCode::from(2);
         }
     };
-    let serving = Serving::new(crate::serve::watchdog::Limits {
-        header_read_timeout: config.header_read_timeout,
-        idle_timeout: config.idle_timeout,
-        keepalive_grace: config.keepalive_grace,
-    });
-    *INFO.lock().unwrap_or_else(|p| p.into_inner()) = Some(WorkerInfo {
-        generation,
-        serving: Some(serving.clone()),
-    });
-    // Before the first connection is accepted: a handler calling `ops::*` (the admin page) must
-    // not find it unset. Requests made before `ready` wait in the queue until the loop below.
-    let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Pending>();
-    let _ = REQUESTS.set(req_tx);
     let mut keys = Vec::new();
     let mut started = Vec::new();
     let mut accept_loops = Vec::new();
@@ -359,37 +314,27 @@ async fn run(
     }
     watch_certs(prepared.certs, config.watch.settle);
 
-    let mut pending: HashMap<u64, oneshot::Sender<OpResult>> = HashMap::new();
-    let mut next_id = 1u64;
+    let mut relay = Relay::new(chan.clone());
     let mut sigs = WorkerSignals::new();
 
     let shutdown = loop {
         tokio::select! {
             m = chan.recv() => match m {
                 Ok(Some((Msg::Drain { shutdown }, _))) => break shutdown,
-                Ok(Some((Msg::Reply { id, result }, _))) => deliver(&mut pending, id, result),
+                Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
                 Ok(Some((other, _))) => tracing::debug!(?other, "unexpected message ignored"),
                 Ok(None) | Err(_) => {
                     tracing::warn!("lost the supervisor; draining");
                     break true;
                 }
             },
-            Some((op, tx)) = req_rx.recv() => {
-                let id = next_id;
-                next_id += 1;
-                match chan.send(&Msg::Request { id, op }, &[]).await {
-                    Ok(()) => { pending.insert(id, tx); }
-                    Err(e) => { let _ = tx.send(Err(OpError::Unavailable(e.to_string()))); }
-                }
-            }
+            Some((op, tx)) = req_rx.recv() => relay.forward(op, Some(tx)).await,
             s = sigs.next() => {
                 let op = match s {
                     WorkerSignal::Restart => Op::Restart { exe: None, via: Some("signal".into()) },
                     WorkerSignal::Stop => Op::Shutdown,
                 };
-                let id = next_id;
-                next_id += 1;
-                let _ = chan.send(&Msg::Request { id, op }, &[]).await;
+                relay.forward(op, None).await;
             }
         }
     };
@@ -406,7 +351,6 @@ async fn run(
     }
     let deadline = tokio::time::sleep(config.shutdown_timeout);
     tokio::pin!(deadline);
-    let mut chan_open = true;
     loop {
         tokio::select! {
             _ = serving.wait_idle() => {
@@ -418,27 +362,14 @@ async fn run(
                 tracing::info!("all servers shutdown");
                 break ExitCode::SUCCESS;
             }
-            m = chan.recv(), if chan_open => match m {
-                Ok(Some((Msg::Reply { id, result }, _))) => deliver(&mut pending, id, result),
+            m = chan.recv(), if relay.open => match m {
+                Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => {
-                    // The supervisor is gone; keep draining to the deadline.
-                    chan_open = false;
-                    pending.clear();
-                }
+                // The supervisor is gone; keep draining to the deadline.
+                Ok(None) | Err(_) => relay.close(),
             },
             // A handler still running may ask for an operation (status, …): pass it on.
-            Some((op, tx)) = req_rx.recv() => {
-                let id = next_id;
-                next_id += 1;
-                if !chan_open {
-                    let _ = tx.send(Err(OpError::Unavailable("the supervisor is gone".into())));
-                } else if let Err(e) = chan.send(&Msg::Request { id, op }, &[]).await {
-                    let _ = tx.send(Err(OpError::Unavailable(e.to_string())));
-                } else {
-                    pending.insert(id, tx);
-                }
-            }
+            Some((op, tx)) = req_rx.recv() => relay.forward(op, Some(tx)).await,
             s = sigs.next() => {
                 if s == WorkerSignal::Stop {
                     tracing::warn!("second stop signal during the drain: exiting now");
@@ -446,6 +377,67 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// Relays the operations asked inside this worker (through its [`Link`], or by a signal) to
+/// the supervisor, and the answers back.
+struct Relay {
+    chan: Arc<Channel>,
+    /// Answers awaited, by request id.
+    pending: HashMap<u64, oneshot::Sender<OpResult>>,
+    next_id: u64,
+    /// False once the supervisor is gone.
+    open: bool,
+}
+
+impl Relay {
+    fn new(chan: Arc<Channel>) -> Relay {
+        Relay {
+            chan,
+            pending: HashMap::new(),
+            next_id: 1,
+            open: true,
+        }
+    }
+
+    /// Send `op` to the supervisor; its answer goes to `answer` (a signal's goes nowhere).
+    async fn forward(&mut self, op: Op, answer: Option<oneshot::Sender<OpResult>>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let sent = if self.open {
+            self.chan
+                .send(&Msg::Request { id, op }, &[])
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the supervisor is gone".to_string())
+        };
+        let Some(tx) = answer else { return };
+        match sent {
+            Ok(()) => {
+                self.pending.insert(id, tx);
+            }
+            Err(e) => {
+                let _ = tx.send(Err(OpError::Unavailable(e)));
+            }
+        }
+    }
+
+    /// The supervisor answered request `id`.
+    fn deliver(&mut self, id: u64, result: serde_json::Value) {
+        if let Some(tx) = self.pending.remove(&id) {
+            let r: OpResult = serde_json::from_value(result)
+                .unwrap_or_else(|e| Err(OpError::Unavailable(format!("unreadable reply: {e}"))));
+            let _ = tx.send(r);
+        }
+    }
+
+    /// The supervisor is gone: answers awaited will not come (their askers hear so when the
+    /// senders drop).
+    fn close(&mut self) {
+        self.open = false;
+        self.pending.clear();
     }
 }
 
@@ -484,18 +476,6 @@ fn watch_certs(certs: Vec<Arc<CertStore>>, settle: Duration) {
             }
         }
     });
-}
-
-fn deliver(
-    pending: &mut HashMap<u64, oneshot::Sender<OpResult>>,
-    id: u64,
-    result: serde_json::Value,
-) {
-    if let Some(tx) = pending.remove(&id) {
-        let r: OpResult = serde_json::from_value(result)
-            .unwrap_or_else(|e| Err(OpError::Unavailable(format!("unreadable reply: {e}"))));
-        let _ = tx.send(r);
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

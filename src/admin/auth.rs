@@ -38,7 +38,7 @@ pub(crate) enum Denied {
 
 /// Whether `ip` is a loopback address: `127.0.0.0/8`, `::1`, or an IPv4-mapped `::ffff:127.x.y.z`
 /// (how a dual-stack socket sees an IPv4 loopback client).
-pub fn is_loopback(ip: IpAddr) -> bool {
+pub(crate) fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
 

@@ -80,34 +80,29 @@
 //! The handlers go through [`crate::ops`] (the restart is asked with `via: admin` so that the
 //! supervisor records who asked), the same state machine the signals and the CLI use.
 
+mod answer;
 mod auth;
 mod form;
 mod page;
 
-pub use auth::is_loopback;
-pub(crate) use page::{human_duration, utc};
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use http::header::{
-    ACCEPT, ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_SECURITY_POLICY, CONTENT_TYPE,
-    WWW_AUTHENTICATE,
-};
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::header::{ALLOW, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::body::Body;
 use crate::channel::Op;
 use crate::config::{AdminConfig, Config, ListenAddr, ServerConfig};
 use crate::handler::{BoxFuture, ClientAddr, Handler, Request, Response};
-use crate::ops::{OpError, OpReply, OpResult, Status};
+use crate::ops::{Link, OpError, OpReply, OpResult, Status};
 use crate::routes::RouteTable;
+use answer::{AdminError, Format, closing, is_form, json_body, negotiate, respond};
 
 /// The handler name the admin routes are listed under in [`RouteTable::routes`].
-pub const HANDLER_NAME: &str = "admin";
+pub(crate) const HANDLER_NAME: &str = "admin";
 
 /// How long a page or status request waits for the supervisor's state.
 const STATUS_WAIT: Duration = Duration::from_secs(10);
@@ -120,13 +115,14 @@ const RESULT_REFRESH_SECS: u32 = 3;
 /// `{path}` and the wildcard `{path}/*action`. A configured route matching the same paths is
 /// replaced (with a warning). Logs a warning when the admin has no token and the server listens
 /// beyond loopback.
-pub fn install(
+pub(crate) fn install(
     table: &mut RouteTable,
     config: &Config,
     server: &ServerConfig,
     admin: &AdminConfig,
+    link: Option<Link>,
 ) {
-    let a = Admin::new(config, server, admin);
+    let a = Admin::new(config, server, admin, link);
     if let Some(w) = exposure_warning(server, admin) {
         tracing::warn!("{w}");
     }
@@ -233,10 +229,18 @@ struct Admin {
     /// `graceful` of this worker's config (the supervisor restarts the way it says).
     graceful: bool,
     servers: Vec<ServerFacts>,
+    /// The way to the supervisor; `None` outside a worker (tests), where every operation is
+    /// `Unavailable`.
+    link: Option<Link>,
 }
 
 impl Admin {
-    fn new(config: &Config, server: &ServerConfig, admin: &AdminConfig) -> Admin {
+    fn new(
+        config: &Config,
+        server: &ServerConfig,
+        admin: &AdminConfig,
+        link: Option<Link>,
+    ) -> Admin {
         let servers = config
             .servers
             .iter()
@@ -258,6 +262,7 @@ impl Admin {
             allowed_exe_dirs: admin.allowed_exe_dirs.clone(),
             graceful: config.graceful,
             servers,
+            link,
         }
     }
 
@@ -316,122 +321,6 @@ impl Action {
     }
 }
 
-/// How an answer is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Text,
-    Html,
-    Json,
-}
-
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        })
-}
-
-/// See the module doc: `?format=`, then `Accept: application/json`, then form posts and
-/// `Accept: text/html`, else text.
-fn negotiate(headers: &HeaderMap, format: Option<&str>) -> Format {
-    match format.map(str::to_ascii_lowercase).as_deref() {
-        Some("json") => return Format::Json,
-        Some("html") => return Format::Html,
-        Some("text" | "txt" | "plain") => return Format::Text,
-        _ => {}
-    }
-    let accept = headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if accept.contains("application/json") {
-        Format::Json
-    } else if is_form(headers) || accept.contains("text/html") {
-        Format::Html
-    } else {
-        Format::Text
-    }
-}
-
-/// The status code an operation's error is answered with.
-pub fn status_for(e: &OpError) -> StatusCode {
-    match e {
-        OpError::BadExecutable(_) => StatusCode::BAD_REQUEST,
-        OpError::Forbidden(_) => StatusCode::FORBIDDEN,
-        OpError::Busy(_) => StatusCode::CONFLICT,
-        OpError::Failed(_) => StatusCode::BAD_GATEWAY,
-        OpError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        OpError::ShuttingDown | OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-    }
-}
-
-fn op_code(e: &OpError) -> &'static str {
-    match e {
-        OpError::Busy(_) => "busy",
-        OpError::ShuttingDown => "shutting_down",
-        OpError::BadExecutable(_) => "bad_executable",
-        OpError::Failed(_) => "failed",
-        OpError::Timeout(_) => "timeout",
-        OpError::Forbidden(_) => "forbidden",
-        OpError::Unavailable(_) => "unavailable",
-    }
-}
-
-/// Why an admin request was not carried out.
-#[derive(Debug, thiserror::Error)]
-enum AdminError {
-    /// Authentication or client address.
-    #[error(transparent)]
-    Denied(#[from] auth::Denied),
-    /// A cross-site browser request.
-    #[error("{0}")]
-    CrossSite(String),
-    /// No such endpoint.
-    #[error("no such admin route")]
-    NotFound,
-    /// The endpoint does not take this method.
-    #[error("method not allowed (allowed: {0})")]
-    Method(&'static str),
-    /// Unreadable query or form.
-    #[error(transparent)]
-    Form(#[from] form::FormError),
-    /// The operation failed or was refused.
-    #[error(transparent)]
-    Op(#[from] OpError),
-}
-
-impl AdminError {
-    fn status(&self) -> StatusCode {
-        match self {
-            AdminError::Denied(auth::Denied::NotLoopback(_) | auth::Denied::ForeignHost(_))
-            | AdminError::CrossSite(_) => StatusCode::FORBIDDEN,
-            AdminError::Denied(_) => StatusCode::UNAUTHORIZED,
-            AdminError::NotFound => StatusCode::NOT_FOUND,
-            AdminError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
-            AdminError::Form(form::FormError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
-            AdminError::Form(_) => StatusCode::BAD_REQUEST,
-            AdminError::Op(e) => status_for(e),
-        }
-    }
-
-    fn code(&self) -> &'static str {
-        match self {
-            AdminError::Denied(auth::Denied::NotLoopback(_) | auth::Denied::ForeignHost(_))
-            | AdminError::CrossSite(_) => "forbidden",
-            AdminError::Denied(_) => "unauthorized",
-            AdminError::NotFound => "not_found",
-            AdminError::Method(_) => "method_not_allowed",
-            AdminError::Form(form::FormError::TooLarge) => "payload_too_large",
-            AdminError::Form(_) => "bad_request",
-            AdminError::Op(e) => op_code(e),
-        }
-    }
-}
-
 /// This worker's own facts.
 #[derive(Debug, Clone, Serialize)]
 struct WorkerFacts {
@@ -443,12 +332,11 @@ struct WorkerFacts {
     exe: String,
 }
 
-fn worker_facts() -> WorkerFacts {
-    let info = crate::worker::info();
-    let serving = info.as_ref().and_then(|i| i.serving.as_ref());
+fn worker_facts(link: Option<&Link>) -> WorkerFacts {
+    let serving = link.map(Link::serving);
     WorkerFacts {
         pid: std::process::id(),
-        generation: info.as_ref().map_or(0, |i| i.generation),
+        generation: link.map_or(0, Link::generation),
         connections: serving.map(|s| s.connections()),
         draining: serving.is_some_and(|s| s.is_draining()),
         exe: std::env::current_exe()
@@ -470,13 +358,13 @@ fn draining_error() -> OpError {
     )
 }
 
-async fn snapshot() -> Snapshot {
-    let worker = worker_facts();
+async fn snapshot(link: Option<&Link>) -> Snapshot {
+    let worker = worker_facts(link);
     let status = if worker.draining {
         // A draining worker no longer relays requests to the supervisor.
         Err(draining_error())
     } else {
-        match tokio::time::timeout(STATUS_WAIT, crate::ops::status()).await {
+        match tokio::time::timeout(STATUS_WAIT, ask(link, Op::Status)).await {
             Ok(Ok(OpReply::Status(s))) => Ok(s),
             Ok(Ok(other)) => Err(OpError::Unavailable(format!(
                 "unexpected answer to status: {other:?}"
@@ -491,10 +379,14 @@ async fn snapshot() -> Snapshot {
     Snapshot { status, worker }
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// Ask the supervisor for `op` through `link`; outside a worker there is nobody to ask.
+async fn ask(link: Option<&Link>, op: Op) -> OpResult {
+    match link {
+        Some(l) => l.request(op).await,
+        None => Err(OpError::Unavailable(
+            "not running inside an apphost worker".into(),
+        )),
+    }
 }
 
 /// The admin routes' handler (one per server, shared by its two routes).
@@ -568,16 +460,16 @@ impl Admin {
         match action {
             Action::Page => {
                 tracing::info!(client = %asked.client, server = %self.server, "admin: page");
-                let snap = snapshot().await;
+                let snap = snapshot(self.link.as_ref()).await;
                 if asked.fmt == Format::Json {
                     return Ok(self.status_response(&snap));
                 }
-                let html = page::page(self, &snap, now_unix());
+                let html = page::page(self, &snap, crate::clock::now_unix());
                 Ok(respond(StatusCode::OK, Format::Html, html))
             }
             Action::Status => {
                 tracing::info!(client = %asked.client, server = %self.server, "admin: status");
-                Ok(self.status_response(&snapshot().await))
+                Ok(self.status_response(&snapshot(self.link.as_ref()).await))
             }
             Action::Restart => self.restart(req, &query, asked).await,
             Action::Shutdown => self.shutdown(req, asked).await,
@@ -662,9 +554,8 @@ impl Admin {
             exe: exe.map(|p| p.to_string_lossy().into_owned()),
             via: Some("admin".into()),
         };
-        let asked = crate::worker::request(op);
-        let serving = crate::worker::info().and_then(|i| i.serving);
-        match serving {
+        let asked = ask(self.link.as_ref(), op);
+        match self.link.as_ref().map(Link::serving) {
             Some(serving) if !self.graceful => {
                 tokio::pin!(asked);
                 tokio::select! {
@@ -694,7 +585,7 @@ impl Admin {
         }
         let exe = exe.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         let exe = exe.as_deref().map(|e| self.check_exe(e)).transpose()?;
-        if worker_facts().draining {
+        if worker_facts(self.link.as_ref()).draining {
             return Err(draining_error().into());
         }
         let shown = exe
@@ -775,11 +666,11 @@ impl Admin {
 
     async fn shutdown(&self, req: Request, asked: &Asked) -> Result<Response, AdminError> {
         Self::same_site(&req)?;
-        if worker_facts().draining {
+        if worker_facts(self.link.as_ref()).draining {
             return Err(draining_error().into());
         }
         tracing::info!(client = %asked.client, server = %self.server, "admin: shutdown requested");
-        match crate::ops::shutdown().await? {
+        match ask(self.link.as_ref(), Op::Shutdown).await? {
             OpReply::ShuttingDown => {}
             other => {
                 return Err(OpError::Unavailable(format!(
@@ -858,52 +749,6 @@ impl Admin {
         }
         r
     }
-}
-
-fn json_body(v: &Value) -> String {
-    let mut s = v.to_string();
-    s.push('\n');
-    s
-}
-
-/// A response in `fmt` with the admin's headers: never cached, no sniffing; HTML may only use
-/// its own inline style and script, post forms to itself, and not be framed.
-fn respond(status: StatusCode, fmt: Format, body: String) -> Response {
-    let ct = match fmt {
-        Format::Json => "application/json",
-        Format::Html => "text/html; charset=utf-8",
-        Format::Text => "text/plain; charset=utf-8",
-    };
-    let mut r = http::Response::new(Body::from(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
-    if fmt == Format::Html {
-        h.insert(
-            CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; \
-                 form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-            ),
-        );
-        // Not `no-referrer`: with it, browsers send `Origin: null` on the page's own forms.
-        h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
-    }
-    r
-}
-
-/// Ask an HTTP/1 client to close the connection after this response (HTTP/2 has no such header).
-fn closing(mut r: Response, http1: bool) -> Response {
-    if http1 {
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    r
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use super::{Admin, Snapshot};
+use crate::clock::{human_duration, utc};
 use crate::ops::{LastRestart, Status};
 
 /// Escape text for HTML element content and double-quoted attribute values.
@@ -20,38 +21,6 @@ pub(crate) fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// `3d 04h`, `1h 02m 03s`, `5m 03s`, `12.3s`.
-pub(crate) fn human_duration(secs: f64) -> String {
-    if !secs.is_finite() || secs < 0.0 {
-        return "-".into();
-    }
-    if secs < 60.0 {
-        return format!("{secs:.1}s");
-    }
-    let s = secs as u64;
-    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    if d > 0 {
-        format!("{d}d {h:02}h {m:02}m")
-    } else if h > 0 {
-        format!("{h}h {m:02}m {s:02}s")
-    } else {
-        format!("{m}m {s:02}s")
-    }
-}
-
-/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`.
-pub(crate) fn utc(unix: u64) -> String {
-    let days = (unix / 86_400) as i64;
-    let rem = unix % 86_400;
-    let (year, month, day) = crate::handlers::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 const STYLE: &str = "\
@@ -380,17 +349,5 @@ mod tests {
             escape(r#"<a href="x">&'</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;&lt;/a&gt;"
         );
-    }
-
-    #[test]
-    fn formats_durations_and_dates() {
-        assert_eq!(human_duration(12.34), "12.3s");
-        assert_eq!(human_duration(303.0), "5m 03s");
-        assert_eq!(human_duration(3723.0), "1h 02m 03s");
-        assert_eq!(human_duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3d 04h 00m");
-        assert_eq!(human_duration(-1.0), "-");
-        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
-        assert_eq!(utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
     }
 }

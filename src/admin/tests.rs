@@ -5,6 +5,9 @@
 use std::os::unix::fs::PermissionsExt;
 
 use super::*;
+use http::HeaderMap;
+
+use super::answer::status_for;
 use crate::handlers::test_util::{fetch, serve};
 
 fn admin_config(token: Option<&str>, dirs: Vec<PathBuf>) -> AdminConfig {
@@ -19,7 +22,7 @@ fn admin_config(token: Option<&str>, dirs: Vec<PathBuf>) -> AdminConfig {
 fn admin(token: Option<&str>, dirs: Vec<PathBuf>) -> Admin {
     let cfg = crate::config::Config::embedded().unwrap();
     let server = &cfg.servers[0];
-    Admin::new(&cfg, server, &admin_config(token, dirs))
+    Admin::new(&cfg, server, &admin_config(token, dirs), None)
 }
 
 /// Serve the admin routes of the embedded default server, as if every client were `peer`.
@@ -27,7 +30,7 @@ async fn serve_admin(token: Option<&str>, peer: &str) -> std::net::SocketAddr {
     let cfg = crate::config::Config::embedded().unwrap();
     let server = &cfg.servers[0];
     let mut table = RouteTable::new();
-    install(&mut table, &cfg, server, &admin_config(token, vec![]));
+    install(&mut table, &cfg, server, &admin_config(token, vec![]), None);
     let table = Arc::new(table);
     let peer: std::net::SocketAddr = peer.parse().unwrap();
     serve(move |mut req| {

@@ -19,7 +19,7 @@ enum Host {
 /// Its [`key`](ListenAddr::key) is the normalized text (`:8199`, `127.0.0.1:8200`, `[::1]:8443`):
 /// two addresses that bind the same socket have the same key (`localhost:80` and `127.0.0.1:80`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ListenAddr {
+pub(crate) struct ListenAddr {
     host: Host,
     port: u16,
     key: String,
@@ -29,7 +29,7 @@ impl ListenAddr {
     /// Parse `:PORT` (all interfaces), `IPv4:PORT`, `[IPv6]:PORT` or `localhost:PORT`
     /// (= `127.0.0.1`). Port 0 lets the system pick one. The error is a message ready for a
     /// [`super::ConfigError`].
-    pub fn parse(text: &str) -> Result<ListenAddr, String> {
+    pub(crate) fn parse(text: &str) -> Result<ListenAddr, String> {
         let invalid = |why: &str| {
             format!(
                 "invalid listen address {text:?}: {why} (expected :PORT, IPv4:PORT, [IPv6]:PORT \
@@ -77,17 +77,17 @@ impl ListenAddr {
 
     /// The normalized text, identity of the listening socket: `:8199`, `127.0.0.1:8200`,
     /// `[::1]:8443`.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
     /// Whether this is the `:PORT` form (every interface, dual-stack if possible).
-    pub fn is_all_interfaces(&self) -> bool {
+    pub(crate) fn is_all_interfaces(&self) -> bool {
         self.host == Host::All
     }
 
     /// Whether this binds every interface of some family: `:PORT`, `0.0.0.0:PORT` or `[::]:PORT`.
-    pub fn is_wildcard(&self) -> bool {
+    pub(crate) fn is_wildcard(&self) -> bool {
         match self.host {
             Host::All => true,
             Host::Ip(ip) => ip.is_unspecified(),
@@ -96,7 +96,7 @@ impl ListenAddr {
 
     /// The socket address to bind. For `:PORT` this is `[::]:PORT`; the binder tries it
     /// dual-stack and falls back to `0.0.0.0:PORT`.
-    pub fn socket_addrs(&self) -> SocketAddr {
+    pub(crate) fn socket_addrs(&self) -> SocketAddr {
         match self.host {
             Host::All => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), self.port),
             Host::Ip(ip) => SocketAddr::new(ip, self.port),
@@ -104,12 +104,13 @@ impl ListenAddr {
     }
 
     /// The port (0: the system picks one).
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// The IP address, or `None` for `:PORT`.
-    pub fn ip(&self) -> Option<IpAddr> {
+    #[cfg(test)]
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         match self.host {
             Host::All => None,
             Host::Ip(ip) => Some(ip),
@@ -117,7 +118,7 @@ impl ListenAddr {
     }
 
     /// Whether this only accepts connections from the machine itself (`127.x`, `::1`).
-    pub fn is_loopback(&self) -> bool {
+    pub(crate) fn is_loopback(&self) -> bool {
         match self.host {
             Host::All => false,
             Host::Ip(ip) => ip.is_loopback(),
@@ -126,7 +127,7 @@ impl ListenAddr {
 
     /// Whether the two cannot both be bound: same port and the same IP, or same port and either
     /// one binds every interface (`:PORT`, `0.0.0.0`, `[::]`). Port 0 never conflicts.
-    pub fn conflicts_with(&self, other: &ListenAddr) -> bool {
+    pub(crate) fn conflicts_with(&self, other: &ListenAddr) -> bool {
         if self.port == 0 || other.port == 0 || self.port != other.port {
             return false;
         }
@@ -145,6 +146,16 @@ impl std::str::FromStr for ListenAddr {
 
     fn from_str(s: &str) -> Result<ListenAddr, String> {
         ListenAddr::parse(s)
+    }
+}
+
+/// The listener key a socket bound to `sa` serves: `:P` for the wildcard addresses, else the
+/// address itself (used to match systemd-activated sockets with config addresses).
+pub(crate) fn key_for(sa: std::net::SocketAddr) -> String {
+    if sa.ip().is_unspecified() {
+        format!(":{}", sa.port())
+    } else {
+        sa.to_string()
     }
 }
 

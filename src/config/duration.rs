@@ -26,7 +26,7 @@ fn invalid(text: &str) -> String {
 ///
 /// Leading and trailing whitespace is ignored. The error is a message ready for a
 /// [`super::ConfigError`].
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
         return Err(invalid(text));
@@ -102,7 +102,7 @@ fn nanos_to_duration(nanos: u128) -> Option<Duration> {
 /// Write a duration in the shortest form [`parse_duration`] reads back exactly: `500ms`, `10s`,
 /// `1.5s`, `2m`, `90s`, `90m`, `1h`, `1h0.5s`. Forms are the compound one (`1h2m`) and
 /// single-unit ones (`62m`, `3723s`, `1500ms`); on a tie the compound one wins. Zero is `0s`.
-pub fn format_duration(d: Duration) -> String {
+pub(crate) fn format_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         return "0s".to_string();

@@ -118,7 +118,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// An I/O error's text without the ` (os error N)` suffix: `No such file or directory`.
-pub fn io_message(err: &io::Error) -> String {
+pub(crate) fn io_message(err: &io::Error) -> String {
     let text = err.to_string();
     match text.rfind(" (os error ") {
         Some(i) if text.ends_with(')') => text[..i].to_string(),

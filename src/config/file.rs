@@ -17,17 +17,17 @@ use rustix::fs::{Mode, OFlags};
 use super::error::io_message;
 
 /// The largest config file read: far beyond any real one, small enough to parse at once.
-pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// The largest TLS certificate or key file accepted.
-pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// The largest `token_file` read.
-pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: u64 = 64 * 1024;
 
 /// Why a file named by the config cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(crate) enum FileError {
     /// It cannot be opened or read.
     #[error("{}", io_message(.0))]
     Io(#[from] io::Error),
@@ -68,7 +68,10 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
 
 /// Open `path` without blocking (whatever it is) and check, on the open descriptor, that it is
 /// a regular file of at most `limit` bytes.
-pub fn open_regular(path: &Path, limit: u64) -> Result<(File, std::fs::Metadata), FileError> {
+pub(crate) fn open_regular(
+    path: &Path,
+    limit: u64,
+) -> Result<(File, std::fs::Metadata), FileError> {
     let fd = rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
@@ -91,7 +94,10 @@ pub fn open_regular(path: &Path, limit: u64) -> Result<(File, std::fs::Metadata)
 
 /// Read the regular file at `path` as text, refusing anything else and anything over `limit`
 /// bytes (also if it grew after the check). Returns the text and the file's metadata.
-pub fn read_regular(path: &Path, limit: u64) -> Result<(String, std::fs::Metadata), FileError> {
+pub(crate) fn read_regular(
+    path: &Path,
+    limit: u64,
+) -> Result<(String, std::fs::Metadata), FileError> {
     let (file, meta) = open_regular(path, limit)?;
     let mut bytes = Vec::with_capacity(meta.size() as usize);
     file.take(limit + 1).read_to_end(&mut bytes)?;

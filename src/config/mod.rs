@@ -18,43 +18,43 @@
 //! Lookup ([`locate`]) when no `-c` is given: `$APPHOST_CONFIG`, `./server.yaml`, `./server.toml`,
 //! `./config/server.yaml`, `./config/server.toml`, then the embedded default ([`EMBEDDED_DEFAULT`]).
 
-pub mod addr;
+pub(crate) mod addr;
 mod aliases;
-pub mod duration;
-pub mod error;
+pub(crate) mod duration;
+pub(crate) mod error;
 pub(crate) mod file;
 mod params;
-pub mod tree;
+pub(crate) mod tree;
 mod walk;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use addr::ListenAddr;
+pub(crate) use addr::ListenAddr;
 pub use error::{ConfigError, Pos};
-pub use tree::Node;
-pub use walk::locate_in;
+pub(crate) use tree::Node;
+pub(crate) use walk::locate_in;
 
 /// The embedded default configuration: the seed's first example (one server on `:8199` with `/`,
 /// `/pid`, `/sleep`, admin at `/debug/admin`), used when no config file is found.
-pub const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
+pub(crate) const EMBEDDED_DEFAULT: &str = include_str!("default.yaml");
 
 static EMBEDDED_OVERRIDE: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 /// Replace the embedded default for this process (first call wins). Used by
 /// [`crate::Host::default_config`], so a program ships its own default config.
-pub fn set_embedded_default(yaml: &'static str) {
+pub(crate) fn set_embedded_default(yaml: &'static str) {
     let _ = EMBEDDED_OVERRIDE.set(yaml);
 }
 
 /// The embedded default config text in force.
-pub fn embedded_text() -> &'static str {
+pub(crate) fn embedded_text() -> &'static str {
     EMBEDDED_OVERRIDE.get().copied().unwrap_or(EMBEDDED_DEFAULT)
 }
 
 /// Where the configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigSource {
+pub(crate) enum ConfigSource {
     /// A file on disk (absolute path).
     File(PathBuf),
     /// The embedded default.
@@ -72,7 +72,7 @@ impl std::fmt::Display for ConfigSource {
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// Where it was loaded from.
     pub source: ConfigSource,
     /// `graceful`: restarts hand over to a ready new generation before the old one drains.
@@ -112,7 +112,7 @@ pub struct Config {
 
 /// `log: { format, level }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// `text` (default) or `json`.
     pub format: LogFormat,
     /// A tracing filter directive such as `info` or `apphost=debug`. Default `info`.
@@ -121,7 +121,7 @@ pub struct LogConfig {
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// Human-readable lines.
     Text,
     /// One JSON object per line.
@@ -130,14 +130,14 @@ pub enum LogFormat {
 
 /// `control: { socket }`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ControlConfig {
+pub(crate) struct ControlConfig {
     /// Path of the Unix control socket. `None`: derived (see the control module).
     pub socket: Option<PathBuf>,
 }
 
 /// `watch: { executable, config, settle }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchConfig {
+pub(crate) struct WatchConfig {
     /// Restart when the executable is replaced. Default: the value of `graceful`.
     pub executable: bool,
     /// Restart when the config file is edited. Default: the value of `graceful`.
@@ -148,7 +148,7 @@ pub struct WatchConfig {
 
 /// One entry of `servers`.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     /// The key under `servers`.
     pub name: String,
     /// `address`: plain HTTP listeners (a string or a list of strings).
@@ -163,7 +163,7 @@ pub struct ServerConfig {
 
 /// `https: { address, cert, key }`.
 #[derive(Debug, Clone)]
-pub struct HttpsConfig {
+pub(crate) struct HttpsConfig {
     /// TLS listeners (a string or a list of strings).
     pub addresses: Vec<ListenAddr>,
     /// Certificate chain, PEM (resolved against the config file's directory).
@@ -176,7 +176,7 @@ pub struct HttpsConfig {
 
 /// `admin: { path, token, token_file, allowed_exe_dirs, allowed_hosts }`.
 #[derive(Debug, Clone)]
-pub struct AdminConfig {
+pub(crate) struct AdminConfig {
     /// URL path prefix, default `/debug/admin`.
     pub path: String,
     /// Bearer token required, if set (from `token`, or read from `token_file`).
@@ -190,7 +190,7 @@ pub struct AdminConfig {
 
 /// One entry of `routes`: `"/path": handler` or `"/path": { handler: name, ...params }`.
 #[derive(Debug, Clone)]
-pub struct RouteConfig {
+pub(crate) struct RouteConfig {
     /// The route pattern: an exact path, or a prefix ending in `/*name` (wildcard).
     pub pattern: String,
     /// The registered handler name.
@@ -219,18 +219,19 @@ pub struct Params {
 
 impl Config {
     /// Load and validate the file at `path` (format by extension: `.yaml`/`.yml` or `.toml`).
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         load_impl(path)
     }
 
     /// Parse the embedded default: [`EMBEDDED_DEFAULT`], or the YAML a program set with
     /// [`crate::Host::default_config`].
-    pub fn embedded() -> Result<Config, ConfigError> {
+    pub(crate) fn embedded() -> Result<Config, ConfigError> {
         parse_str(embedded_text(), Format::Yaml, ConfigSource::Embedded)
     }
 
     /// Every listener address of every server, with whether it is TLS.
-    pub fn listeners(&self) -> Vec<(&ServerConfig, &ListenAddr, bool)> {
+    #[cfg(test)]
+    pub(crate) fn listeners(&self) -> Vec<(&ServerConfig, &ListenAddr, bool)> {
         let mut out = Vec::new();
         for s in &self.servers {
             for a in &s.http {
@@ -243,6 +244,18 @@ impl Config {
             }
         }
         out
+    }
+
+    /// Find and load the config: `explicit` (`-c FILE`), else the lookup order ([`locate`]),
+    /// else the embedded default.
+    pub(crate) fn find(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        match explicit {
+            Some(p) => Config::load(p),
+            None => match locate()? {
+                Some(p) => Config::load(&p),
+                None => Config::embedded(),
+            },
+        }
     }
 }
 
@@ -257,7 +270,7 @@ pub enum Format {
 
 /// Find the config file to use when `-c` is not given (see the module doc for the order).
 /// `Ok(None)` means: use the embedded default.
-pub fn locate() -> Result<Option<PathBuf>, ConfigError> {
+pub(crate) fn locate() -> Result<Option<PathBuf>, ConfigError> {
     locate_impl()
 }
 
@@ -281,7 +294,11 @@ fn load_impl(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parse and validate `text` (errors name the source's file; relative paths resolve against
 /// its directory, or the current directory for the embedded default).
-pub fn parse_str(text: &str, format: Format, source: ConfigSource) -> Result<Config, ConfigError> {
+pub(crate) fn parse_str(
+    text: &str,
+    format: Format,
+    source: ConfigSource,
+) -> Result<Config, ConfigError> {
     walk::parse_source(text, format, source)
 }
 

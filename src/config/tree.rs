@@ -130,7 +130,7 @@ impl Node {
 
 /// Parse `text` as `format` into a tree. Errors carry the position but no file (the caller
 /// fills it in; see [`ConfigError::file`]) and an empty key path.
-pub fn parse(text: &str, format: Format) -> Result<Node, ConfigError> {
+pub(crate) fn parse(text: &str, format: Format) -> Result<Node, ConfigError> {
     match format {
         Format::Yaml => parse_yaml(text),
         Format::Toml => parse_toml(text),

@@ -138,7 +138,10 @@ fn parse(
 /// value of `$APPHOST_CONFIG`: that path if set and non-empty (an error if it does not exist),
 /// else the first existing of `server.yaml`, `server.toml`, `config/server.yaml`,
 /// `config/server.toml`, else `None` (the embedded default). Relative paths are joined to `dir`.
-pub fn locate_in(dir: &Path, env_value: Option<&OsStr>) -> Result<Option<PathBuf>, ConfigError> {
+pub(crate) fn locate_in(
+    dir: &Path,
+    env_value: Option<&OsStr>,
+) -> Result<Option<PathBuf>, ConfigError> {
     if let Some(v) = env_value.filter(|v| !v.is_empty()) {
         let path = dir.join(v);
         return match fs::metadata(&path) {

@@ -14,8 +14,6 @@ mod pid;
 mod sleep;
 mod static_files;
 
-pub(crate) use static_files::civil_from_days;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,8 +22,8 @@ use http::{HeaderValue, Method, StatusCode};
 
 use crate::body::Body;
 use crate::config::{ConfigError, Params};
+use crate::handler::Registry;
 use crate::handler::{BoxFuture, Factory, Handler, Request, Response, Wants, text};
-use crate::host::Registry;
 
 use health::Health;
 use hello::Hello;
@@ -34,7 +32,7 @@ use sleep::Sleep;
 use static_files::StaticFiles;
 
 /// Register the built-in handlers' factories in `r`: `health`, `hello`, `pid`, `sleep`, `static`.
-pub fn register_builtins(r: &mut Registry) {
+pub(crate) fn register_builtins(r: &mut Registry) {
     r.insert("health", factory(&[], |_| Ok(Health)));
     r.insert("hello", factory(&["text"], Hello::from_params));
     r.insert("pid", factory(&[], |_| Ok(Pid)));
@@ -96,7 +94,9 @@ impl<R: Respond> Builtin<R> {
             && parts.method != Method::HEAD
         {
             let allow = HeaderValue::from_static("GET, HEAD");
-            return Box::pin(std::future::ready(crate::routes::method_not_allowed(allow)));
+            return Box::pin(std::future::ready(crate::handler::method_not_allowed(
+                allow,
+            )));
         }
         self.inner.respond(parts)
     }
@@ -153,7 +153,7 @@ pub(crate) mod test_util {
     use crate::config::{Node, Pos};
 
     /// A request with an empty body.
-    pub fn req(method: Method, uri: &str) -> http::Request<()> {
+    pub(crate) fn req(method: Method, uri: &str) -> http::Request<()> {
         http::Request::builder()
             .method(method)
             .uri(uri)
@@ -162,7 +162,7 @@ pub(crate) mod test_util {
     }
 
     /// The whole body of a response.
-    pub async fn body(r: Response) -> Bytes {
+    pub(crate) async fn body(r: Response) -> Bytes {
         r.into_body()
             .collect()
             .await
@@ -171,7 +171,7 @@ pub(crate) mod test_util {
     }
 
     /// A string node.
-    pub fn s(v: &str) -> Node {
+    pub(crate) fn s(v: &str) -> Node {
         Node {
             value: Value::Str(v.to_string()),
             pos: Pos::new(3, 7),
@@ -179,7 +179,7 @@ pub(crate) mod test_util {
     }
 
     /// Params for route `/r` with the given entries, relative paths resolving against `base`.
-    pub fn params(base: PathBuf, entries: Vec<(&str, Node)>) -> Params {
+    pub(crate) fn params(base: PathBuf, entries: Vec<(&str, Node)>) -> Params {
         Params {
             file: Some(PathBuf::from("server.yaml")),
             key_path: "servers.s.routes./r".to_string(),
@@ -193,7 +193,7 @@ pub(crate) mod test_util {
     }
 
     /// Serve `f` over HTTP/1.1 on `127.0.0.1:0` (for as long as the test runtime lives).
-    pub async fn serve<F>(f: F) -> std::net::SocketAddr
+    pub(crate) async fn serve<F>(f: F) -> std::net::SocketAddr
     where
         F: Fn(Request) -> BoxFuture + Send + Sync + 'static,
     {
@@ -220,7 +220,7 @@ pub(crate) mod test_util {
     }
 
     /// One request to a [`serve`]d address; the response with its whole body.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         addr: std::net::SocketAddr,
         method: Method,
         path: &str,
@@ -249,7 +249,7 @@ pub(crate) mod test_util {
     }
 
     /// Build a registered built-in from params.
-    pub fn build(name: &str, p: &Params) -> Result<Arc<dyn Handler>, ConfigError> {
+    pub(crate) fn build(name: &str, p: &Params) -> Result<Arc<dyn Handler>, ConfigError> {
         let mut r = Registry::default();
         register_builtins(&mut r);
         let f = r.get(name).expect("registered");

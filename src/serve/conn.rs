@@ -40,7 +40,7 @@ pub(crate) enum Proto {
 /// Its deadlines (first request head, keep-alive idle, drain grace) are enforced from outside by
 /// the [`super::watchdog`], which drops this future when one passes; `state` is this
 /// connection's entry there.
-pub async fn serve_plain(
+pub(crate) async fn serve_plain(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     ep: Arc<Endpoint>,
@@ -76,7 +76,7 @@ async fn sniff(stream: &TcpStream) -> Option<Proto> {
 
 /// Serve one accepted connection on an HTTPS listener to the end: the TLS handshake (bounded by
 /// `header_read_timeout` through the watchdog), then HTTP/2 or HTTP/1.1 as ALPN chose.
-pub async fn serve_tls(
+pub(crate) async fn serve_tls(
     stream: TcpStream,
     peer: std::net::SocketAddr,
     ep: Arc<Endpoint>,
@@ -150,10 +150,11 @@ async fn serve_io<I>(
             async move {
                 let resp = fut.await;
                 // Once draining, every HTTP/1 response closes its connection: the client learns
-                // it before sending another request, so none is lost. (A process-wide flag: no
-                // shared reference count is touched per request.)
+                // it before sending another request, so none is lost. (The generation's flag,
+                // reached through the connection's state: no reference count is touched.)
+                let close = http1 && busy.generation_draining();
                 let mut resp = resp.map(|b| TrackedBody::new(b, busy));
-                if http1 && super::process_draining() {
+                if close {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
                 }

@@ -14,10 +14,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::ListenAddr;
 
 /// Accept queue length asked for (the kernel caps it at `net.core.somaxconn`).
-pub const BACKLOG: i32 = 4096;
+pub(crate) const BACKLOG: i32 = 4096;
 
 /// Bind and listen on `addr`.
-pub fn bind(addr: &ListenAddr) -> io::Result<TcpListener> {
+pub(crate) fn bind(addr: &ListenAddr) -> io::Result<TcpListener> {
     let sa = addr.socket_addrs();
     if addr.is_all_interfaces() {
         match bind_one(sa, true) {
@@ -51,7 +51,7 @@ fn bind_one(sa: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
 }
 
 /// Check that an adopted descriptor is a listening TCP socket, and make it non-blocking.
-pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
+pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
     let socket = Socket::from(fd);
     if socket.r#type()? != Type::STREAM {
         return Err(io::Error::new(
@@ -67,14 +67,4 @@ pub fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-/// The listener key a socket bound to `sa` serves: `:P` for the wildcard addresses, else the
-/// address itself (used to match systemd-activated sockets with config addresses).
-pub fn key_for(sa: SocketAddr) -> String {
-    if sa.ip().is_unspecified() {
-        format!(":{}", sa.port())
-    } else {
-        sa.to_string()
-    }
 }

@@ -18,13 +18,12 @@
 //!    closed by the watchdog;
 //! 4. when every connection is gone, or `shutdown_timeout` passes, the generation exits.
 
-pub mod conn;
-pub mod listen;
-pub mod tls;
-pub mod watchdog;
+pub(crate) mod conn;
+pub(crate) mod listen;
+pub(crate) mod tls;
+pub(crate) mod watchdog;
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -35,17 +34,9 @@ use tokio::sync::watch;
 use crate::routes::RouteTable;
 use watchdog::{Guard, Limits, Watchdog};
 
-/// Set once this process's generation starts draining (a worker process serves one generation).
-static PROCESS_DRAINING: AtomicBool = AtomicBool::new(false);
-
-/// True once this process's generation has started draining.
-pub fn process_draining() -> bool {
-    PROCESS_DRAINING.load(Ordering::Relaxed)
-}
-
 /// Shared by all connections of one generation.
 #[derive(Debug)]
-pub struct Serving {
+pub(crate) struct Serving {
     drain_tx: watch::Sender<bool>,
     /// Live connections and their deadlines.
     watchdog: Arc<Watchdog>,
@@ -57,7 +48,7 @@ pub struct Serving {
 
 impl Serving {
     /// A new, not draining, state; starts the watchdog's timer task on the current runtime.
-    pub fn new(limits: Limits) -> Arc<Serving> {
+    pub(crate) fn new(limits: Limits) -> Arc<Serving> {
         Arc::new(Serving {
             drain_tx: watch::Sender::new(false),
             watchdog: Watchdog::start(limits),
@@ -67,13 +58,12 @@ impl Serving {
     }
 
     /// True once the drain has started.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.watchdog.is_draining()
     }
 
     /// Start draining: accept loops stop, connections wind down.
-    pub fn start_drain(&self) {
-        PROCESS_DRAINING.store(true, Ordering::Relaxed);
+    pub(crate) fn start_drain(&self) {
         // Sets the flag `is_draining` reads, then wakes every connection task.
         self.watchdog.start_drain();
         self.drain_tx.send_replace(true);
@@ -87,18 +77,18 @@ impl Serving {
     }
 
     /// Resolves when the drain has started.
-    pub async fn drained_signal(&self) {
+    pub(crate) async fn drained_signal(&self) {
         let mut rx = self.drain_tx.subscribe();
         let _ = rx.wait_for(|d| *d).await;
     }
 
     /// Live connections.
-    pub fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         self.watchdog.len()
     }
 
     /// Resolves when the drain has started and every connection has finished.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         self.drained_signal().await;
         self.watchdog.wait_empty().await;
     }
@@ -106,11 +96,9 @@ impl Serving {
 
 /// What a listener serves: its server's routes, and TLS if it is an HTTPS listener.
 #[derive(Clone)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The listener key, for logs.
     pub key: String,
-    /// The server's name.
-    pub server: String,
     /// The route table.
     pub routes: Arc<RouteTable>,
     /// TLS, for HTTPS listeners.
@@ -118,7 +106,7 @@ pub struct Endpoint {
 }
 
 /// Accept connections on `listener` until the drain starts, then drop the listener.
-pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, serving: Arc<Serving>) {
+pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, serving: Arc<Serving>) {
     let endpoint = Arc::new(endpoint);
     let mut registered: Option<Waker> = None;
     loop {

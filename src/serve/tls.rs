@@ -16,7 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why a certificate/key pair could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// The certificate file could not be read or holds no certificate.
     #[error("certificate {path}: {reason}")]
     Cert {
@@ -46,12 +46,12 @@ pub enum TlsError {
 }
 
 /// The crypto provider apphost uses.
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Load and check a certificate chain and its private key.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+pub(crate) fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| TlsError::Cert {
             path: cert.into(),
@@ -86,7 +86,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 
 /// Load a server's TLS pair, reporting a failure as a config error at its `https` key (file,
 /// line, column), as the other config mistakes are.
-pub fn load_for_server(
+pub(crate) fn load_for_server(
     config: &crate::config::Config,
     server: &crate::config::ServerConfig,
 ) -> Result<Option<Arc<CertStore>>, crate::config::ConfigError> {
@@ -109,7 +109,7 @@ pub fn load_for_server(
 
 /// A certificate resolver holding one pair, replaceable at any time.
 #[derive(Debug)]
-pub struct CertStore {
+pub(crate) struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
@@ -117,7 +117,7 @@ pub struct CertStore {
 
 impl CertStore {
     /// Load the pair from files.
-    pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
         let ck = load_pair(cert, key)?;
         Ok(Arc::new(CertStore {
             cert_path: cert.into(),
@@ -127,13 +127,13 @@ impl CertStore {
     }
 
     /// The files this store was loaded from.
-    pub fn paths(&self) -> (&Path, &Path) {
+    pub(crate) fn paths(&self) -> (&Path, &Path) {
         (&self.cert_path, &self.key_path)
     }
 
     /// Load the files again; on success new handshakes use the new pair, on failure the old pair
     /// stays and the error is returned.
-    pub fn reload(&self) -> Result<(), TlsError> {
+    pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let ck = load_pair(&self.cert_path, &self.key_path)?;
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         *cur = Arc::new(ck);
@@ -141,7 +141,7 @@ impl CertStore {
     }
 
     /// A rustls server config serving this store's pair, with ALPN `h2` and `http/1.1`.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    pub(crate) fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Pair {

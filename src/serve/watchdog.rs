@@ -78,7 +78,7 @@ fn millis(d: Duration) -> u64 {
 
 /// The deadlines the sweeper enforces.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// From accept to the first request head (TLS handshake included).
     pub header_read_timeout: Duration,
     /// HTTP/1: from the end of a response to the next request head.
@@ -101,7 +101,7 @@ impl Limits {
 
 /// One connection's state, shared by its task, its in-flight responses and the sweeper.
 #[derive(Debug)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     /// When the connection was accepted or its last response ended (coarse ms).
     since_ms: AtomicU64,
     /// Requests whose response body has not ended yet.
@@ -110,6 +110,8 @@ pub struct ConnState {
     flags: AtomicU8,
     /// The connection task's waker, for the sweeper and the drain to wake it.
     waker: Mutex<Option<Waker>>,
+    /// The generation's drain flag (the watchdog's).
+    generation_draining: Arc<AtomicBool>,
 }
 
 impl ConnState {
@@ -124,23 +126,23 @@ impl ConnState {
     }
 
     /// The connection speaks HTTP/2 (ALPN, or an h2c request seen).
-    pub fn mark_h2(&self) {
+    pub(crate) fn mark_h2(&self) {
         self.set(H2);
     }
 
     /// True once [`ConnState::mark_h2`] was called.
-    pub fn is_h2(&self) -> bool {
+    pub(crate) fn is_h2(&self) -> bool {
         self.flag(H2)
     }
 
     /// True once the sweeper found this HTTP/2 connection idle for `idle_timeout`: the
     /// connection should send GOAWAY and close.
-    pub fn goaway_requested(&self) -> bool {
+    pub(crate) fn goaway_requested(&self) -> bool {
         self.flag(GOAWAY)
     }
 
     /// A request has started: the connection is busy until the returned body guard ends.
-    pub fn request_started(self: &Arc<Self>) -> Busy {
+    pub(crate) fn request_started(self: &Arc<Self>) -> Busy {
         self.set(SEEN);
         self.busy.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
@@ -155,7 +157,14 @@ impl ConnState {
 
 /// Held while a request's response is not finished; dropping it marks the connection idle.
 #[derive(Debug)]
-pub struct Busy(Arc<ConnState>);
+pub(crate) struct Busy(Arc<ConnState>);
+
+impl Busy {
+    /// True once the connection's generation has started draining.
+    pub(crate) fn generation_draining(&self) -> bool {
+        self.0.generation_draining.load(Ordering::Relaxed)
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -168,14 +177,14 @@ impl Drop for Busy {
 /// A response body that keeps its connection busy until it ends (hyper drops the body once the
 /// last frame is written, or when the connection dies).
 #[derive(Debug)]
-pub struct TrackedBody {
+pub(crate) struct TrackedBody {
     body: Body,
     _busy: Busy,
 }
 
 impl TrackedBody {
     /// `body`, keeping `busy` until it is dropped.
-    pub fn new(body: Body, busy: Busy) -> TrackedBody {
+    pub(crate) fn new(body: Body, busy: Busy) -> TrackedBody {
         TrackedBody { body, _busy: busy }
     }
 }
@@ -202,11 +211,13 @@ impl http_body::Body for TrackedBody {
 
 /// The live connections of one generation and the deadlines on them.
 #[derive(Debug)]
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     limits: Limits,
     slots: Mutex<Slots>,
-    /// Set by [`Watchdog::start_drain`]; `drain_at_ms` is valid once it is.
-    draining: AtomicBool,
+    /// Set by [`Watchdog::start_drain`]; `drain_at_ms` is valid once it is. Shared with every
+    /// connection's state (one reference count per connection, none per request), so a response
+    /// learns of the drain with one load.
+    draining: Arc<AtomicBool>,
     drain_at_ms: AtomicU64,
     /// Wakes the sweeper: a first connection, or the drain.
     wake_sweeper: Notify,
@@ -223,7 +234,7 @@ struct Slots {
 
 /// A connection's place in the registry; dropping it removes the connection.
 #[derive(Debug)]
-pub struct Registration {
+pub(crate) struct Registration {
     watchdog: Arc<Watchdog>,
     slot: usize,
 }
@@ -246,11 +257,11 @@ impl Drop for Registration {
 impl Watchdog {
     /// A registry with these deadlines; its sweeper runs on the current tokio runtime until the
     /// drain has started and the last connection is gone.
-    pub fn start(limits: Limits) -> Arc<Watchdog> {
+    pub(crate) fn start(limits: Limits) -> Arc<Watchdog> {
         let wd = Arc::new(Watchdog {
             limits,
             slots: Mutex::new(Slots::default()),
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
             drain_at_ms: AtomicU64::new(0),
             wake_sweeper: Notify::new(),
             empty: Notify::new(),
@@ -264,12 +275,13 @@ impl Watchdog {
     }
 
     /// Register a connection accepted now.
-    pub fn register(self: &Arc<Self>) -> (Arc<ConnState>, Registration) {
+    pub(crate) fn register(self: &Arc<Self>) -> (Arc<ConnState>, Registration) {
         let state = Arc::new(ConnState {
             since_ms: AtomicU64::new(precise_now_ms()),
             busy: AtomicU32::new(0),
             flags: AtomicU8::new(0),
             waker: Mutex::new(None),
+            generation_draining: self.draining.clone(),
         });
         let (slot, first) = {
             let mut s = self.lock();
@@ -297,22 +309,22 @@ impl Watchdog {
     }
 
     /// Live connections.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len
     }
 
     /// True when no connection is live.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// True once [`Watchdog::start_drain`] was called.
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// Start the drain deadlines and wake every connection's task (HTTP/2 ones send GOAWAY).
-    pub fn start_drain(&self) {
+    pub(crate) fn start_drain(&self) {
         self.drain_at_ms.store(precise_now_ms(), Ordering::Release);
         self.draining.store(true, Ordering::Release);
         self.wake_sweeper.notify_one();
@@ -323,7 +335,7 @@ impl Watchdog {
     }
 
     /// Resolves once no connection is live.
-    pub async fn wait_empty(&self) {
+    pub(crate) async fn wait_empty(&self) {
         loop {
             let mut n = pin!(self.empty.notified());
             n.as_mut().enable();
@@ -419,7 +431,7 @@ pin_project_lite::pin_project! {
 
 impl<F: Future<Output = ()>> Guard<F> {
     /// Guard `fut`, the connection registered as `state` / `reg`.
-    pub fn new(state: Arc<ConnState>, reg: Registration, fut: F) -> Guard<F> {
+    pub(crate) fn new(state: Arc<ConnState>, reg: Registration, fut: F) -> Guard<F> {
         Guard {
             fut,
             state,

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Check `path` and return it made absolute.
-pub fn check(path: &Path) -> Result<PathBuf, String> {
+pub(crate) fn check(path: &Path) -> Result<PathBuf, String> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {

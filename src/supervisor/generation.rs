@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -21,7 +21,7 @@ use rustix::process::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
-use super::Event;
+use super::events::Event;
 use crate::channel::{self, Channel};
 
 /// Lines of a worker's stderr kept for failure reports.
@@ -29,13 +29,11 @@ const TAIL_LINES: usize = 12;
 
 /// One started worker.
 #[derive(Debug)]
-pub struct Generation {
+pub(crate) struct Generation {
     /// Its number (1 for the first).
     pub id: u64,
     /// Its process id.
     pub pid: Pid,
-    /// The executable it runs.
-    pub exe: PathBuf,
     /// The supervisor's end of its channel.
     pub chan: Arc<Channel>,
     /// The last lines it wrote to stderr.
@@ -63,21 +61,21 @@ pub struct Generation {
 
 impl Generation {
     /// The end of its stderr, one line per entry, for error reports.
-    pub fn stderr_tail(&self) -> String {
+    pub(crate) fn stderr_tail(&self) -> String {
         let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
         t.iter().cloned().collect::<Vec<_>>().join("\n")
     }
 
     /// Send a signal to its process group (it leads one: a wrapper script's children go too),
     /// unless it has already been reaped.
-    pub fn kill(&self, sig: rustix::process::Signal) {
+    pub(crate) fn kill(&self, sig: rustix::process::Signal) {
         if !self.exited {
             let _ = rustix::process::kill_process_group(self.pid, sig);
         }
     }
 
     /// Its pid as a number.
-    pub fn pid_u32(&self) -> u32 {
+    pub(crate) fn pid_u32(&self) -> u32 {
         self.pid.as_raw_nonzero().get() as u32
     }
 }
@@ -85,7 +83,7 @@ impl Generation {
 /// Start generation `id` from `exe`, handing it `listeners`. Must be called on the supervisor's
 /// event-loop thread, which also reaps children: the caller registers the pid before the loop
 /// can see the child's exit.
-pub fn spawn(
+pub(crate) fn spawn(
     id: u64,
     exe: &Path,
     config: Option<&Path>,
@@ -109,12 +107,12 @@ pub fn spawn(
         fds.push(fd.as_raw_fd());
     }
     cmd.env(
-        crate::worker::ENV_CHANNEL_FD,
+        crate::channel::ENV_CHANNEL_FD,
         theirs.as_raw_fd().to_string(),
     )
-    .env(crate::worker::ENV_LISTEN_FDS, list)
-    .env(crate::worker::ENV_GENERATION, id.to_string())
-    .env_remove(crate::worker::ENV_STANDBY)
+    .env(crate::channel::ENV_LISTEN_FDS, list)
+    .env(crate::channel::ENV_GENERATION, id.to_string())
+    .env_remove(crate::channel::ENV_STANDBY)
     .env_remove("NOTIFY_SOCKET")
     .env_remove("LISTEN_FDS")
     .env_remove("LISTEN_PID")
@@ -123,7 +121,7 @@ pub fn spawn(
     .stdout(Stdio::inherit())
     .stderr(Stdio::piped());
     if standby {
-        cmd.env(crate::worker::ENV_STANDBY, "1");
+        cmd.env(crate::channel::ENV_STANDBY, "1");
     }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     crate::sys::prepare_child(&mut cmd, fds);
@@ -172,7 +170,6 @@ pub fn spawn(
     Ok(Generation {
         id,
         pid,
-        exe: exe.to_path_buf(),
         chan,
         tail,
         started: Instant::now(),

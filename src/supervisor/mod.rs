@@ -33,16 +33,18 @@
 //! SIGTERM, SIGQUIT and SIGHUP shut down (every generation drains, then exit 0); a second one
 //! during the shutdown kills the workers and exits 1 at once.
 
-pub mod exe;
-pub mod generation;
-pub mod systemd;
-pub mod watchers;
+pub(crate) mod control;
+pub(crate) mod events;
+pub(crate) mod exe;
+pub(crate) mod generation;
+pub(crate) mod systemd;
+pub(crate) mod watchers;
 
 use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use tokio::signal::unix::{SignalKind, signal};
@@ -51,62 +53,18 @@ use tokio::sync::{mpsc, oneshot};
 use crate::channel::{Msg, Op, WorkerSettings};
 use crate::config::Config;
 use crate::ops::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, Status};
+use events::{Event, Reply};
 use generation::Generation;
 
 /// What the supervisor needs to start.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// The executable recorded at start; restarts run it unless told otherwise.
     pub exe: PathBuf,
     /// The config file (absolute), `None` for the embedded default.
     pub config_path: Option<PathBuf>,
     /// The config as loaded at start (its settings apply until a worker reports its own).
     pub config: Config,
-}
-
-/// Everything that happens to the supervisor arrives as one of these, in one queue.
-#[derive(Debug)]
-pub enum Event {
-    /// A message from generation `id`.
-    FromWorker(u64, Msg, Vec<OwnedFd>),
-    /// Generation `id` closed its channel.
-    ChannelClosed(u64),
-    /// A child exited.
-    Exited(Pid, WaitStatus),
-    /// Generation `id` exited and its stderr and channel have been read to the end.
-    Reaped(u64, WaitStatus),
-    /// An operation asked for from outside the workers (signal, control socket, watcher).
-    Op(Op, Reply),
-    /// A signal to the supervisor.
-    Stop(&'static str),
-    /// Generation `id` has had `graceful_timeout` to become ready.
-    ReadyDeadline(u64),
-    /// Generation `id` has had `shutdown_timeout` to drain.
-    DrainDeadline(u64),
-    /// Time to start a replacement for a dead worker.
-    Respawn,
-    /// The shutdown took too long.
-    ForceExit,
-    /// A watcher asks for a preflight run of the executable (`EXE check [-c CONFIG]`).
-    Preflight(oneshot::Sender<watchers::PreflightResult>),
-    /// A preflight run has had its time.
-    PreflightDeadline(Pid),
-}
-
-/// Where the answer to an operation goes.
-#[derive(Debug)]
-pub enum Reply {
-    /// Nobody waits: log it.
-    Log,
-    /// A task in the supervisor (control socket, watcher).
-    Local(oneshot::Sender<OpResult>),
-    /// A request from a worker: answer on its channel.
-    Worker {
-        /// The generation that asked.
-        generation: u64,
-        /// Its request id.
-        id: u64,
-    },
 }
 
 #[derive(Debug)]
@@ -181,7 +139,7 @@ struct Supervisor {
 
 /// A preflight run under way: who waits for it, and its stderr.
 struct Preflight {
-    reply: oneshot::Sender<watchers::PreflightResult>,
+    reply: oneshot::Sender<events::PreflightResult>,
     output: std::sync::Arc<std::sync::Mutex<String>>,
     timed_out: bool,
 }
@@ -192,7 +150,7 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Run the supervisor until the host shuts down. Returns the process exit code.
-pub fn run(opts: Options) -> ExitCode {
+pub(crate) fn run(opts: Options) -> ExitCode {
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         tracing::debug!("cannot become a child subreaper: {e}");
     }
@@ -237,13 +195,6 @@ pub fn run(opts: Options) -> ExitCode {
     })
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn describe_status(st: WaitStatus) -> String {
     if let Some(code) = st.exit_status() {
         format!("exit status {code}")
@@ -267,7 +218,7 @@ impl Supervisor {
             "supervisor started"
         );
         // The control socket for `apphost status|restart|shutdown` (src/control.rs).
-        let control = crate::control::ControlServer::start(&self.opts.config, self.events.clone());
+        let control = control::ControlServer::start(&self.opts.config, self.events.clone());
         let exe = self.opts.exe.clone();
         self.start_recovering(exe, Vec::new(), "start".into(), true);
         self.update_watch();
@@ -639,7 +590,7 @@ impl Supervisor {
     }
 
     /// Run `EXE check [-c CONFIG]`; the answer goes to `reply` when it exits.
-    fn start_preflight(&mut self, reply: oneshot::Sender<watchers::PreflightResult>) {
+    fn start_preflight(&mut self, reply: oneshot::Sender<events::PreflightResult>) {
         let mut cmd = std::process::Command::new(&self.opts.exe);
         cmd.arg("check");
         if let Some(c) = &self.opts.config_path {
@@ -722,7 +673,7 @@ impl Supervisor {
 
     fn record(&mut self, ok: bool, via: &str, detail: String) {
         self.last_restart = Some(LastRestart {
-            at_unix: now_unix(),
+            at_unix: crate::clock::now_unix(),
             ok,
             trigger: via.into(),
             detail,

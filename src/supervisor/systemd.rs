@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixDatagram;
 
 /// Send one notify message; does nothing when not run by systemd with `Type=notify`.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -39,7 +39,7 @@ pub fn notify(state: &str) {
 }
 
 /// Take the sockets systemd passed, keyed by address. Empty when not socket-activated.
-pub fn activated_sockets() -> BTreeMap<String, OwnedFd> {
+pub(crate) fn activated_sockets() -> BTreeMap<String, OwnedFd> {
     let mut out = BTreeMap::new();
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
@@ -62,7 +62,7 @@ pub fn activated_sockets() -> BTreeMap<String, OwnedFd> {
         };
         let sock = socket2::Socket::from(fd);
         let key = match sock.local_addr().ok().and_then(|a| a.as_socket()) {
-            Some(sa) => crate::serve::listen::key_for(sa),
+            Some(sa) => crate::config::addr::key_for(sa),
             None => {
                 tracing::warn!("LISTEN_FDS: fd {raw} is not a TCP socket; ignored");
                 continue;

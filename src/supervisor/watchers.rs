@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Event, Reply};
+use super::events::{Event, Reply};
 use crate::channel::Op;
 use crate::ops::OpError;
 use crate::watch::FileWatch;
 
 /// What to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchSpec {
+pub(crate) struct WatchSpec {
     /// The executable path recorded at start, if `watch.executable`.
     pub exe: Option<PathBuf>,
     /// The config file, if `watch.config` (never for the embedded default).
@@ -30,11 +30,8 @@ pub struct WatchSpec {
     pub settle: Duration,
 }
 
-/// The outcome of a preflight run.
-pub type PreflightResult = Result<(), String>;
-
 /// Start the watch task; abort the returned handle to stop it.
-pub fn spawn(
+pub(crate) fn spawn(
     spec: WatchSpec,
     events: mpsc::UnboundedSender<Event>,
 ) -> Option<tokio::task::AbortHandle> {

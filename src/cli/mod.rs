@@ -1,6 +1,6 @@
 //! The command line: `run`, `check`, the control commands `status`, `restart` and `shutdown`
-//! (which talk to a running host over its control socket, see [`crate::control`]), and the
-//! hidden `__worker` entry point a supervisor starts.
+//! (which talk to a running host over its control socket through [`client`]), and the hidden
+//! `__worker` entry point a supervisor starts.
 //!
 //! Exit codes: 0 success; 1 the host failed at run time (the first worker could not start, a
 //! forced shutdown), or a control command failed or could not reach the host; 2 bad input
@@ -9,10 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+pub(crate) mod client;
+
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError};
-use crate::host::Host;
+use crate::config::Config;
+use crate::handler::Registry;
 use crate::routes::RouteTable;
 
 #[derive(Parser, Debug)]
@@ -40,7 +42,7 @@ enum Command {
     /// Show a running host's state: pids, generation, uptime, listeners, the last restart.
     Status {
         #[command(flatten)]
-        target: crate::control::Target,
+        target: client::Target,
     },
     /// Restart a running host and wait for the outcome (new worker pid and handoff time; exit 1
     /// with the reason if it failed, the old worker serving on).
@@ -49,7 +51,7 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         exe: Option<PathBuf>,
         #[command(flatten)]
-        target: crate::control::Target,
+        target: client::Target,
     },
     /// Shut a running host down: every worker drains, then the supervisor exits.
     Shutdown {
@@ -57,7 +59,7 @@ enum Command {
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
-        target: crate::control::Target,
+        target: client::Target,
     },
     /// A worker process (started by the supervisor, not by hand).
     #[command(name = "__worker", hide = true)]
@@ -68,8 +70,8 @@ enum Command {
     },
 }
 
-/// Parse the process arguments and run.
-pub fn main(host: Host) -> ExitCode {
+/// Parse the process arguments and run them with the handlers in `registry`.
+pub(crate) fn main(registry: &Registry) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -82,36 +84,23 @@ pub fn main(host: Host) -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run { config } => run(&host, config.as_deref()),
-        Command::Check { config } => check(&host, config.as_deref()),
-        Command::Status { target } => {
-            crate::control::run_command(crate::control::Command::Status, &target)
-        }
+        Command::Run { config } => run(registry, config.as_deref()),
+        Command::Check { config } => check(registry, config.as_deref()),
+        Command::Status { target } => client::run_command(client::Command::Status, &target),
         Command::Restart { exe, target } => {
-            crate::control::run_command(crate::control::Command::Restart { exe }, &target)
+            client::run_command(client::Command::Restart { exe }, &target)
         }
         Command::Shutdown { wait, target } => {
-            crate::control::run_command(crate::control::Command::Shutdown { wait }, &target)
+            client::run_command(client::Command::Shutdown { wait }, &target)
         }
         Command::Worker { config } => {
-            crate::worker::main(host.registry(), crate::worker::WorkerArgs { config })
+            crate::worker::main(registry, crate::worker::WorkerArgs { config })
         }
     }
 }
 
-/// Find and load the config: `-c FILE`, else the lookup order, else the embedded default.
-pub fn load_config(explicit: Option<&Path>) -> Result<Config, ConfigError> {
-    match explicit {
-        Some(p) => Config::load(p),
-        None => match crate::config::locate()? {
-            Some(p) => Config::load(&p),
-            None => Config::embedded(),
-        },
-    }
-}
-
-fn run(host: &Host, explicit: Option<&Path>) -> ExitCode {
-    let config = match load_config(explicit) {
+fn run(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
+    let config = match Config::find(explicit) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apphost: {e}");
@@ -120,7 +109,7 @@ fn run(host: &Host, explicit: Option<&Path>) -> ExitCode {
     };
     // Everything a worker would build (routes, handler params, TLS pairs), checked here so a
     // mistake is reported with exit 2 before any process starts.
-    if let Err(e) = describe(host, &config) {
+    if let Err(e) = describe(registry, &config) {
         eprintln!("apphost: {e}");
         return ExitCode::from(2);
     }
@@ -152,8 +141,8 @@ fn run(host: &Host, explicit: Option<&Path>) -> ExitCode {
     })
 }
 
-fn check(host: &Host, explicit: Option<&Path>) -> ExitCode {
-    let config = match load_config(explicit) {
+fn check(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
+    let config = match Config::find(explicit) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apphost: {e}");
@@ -163,7 +152,7 @@ fn check(host: &Host, explicit: Option<&Path>) -> ExitCode {
     for w in &config.warnings {
         eprintln!("apphost: warning: {w}");
     }
-    match describe(host, &config) {
+    match describe(registry, &config) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -176,7 +165,7 @@ fn check(host: &Host, explicit: Option<&Path>) -> ExitCode {
 }
 
 /// Everything `run` would build, except binding: route tables and TLS pairs. Returns the report.
-fn describe(host: &Host, config: &Config) -> Result<String, String> {
+fn describe(registry: &Registry, config: &Config) -> Result<String, String> {
     use crate::config::duration::format_duration as d;
     use std::fmt::Write;
     let mut out = String::new();
@@ -196,7 +185,7 @@ fn describe(host: &Host, config: &Config) -> Result<String, String> {
         d(config.idle_timeout)
     );
     for s in &config.servers {
-        let table = RouteTable::build(s, host.registry()).map_err(|e| e.to_string())?;
+        let table = RouteTable::build(s, registry).map_err(|e| e.to_string())?;
         let _ = writeln!(out, "server {}:", s.name);
         for a in &s.http {
             let _ = writeln!(out, "  listen http://{a}");

@@ -1,0 +1,58 @@
+//! What happens to the supervisor: every input (a worker's message, a child's exit, a signal,
+//! an operation asked for, a timer) arrives as one [`Event`] in one queue, and the answer to an
+//! operation goes where its [`Reply`] says.
+
+use std::os::fd::OwnedFd;
+
+use rustix::process::{Pid, WaitStatus};
+use tokio::sync::oneshot;
+
+use crate::channel::{Msg, Op, OpResult};
+
+/// The outcome of a preflight run (`EXE check [-c CONFIG]`): why it failed, if it did.
+pub(crate) type PreflightResult = Result<(), String>;
+
+/// Everything that happens to the supervisor arrives as one of these, in one queue.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A message from generation `id`.
+    FromWorker(u64, Msg, Vec<OwnedFd>),
+    /// Generation `id` closed its channel.
+    ChannelClosed(u64),
+    /// A child exited.
+    Exited(Pid, WaitStatus),
+    /// Generation `id` exited and its stderr and channel have been read to the end.
+    Reaped(u64, WaitStatus),
+    /// An operation asked for from outside the workers (signal, control socket, watcher).
+    Op(Op, Reply),
+    /// A signal to the supervisor.
+    Stop(&'static str),
+    /// Generation `id` has had `graceful_timeout` to become ready.
+    ReadyDeadline(u64),
+    /// Generation `id` has had `shutdown_timeout` to drain.
+    DrainDeadline(u64),
+    /// Time to start a replacement for a dead worker.
+    Respawn,
+    /// The shutdown took too long.
+    ForceExit,
+    /// A watcher asks for a preflight run of the executable (`EXE check [-c CONFIG]`).
+    Preflight(oneshot::Sender<PreflightResult>),
+    /// A preflight run has had its time.
+    PreflightDeadline(Pid),
+}
+
+/// Where the answer to an operation goes.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// Nobody waits: log it.
+    Log,
+    /// A task in the supervisor (control socket, watcher).
+    Local(oneshot::Sender<OpResult>),
+    /// A request from a worker: answer on its channel.
+    Worker {
+        /// The generation that asked.
+        generation: u64,
+        /// Its request id.
+        id: u64,
+    },
+}
