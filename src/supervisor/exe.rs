@@ -1,10 +1,50 @@
 //! Checks on an executable before a generation is started from it: it must exist, be a regular
 //! file, be executable by us, and be a binary this machine can run (ELF of our architecture,
 //! or a `#!` script). A file that fails is refused with the reason; nothing is stopped.
+//!
+//! The check runs on the supervisor's loop, so it must never block there, whatever sits at the
+//! path. The file is opened with `O_NONBLOCK` (a FIFO opens at once instead of waiting for a
+//! writer; a file under a lease answers `EWOULDBLOCK` instead of waiting up to
+//! `lease-break-time`), and its type, mode and first bytes are read from that descriptor, so
+//! what is judged is what was opened, not what a second lookup of the path finds.
+//!
+//! Running that same file: rather than executing through the kept descriptor
+//! (`/proc/self/fd/N`, which breaks `#!` scripts and hides the path from the worker), the check
+//! ends by looking the path up again and comparing its identity (device and inode) with the
+//! descriptor's; a file swapped in meanwhile is refused. The worker is spawned right after, in
+//! the same turn of the loop. A swap inside that last window can only make `execve` fail (a
+//! FIFO or a non-program is refused by the kernel, without blocking), which fails the restart
+//! with the old generation serving.
 
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FileType, Mode, OFlags};
+
+/// An error about `path`: `PATH: what`.
+fn about(path: &Path, what: impl std::fmt::Display) -> String {
+    format!("{}: {what}", path.display())
+}
+
+/// Open `path` for reading without ever blocking.
+fn open(path: &Path) -> Result<OwnedFd, String> {
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            about(
+                path,
+                "busy: another process holds a lease on it, so opening it would wait; try again",
+            )
+        } else {
+            about(path, io::Error::from(e))
+        }
+    })
+}
 
 /// Check `path` and return it made absolute.
 pub(crate) fn check(path: &Path) -> Result<PathBuf, String> {
@@ -15,24 +55,49 @@ pub(crate) fn check(path: &Path) -> Result<PathBuf, String> {
             .map_err(|e| e.to_string())?
             .join(path)
     };
-    let meta = std::fs::metadata(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a regular file", abs.display()));
+    let fd = open(&abs)?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| about(&abs, io::Error::from(e)))?;
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => None,
+        FileType::Directory => Some("a directory"),
+        FileType::Fifo => Some("a FIFO"),
+        FileType::CharacterDevice => Some("a character device"),
+        FileType::BlockDevice => Some("a block device"),
+        FileType::Socket => Some("a socket"),
+        _ => Some("another kind of file"),
+    };
+    if let Some(kind) = kind {
+        return Err(about(&abs, format!("not a regular file (it is {kind})")));
     }
-    if meta.permissions().mode() & 0o111 == 0 {
-        return Err(format!(
-            "{}: not executable (mode {:o})",
-            abs.display(),
-            meta.permissions().mode() & 0o7777
+    let mode = st.st_mode & 0o7777;
+    if mode & 0o111 == 0 {
+        return Err(about(&abs, format!("not executable (mode {mode:o})")));
+    }
+    rustix::fs::access(&abs, rustix::fs::Access::EXEC_OK).map_err(|e| {
+        about(
+            &abs,
+            format!("not executable by this user: {}", io::Error::from(e)),
+        )
+    })?;
+    let mut head = [0u8; 20];
+    let mut n = 0;
+    while n < head.len() {
+        match rustix::io::read(&fd, &mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(about(&abs, io::Error::from(e))),
+        }
+    }
+    check_format(&head[..n]).map_err(|e| about(&abs, e))?;
+    // The path must still name the file just checked.
+    let now = rustix::fs::stat(&abs).map_err(|e| about(&abs, io::Error::from(e)))?;
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) {
+        return Err(about(
+            &abs,
+            "replaced while it was being checked; try again",
         ));
     }
-    rustix::fs::access(&abs, rustix::fs::Access::EXEC_OK)
-        .map_err(|e| format!("{}: not executable by this user: {e}", abs.display()))?;
-    let mut head = [0u8; 20];
-    let n = std::fs::File::open(&abs)
-        .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| format!("{}: {e}", abs.display()))?;
-    check_format(&head[..n]).map_err(|e| format!("{}: {e}", abs.display()))?;
     Ok(abs)
 }
 
@@ -88,6 +153,7 @@ fn check_format(head: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn our_own_test_binary_passes() {

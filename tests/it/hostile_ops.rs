@@ -1,7 +1,8 @@
 //! Hostile inputs on the operations side, against the real binary (issue #10): a DNS-rebinding
 //! page reaching a token-less admin, cross-site `GET` restart links, FIFOs and devices where the
 //! config or token file should be, alias bombs, token files others can read, and a `403` that
-//! must not tell where a path resolves.
+//! must not tell where a path resolves, an executable whose opening would block the
+//! supervisor.
 //!
 //! A DNS-rebinding page cannot be staged here; what it produces on the wire can: a request over
 //! loopback whose `Host` (and `Origin`) name another site.
@@ -297,4 +298,83 @@ fn token_file_readable_by_others_is_warned_about() {
     let host = start(&text);
     host.wait_serving(port);
     host.wait_log("is readable by group or others (mode 640)");
+}
+
+/// Holds a write lease on a file: while it is held, a blocking `open` of the file by anyone else
+/// waits (up to `/proc/sys/fs/lease-break-time`, 45 s by default). It is the one way to make
+/// opening a file that `stat` calls regular block, which a FIFO swapped in between the
+/// supervisor's `stat` and `open` did by chance.
+struct Lease {
+    _held: std::fs::File,
+}
+
+impl Lease {
+    #[allow(unsafe_code)]
+    fn take(path: &Path) -> Lease {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        // Not exported by the libc crate; the same number on every Linux architecture.
+        const F_SETSIG: libc::c_int = 10;
+        let fd = f.as_raw_fd();
+        // SAFETY: plain fcntl calls on a descriptor this function owns; no memory is passed.
+        // The break notice comes as SIGWINCH (ignored by default) rather than SIGIO, whose
+        // default action would end the test process.
+        let set_sig = unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGWINCH) };
+        assert_eq!(set_sig, 0, "F_SETSIG: {}", std::io::Error::last_os_error());
+        wait_until(Duration::from_secs(10), "a write lease", || {
+            // SAFETY: as above.
+            let r = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_WRLCK) };
+            (r == 0).then_some(())
+        });
+        Lease { _held: f }
+    }
+}
+
+#[test]
+fn an_executable_that_would_block_on_open_does_not_stop_the_supervisor() {
+    let port = free_port();
+    let host = start(&config(port, "true"));
+    let worker = host.wait_serving(port);
+    let exe = host.dir.path().join("leased-app");
+    std::fs::write(&exe, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lease = Lease::take(&exe);
+    let restart = std::thread::spawn(move || {
+        raw(
+            port,
+            "POST",
+            &format!("/debug/admin/restart?newExeFilePath={}", exe.display()),
+            &[&format!("Host: 127.0.0.1:{port}")],
+        )
+    });
+    // The supervisor answers its control socket meanwhile (it used to sit in open(2) until the
+    // lease was broken, 45 s).
+    let run = host.dir.path().join("run");
+    let out = run_cli(
+        host.dir.path(),
+        &["status", "-c", host.config.to_str().unwrap()],
+        &[("XDG_RUNTIME_DIR", run.to_str().unwrap())],
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    let r = restart.join().unwrap();
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    assert!(r.body_str().contains("lease"), "{}", r.body_str());
+    drop(lease);
+    assert_eq!(get(port, "/pid").body_str().trim(), worker.to_string());
+    // A FIFO named as the executable is refused at once too.
+    let fifo = host.dir.path().join("fifo-app");
+    mkfifo(&fifo);
+    let r = raw(
+        port,
+        "POST",
+        &format!("/debug/admin/restart?newExeFilePath={}", fifo.display()),
+        &[&format!("Host: 127.0.0.1:{port}")],
+    );
+    assert_eq!(r.status, 400, "{}", r.body_str());
+    assert!(r.body_str().contains("it is a FIFO"), "{}", r.body_str());
 }
