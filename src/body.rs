@@ -3,7 +3,9 @@
 //! Most responses are one buffer ([`Body::from`] a `String`, `&'static str` or [`Bytes`]), which
 //! costs no allocation beyond the buffer. Streaming responses (the `sleep` handler writes a line,
 //! waits, writes another) use [`Body::channel`], which hands back a [`BodySender`] to push chunks
-//! into; the body ends when the sender is dropped.
+//! into; the body ends when the sender is dropped. Built-in handlers that produce data on demand
+//! (the `static` handler reads a file chunk by chunk as the body is polled) wrap their own
+//! [`http_body::Body`] (crate-internal).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,6 +22,21 @@ pub struct Body(Kind);
 enum Kind {
     Full(Option<Bytes>),
     Channel(mpsc::Receiver<Bytes>),
+    Stream(Pin<Box<dyn StreamBody>>),
+}
+
+/// A body made on demand, polled for each chunk.
+pub(crate) trait StreamBody:
+    http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + std::fmt::Debug
+{
+}
+
+impl<B> StreamBody for B where
+    B: http_body::Body<Data = Bytes, Error = std::convert::Infallible>
+        + Send
+        + Sync
+        + std::fmt::Debug
+{
 }
 
 impl Body {
@@ -33,6 +50,11 @@ impl Body {
     pub fn channel() -> (BodySender, Body) {
         let (tx, rx) = mpsc::channel(16);
         (BodySender(tx), Body(Kind::Channel(rx)))
+    }
+
+    /// A body whose chunks `body` makes when polled (nothing is read ahead).
+    pub(crate) fn stream(body: impl StreamBody + 'static) -> Body {
+        Body(Kind::Stream(Box::pin(body)))
     }
 }
 
@@ -97,11 +119,16 @@ impl http_body::Body for Body {
         match &mut self.get_mut().0 {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(b) => b.as_mut().poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.0, Kind::Full(None))
+        match &self.0 {
+            Kind::Full(b) => b.is_none(),
+            Kind::Channel(_) => false,
+            Kind::Stream(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -109,6 +136,7 @@ impl http_body::Body for Body {
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Channel(_) => SizeHint::default(),
+            Kind::Stream(b) => b.size_hint(),
         }
     }
 }

@@ -242,11 +242,15 @@ async fn run(
             return ExitCode::from(2);
         }
     };
-    let serving = Serving::new(crate::serve::watchdog::Limits {
-        header_read_timeout: config.header_read_timeout,
-        idle_timeout: config.idle_timeout,
-        keepalive_grace: config.keepalive_grace,
-    });
+    let serving = Serving::new(
+        crate::serve::watchdog::Limits {
+            header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            keepalive_grace: config.keepalive_grace,
+            send_timeout: config.send_timeout,
+        },
+        config.http2_max_concurrent_streams,
+    );
     // Made before the first connection is accepted: a handler asking for an operation (the
     // admin page) must find it. Requests made before `ready` wait in the queue until the loop
     // below relays them.

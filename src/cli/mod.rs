@@ -180,9 +180,11 @@ fn describe(registry: &Registry, config: &Config) -> Result<String, String> {
     );
     let _ = writeln!(
         out,
-        "header_read_timeout: {}  idle_timeout: {}",
+        "header_read_timeout: {}  idle_timeout: {}  send_timeout: {}  http2_max_concurrent_streams: {}",
         d(config.header_read_timeout),
-        d(config.idle_timeout)
+        d(config.idle_timeout),
+        d(config.send_timeout),
+        config.http2_max_concurrent_streams
     );
     for s in &config.servers {
         let table = RouteTable::build(s, registry).map_err(|e| e.to_string())?;

@@ -94,6 +94,13 @@ pub(crate) struct Config {
     /// have not arrived this long after the previous response ended; an HTTP/2 connection with
     /// no open stream for this long gets GOAWAY and is closed. Default 60s.
     pub idle_timeout: Duration,
+    /// `send_timeout` (nginx's name and meaning): a response that makes no write progress for
+    /// this long (the client stopped reading, or keeps an HTTP/2 window shut) is cut and its
+    /// connection closed. Default 60s.
+    pub send_timeout: Duration,
+    /// `http2_max_concurrent_streams`: the most streams one HTTP/2 connection may have open at
+    /// once (nginx's name and default). Default 128.
+    pub http2_max_concurrent_streams: u32,
     /// `warm_standby`: with `graceful`, keep the next worker process started ahead of the next
     /// restart, so a restart skips process start-up. Default: the value of `graceful`.
     pub warm_standby: bool,

@@ -136,6 +136,8 @@ fn defaults() {
     assert_eq!(c.keepalive_grace, Duration::from_secs(1));
     assert_eq!(c.header_read_timeout, Duration::from_secs(30));
     assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.send_timeout, Duration::from_secs(60));
+    assert_eq!(c.http2_max_concurrent_streams, 128);
     assert_eq!(
         c.log,
         LogConfig {
@@ -351,6 +353,38 @@ fn duration_errors() {
     assert_eq!(
         err(yaml(&format!("{base}shutdown_timeout: [1s]\n"))),
         "<embedded default>:2:19: shutdown_timeout: expected a duration such as 10s, found a list"
+    );
+}
+
+#[test]
+fn send_timeout_and_stream_cap() {
+    let c = ok(yaml(
+        "send_timeout: 5s\nhttp2_max_concurrent_streams: 16\nservers: { s: { address: \":80\" } }\n",
+    ));
+    assert_eq!(c.send_timeout, Duration::from_secs(5));
+    assert_eq!(c.http2_max_concurrent_streams, 16);
+    let c = ok(toml(
+        "send_timeout = \"1m\"\nhttp2_max_concurrent_streams = 1\n[servers.s]\naddress = \":80\"\n",
+    ));
+    assert_eq!(c.send_timeout, Duration::from_secs(60));
+    assert_eq!(c.http2_max_concurrent_streams, 1);
+    assert_eq!(
+        err(yaml(
+            "servers: { s: { address: \":80\" } }\nhttp2_max_concurrent_streams: 0\n"
+        )),
+        "<embedded default>:2:31: http2_max_concurrent_streams: expected a positive integer, found an integer 0"
+    );
+    assert_eq!(
+        err(yaml(
+            "send_timout: 5s\nservers: { s: { address: \":80\" } }\n"
+        )),
+        "<embedded default>:1:1: send_timout: unknown key \"send_timout\" (did you mean \"send_timeout\"?)"
+    );
+    assert!(
+        err(yaml(
+            "send_timeout: soon\nservers: { s: { address: \":80\" } }\n"
+        ))
+        .starts_with("<embedded default>:1:15: send_timeout: invalid duration \"soon\""),
     );
 }
 

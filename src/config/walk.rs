@@ -32,6 +32,8 @@ const TOP_KEYS: &[&str] = &[
     "keepalive_grace",
     "header_read_timeout",
     "idle_timeout",
+    "send_timeout",
+    "http2_max_concurrent_streams",
     "warm_standby",
     "log",
     "control",
@@ -56,6 +58,9 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `http2_max_concurrent_streams` default.
+const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 128;
 const DEFAULT_SETTLE: Duration = Duration::from_millis(300);
 const DEFAULT_ADMIN_PATH: &str = "/debug/admin";
 
@@ -432,6 +437,15 @@ impl Walker<'_> {
         let header_read_timeout =
             self.duration_or(&top, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)?;
         let idle_timeout = self.duration_or(&top, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?;
+        let send_timeout = self.duration_or(&top, "send_timeout", DEFAULT_SEND_TIMEOUT)?;
+        let http2_max_concurrent_streams = match top.get("http2_max_concurrent_streams") {
+            Some((n, p)) => n
+                .as_int()
+                .and_then(|i| u32::try_from(i).ok())
+                .filter(|&i| i >= 1)
+                .ok_or_else(|| type_error(self.file, n, &p, "a positive integer"))?,
+            None => DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
+        };
         let warm_standby = self.bool_or(&top, "warm_standby", graceful)?;
         let log = match top.get("log") {
             Some((n, p)) => self.log(n, &p)?,
@@ -483,6 +497,8 @@ impl Walker<'_> {
             shutdown_timeout,
             keepalive_grace,
             idle_timeout,
+            send_timeout,
+            http2_max_concurrent_streams,
             header_read_timeout,
             warm_standby,
             log,

@@ -8,6 +8,7 @@
 //! has already checked the method and the built-in answers whatever it lets through (as `GET`,
 //! or as `HEAD` for `HEAD`).
 
+mod file_body;
 mod health;
 mod hello;
 mod pid;

@@ -14,8 +14,9 @@
 //! The answer has `Content-Type` (from the extension, by a small table; else
 //! `application/octet-stream`), `Content-Length` and `Last-Modified`; `If-Modified-Since` at or
 //! after the file's time gives `304` (ignored when `If-None-Match` is present, as no ETags are
-//! sent). `HEAD` gets the headers alone. Files up to [`WHOLE_FILE_LIMIT`] are read in one go;
-//! larger ones are streamed in chunks.
+//! sent). `HEAD` gets the headers alone. Files up to [`WHOLE_FILE_LIMIT`] (one chunk) are read in
+//! one go; larger ones are a [`FileBody`], which reads one chunk at a time as hyper asks for it, so
+//! a client that reads slowly (or not at all) holds one chunk of memory, not the file.
 
 use std::ffi::OsStr;
 use std::io;
@@ -32,7 +33,8 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::io::AsyncReadExt;
 
 use super::Respond;
-use crate::body::{Body, BodySender};
+use super::file_body::{CHUNK, FileBody};
+use crate::body::Body;
 use crate::clock::{format_http_date, parse_http_date};
 use crate::config::error::io_message;
 use crate::config::{ConfigError, Params};
@@ -41,11 +43,8 @@ use crate::handler::{BoxFuture, Response, RouteMatch, Wants, text};
 /// The index file served for a directory when `index` is not given.
 pub(crate) const DEFAULT_INDEX: &str = "index.html";
 
-/// Files up to this size are read whole; larger ones are streamed.
-pub(crate) const WHOLE_FILE_LIMIT: u64 = 4 << 20;
-
-/// The chunk size when streaming.
-const CHUNK: usize = 64 << 10;
+/// Files up to this size are read whole; larger ones are streamed chunk by chunk, on demand.
+pub(crate) const WHOLE_FILE_LIMIT: u64 = CHUNK as u64;
 
 /// Serves the files below a directory.
 pub(crate) struct StaticFiles {
@@ -166,9 +165,8 @@ impl Inner {
             *resp.body_mut() = Body::from(buf);
         } else {
             h.insert(CONTENT_LENGTH, HeaderValue::from(len));
-            let (tx, body) = Body::channel();
-            tokio::spawn(stream_file(file, len, tx, path));
-            *resp.body_mut() = body;
+            let file = file.into_std().await;
+            *resp.body_mut() = Body::stream(FileBody::new(file, len, path.into()));
         }
         Ok(resp)
     }
@@ -211,30 +209,6 @@ async fn open_no_block(path: &Path) -> io::Result<tokio::fs::File> {
         .custom_flags(i32::try_from(nonblock).unwrap_or(0))
         .open(path)
         .await
-}
-
-/// Stream `len` bytes of `file` into `tx`; stop when the client goes away.
-async fn stream_file(mut file: tokio::fs::File, len: u64, tx: BodySender, path: PathBuf) {
-    let mut left = len;
-    while left > 0 {
-        let want = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
-        let mut buf = vec![0; want];
-        match file.read(&mut buf).await {
-            // The file shrank: the body ends short and the connection is cut, as it must be.
-            Ok(0) => return,
-            Ok(n) => {
-                buf.truncate(n);
-                left -= n as u64;
-                if !tx.send(buf).await {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "static: read failed");
-                return;
-            }
-        }
-    }
 }
 
 /// Percent-decode `raw` and check it: the relative path, and whether it ended in `/`.
@@ -557,7 +531,10 @@ mod tests {
         let r = get(&t, "big.wasm").await;
         assert_eq!(r.headers()["content-type"], "application/wasm");
         assert_eq!(r.headers()["content-length"], len.to_string().as_str());
-        assert_eq!(http_body::Body::size_hint(r.body()).exact(), None);
+        assert_eq!(
+            http_body::Body::size_hint(r.body()).exact(),
+            Some(len as u64)
+        );
         assert_eq!(body(r).await, data);
     }
 

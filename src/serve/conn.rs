@@ -23,7 +23,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::watchdog::{ConnState, TrackedBody};
+use super::progress::{TrackedBody, TrackedIo};
+use super::watchdog::ConnState;
 use super::{Endpoint, Serving};
 use crate::handler::ClientAddr;
 
@@ -102,6 +103,10 @@ pub(crate) async fn serve_tls(
 
 /// hyper's connection builders, made once per generation (see `Serving`). No hyper timers on
 /// HTTP/1: the watchdog enforces the header-read deadline for all connections at once.
+///
+/// HTTP/2 memory per connection is bounded by the stream cap (`http2_max_concurrent_streams`)
+/// times what one stream may buffer: hyper asks a body for a chunk only when the stream has
+/// window, and h2 buffers at most [`H2_SEND_BUF`] of it per stream beyond the window.
 #[derive(Debug)]
 pub(crate) struct Builders {
     http1: http1::Builder,
@@ -110,12 +115,21 @@ pub(crate) struct Builders {
     auto: auto::Builder<TokioExecutor>,
 }
 
+/// What one HTTP/2 stream may buffer for sending beyond its window (hyper's default is 400 KiB).
+const H2_SEND_BUF: usize = 64 << 10;
+
 impl Builders {
-    pub(crate) fn new() -> Builders {
+    pub(crate) fn new(max_streams: u32) -> Builders {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(max_streams)
+            .max_send_buf_size(H2_SEND_BUF);
         let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http2().timer(TokioTimer::new());
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(max_streams)
+            .max_send_buf_size(H2_SEND_BUF);
         Builders {
             http1: http1::Builder::new(),
             http2,
@@ -162,7 +176,7 @@ async fn serve_io<I>(
             }
         })
     };
-    let io = TokioIo::new(io);
+    let io = TokioIo::new(TrackedIo::new(io, state.clone()));
     let b = &serving.builders;
     // One branch per protocol. The HTTP/2 and auto connections are boxed, so the future every
     // connection task carries is only as big as HTTP/1's (tokio copies it when spawning): one

@@ -4,7 +4,9 @@
 //! - [`tls`]: rustls server config and the certificate store (swappable for renewal).
 //! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper, and how it drains.
 //! - [`watchdog`]: the registry of live connections and the one timer task that enforces their
-//!   deadlines (header read, keep-alive idle, drain grace).
+//!   deadlines (header read, keep-alive idle, drain grace, send timeout).
+//! - [`progress`]: the wrappers around a connection's I/O and its response bodies that tell the
+//!   watchdog a response is still being written (until its last byte reaches the socket).
 //!
 //! A generation's servers share one [`Serving`]: it holds the watchdog and carries the drain
 //! signal. Draining works like this:
@@ -20,6 +22,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod listen;
+pub(crate) mod progress;
 pub(crate) mod tls;
 pub(crate) mod watchdog;
 
@@ -48,12 +51,13 @@ pub(crate) struct Serving {
 
 impl Serving {
     /// A new, not draining, state; starts the watchdog's timer task on the current runtime.
-    pub(crate) fn new(limits: Limits) -> Arc<Serving> {
+    /// `http2_max_streams` caps the concurrent streams of each HTTP/2 connection.
+    pub(crate) fn new(limits: Limits, http2_max_streams: u32) -> Arc<Serving> {
         Arc::new(Serving {
             drain_tx: watch::Sender::new(false),
             watchdog: Watchdog::start(limits),
             accept_wakers: Mutex::new(Vec::new()),
-            builders: conn::Builders::new(),
+            builders: conn::Builders::new(http2_max_streams),
         })
     }
 

@@ -9,11 +9,16 @@
 //! [`ConnState`]:
 //! - a request starting marks the connection busy, its response body ending (being dropped by
 //!   hyper) marks it idle again and stamps the time from a coarse clock the sweeper keeps;
+//! - the connection's I/O and response bodies report write progress and output that waits on
+//!   the client ([`super::progress`]): a connection whose last response is queued but not yet
+//!   written is not idle;
 //! - the connection's task checks one "killed" flag each time it is polled.
 //!
 //! The sweeper wakes every `tick` (at most 1 s; finer when a timeout is short; not at all while
 //! there is no connection) and kills a connection — sets its flag and wakes its task, which then
-//! drops the connection and so closes the socket — when it is not busy and:
+//! drops the connection and so closes the socket — when its output has waited on the client
+//! (a blocked write, or a response body hyper holds for want of window) with no write progress
+//! for `send_timeout`, or when it is not busy, has no output waiting, and:
 //! - it has sent no complete request head (and, on TLS, finished no handshake) within
 //!   `header_read_timeout` of being accepted;
 //! - it is HTTP/1 and has been idle for `idle_timeout` since its last response ended (a
@@ -32,11 +37,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use tokio::sync::Notify;
 
-use crate::body::Body;
+use super::progress::Busy;
 
 /// `ConnState::flags`: a request has been seen.
 const SEEN: u8 = 1;
@@ -46,6 +49,9 @@ const H2: u8 = 2;
 const KILLED: u8 = 4;
 /// `ConnState::flags`: the sweeper asked an idle HTTP/2 connection to send GOAWAY and close.
 const GOAWAY: u8 = 8;
+/// `ConnState::flags`: output waits on the client: a write returned `Pending` and no flush has
+/// completed since (set and cleared by [`super::progress::TrackedIo`]).
+pub(super) const BLOCKED: u8 = 16;
 
 /// The longest sweeper tick.
 const MAX_TICK: Duration = Duration::from_secs(1);
@@ -68,7 +74,7 @@ fn precise_now_ms() -> u64 {
     now
 }
 
-fn coarse_now_ms() -> u64 {
+pub(super) fn coarse_now_ms() -> u64 {
     COARSE_NOW_MS.load(Ordering::Relaxed)
 }
 
@@ -85,12 +91,19 @@ pub(crate) struct Limits {
     pub idle_timeout: Duration,
     /// Draining: how long an idle HTTP/1 connection is kept.
     pub keepalive_grace: Duration,
+    /// How long a response may wait on its client (no write progress) before the connection is
+    /// cut.
+    pub send_timeout: Duration,
 }
 
 impl Limits {
     /// The sweeper's period while serving: an eighth of the shortest timeout, within bounds.
     fn tick(&self) -> Duration {
-        (self.header_read_timeout.min(self.idle_timeout) / 8).clamp(MIN_TICK, MAX_TICK)
+        let shortest = self
+            .header_read_timeout
+            .min(self.idle_timeout)
+            .min(self.send_timeout);
+        (shortest / 8).clamp(MIN_TICK, MAX_TICK)
     }
 
     /// The sweeper's period while draining.
@@ -99,15 +112,21 @@ impl Limits {
     }
 }
 
-/// One connection's state, shared by its task, its in-flight responses and the sweeper.
+/// One connection's state, shared by its task, its in-flight responses, its I/O and the sweeper.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    /// When the connection was accepted or its last response ended (coarse ms).
-    since_ms: AtomicU64,
+    /// When the connection was accepted or its last response ended, or its last pending output
+    /// was flushed (coarse ms).
+    pub(super) since_ms: AtomicU64,
     /// Requests whose response body has not ended yet.
-    busy: AtomicU32,
-    /// `SEEN | H2 | KILLED | GOAWAY`.
-    flags: AtomicU8,
+    pub(super) busy: AtomicU32,
+    /// When the connection last wrote bytes or handed hyper a response or chunk (coarse ms).
+    pub(super) progress_ms: AtomicU64,
+    /// Response bodies hyper holds without asking them for data: it waits for the client
+    /// (an HTTP/2 window, or room in its write buffer), not for the handler.
+    pub(super) stalled: AtomicU32,
+    /// `SEEN | H2 | KILLED | GOAWAY | BLOCKED`.
+    pub(super) flags: AtomicU8,
     /// The connection task's waker, for the sweeper and the drain to wake it.
     waker: Mutex<Option<Waker>>,
     /// The generation's drain flag (the watchdog's).
@@ -115,14 +134,23 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    fn flag(&self, f: u8) -> bool {
+    pub(super) fn flag(&self, f: u8) -> bool {
         self.flags.load(Ordering::Acquire) & f != 0
     }
 
-    fn set(&self, f: u8) {
+    pub(super) fn set(&self, f: u8) {
         if !self.flag(f) {
             self.flags.fetch_or(f, Ordering::AcqRel);
         }
+    }
+
+    /// True once the connection's generation has started draining.
+    pub(super) fn generation_draining(&self) -> bool {
+        self.generation_draining.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn clear(&self, f: u8) {
+        self.flags.fetch_and(!f, Ordering::AcqRel);
     }
 
     /// The connection speaks HTTP/2 (ALPN, or an h2c request seen).
@@ -145,67 +173,13 @@ impl ConnState {
     pub(crate) fn request_started(self: &Arc<Self>) -> Busy {
         self.set(SEEN);
         self.busy.fetch_add(1, Ordering::AcqRel);
-        Busy(self.clone())
+        Busy::new(self.clone())
     }
 
     fn wake(&self) {
         if let Some(w) = &*self.waker.lock().unwrap_or_else(|p| p.into_inner()) {
             w.wake_by_ref();
         }
-    }
-}
-
-/// Held while a request's response is not finished; dropping it marks the connection idle.
-#[derive(Debug)]
-pub(crate) struct Busy(Arc<ConnState>);
-
-impl Busy {
-    /// True once the connection's generation has started draining.
-    pub(crate) fn generation_draining(&self) -> bool {
-        self.0.generation_draining.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        // Stamp before the count drops, so the sweeper never sees "idle" with an old stamp.
-        self.0.since_ms.store(coarse_now_ms(), Ordering::Release);
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its connection busy until it ends (hyper drops the body once the
-/// last frame is written, or when the connection dies).
-#[derive(Debug)]
-pub(crate) struct TrackedBody {
-    body: Body,
-    _busy: Busy,
-}
-
-impl TrackedBody {
-    /// `body`, keeping `busy` until it is dropped.
-    pub(crate) fn new(body: Body, busy: Busy) -> TrackedBody {
-        TrackedBody { body, _busy: busy }
-    }
-}
-
-impl http_body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -276,9 +250,12 @@ impl Watchdog {
 
     /// Register a connection accepted now.
     pub(crate) fn register(self: &Arc<Self>) -> (Arc<ConnState>, Registration) {
+        let now = precise_now_ms();
         let state = Arc::new(ConnState {
-            since_ms: AtomicU64::new(precise_now_ms()),
+            since_ms: AtomicU64::new(now),
             busy: AtomicU32::new(0),
+            progress_ms: AtomicU64::new(now),
+            stalled: AtomicU32::new(0),
             flags: AtomicU8::new(0),
             waker: Mutex::new(None),
             generation_draining: self.draining.clone(),
@@ -355,7 +332,24 @@ impl Watchdog {
         let (mut doomed, mut goaway) = (Vec::new(), Vec::new());
         for s in self.lock().entries.iter().flatten() {
             let flags = s.flags.load(Ordering::Acquire);
-            if flags & (KILLED | GOAWAY) != 0 || s.busy.load(Ordering::Acquire) > 0 {
+            if flags & KILLED != 0 {
+                continue;
+            }
+            // Output waiting on the client is never idle, whatever the drain or idle deadlines
+            // say; only `send_timeout` without write progress cuts it.
+            if flags & BLOCKED != 0 || s.stalled.load(Ordering::Acquire) > 0 {
+                let progress = s.progress_ms.load(Ordering::Acquire);
+                if now.saturating_sub(progress) >= millis(l.send_timeout) + tick {
+                    tracing::debug!(
+                        stalled_bodies = s.stalled.load(Ordering::Relaxed),
+                        blocked = flags & BLOCKED != 0,
+                        "send_timeout: the client has read nothing for that long; closing"
+                    );
+                    doomed.push(s.clone());
+                }
+                continue;
+            }
+            if flags & GOAWAY != 0 || s.busy.load(Ordering::Acquire) > 0 {
                 continue;
             }
             let since = s.since_ms.load(Ordering::Acquire);
@@ -475,6 +469,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(header),
             idle_timeout: Duration::from_millis(idle),
             keepalive_grace: Duration::from_millis(grace),
+            send_timeout: Duration::from_secs(3600),
         }
     }
 

@@ -7,6 +7,7 @@ mod admin;
 mod host;
 mod hostile_ops;
 mod restart;
+mod slow_clients;
 mod smoke;
 mod standby;
 mod systemd;

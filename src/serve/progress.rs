@@ -1,0 +1,294 @@
+//! Write progress: how the [`super::watchdog`] knows a response is still being written.
+//!
+//! A response is in flight until its last byte has reached the socket, however slow the client
+//! (DESIGN property 4). hyper drops a response body once its last chunk is *queued*, which can be
+//! megabytes before that chunk is written to a client reading slowly, so "the body ended" is not
+//! "the response ended". Two wrappers report to the connection's
+//! [`ConnState`](super::watchdog::ConnState):
+//! - [`TrackedIo`] wraps the connection's I/O (the TCP stream, or the TLS stream around it). A
+//!   write that makes progress stamps the connection's progress time; a write or flush that
+//!   returns `Pending` marks the connection `BLOCKED` (output waits on the client); a flush that
+//!   completes clears it and stamps the idle time from then. hyper (HTTP/1 and HTTP/2 alike)
+//!   flushes its buffer to the end before it calls `poll_flush`, so a completed flush means
+//!   nothing of the connection's output is left in the process.
+//! - [`TrackedBody`] wraps each response body. From the moment the handler returns until the
+//!   body ends, the connection is busy (as before), and the body counts as *stalled* while hyper
+//!   holds it without asking it for data: hyper is waiting for the client (an HTTP/2 flow-control
+//!   window of zero, or a full write buffer), not for the handler. A body that hyper has asked
+//!   and that answered `Pending` waits for its handler (a slow or streaming response), which is
+//!   not the client's fault and is never timed.
+//!
+//! The sweeper counts a connection that is `BLOCKED` or has a stalled body as busy: no idle,
+//! keep-alive or drain-grace deadline closes it, and the drain waits for it (bounded by
+//! `shutdown_timeout`). Only `send_timeout` without write progress cuts it: the client stopped
+//! reading, which is the one case where cutting is right (nginx's `send_timeout`).
+//!
+//! Cost on the request path: a coarse-clock load and a store per write, a flag test per flush,
+//! and two atomic additions on the connection's own state per response.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::watchdog::{BLOCKED, ConnState, coarse_now_ms};
+use crate::body::Body;
+
+/// A connection's I/O, reporting write progress and pending output to its [`ConnState`].
+#[derive(Debug)]
+pub(crate) struct TrackedIo<I> {
+    io: I,
+    state: Arc<ConnState>,
+}
+
+impl<I> TrackedIo<I> {
+    /// Wrap `io`, the connection registered as `state`.
+    pub(crate) fn new(io: I, state: Arc<ConnState>) -> TrackedIo<I> {
+        TrackedIo { io, state }
+    }
+
+    /// Note the outcome of a write.
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        match r {
+            Poll::Ready(Ok(n)) if *n > 0 => self
+                .state
+                .progress_ms
+                .store(coarse_now_ms(), Ordering::Release),
+            Poll::Pending => self.state.set(BLOCKED),
+            _ => {}
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wrote(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        match r {
+            Poll::Ready(Ok(())) if this.state.flag(BLOCKED) => {
+                // Stamp before clearing, so the sweeper never sees "not blocked" with an old
+                // idle stamp.
+                this.state
+                    .since_ms
+                    .store(coarse_now_ms(), Ordering::Release);
+                this.state.clear(BLOCKED);
+            }
+            Poll::Pending => this.state.set(BLOCKED),
+            _ => {}
+        }
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Held while a request's response is not finished; dropping it marks the connection idle (as
+/// far as responses go: pending output is [`TrackedIo`]'s business).
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<ConnState>);
+
+impl Busy {
+    /// `state` has one more request in flight (counted by the caller).
+    pub(super) fn new(state: Arc<ConnState>) -> Busy {
+        Busy(state)
+    }
+
+    /// True once the connection's generation has started draining.
+    pub(crate) fn generation_draining(&self) -> bool {
+        self.0.generation_draining()
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        // Stamp before the count drops, so the sweeper never sees "idle" with an old stamp.
+        self.0.since_ms.store(coarse_now_ms(), Ordering::Release);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its connection busy until it ends (hyper drops the body once the
+/// last frame is queued, or when the connection dies), and counts as stalled while hyper holds it
+/// without asking for data (see the module doc).
+#[derive(Debug)]
+pub(crate) struct TrackedBody {
+    body: Body,
+    /// True while counted in `ConnState::stalled`.
+    stalled: bool,
+    busy: Busy,
+}
+
+impl TrackedBody {
+    /// `body`, keeping `busy` until it is dropped. Handing a response to hyper is progress: the
+    /// send timer starts now.
+    pub(crate) fn new(body: Body, busy: Busy) -> TrackedBody {
+        let s = &busy.0;
+        s.progress_ms.store(coarse_now_ms(), Ordering::Release);
+        s.stalled.fetch_add(1, Ordering::AcqRel);
+        TrackedBody {
+            body,
+            stalled: true,
+            busy,
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        if self.stalled {
+            self.busy.0.stalled.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.body).poll_frame(cx);
+        match (&r, this.stalled) {
+            // Asked, and the handler has nothing yet: waiting on the handler, not the client.
+            (Poll::Pending, true) => {
+                this.stalled = false;
+                this.busy.0.stalled.fetch_sub(1, Ordering::AcqRel);
+            }
+            // A chunk after a wait on the handler: hyper now holds it for the client.
+            (Poll::Ready(Some(_)), false) => {
+                let s = &this.busy.0;
+                s.progress_ms.store(coarse_now_ms(), Ordering::Release);
+                s.stalled.fetch_add(1, Ordering::AcqRel);
+                this.stalled = true;
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::super::watchdog::{Guard, Limits, Watchdog};
+    use super::*;
+
+    fn limits(send_ms: u64) -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_millis(50),
+            idle_timeout: Duration::from_millis(50),
+            keepalive_grace: Duration::from_millis(50),
+            send_timeout: Duration::from_millis(send_ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn blocked_output_outlives_idle_and_drain_deadlines_until_send_timeout() {
+        let wd = Watchdog::start(limits(400));
+        let (state, reg) = wd.register();
+        // A response handed to hyper and its body dropped (the last chunk queued) ...
+        let body = TrackedBody::new(Body::from("x"), state.request_started());
+        assert_eq!(state.stalled.load(Ordering::Relaxed), 1);
+        drop(body);
+        assert_eq!(state.stalled.load(Ordering::Relaxed), 0);
+        // ... but not written: the socket said "not now".
+        state.set(BLOCKED);
+        let task = tokio::spawn(Guard::new(state.clone(), reg, std::future::pending()));
+        wd.start_drain();
+        // Writes keep making progress: neither idle_timeout nor the drain grace cuts it.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(600) {
+            state
+                .progress_ms
+                .store(super::super::watchdog::coarse_now_ms(), Ordering::Release);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!task.is_finished(), "cut while writing");
+        }
+        // No more progress: cut after send_timeout, not before.
+        let stalled_at = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), task)
+            .await
+            .expect("not cut after send_timeout")
+            .unwrap();
+        assert!(stalled_at.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_body_waiting_on_its_handler_is_not_stalled() {
+        let wd = Watchdog::start(limits(100));
+        let (state, _reg) = wd.register();
+        let (tx, body) = Body::channel();
+        let mut body = TrackedBody::new(body, state.request_started());
+        let mut body = Pin::new(&mut body);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(http_body::Body::poll_frame(body.as_mut(), &mut cx).is_pending());
+        assert_eq!(
+            state.stalled.load(Ordering::Relaxed),
+            0,
+            "waiting on the handler"
+        );
+        assert!(tx.send("chunk").await);
+        assert!(http_body::Body::poll_frame(body.as_mut(), &mut cx).is_ready());
+        assert_eq!(
+            state.stalled.load(Ordering::Relaxed),
+            1,
+            "held for the client"
+        );
+    }
+}
