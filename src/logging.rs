@@ -31,6 +31,10 @@ pub(crate) fn init(cfg: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written is dropped. By default tracing-subscriber reports it
+        // with `eprint!`, which panics when stderr is a pipe nobody reads: a worker whose
+        // supervisor was killed would then die at its next log line instead of draining.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match cfg.format {
         LogFormat::Text => builder.event_format(TextFormat { pid }).try_init(),

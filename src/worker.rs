@@ -320,6 +320,11 @@ async fn run(
 
     let mut relay = Relay::new(chan.clone());
     let mut sigs = WorkerSignals::new();
+    // Stop signals this worker has had. The kernel sends one (SIGTERM, the parent-death signal)
+    // when the supervisor is killed, together with the channel closing: whichever is seen first,
+    // that one signal must not count as a second one during the drain, which would cut the
+    // requests in flight.
+    let mut stops = 0u32;
 
     let shutdown = loop {
         tokio::select! {
@@ -336,7 +341,10 @@ async fn run(
             s = sigs.next() => {
                 let op = match s {
                     WorkerSignal::Restart => Op::Restart { exe: None, via: Some("signal".into()) },
-                    WorkerSignal::Stop => Op::Shutdown,
+                    WorkerSignal::Stop => {
+                        stops += 1;
+                        Op::Shutdown
+                    }
                 };
                 relay.forward(op, None).await;
             }
@@ -376,8 +384,11 @@ async fn run(
             Some((op, tx)) = req_rx.recv() => relay.forward(op, Some(tx)).await,
             s = sigs.next() => {
                 if s == WorkerSignal::Stop {
-                    tracing::warn!("second stop signal during the drain: exiting now");
-                    break ExitCode::from(1);
+                    stops += 1;
+                    if stops >= 2 {
+                        tracing::warn!("second stop signal during the drain: exiting now");
+                        break ExitCode::from(1);
+                    }
                 }
             }
         }

@@ -633,19 +633,33 @@ fn killed_worker_is_replaced_on_the_same_port() {
     host.wait_log("worker died unexpectedly");
     let died = lines_with(&host.log(), "worker died unexpectedly").join("\n");
     assert!(died.contains("KILL"), "the log says how it died: {died}");
-    // The replacement is a working generation: it restarts like any other.
+    // The replacement is a working generation: it restarts like any other, once the supervisor
+    // counts it as ready (it accepts before it reports ready; a restart asked in between is
+    // refused as "already under way").
+    host.wait_notify_count("READY=1", 2);
     host.signal(Signal::USR1);
     let newer = wait_new_pid(&host, port, new);
     assert_supervised_by(&mut host, newer);
+    assert!(!host.log().contains("restart refused"), "log:\n{}", host.log());
 }
 
+/// The README: "If the supervisor is killed with SIGKILL, its workers get SIGTERM from the kernel
+/// (parent-death signal) and drain and exit". A request in flight then still completes.
 #[test]
 fn killed_supervisor_takes_its_worker_with_it() {
     let port = low_port();
     let mut host = Host::start(&graceful_config(port));
     let worker = host.wait_serving(port);
+    let sleep = InFlight::start(port);
     host.signal(Signal::KILL);
     host.wait_exit(Duration::from_secs(5));
+    let (resp, _) = sleep.finish();
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.body_str(),
+        format!("{worker}\n{worker}\n"),
+        "the request in flight finished on the orphaned worker"
+    );
     let deadline = Instant::now() + T;
     while process_alive(worker) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
