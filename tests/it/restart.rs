@@ -19,6 +19,8 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -323,6 +325,36 @@ fn https_keeps_serving_across_a_restart() {
     let before = wait_https(port, &pki.ca_pem, &host);
     let old: u32 = before.body.trim().parse().unwrap();
     assert_eq!(before.version, http::Version::HTTP_2);
+    // A client doing HTTPS requests on fresh connections (h2 and HTTP/1.1 in turn) all through
+    // the restart: handshakes and requests the old worker took as its drain began included.
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let client = {
+        let (stop, ca, ok) = (stop.clone(), pki.ca_pem.clone(), served.clone());
+        std::thread::spawn(move || {
+            let (mut failures, mut pids) = (Vec::new(), BTreeSet::new());
+            let mut h2 = true;
+            while !stop.load(Ordering::Relaxed) {
+                match https_get(port, "/pid", &ca, h2) {
+                    Ok(r) if r.status == 200 => match r.body.trim().parse::<u32>() {
+                        Ok(p) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            pids.insert(p);
+                        }
+                        Err(_) => failures.push(format!("bad body {:?}", r.body)),
+                    },
+                    Ok(r) => failures.push(format!("status {} (h2: {h2})", r.status)),
+                    Err(e) => failures.push(format!("{e} (h2: {h2})")),
+                }
+                h2 = !h2;
+            }
+            (failures, pids)
+        })
+    };
+    // Some requests on the old worker first.
+    wait_until(T, "the HTTPS client's first answers", || {
+        (served.load(Ordering::Relaxed) >= 5).then_some(())
+    });
     host.signal(Signal::USR1);
     let new = wait_until(T, "a new pid over HTTPS", || {
         let r = https_get(port, "/pid", &pki.ca_pem, true).ok()?;
@@ -331,6 +363,20 @@ fn https_keeps_serving_across_a_restart() {
     });
     assert_supervised_by(&mut host, new);
     host.wait_log("restart done (graceful)");
+    wait_gone(old, T, "the drained old worker");
+    stop.store(true, Ordering::Relaxed);
+    let (failures, pids) = client.join().unwrap();
+    let ok = served.load(Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "{} of {} HTTPS requests failed across the restart: {failures:?}",
+        failures.len(),
+        ok + failures.len()
+    );
+    assert!(
+        pids.contains(&old) && pids.contains(&new),
+        "the client saw both workers: {pids:?} (old {old}, new {new})"
+    );
     // Both protocols on the new worker, same certificate.
     for h2 in [true, false] {
         let r = https_get(port, "/pid", &pki.ca_pem, h2).expect("HTTPS after the restart");
