@@ -75,13 +75,15 @@ fn graceful_restart_lets_an_in_flight_request_finish_on_the_old_worker() {
 }
 
 /// An HTTP/2 (h2c) connection with a stream in flight when the drain starts gets GOAWAY: the
-/// stream finishes on the old worker with its full body, then the connection closes at once
-/// rather than at `shutdown_timeout`, and the client's connection refuses new streams.
+/// stream finishes on the old worker with its full body, then the connection closes (and the old
+/// worker exits) at once rather than at `shutdown_timeout`; while it is still open, a new stream
+/// on it is refused.
 #[test]
 fn graceful_restart_sends_goaway_to_http2_and_finishes_its_stream() {
     use http_body_util::BodyExt;
     let port = low_port();
-    let host = Host::start(&graceful_config(port));
+    let cfg = graceful_config(port).replace("shutdown_timeout: 5s", "shutdown_timeout: 15s");
+    let host = Host::start(&cfg);
     let old = host.wait_serving(port);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -105,6 +107,33 @@ fn graceful_restart_sends_goaway_to_http2_and_finishes_its_stream() {
     host.signal(Signal::USR1);
     let new = wait_new_pid(&host, port, old);
     assert_ne!(new, old);
+    // While the /sleep stream is still open (and so the connection), a new stream on it is
+    // refused once the GOAWAY has arrived; until then the old worker answers it.
+    host.wait_log(&format!("pid[{old}]: server reloading"));
+    let refused_at = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match send.send_request(get("/pid")).await {
+                Err(_) => break Instant::now(),
+                Ok(r) => {
+                    let b = r.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(b, format!("{old}\n"), "a stream taken before GOAWAY");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "new streams still accepted on the connection 2 s after the drain began"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // The /sleep stream on the same connection is still running (it ends at 3 s, below), so the
+    // connection is open: the refusal is the GOAWAY's, not a closed connection's.
+    assert!(
+        refused_at - started < Duration::from_millis(2500),
+        "the refusal came only after {:?}, too late to tell",
+        refused_at - started
+    );
     let ended = rt.block_on(async {
         let rest = body.collect().await.expect("the stream was cut").to_bytes();
         assert_eq!(
@@ -118,20 +147,20 @@ fn graceful_restart_sends_goaway_to_http2_and_finishes_its_stream() {
         ended - started >= Duration::from_millis(2500),
         "/sleep ended early"
     );
-    // GOAWAY: the old worker closes the connection once its last stream is done. Without it the
-    // connection would stay open until shutdown_timeout (5 s after the drain began).
+    // GOAWAY: the old worker closes the connection once its last stream is done, and so exits
+    // then. Without it the connection would stay open until shutdown_timeout (15 s).
+    wait_gone(
+        old,
+        Duration::from_secs(4),
+        "the old worker, once its last HTTP/2 stream is done",
+    );
     rt.block_on(async {
-        tokio::time::timeout(Duration::from_millis(1500), conn_task)
+        tokio::time::timeout(Duration::from_secs(1), conn_task)
             .await
-            .expect("the HTTP/2 connection stayed open after its last stream")
+            .expect("the client's HTTP/2 connection is over")
             .unwrap()
             .expect("the HTTP/2 connection ended with an error");
-        assert!(
-            send.send_request(get("/pid")).await.is_err(),
-            "a new stream was accepted after GOAWAY"
-        );
     });
-    wait_gone(old, T, "the drained old worker");
 }
 
 /// `restarts` graceful restarts in a row while `clients` threads do fresh-connection GETs;
