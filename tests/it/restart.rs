@@ -32,15 +32,31 @@ use crate::support::*;
 // Graceful restarts that work
 // ---------------------------------------------------------------------------------------------
 
+/// The new executable takes 2 s to start: until it has said it is ready, the old worker
+/// keeps taking new connections (the readiness wait); then it drains, and its request in flight
+/// finishes on it while the new one serves.
 #[test]
 fn graceful_restart_lets_an_in_flight_request_finish_on_the_old_worker() {
     let port = low_port();
-    let mut host = Host::start(&graceful_config(port));
+    let (mut host, exe) = start_from_copy(&config(true, "10s", &[port], "4s"));
     let old = host.wait_serving(port);
     assert_supervised_by(&mut host, old);
+    replace_with(&exe, &slow_start_script(2));
 
     let sleep = InFlight::start(port);
     host.signal(Signal::USR1);
+    wait_generation_pid(&host, 2);
+    // For 800 ms of the new worker's 2 s start (long enough for a drain message to have reached
+    // the old one even on a loaded machine), every fresh connection is the old worker's.
+    let starting = Instant::now();
+    while starting.elapsed() < Duration::from_millis(800) {
+        assert_eq!(
+            pid_at(port),
+            Some(old),
+            "while the new worker starts, the old one still takes new connections; log:\n{}",
+            host.log()
+        );
+    }
     let new = wait_new_pid(&host, port, old);
     let new_seen = Instant::now();
     assert!(
@@ -64,7 +80,7 @@ fn graceful_restart_lets_an_in_flight_request_finish_on_the_old_worker() {
     );
     assert!(done > new_seen);
     assert!(
-        done - started >= Duration::from_secs(3),
+        done - started >= Duration::from_secs(4),
         "the /sleep response ended early, after {:?}",
         done - started
     );
