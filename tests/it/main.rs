@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod drain;
 mod harness;
 mod host;
 mod hostile_ops;

@@ -731,7 +731,11 @@ fn killed_worker_is_replaced_on_the_same_port() {
     host.signal(Signal::USR1);
     let newer = wait_new_pid(&host, port, new);
     assert_supervised_by(&mut host, newer);
-    assert!(!host.log().contains("restart refused"), "log:\n{}", host.log());
+    assert!(
+        !host.log().contains("restart refused"),
+        "log:\n{}",
+        host.log()
+    );
 }
 
 /// The README: "If the supervisor is killed with SIGKILL, its workers get SIGTERM from the kernel
