@@ -86,6 +86,7 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
         Err(e) => return early_fail(Some(&chan_fd), &e.to_string()),
     };
     crate::logging::init(&config.log);
+    crate::serve::raise_fd_limit();
     let code = rt.block_on(run(registry, config, chan_fd, inherited, generation));
     // Connections still open past shutdown_timeout are cut here.
     rt.shutdown_timeout(Duration::from_millis(100));

@@ -29,7 +29,7 @@ pub(crate) mod watchdog;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -113,6 +113,7 @@ pub(crate) struct Endpoint {
 pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, serving: Arc<Serving>) {
     let endpoint = Arc::new(endpoint);
     let mut registered: Option<Waker> = None;
+    let mut backoff = AcceptBackoff::new();
     loop {
         // Checks the drain flag, not a drain channel: re-arming a channel receiver for every
         // accepted connection costs a lock. `start_drain` wakes this task.
@@ -146,11 +147,105 @@ pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, servi
                 }
             }
             Err(e) => {
-                // EMFILE/ENFILE/ECONNABORTED: keep the listener, back off briefly.
-                tracing::warn!(listener = %endpoint.key, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // EMFILE/ENFILE/ECONNABORTED: keep the listener, pause (the connection stays in
+                // the queue, so retrying at once would spin), but not past the drain's start.
+                let pause = backoff.failed(&endpoint.key, &e);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = serving.drained_signal() => {}
+                }
+                continue;
             }
         }
+        backoff.succeeded(&endpoint.key);
     }
     tracing::debug!(listener = %endpoint.key, "stopped accepting");
+}
+
+/// An accept loop's failures: a pause that doubles while accepts keep failing (descriptors
+/// exhausted: the failing connection stays queued, so retrying at once only spins), and a log
+/// line at most once a second, with the count of failures it stands for.
+#[derive(Debug)]
+struct AcceptBackoff {
+    pause: Duration,
+    /// Failures not yet reported.
+    unreported: u64,
+    /// When the last failure was reported.
+    reported_at: Option<Instant>,
+}
+
+impl AcceptBackoff {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_millis(500);
+    const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+    fn new() -> AcceptBackoff {
+        AcceptBackoff {
+            pause: Self::FIRST_PAUSE,
+            unreported: 0,
+            reported_at: None,
+        }
+    }
+
+    /// Note a failed accept; how long to pause before the next.
+    fn failed(&mut self, key: &str, e: &std::io::Error) -> Duration {
+        self.unreported += 1;
+        let now = Instant::now();
+        if self
+            .reported_at
+            .is_none_or(|t| now.duration_since(t) >= Self::REPORT_EVERY)
+        {
+            tracing::warn!(
+                listener = %key,
+                error = %e,
+                failures = self.unreported,
+                "accept failed ({} time(s) since the last report); pausing accepts",
+                self.unreported
+            );
+            self.unreported = 0;
+            self.reported_at = Some(now);
+        }
+        let pause = self.pause;
+        self.pause = (pause * 2).min(Self::MAX_PAUSE);
+        pause
+    }
+
+    /// Note an accepted connection (the hot path: one comparison when nothing failed).
+    fn succeeded(&mut self, key: &str) {
+        if self.reported_at.is_some() {
+            if self.unreported > 0 {
+                tracing::warn!(
+                    listener = %key,
+                    failures = self.unreported,
+                    "accept failed {} more time(s) before it recovered",
+                    self.unreported
+                );
+            }
+            tracing::info!(listener = %key, "accepting again");
+            *self = AcceptBackoff::new();
+        }
+    }
+}
+
+/// Raise this process's soft limit on open descriptors to its hard limit (each connection is
+/// one; the usual soft default of 1024 is a thousand idle keep-alive clients). Called once when a
+/// worker starts; a failure is only logged.
+pub(crate) fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current == lim.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(
+            from = ?lim.current,
+            to = ?lim.maximum,
+            "raised the open-file limit to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }

@@ -8,6 +8,7 @@ mod drain;
 mod harness;
 mod host;
 mod hostile_ops;
+mod limits;
 mod restart;
 mod slow_clients;
 mod smoke;
