@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use rustix::process::{Pid, WaitStatus};
 use tokio::sync::oneshot;
 
+use super::machine::WorkerId;
 use crate::channel::{Msg, Op, OpResult};
 
 /// The outcome of a preflight run (`EXE check [-c CONFIG]`): why it failed, if it did.
@@ -15,22 +16,22 @@ pub(crate) type PreflightResult = Result<(), String>;
 /// Everything that happens to the supervisor arrives as one of these, in one queue.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A message from generation `id`.
-    FromWorker(u64, Msg, Vec<OwnedFd>),
-    /// Generation `id` closed its channel.
-    ChannelClosed(u64),
+    /// A message from worker `id`.
+    FromWorker(WorkerId, Msg, Vec<OwnedFd>),
+    /// Worker `id` closed its channel.
+    ChannelClosed(WorkerId),
     /// A child exited.
     Exited(Pid, WaitStatus),
-    /// Generation `id` exited and its stderr and channel have been read to the end.
-    Reaped(u64, WaitStatus),
+    /// Worker `id` exited and its stderr and channel have been read to the end.
+    Reaped(WorkerId, WaitStatus),
     /// An operation asked for from outside the workers (signal, control socket, watcher).
     Op(Op, Reply),
     /// A signal to the supervisor.
     Stop(&'static str),
-    /// Generation `id` has had `graceful_timeout` to become ready.
-    ReadyDeadline(u64),
-    /// Generation `id` has had `shutdown_timeout` to drain.
-    DrainDeadline(u64),
+    /// Worker `id` has had `graceful_timeout` to become ready.
+    ReadyDeadline(WorkerId),
+    /// Worker `id` has had `shutdown_timeout` to drain.
+    DrainDeadline(WorkerId),
     /// Time to start a replacement for a dead worker.
     Respawn,
     /// The shutdown took too long.
@@ -50,8 +51,8 @@ pub(crate) enum Reply {
     Local(oneshot::Sender<OpResult>),
     /// A request from a worker: answer on its channel.
     Worker {
-        /// The generation that asked.
-        generation: u64,
+        /// The worker that asked.
+        worker: WorkerId,
         /// Its request id.
         id: u64,
     },

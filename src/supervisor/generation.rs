@@ -4,7 +4,8 @@
 //! The worker is started as `EXE __worker [--config FILE]` with:
 //! - every listening socket the supervisor holds, inherited under the same descriptor numbers and
 //!   listed in `APPHOST_LISTEN_FDS=KEY=FD,…`;
-//! - its end of a fresh channel in `APPHOST_CHANNEL_FD`, and `APPHOST_GENERATION`;
+//! - its end of a fresh channel in `APPHOST_CHANNEL_FD`, and `APPHOST_GENERATION` (a standby
+//!   gets `APPHOST_STANDBY` instead, and its number with `activate`);
 //! - its own process group (so a terminal's Ctrl-C reaches only the supervisor, which decides),
 //!   and `SIGTERM` as parent-death signal (so it never outlives a killed supervisor);
 //! - no systemd variables (`NOTIFY_SOCKET`, `LISTEN_*`): the supervisor speaks for it.
@@ -15,48 +16,34 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use rustix::process::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use super::events::Event;
+use super::machine::WorkerId;
 use crate::channel::{self, Channel};
 
 /// Lines of a worker's stderr kept for failure reports.
 const TAIL_LINES: usize = 12;
 
-/// One started worker.
+/// One started worker process (a generation, or a standby waiting to become one).
 #[derive(Debug)]
 pub(crate) struct Generation {
-    /// Its number (1 for the first).
-    pub id: u64,
     /// Its process id.
-    pub pid: Pid,
+    pub(crate) pid: Pid,
     /// The supervisor's end of its channel.
-    pub chan: Arc<Channel>,
+    pub(crate) chan: Arc<Channel>,
     /// The last lines it wrote to stderr.
-    pub tail: Arc<Mutex<VecDeque<String>>>,
-    /// When it was started.
-    pub started: Instant,
-    /// When it reported ready.
-    pub ready_at: Option<Instant>,
+    pub(crate) tail: Arc<Mutex<VecDeque<String>>>,
     /// Sockets it bound and handed over, kept aside until it is ready.
-    pub bound: Vec<(String, OwnedFd)>,
-    /// Listener keys it serves (from its ready report).
-    pub listeners: Vec<String>,
-    /// True once told to drain.
-    pub draining: bool,
-    /// A warm standby waiting for `activate` (not serving, not a generation yet).
-    pub standby: bool,
-    /// The id its channel events carry; changed when a standby is activated under a new id.
-    pub id_cell: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) bound: Vec<(String, OwnedFd)>,
     /// True once reaped: its pid may belong to another process now, so it is never signalled.
-    pub exited: bool,
+    pub(crate) exited: bool,
     /// The tasks copying its stderr and reading its channel; waited for when it exits, so its
     /// last words are in hand before its exit is judged.
-    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Generation {
@@ -80,15 +67,16 @@ impl Generation {
     }
 }
 
-/// Start generation `id` from `exe`, handing it `listeners`. Must be called on the supervisor's
-/// event-loop thread, which also reaps children: the caller registers the pid before the loop
-/// can see the child's exit.
+/// Start worker `worker` from `exe` as generation `generation` (`None`: a standby, which
+/// learns its number when activated), handing it `listeners`. Must be called on the
+/// supervisor's event-loop thread, which also reaps children: the caller registers the pid
+/// before the loop can see the child's exit.
 pub(crate) fn spawn(
-    id: u64,
+    worker: WorkerId,
+    generation: Option<u64>,
     exe: &Path,
     config: Option<&Path>,
     listeners: &[(String, &OwnedFd)],
-    standby: bool,
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<Generation> {
     let (ours, theirs) = channel::pair()?;
@@ -106,23 +94,21 @@ pub(crate) fn spawn(
         list.push_str(&format!("{key}={}", fd.as_raw_fd()));
         fds.push(fd.as_raw_fd());
     }
-    cmd.env(
-        crate::channel::ENV_CHANNEL_FD,
-        theirs.as_raw_fd().to_string(),
-    )
-    .env(crate::channel::ENV_LISTEN_FDS, list)
-    .env(crate::channel::ENV_GENERATION, id.to_string())
-    .env_remove(crate::channel::ENV_STANDBY)
-    .env_remove("NOTIFY_SOCKET")
-    .env_remove("LISTEN_FDS")
-    .env_remove("LISTEN_PID")
-    .env_remove("LISTEN_FDNAMES")
-    .stdin(Stdio::null())
-    .stdout(Stdio::inherit())
-    .stderr(Stdio::piped());
-    if standby {
-        cmd.env(crate::channel::ENV_STANDBY, "1");
-    }
+    cmd.env(channel::ENV_CHANNEL_FD, theirs.as_raw_fd().to_string())
+        .env(channel::ENV_LISTEN_FDS, list)
+        .env_remove(channel::ENV_GENERATION)
+        .env_remove(channel::ENV_STANDBY)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped());
+    match generation {
+        Some(g) => cmd.env(channel::ENV_GENERATION, g.to_string()),
+        None => cmd.env(channel::ENV_STANDBY, "1"),
+    };
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     crate::sys::prepare_child(&mut cmd, fds);
     let mut child = cmd.spawn()?;
@@ -133,7 +119,6 @@ pub(crate) fn spawn(
     let tail = Arc::new(Mutex::new(VecDeque::new()));
 
     let mut tasks = Vec::new();
-    let id_cell = Arc::new(std::sync::atomic::AtomicU64::new(id));
     if let Some(err) = child.stderr.take() {
         let tail = tail.clone();
         let fd: OwnedFd = err.into();
@@ -146,19 +131,16 @@ pub(crate) fn spawn(
     }
     {
         let chan = chan.clone();
-        let cell = id_cell.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 match chan.recv().await {
                     Ok(Some((msg, fds))) => {
-                        let id = cell.load(std::sync::atomic::Ordering::Relaxed);
-                        if events.send(Event::FromWorker(id, msg, fds)).is_err() {
+                        if events.send(Event::FromWorker(worker, msg, fds)).is_err() {
                             return;
                         }
                     }
                     Ok(None) | Err(_) => {
-                        let id = cell.load(std::sync::atomic::Ordering::Relaxed);
-                        let _ = events.send(Event::ChannelClosed(id));
+                        let _ = events.send(Event::ChannelClosed(worker));
                         return;
                     }
                 }
@@ -168,17 +150,10 @@ pub(crate) fn spawn(
     // The std Child is not waited on: the supervisor reaps every child itself (it may be PID 1).
     drop(child);
     Ok(Generation {
-        id,
         pid,
         chan,
         tail,
-        started: Instant::now(),
-        ready_at: None,
         bound: Vec::new(),
-        listeners: Vec::new(),
-        draining: false,
-        standby,
-        id_cell,
         exited: false,
         tasks,
     })

@@ -1,0 +1,739 @@
+//! The restart state machine, without I/O: an [`Event`] goes in ([`Machine::handle`]), the
+//! [`Action`]s to perform come out. The driver (`super::driver`) turns processes, sockets,
+//! signals and timers into events and performs the actions; everything decided here is
+//! unit-tested without a process.
+//!
+//! ```text
+//!                 restart asked (graceful)                  new ready
+//! Serving(N) ─────────────────────────▶ Starting(N, N+1) ─────────────▶ Serving(N+1)  (N drains)
+//!   │  ▲                                   │ exit / failed / not ready in graceful_timeout
+//!   │  └───────────────────────────────────┘ N+1 stopped; N serves on; the asker is told why
+//!   │ restart asked (graceful: false)          N exited                   N+1 ready
+//!   ├─────────────────────────▶ Stopping(N) ───────────▶ Recovering(N+1) ───────────▶ Serving(N+1)
+//!   │ N died                                                 │ failed
+//!   └─────────────────────────▶ Down ──── backoff ──▶ Recovering(N+1) ◀─┘ (Down again, backoff)
+//! any phase ── stop signal / shutdown ──▶ ShuttingDown ── all exited ──▶ exit 0
+//!                                           └── second stop signal, or shutdown_timeout ──▶ exit 1
+//! ```
+//!
+//! - **Graceful** (`graceful: true`): the old generation is told to drain only once the new one
+//!   has reported ready; any failure before that leaves the old one serving.
+//! - **Full** (`graceful: false`): the old generation drains and exits first, then the new one
+//!   starts with nothing serving; if it fails, the recorded executable is started again, with
+//!   backoff. The first start (`Recovering`, `first`) failing ends the host (exit 1).
+//! - **Crash**: a serving worker that dies is replaced through `Down` → `Recovering`, with backoff
+//!   (100 ms doubling to 10 s, reset once a generation has served a minute). If a graceful
+//!   restart was under way, its new worker takes over as the recovery.
+//! - **One at a time**: a restart asked for while another is under way is refused
+//!   ([`OpError::Busy`]), not queued, whatever asked for it.
+//! - **Warm standby** (`warm_standby` with `graceful`): after each restart a worker is started
+//!   ahead, with no generation number; a graceful restart to the same executable activates it
+//!   (it gets the next number then) instead of spawning.
+//!
+//! Workers are named by a [`WorkerId`], a process slot that never changes (a standby keeps its
+//! id when it becomes a generation); generation numbers are what users see.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::channel::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, WorkerSettings};
+
+mod vocab;
+
+use vocab::BACKOFF_RESET_AFTER;
+pub(crate) use vocab::{
+    Action, BACKOFF_MAX, BACKOFF_MIN, DRAIN_KILL_MARGIN, Event, KillReason, Notify, Pending, Phase,
+    SHUTDOWN_EXIT_MARGIN, Settings, Timer, Trigger, WorkerId,
+};
+
+/// What the machine knows of one worker process.
+#[derive(Debug, Clone)]
+struct Worker {
+    /// `None` while a standby.
+    generation: Option<u64>,
+    /// Its pid, from its ready report.
+    pid: Option<u32>,
+    ready_at: Option<Instant>,
+    draining: bool,
+}
+
+/// The restart state machine (see the module doc). `R` is where an answer goes.
+#[derive(Debug)]
+pub(crate) struct Machine<R> {
+    phase: Phase<R>,
+    settings: Settings,
+    worker_settings: Option<WorkerSettings>,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_worker: WorkerId,
+    next_generation: u64,
+    standby: Option<WorkerId>,
+    /// The executable restarts run unless told otherwise.
+    recorded_exe: PathBuf,
+    backoff: Duration,
+    restarts: u64,
+    last_restart: Option<LastRestart>,
+    /// The unix time now, for the record of a restart (a function, so tests fix it).
+    clock: fn() -> u64,
+    out: Vec<Action<R>>,
+}
+
+impl<R> Machine<R> {
+    /// A machine that will start `exe` with `settings`; nothing happens before
+    /// [`Event::Start`].
+    pub(crate) fn new(exe: PathBuf, settings: Settings, clock: fn() -> u64) -> Machine<R> {
+        Machine {
+            phase: Phase::Down,
+            settings,
+            worker_settings: None,
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            next_generation: 1,
+            standby: None,
+            recorded_exe: exe,
+            backoff: BACKOFF_MIN,
+            restarts: 0,
+            last_restart: None,
+            clock,
+            out: Vec::new(),
+        }
+    }
+
+    /// Where the machine is.
+    pub(crate) fn phase(&self) -> &Phase<R> {
+        &self.phase
+    }
+
+    /// The worker whose generation serves.
+    pub(crate) fn current(&self) -> Option<WorkerId> {
+        self.phase.current()
+    }
+
+    /// The generation number of `worker` (`None` for a standby or an unknown worker).
+    pub(crate) fn generation_of(&self, worker: WorkerId) -> Option<u64> {
+        self.workers.get(&worker).and_then(|w| w.generation)
+    }
+
+    /// When `worker` reported ready.
+    pub(crate) fn ready_at(&self, worker: WorkerId) -> Option<Instant> {
+        self.workers.get(&worker).and_then(|w| w.ready_at)
+    }
+
+    /// The settings in force.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The serving generation's reported settings (watch, TLS files), once one is ready.
+    pub(crate) fn worker_settings(&self) -> Option<&WorkerSettings> {
+        self.worker_settings.as_ref()
+    }
+
+    /// The executable restarts run unless told otherwise.
+    pub(crate) fn recorded_exe(&self) -> &PathBuf {
+        &self.recorded_exe
+    }
+
+    /// The warm standby worker, if one is started.
+    #[cfg(test)]
+    pub(crate) fn standby(&self) -> Option<WorkerId> {
+        self.standby
+    }
+
+    /// Restarts done since start.
+    pub(crate) fn restarts(&self) -> u64 {
+        self.restarts
+    }
+
+    /// How the last restart ended.
+    pub(crate) fn last_restart(&self) -> Option<&LastRestart> {
+        self.last_restart.as_ref()
+    }
+
+    /// Decide on `ev`; returns what to do, in order.
+    pub(crate) fn handle(&mut self, ev: Event<R>) -> Vec<Action<R>> {
+        match ev {
+            Event::Start { now } => {
+                let exe = self.recorded_exe.clone();
+                self.start_recovering(exe, Vec::new(), Trigger::Start, true, now);
+            }
+            Event::Restart {
+                trigger,
+                exe,
+                standby_fits,
+                reply,
+                now,
+            } => self.on_restart(trigger, exe, standby_fits, reply, now),
+            Event::Shutdown { reply } => {
+                self.reply(reply, Ok(OpReply::ShuttingDown));
+                self.begin_shutdown("request");
+            }
+            Event::StopSignal { name } => self.on_stop_signal(name),
+            Event::Ready {
+                worker,
+                pid,
+                settings,
+                now,
+            } => self.on_ready(worker, pid, settings, now),
+            Event::Exited {
+                worker,
+                status,
+                reason,
+                pid,
+                now,
+            } => self.on_exited(worker, &status, reason, pid, now),
+            Event::SpawnFailed { worker, reason } => self.on_spawn_failed(worker, reason),
+            Event::ReadyDeadline { worker, tail } => self.on_ready_deadline(worker, &tail),
+            Event::DrainDeadline { worker } => {
+                if self.workers.contains_key(&worker) {
+                    self.out.push(Action::Kill {
+                        worker,
+                        why: KillReason::DrainTimeout,
+                    });
+                }
+            }
+            Event::Respawn { now } => {
+                if matches!(self.phase, Phase::Down) {
+                    let exe = self.recorded_exe.clone();
+                    self.start_recovering(exe, Vec::new(), Trigger::Recovery, false, now);
+                }
+            }
+            Event::ForceExit => {
+                tracing::error!("shutdown took longer than shutdown_timeout; killing the workers");
+                self.out.push(Action::KillAll);
+                self.out.push(Action::Exit(1));
+            }
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn reply(&mut self, to: R, result: OpResult) {
+        self.out.push(Action::Reply { to, result });
+    }
+
+    fn arm(&mut self, after: Duration, timer: Timer) {
+        self.out.push(Action::Arm { after, timer });
+    }
+
+    fn record(&mut self, ok: bool, trigger: &Trigger, detail: String) {
+        self.last_restart = Some(LastRestart {
+            at_unix: (self.clock)(),
+            ok,
+            trigger: trigger.to_string(),
+            detail,
+        });
+    }
+
+    /// A new worker id, for generation `generation` (or a standby).
+    fn new_worker(&mut self, generation: Option<u64>) -> WorkerId {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        self.workers.insert(
+            id,
+            Worker {
+                generation,
+                pid: None,
+                ready_at: None,
+                draining: false,
+            },
+        );
+        id
+    }
+
+    fn take_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    /// Spawn a worker for generation N+1 and arm its ready deadline.
+    fn spawn_generation(&mut self, exe: PathBuf) -> WorkerId {
+        let generation = self.take_generation();
+        let worker = self.new_worker(Some(generation));
+        self.out.push(Action::Spawn {
+            worker,
+            generation: Some(generation),
+            exe,
+        });
+        self.arm(self.settings.graceful_timeout, Timer::ReadyDeadline(worker));
+        worker
+    }
+
+    fn start_recovering(
+        &mut self,
+        exe: PathBuf,
+        waiters: Vec<R>,
+        trigger: Trigger,
+        first: bool,
+        now: Instant,
+    ) {
+        let new = self.spawn_generation(exe.clone());
+        self.phase = Phase::Recovering {
+            new,
+            pending: Pending {
+                asked_at: now,
+                waiters,
+                trigger,
+                exe,
+            },
+            first,
+        };
+    }
+
+    fn schedule_respawn(&mut self) {
+        let d = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        tracing::warn!("starting a new worker in {} ms", d.as_millis());
+        self.arm(d, Timer::Respawn);
+    }
+
+    fn drain(&mut self, worker: WorkerId, shutdown: bool) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if w.draining {
+            return;
+        }
+        w.draining = true;
+        self.out.push(Action::Drain { worker, shutdown });
+        self.arm(
+            self.settings.shutdown_timeout + DRAIN_KILL_MARGIN,
+            Timer::DrainDeadline(worker),
+        );
+    }
+
+    fn on_restart(
+        &mut self,
+        trigger: Trigger,
+        exe: Result<PathBuf, String>,
+        standby_fits: bool,
+        reply: R,
+        now: Instant,
+    ) {
+        let refused = match &self.phase {
+            Phase::ShuttingDown { .. } => Some(OpError::ShuttingDown),
+            Phase::Starting { new, .. } | Phase::Recovering { new, .. } => {
+                Some(OpError::Busy(format!(
+                    "generation {} is starting",
+                    self.generation_of(*new).unwrap_or(0)
+                )))
+            }
+            Phase::Stopping { old, .. } => Some(OpError::Busy(format!(
+                "generation {} is draining for a full restart",
+                self.generation_of(*old).unwrap_or(0)
+            ))),
+            Phase::Serving { .. } | Phase::Down => None,
+        };
+        let exe = match (refused, exe) {
+            (Some(e), _) => return self.refuse(&trigger, reply, e),
+            (None, Err(why)) => return self.refuse(&trigger, reply, OpError::BadExecutable(why)),
+            (None, Ok(exe)) => exe,
+        };
+        tracing::info!(via = %trigger, exe = %exe.display(), graceful = self.settings.graceful, "restart requested");
+        self.out.push(Action::Notify(Notify::Reloading));
+        let pending = Pending {
+            asked_at: now,
+            waiters: vec![reply],
+            trigger,
+            exe,
+        };
+        match self.phase {
+            Phase::Serving { current } if !self.settings.graceful => {
+                self.drain(current, false);
+                self.phase = Phase::Stopping {
+                    old: current,
+                    pending,
+                };
+            }
+            Phase::Serving { current } => {
+                let new = match self.take_standby(standby_fits) {
+                    Some(new) => new,
+                    None => self.spawn_generation(pending.exe.clone()),
+                };
+                self.phase = Phase::Starting {
+                    current,
+                    new,
+                    pending,
+                };
+            }
+            _ => {
+                let Pending {
+                    waiters,
+                    trigger,
+                    exe,
+                    ..
+                } = pending;
+                self.start_recovering(exe, waiters, trigger, false, now);
+            }
+        }
+    }
+
+    fn refuse(&mut self, trigger: &Trigger, reply: R, e: OpError) {
+        tracing::warn!(via = %trigger, "restart refused: {e}");
+        if !matches!(e, OpError::Busy(_) | OpError::ShuttingDown) {
+            self.record(false, trigger, e.to_string());
+        }
+        self.reply(reply, Err(e));
+    }
+
+    /// Activate the standby if it fits (else stop it); returns the worker now starting.
+    fn take_standby(&mut self, fits: bool) -> Option<WorkerId> {
+        let worker = self.standby.take()?;
+        let usable = fits && self.workers.get(&worker).is_some_and(|w| !w.draining);
+        if !usable {
+            self.drain(worker, true);
+            return None;
+        }
+        let generation = self.take_generation();
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.generation = Some(generation);
+        }
+        self.out.push(Action::Activate { worker, generation });
+        self.arm(self.settings.graceful_timeout, Timer::ReadyDeadline(worker));
+        Some(worker)
+    }
+
+    /// With `warm_standby` (and `graceful`), keep one worker started ahead of the next restart.
+    fn spawn_standby(&mut self) {
+        let wanted = self.settings.graceful && self.settings.warm_standby;
+        if !wanted {
+            if let Some(s) = self.standby.take() {
+                self.drain(s, true);
+            }
+            return;
+        }
+        if self.standby.is_some() || !matches!(self.phase, Phase::Serving { .. }) {
+            return;
+        }
+        let worker = self.new_worker(None);
+        self.out.push(Action::Spawn {
+            worker,
+            generation: None,
+            exe: self.recorded_exe.clone(),
+        });
+        self.standby = Some(worker);
+    }
+
+    fn on_ready(&mut self, worker: WorkerId, pid: u32, settings: WorkerSettings, now: Instant) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.ready_at = Some(now);
+        w.pid = Some(pid);
+        let generation = w.generation.unwrap_or(0);
+        let phase = std::mem::replace(&mut self.phase, Phase::Down);
+        let (pending, mode, old) = match phase {
+            Phase::Starting {
+                current,
+                new,
+                pending,
+            } if new == worker => (pending, "graceful", Some(current)),
+            Phase::Recovering {
+                new,
+                pending,
+                first,
+            } if new == worker => {
+                if first {
+                    tracing::info!(
+                        generation,
+                        pid,
+                        ready_ms =
+                            format!("{:.2}", (now - pending.asked_at).as_secs_f64() * 1000.0),
+                        "worker ready"
+                    );
+                    self.out.push(Action::Notify(Notify::FirstReady));
+                }
+                (pending, "full", None)
+            }
+            other => {
+                if !matches!(other, Phase::ShuttingDown { .. }) {
+                    tracing::warn!(generation, "unexpected ready report; stopping that worker");
+                }
+                self.phase = other;
+                self.drain(worker, true);
+                return;
+            }
+        };
+        self.phase = Phase::Serving { current: worker };
+        let old_pid = old.and_then(|o| self.workers.get(&o)).and_then(|w| w.pid);
+        // The old generation stops accepting now, not before: the new one is ready.
+        if let Some(o) = old {
+            self.drain(o, false);
+        }
+        self.out
+            .push(Action::KeepListeners(settings.listeners.clone()));
+        self.settings = Settings {
+            graceful: settings.graceful,
+            graceful_timeout: Duration::from_millis(settings.graceful_timeout_ms),
+            shutdown_timeout: Duration::from_millis(settings.shutdown_timeout_ms),
+            warm_standby: settings.warm_standby,
+        };
+        self.worker_settings = Some(settings);
+        self.out.push(Action::SettingsChanged);
+        if pending.trigger != Trigger::Start {
+            self.restarts += 1;
+            let outcome = RestartOutcome {
+                generation,
+                pid,
+                old_pid,
+                exe: pending.exe.display().to_string(),
+                handoff_ms: (now - pending.asked_at).as_secs_f64() * 1000.0,
+                mode: mode.into(),
+            };
+            tracing::info!(
+                generation,
+                pid,
+                handoff_ms = format!("{:.2}", outcome.handoff_ms),
+                via = %pending.trigger,
+                "restart done ({mode})"
+            );
+            self.record(
+                true,
+                &pending.trigger,
+                format!(
+                    "generation {generation} (pid {pid}) serving after {:.1} ms",
+                    outcome.handoff_ms
+                ),
+            );
+            for w in pending.waiters {
+                self.reply(w, Ok(OpReply::Restarted(outcome.clone())));
+            }
+            self.out.push(Action::Notify(Notify::Ready));
+        }
+        self.spawn_standby();
+    }
+
+    fn fail_restart(&mut self, current: WorkerId, pending: Pending<R>, err: OpError) {
+        tracing::error!("restart failed: {err}; the serving generation keeps serving");
+        self.record(false, &pending.trigger, err.to_string());
+        for w in pending.waiters {
+            self.reply(w, Err(err.clone()));
+        }
+        self.phase = Phase::Serving { current };
+        self.out.push(Action::Notify(Notify::Ready));
+    }
+
+    /// A start with nothing serving failed: tell the askers, then end the host (first start) or
+    /// try again after the backoff.
+    fn fail_recovery(&mut self, pending: Pending<R>, first: bool, reason: String) {
+        self.record(false, &pending.trigger, reason.clone());
+        for w in pending.waiters {
+            self.reply(w, Err(OpError::Failed(reason.clone())));
+        }
+        self.phase = Phase::Down;
+        if first {
+            self.out.push(Action::Exit(1));
+        } else {
+            self.schedule_respawn();
+        }
+    }
+
+    fn on_spawn_failed(&mut self, worker: WorkerId, reason: String) {
+        self.workers.remove(&worker);
+        if self.standby == Some(worker) {
+            self.standby = None;
+            tracing::debug!("no standby worker: {reason}");
+            return;
+        }
+        let phase = std::mem::replace(&mut self.phase, Phase::Down);
+        match phase {
+            Phase::Starting {
+                current,
+                new,
+                pending,
+            } if new == worker => self.fail_restart(current, pending, OpError::Failed(reason)),
+            Phase::Recovering {
+                new,
+                pending,
+                first,
+            } if new == worker => {
+                tracing::error!("{reason}");
+                // Not recorded as a restart's outcome: as before, only the askers hear it.
+                for w in pending.waiters {
+                    self.reply(w, Err(OpError::Failed(reason.clone())));
+                }
+                self.phase = Phase::Down;
+                if first {
+                    self.out.push(Action::Exit(1));
+                } else {
+                    self.schedule_respawn();
+                }
+            }
+            other => self.phase = other,
+        }
+    }
+
+    fn on_exited(
+        &mut self,
+        worker: WorkerId,
+        status: &str,
+        reason: String,
+        pid: u32,
+        now: Instant,
+    ) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
+        if self.standby == Some(worker) || w.generation.is_none() {
+            if self.standby == Some(worker) {
+                self.standby = None;
+            }
+            tracing::debug!("standby worker exited ({status})");
+            self.exit_if_shut_down();
+            return;
+        }
+        let generation = w.generation.unwrap_or(0);
+        tracing::debug!(generation, pid, "worker exited: {status}");
+        let phase = std::mem::replace(&mut self.phase, Phase::Down);
+        match phase {
+            Phase::Starting {
+                current,
+                new,
+                pending,
+            } if new == worker => self.fail_restart(
+                current,
+                pending,
+                OpError::Failed(format!("exited before it was ready: {reason}")),
+            ),
+            Phase::Recovering {
+                new,
+                pending,
+                first,
+            } if new == worker => {
+                tracing::error!(generation, "worker failed to start: {reason}");
+                self.fail_recovery(pending, first, reason);
+            }
+            Phase::Stopping { old, pending } if old == worker => {
+                tracing::info!(generation, "drained; starting the new worker");
+                let Pending {
+                    waiters,
+                    trigger,
+                    exe,
+                    ..
+                } = pending;
+                self.start_recovering(exe, waiters, trigger, false, now);
+            }
+            Phase::ShuttingDown { current } => {
+                self.phase = Phase::ShuttingDown {
+                    current: current.filter(|c| *c != worker),
+                };
+                self.exit_if_shut_down();
+            }
+            other if other.current() == Some(worker) => {
+                tracing::error!(generation, pid, "worker died unexpectedly: {reason}");
+                if w.ready_at
+                    .is_some_and(|t| now.saturating_duration_since(t) > BACKOFF_RESET_AFTER)
+                {
+                    self.backoff = BACKOFF_MIN;
+                }
+                if let Phase::Starting { new, pending, .. } = other {
+                    // A graceful restart was under way: its new worker takes over as a recovery
+                    // (it becomes current when ready).
+                    self.phase = Phase::Recovering {
+                        new,
+                        pending,
+                        first: false,
+                    };
+                } else {
+                    self.phase = Phase::Down;
+                    self.schedule_respawn();
+                }
+            }
+            other => {
+                self.phase = other;
+                tracing::info!(generation, pid, "old worker exited ({status})");
+            }
+        }
+    }
+
+    fn exit_if_shut_down(&mut self) {
+        if matches!(self.phase, Phase::ShuttingDown { .. }) && self.workers.is_empty() {
+            tracing::info!("supervisor exiting");
+            self.out.push(Action::Exit(0));
+        }
+    }
+
+    fn on_ready_deadline(&mut self, worker: WorkerId, tail: &str) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Down);
+        match phase {
+            Phase::Starting {
+                current,
+                new,
+                pending,
+            } if new == worker => {
+                self.out.push(Action::Kill {
+                    worker,
+                    why: KillReason::NotReady,
+                });
+                let mut why = format!(
+                    "not ready within graceful_timeout ({})",
+                    crate::config::duration::format_duration(self.settings.graceful_timeout)
+                );
+                if !tail.is_empty() {
+                    why.push_str(&format!("; last output:\n{tail}"));
+                }
+                self.fail_restart(current, pending, OpError::Timeout(why));
+            }
+            Phase::Recovering { new, .. } if new == worker => {
+                tracing::error!(
+                    generation = self.generation_of(worker),
+                    "worker not ready within graceful_timeout; killing it"
+                );
+                self.out.push(Action::Kill {
+                    worker,
+                    why: KillReason::NotReady,
+                });
+                // Its exit is handled as a failed start.
+                self.phase = phase;
+            }
+            other => self.phase = other,
+        }
+    }
+
+    fn on_stop_signal(&mut self, name: &'static str) {
+        if matches!(self.phase, Phase::ShuttingDown { .. }) {
+            tracing::warn!("second {name} during the shutdown: stopping now");
+            self.out.push(Action::KillAll);
+            self.out.push(Action::Exit(1));
+            return;
+        }
+        tracing::info!("{name} received");
+        self.begin_shutdown(name);
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        if matches!(self.phase, Phase::ShuttingDown { .. }) {
+            return;
+        }
+        tracing::info!("shutting down ({why})");
+        self.out.push(Action::Notify(Notify::Stopping));
+        let current = self.phase.current();
+        let phase = std::mem::replace(&mut self.phase, Phase::ShuttingDown { current });
+        let waiters = match phase {
+            Phase::Starting { pending, .. }
+            | Phase::Stopping { pending, .. }
+            | Phase::Recovering { pending, .. } => pending.waiters,
+            _ => Vec::new(),
+        };
+        for w in waiters {
+            self.reply(w, Err(OpError::ShuttingDown));
+        }
+        self.standby = None;
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            // A worker not yet seen ready may already be serving (it accepts before it
+            // reports): it reads the drain right after its report, so nothing is cut.
+            self.drain(id, true);
+        }
+        self.arm(
+            self.settings.shutdown_timeout + SHUTDOWN_EXIT_MARGIN,
+            Timer::ForceExit,
+        );
+        if self.workers.is_empty() {
+            self.out.push(Action::Exit(0));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

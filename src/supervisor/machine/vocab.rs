@@ -1,0 +1,351 @@
+//! The restart machine's vocabulary: what goes in ([`Event`]), what comes out ([`Action`],
+//! [`Timer`], [`Notify`]), where it is ([`Phase`]) and what asked ([`Trigger`]).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::channel::{OpResult, WorkerSettings};
+
+/// A worker process's id inside the supervisor (not its generation number).
+pub(crate) type WorkerId = u64;
+
+/// First delay before a crashed worker is replaced.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest delay before a crashed worker is replaced.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A generation that served this long resets the backoff when it dies.
+pub(crate) const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
+/// How much longer than `shutdown_timeout` a draining worker gets before it is killed.
+pub(crate) const DRAIN_KILL_MARGIN: Duration = Duration::from_secs(2);
+/// How much longer than `shutdown_timeout` the whole shutdown may take.
+pub(crate) const SHUTDOWN_EXIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// What asked for a restart (recorded in the status, logged as `via`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// The first start.
+    Start,
+    /// Replacing a worker that died.
+    Recovery,
+    /// SIGUSR1 (to the supervisor or a worker).
+    Signal,
+    /// The admin routes.
+    Admin,
+    /// The control socket (`apphost restart`).
+    Cli,
+    /// The executable or config watch.
+    Watch,
+    /// `ops::restart` in a handler.
+    Library,
+    /// A request that did not say.
+    Request,
+    /// A name this version does not know (a newer worker's).
+    Other(String),
+}
+
+impl Trigger {
+    /// The trigger an operation's `via` names (`None`: [`Trigger::Request`]).
+    pub(crate) fn from_via(via: Option<&str>) -> Trigger {
+        match via {
+            None | Some("request") => Trigger::Request,
+            Some("start") => Trigger::Start,
+            Some("recovery") => Trigger::Recovery,
+            Some("signal") => Trigger::Signal,
+            Some("admin") => Trigger::Admin,
+            Some("cli") => Trigger::Cli,
+            Some("watch") => Trigger::Watch,
+            Some("library") => Trigger::Library,
+            Some(other) => Trigger::Other(other.to_string()),
+        }
+    }
+
+    /// Its name, as in `via`.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Recovery => "recovery",
+            Trigger::Signal => "signal",
+            Trigger::Admin => "admin",
+            Trigger::Cli => "cli",
+            Trigger::Watch => "watch",
+            Trigger::Library => "library",
+            Trigger::Request => "request",
+            Trigger::Other(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A restart under way: who waits for it and what it starts.
+#[derive(Debug)]
+pub(crate) struct Pending<R> {
+    /// When it was asked for.
+    pub(crate) asked_at: Instant,
+    /// Who waits for the outcome.
+    pub(crate) waiters: Vec<R>,
+    /// What asked.
+    pub(crate) trigger: Trigger,
+    /// The executable it starts.
+    pub(crate) exe: PathBuf,
+}
+
+/// Where the machine is. Each variant carries the workers and the restart it is about.
+#[derive(Debug)]
+pub(crate) enum Phase<R> {
+    /// `current` serves; nothing under way.
+    Serving {
+        /// The serving worker.
+        current: WorkerId,
+    },
+    /// Graceful restart: `new` is starting while `current` serves.
+    Starting {
+        /// The serving worker.
+        current: WorkerId,
+        /// The starting one.
+        new: WorkerId,
+        /// The restart.
+        pending: Pending<R>,
+    },
+    /// Full restart: `old` drains; then `pending.exe` starts.
+    Stopping {
+        /// The draining worker.
+        old: WorkerId,
+        /// The restart.
+        pending: Pending<R>,
+    },
+    /// `new` starts with nothing serving (first start, full restart, recovery).
+    Recovering {
+        /// The starting worker.
+        new: WorkerId,
+        /// The restart.
+        pending: Pending<R>,
+        /// The host's first start: failing it ends the host.
+        first: bool,
+    },
+    /// Nothing serves; a replacement is due after the backoff.
+    Down,
+    /// Every worker drains, then the supervisor exits.
+    ShuttingDown {
+        /// The worker that was serving, until it exits.
+        current: Option<WorkerId>,
+    },
+}
+
+impl<R> Phase<R> {
+    /// The name `status` shows.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Phase::Serving { .. } | Phase::Down => "serving",
+            Phase::Starting { .. } | Phase::Stopping { .. } => "restarting",
+            Phase::Recovering { .. } => "recovering",
+            Phase::ShuttingDown { .. } => "shutting_down",
+        }
+    }
+
+    /// The worker whose generation serves (or drains for a full restart).
+    pub(crate) fn current(&self) -> Option<WorkerId> {
+        match self {
+            Phase::Serving { current } | Phase::Starting { current, .. } => Some(*current),
+            Phase::Stopping { old, .. } => Some(*old),
+            Phase::ShuttingDown { current } => *current,
+            Phase::Recovering { .. } | Phase::Down => None,
+        }
+    }
+}
+
+/// A timer the driver arms; it comes back as the event of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// `graceful_timeout` for a starting worker.
+    ReadyDeadline(WorkerId),
+    /// `shutdown_timeout` (and a margin) for a draining worker.
+    DrainDeadline(WorkerId),
+    /// The backoff before replacing a dead worker.
+    Respawn,
+    /// The whole shutdown's deadline.
+    ForceExit,
+}
+
+/// A systemd state change to announce (`sd_notify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notify {
+    /// The first generation is ready (`READY=1`, `MAINPID=`).
+    FirstReady,
+    /// A restart ended (`READY=1`).
+    Ready,
+    /// A restart began (`RELOADING=1`).
+    Reloading,
+    /// Shutdown began (`STOPPING=1`).
+    Stopping,
+}
+
+/// Why a worker is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KillReason {
+    /// Not ready within `graceful_timeout`.
+    NotReady,
+    /// Still running past `shutdown_timeout`.
+    DrainTimeout,
+}
+
+/// Something for the driver to do.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Action<R> {
+    /// Start a worker process from `exe`: generation `generation`, or a standby (`None`). If it
+    /// cannot be started, feed back [`Event::SpawnFailed`].
+    Spawn {
+        /// Its id.
+        worker: WorkerId,
+        /// Its generation number; `None` for a standby.
+        generation: Option<u64>,
+        /// The executable.
+        exe: PathBuf,
+    },
+    /// Tell the standby `worker` to become generation `generation`.
+    Activate {
+        /// The standby.
+        worker: WorkerId,
+        /// The number it takes.
+        generation: u64,
+    },
+    /// Tell `worker` to stop accepting and drain.
+    Drain {
+        /// The worker.
+        worker: WorkerId,
+        /// The whole host is shutting down (the worker's log wording).
+        shutdown: bool,
+    },
+    /// SIGKILL `worker` (its process group).
+    Kill {
+        /// The worker.
+        worker: WorkerId,
+        /// Why (for the log).
+        why: KillReason,
+    },
+    /// SIGKILL every worker.
+    KillAll,
+    /// Feed back the timer's event after `after`.
+    Arm {
+        /// The delay.
+        after: Duration,
+        /// Which.
+        timer: Timer,
+    },
+    /// Answer an operation.
+    Reply {
+        /// Who waits.
+        to: R,
+        /// The answer.
+        result: OpResult,
+    },
+    /// Close every listener whose key is not in the list (the new generation does not serve it).
+    KeepListeners(Vec<String>),
+    /// The serving generation's settings changed (the file watch may need to follow).
+    SettingsChanged,
+    /// Announce to systemd.
+    Notify(Notify),
+    /// Exit the supervisor with this code.
+    Exit(u8),
+}
+
+/// Something that happened, for the machine to decide on.
+#[derive(Debug)]
+pub(crate) enum Event<R> {
+    /// The supervisor has started: start the first generation.
+    Start {
+        /// Now.
+        now: Instant,
+    },
+    /// A restart was asked for.
+    Restart {
+        /// Who asked.
+        trigger: Trigger,
+        /// The executable to run, checked by the driver (or why it cannot be used).
+        exe: Result<PathBuf, String>,
+        /// Whether the warm standby runs that very executable (the recorded one, unchanged on
+        /// disk since the standby started, and no other executable was asked for).
+        standby_fits: bool,
+        /// Where the answer goes.
+        reply: R,
+        /// Now.
+        now: Instant,
+    },
+    /// A shutdown was asked for (not by a signal).
+    Shutdown {
+        /// Where the answer goes.
+        reply: R,
+    },
+    /// A stop signal (SIGINT, SIGTERM, SIGQUIT, SIGHUP) reached the supervisor.
+    StopSignal {
+        /// Its name.
+        name: &'static str,
+    },
+    /// `worker` reported ready.
+    Ready {
+        /// The worker.
+        worker: WorkerId,
+        /// Its pid.
+        pid: u32,
+        /// Its settings.
+        settings: WorkerSettings,
+        /// Now.
+        now: Instant,
+    },
+    /// `worker` has exited and its last words are in.
+    Exited {
+        /// The worker.
+        worker: WorkerId,
+        /// `exit status 2`, `killed by signal KILL`, ….
+        status: String,
+        /// Why, for a failure report: what it reported, else its status and last output.
+        reason: String,
+        /// Its pid (for the log).
+        pid: u32,
+        /// Now.
+        now: Instant,
+    },
+    /// [`Action::Spawn`] of `worker` failed.
+    SpawnFailed {
+        /// The worker.
+        worker: WorkerId,
+        /// Why.
+        reason: String,
+    },
+    /// [`Timer::ReadyDeadline`] fired.
+    ReadyDeadline {
+        /// The worker.
+        worker: WorkerId,
+        /// The end of its output, for the report.
+        tail: String,
+    },
+    /// [`Timer::DrainDeadline`] fired.
+    DrainDeadline {
+        /// The worker.
+        worker: WorkerId,
+    },
+    /// [`Timer::Respawn`] fired.
+    Respawn {
+        /// Now.
+        now: Instant,
+    },
+    /// [`Timer::ForceExit`] fired.
+    ForceExit,
+}
+
+/// The restart settings in force (the first config's, then each ready generation's).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Settings {
+    /// `graceful`.
+    pub(crate) graceful: bool,
+    /// `graceful_timeout`.
+    pub(crate) graceful_timeout: Duration,
+    /// `shutdown_timeout`.
+    pub(crate) shutdown_timeout: Duration,
+    /// `warm_standby` (known once a generation has reported it).
+    pub(crate) warm_standby: bool,
+}
