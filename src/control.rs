@@ -7,7 +7,8 @@
 //! [`socket_path`], used by both sides: `control.socket` from the config when set; otherwise
 //! `$XDG_RUNTIME_DIR/apphost/<hash>.sock` when `XDG_RUNTIME_DIR` is set (and absolute), else
 //! `/tmp/apphost-<uid>/<hash>.sock`, where `<hash>` is a 64-bit FNV-1a hash (16 hex digits) of
-//! the canonical config file path, or of the canonical working directory for the embedded
+//! the config file path as given, made absolute but not resolved (so switching a symlinked
+//! config to a new target keeps the name), or of the canonical working directory for the embedded
 //! default. So the CLI finds the host given the same `-c FILE` (or, for the embedded default,
 //! from the same directory and with the same `XDG_RUNTIME_DIR`); `--socket PATH` names the socket
 //! directly. The derived directory is created with mode 0700 (an existing one must be ours and is
@@ -101,7 +102,7 @@ pub(crate) fn socket_path(config: &Config) -> PathBuf {
         return p.clone();
     }
     let key = match &config.source {
-        ConfigSource::File(p) => std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()),
+        ConfigSource::File(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
         ConfigSource::Embedded => std::env::current_dir()
             .and_then(std::fs::canonicalize)
             .unwrap_or_else(|_| PathBuf::from("/")),
@@ -116,10 +117,24 @@ pub(crate) fn unusable(path: &Path, reason: impl Into<String>) -> ControlError {
     }
 }
 
+/// What to do when the derived directory cannot be used.
+const SET_SOCKET_HINT: &str = "set `control: { socket: /some/private/dir/apphost.sock }` in the \
+     config (or point XDG_RUNTIME_DIR at a directory of yours) to put the control socket elsewhere";
+
 /// Make sure the socket's directory exists. A derived directory must be a real directory owned
 /// by us with no access for others (tightened to 0700 if needed); a configured one is only
-/// created when missing.
+/// created when missing. An unusable derived one is reported with how to choose another place.
 pub(crate) fn prepare_dir(dir: &Path, derived: bool) -> Result<(), ControlError> {
+    prepare_dir_inner(dir, derived).map_err(|e| match e {
+        ControlError::Unusable { path, reason } if derived => ControlError::Unusable {
+            path,
+            reason: format!("{reason}; {SET_SOCKET_HINT}"),
+        },
+        e => e,
+    })
+}
+
+fn prepare_dir_inner(dir: &Path, derived: bool) -> Result<(), ControlError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -235,6 +250,21 @@ mod tests {
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         let file = d.path().join("file");
         std::fs::write(&file, "").unwrap();
-        assert!(prepare_dir(&file, true).is_err());
+        let e = prepare_dir(&file, true).unwrap_err().to_string();
+        assert!(
+            e.contains("File exists") && e.contains("control: { socket:"),
+            "{e}"
+        );
+        // Owned by someone else (only root can stage that).
+        if effective_uid() == 0 {
+            rustix::fs::chown(&dir, Some(rustix::process::Uid::from_raw(65534)), None).unwrap();
+            let e = prepare_dir(&dir, true).unwrap_err().to_string();
+            assert!(
+                e.contains("owned by uid 65534") && e.contains("control: { socket:"),
+                "{e}"
+            );
+            // A configured directory is the user's choice: no ownership rule, no hint.
+            prepare_dir(&dir, false).unwrap();
+        }
     }
 }

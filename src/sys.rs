@@ -5,6 +5,8 @@
 //! - [`prepare_child`]: in the forked child, just before `exec`, clear `FD_CLOEXEC` on the
 //!   descriptors the child must inherit (listening sockets, its channel) and ask the kernel to
 //!   send it `SIGTERM` if the supervisor dies (so no orphan worker serves forever).
+//! - [`cloexec_from`]: at supervisor start, mark every descriptor it was started with
+//!   close-on-exec, so workers inherit only what is passed to them.
 //! - [`adopt_fd`]: turn a descriptor number read from the environment (`APPHOST_LISTEN_FDS`,
 //!   `APPHOST_CHANNEL_FD`, systemd's `LISTEN_FDS`) into an [`OwnedFd`], after checking that it is
 //!   open.
@@ -61,4 +63,66 @@ pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<Owned
     // SAFETY: an `OwnedFd` is an open descriptor that nobody else owns, it stays open for as long
     // as the `AsyncFd` holds it, and its `as_raw_fd` always returns the same number.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+/// Mark every open descriptor numbered `first` or above close-on-exec, so that a child started
+/// later inherits only what [`prepare_child`] passes it. Called once at supervisor start: a
+/// shell or service manager may have started `apphost run` with descriptors of its own open
+/// (`exec 7<file`, a leaked pipe), and `std::process::Command` would hand them on to every
+/// worker. Descriptors the supervisor adopts afterwards (systemd's sockets, through
+/// [`adopt_fd`]) are close-on-exec anyway and passed on explicitly.
+///
+/// The numbers are read from `/proc/self/fd` (this runs before the supervisor's loop starts).
+pub(crate) fn cloexec_from(first: RawFd) -> io::Result<()> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Some(fd) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+            && fd >= first
+        {
+            fds.push(fd);
+        }
+    }
+    // The directory's own descriptor is in the list and closed by now: skipped by EBADF.
+    for fd in fds {
+        // SAFETY: a borrow for the duration of two fcntl calls, which fail with EBADF if the
+        // number is no longer open and only change the descriptor's close-on-exec flag.
+        let b = unsafe { BorrowedFd::borrow_raw(fd) };
+        match rustix::io::fcntl_getfd(b) {
+            Ok(flags) if !flags.contains(rustix::io::FdFlags::CLOEXEC) => {
+                rustix::io::fcntl_setfd(b, flags | rustix::io::FdFlags::CLOEXEC)?;
+            }
+            Ok(_) | Err(rustix::io::Errno::BADF) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn stray_descriptors_become_close_on_exec() {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        for fd in [&r, &w] {
+            assert!(
+                !rustix::io::fcntl_getfd(fd)
+                    .unwrap()
+                    .contains(rustix::io::FdFlags::CLOEXEC)
+            );
+        }
+        cloexec_from(r.as_raw_fd().min(w.as_raw_fd())).unwrap();
+        for fd in [&r, &w] {
+            assert!(
+                rustix::io::fcntl_getfd(fd)
+                    .unwrap()
+                    .contains(rustix::io::FdFlags::CLOEXEC)
+            );
+        }
+    }
 }

@@ -48,11 +48,16 @@ pub(crate) fn file_id(path: &Path) -> Option<FileId> {
 /// A set of watched files. Dropping it stops the watch.
 ///
 /// Their directories are watched, not the files: a rename over a file, a delete-and-create, or a
-/// symlink swap next to it (Kubernetes secret volumes) are all seen. Any event in those
-/// directories makes the set compare the files' identities; only files whose identity changed
-/// are reported.
+/// symlink swap next to it (Kubernetes ConfigMap and secret volumes, whose `..data` link is
+/// replaced) are all seen. For a path that is a symlink, the directory of the file it resolves
+/// to is watched as well (and again after each change, as the target moves), so an edit of the
+/// target by rename in its own directory is seen too. Paths are kept as given, never resolved
+/// once and for all. Any event in those directories makes the set compare the files'
+/// identities (through their links); only files whose identity changed are reported.
 pub(crate) struct FileWatch {
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
+    /// The directories watched so far.
+    dirs: HashSet<PathBuf>,
     rx: mpsc::UnboundedReceiver<()>,
     ids: HashMap<PathBuf, Option<FileId>>,
 }
@@ -77,19 +82,39 @@ impl FileWatch {
                     let _ = tx.send(());
                 }
             })?;
-        let dirs: HashSet<PathBuf> = files
-            .iter()
-            .filter_map(|f| f.parent().map(Path::to_path_buf))
-            .collect();
-        for d in dirs {
-            watcher.watch(&d, RecursiveMode::NonRecursive)?;
+        let mut dirs = HashSet::new();
+        for d in files.iter().filter_map(|f| f.parent()) {
+            if dirs.insert(d.to_path_buf()) {
+                watcher.watch(d, RecursiveMode::NonRecursive)?;
+            }
         }
         let ids = files.iter().map(|f| (f.clone(), file_id(f))).collect();
-        Ok(FileWatch {
-            _watcher: watcher,
+        let mut w = FileWatch {
+            watcher,
+            dirs,
             rx,
             ids,
-        })
+        };
+        w.watch_targets();
+        Ok(w)
+    }
+
+    /// Also watch the directory each file resolves to now, if it is not watched yet (best
+    /// effort: the directory of the path as given is what must be watched).
+    fn watch_targets(&mut self) {
+        let targets: Vec<PathBuf> = self
+            .ids
+            .keys()
+            .filter_map(|f| std::fs::canonicalize(f).ok())
+            .filter_map(|t| t.parent().map(Path::to_path_buf))
+            .collect();
+        for d in targets {
+            if !self.dirs.contains(&d)
+                && self.watcher.watch(&d, RecursiveMode::NonRecursive).is_ok()
+            {
+                self.dirs.insert(d);
+            }
+        }
     }
 
     /// Wait until some watched file's identity changes and then stays unchanged for `settle`;
@@ -106,6 +131,7 @@ impl FileWatch {
                     Err(_quiet) => break,
                 }
             }
+            self.watch_targets();
             let mut changed = HashSet::new();
             for (path, last) in self.ids.iter_mut() {
                 let now = file_id(path);

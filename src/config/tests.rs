@@ -717,13 +717,20 @@ fn load_from_files() {
         "control: { socket: ctl.sock }\nservers: { s: { address: \":80\" } }\n",
     )
     .unwrap();
-    // A path with `..` is canonicalized; relative paths resolve against the file's directory.
-    let c = Config::load(&d.join("sub/../sub/app.yml")).unwrap();
-    let canon = fs::canonicalize(&yaml_path).unwrap();
-    assert_eq!(c.source, ConfigSource::File(canon.clone()));
+    // The path is kept as given (not resolved); relative paths resolve against its directory.
+    let given = d.join("sub/../sub/app.yml");
+    let c = Config::load(&given).unwrap();
+    assert_eq!(c.source, ConfigSource::File(given.clone()));
     assert_eq!(
         c.control.socket,
-        Some(canon.parent().unwrap().join("ctl.sock"))
+        Some(given.parent().unwrap().join("ctl.sock"))
+    );
+    // A symlinked config stays the link, so a switched link is followed at the next load.
+    let link = d.join("linked.yml");
+    std::os::unix::fs::symlink(&yaml_path, &link).unwrap();
+    assert_eq!(
+        Config::load(&link).unwrap().source,
+        ConfigSource::File(link.clone())
     );
 
     let toml_path = d.join("server.TOML");

@@ -67,7 +67,13 @@ const DEFAULT_ADMIN_PATH: &str = "/debug/admin";
 // ---------------------------------------------------------------------------------------------
 // Loading and lookup
 
-/// `Config::load`: format from the extension, read, canonicalize, parse and walk.
+/// `Config::load`: format from the extension, read, parse and walk.
+///
+/// The path is kept as given, only made absolute (not resolved): a symlinked config (a
+/// Kubernetes ConfigMap volume, where `server.yaml` links through a `..data` symlink that is
+/// swapped on update) is read through the link at every load, so the watcher and the next
+/// restart see the new target, and the derived control socket keeps its name. Relative paths in
+/// it resolve against the directory of that path, where a ConfigMap's other keys also are.
 pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
     let Some(format) = Format::from_path(path) else {
         let ext = path
@@ -89,7 +95,7 @@ pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
             format!("cannot read the config file: {e}"),
         )
     })?;
-    let abs = fs::canonicalize(path).map_err(|e| ConfigError::io(path, e))?;
+    let abs = std::path::absolute(path).map_err(|e| ConfigError::io(path, e))?;
     let base_dir = abs.parent().unwrap_or(Path::new("/")).to_path_buf();
     parse(
         &text,

@@ -58,6 +58,10 @@ struct Preflight {
 
 /// Run the supervisor until the host shuts down. Returns the process exit code.
 pub(crate) fn run(opts: Options) -> ExitCode {
+    // Whatever started us may have left descriptors open; workers get only what is passed.
+    if let Err(e) = crate::sys::cloexec_from(3) {
+        tracing::warn!("cannot mark inherited descriptors close-on-exec: {e}");
+    }
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         tracing::debug!("cannot become a child subreaper: {e}");
     }

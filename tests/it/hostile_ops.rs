@@ -378,3 +378,144 @@ fn an_executable_that_would_block_on_open_does_not_stop_the_supervisor() {
     assert_eq!(r.status, 400, "{}", r.body_str());
     assert!(r.body_str().contains("it is a FIFO"), "{}", r.body_str());
 }
+
+/// The layout Kubernetes gives a ConfigMap volume: `server.yaml -> ..data/server.yaml`,
+/// `..data -> ..<timestamp>/`, the real files in the timestamped directory. `publish` writes a
+/// new timestamped directory and swaps `..data` to it the way the kubelet does (a new link
+/// renamed over the old one), then removes the old directory.
+struct ConfigMapVolume {
+    dir: PathBuf,
+    current: Option<PathBuf>,
+    n: u32,
+}
+
+impl ConfigMapVolume {
+    fn new(dir: &Path, text: &str) -> ConfigMapVolume {
+        let mut v = ConfigMapVolume {
+            dir: dir.to_path_buf(),
+            current: None,
+            n: 0,
+        };
+        v.publish(text);
+        std::os::unix::fs::symlink("..data/server.yaml", dir.join("server.yaml")).unwrap();
+        v
+    }
+
+    fn publish(&mut self, text: &str) {
+        self.n += 1;
+        let name = format!("..2026_11_29_15_00_0{}", self.n);
+        let real = self.dir.join(&name);
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("server.yaml"), text).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        if let Some(old) = self.current.replace(real) {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_symlinked_config_follows_a_configmap_style_swap() {
+    let port = free_port();
+    let text = |v: &str| {
+        format!(
+            "graceful: true\n\
+             shutdown_timeout: 5s\n\
+             watch: {{ executable: false, config: true, settle: 100ms }}\n\
+             servers:\n  \
+               s1:\n    \
+                 address: \"127.0.0.1:{port}\"\n    \
+                 routes:\n      \
+                   \"/pid\": pid\n      \
+                   \"/v\": {{ handler: hello, text: {v} }}\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let volume = dir.path().join("config");
+    std::fs::create_dir(&volume).unwrap();
+    let mut cm = ConfigMapVolume::new(&volume, &text("one"));
+    let path = volume.join("server.yaml");
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("XDG_RUNTIME_DIR", &run);
+    let host = Apphost::spawn(cmd, dir, path.clone());
+    host.wait_serving(port);
+    assert_eq!(get(port, "/v").body_str().trim(), "one");
+    let cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["-c", path.to_str().unwrap()]);
+        run_cli(
+            host.dir.path(),
+            &all,
+            &[("XDG_RUNTIME_DIR", run.to_str().unwrap())],
+            Duration::from_secs(30),
+        )
+    };
+    for (i, v) in ["two", "three"].iter().enumerate() {
+        cm.publish(&text(v));
+        // The watcher sees the swap and restarts on the new target.
+        wait_until(
+            Duration::from_secs(20),
+            &format!("/v answering {v}"),
+            || (try_get(port, "/v").ok()?.body_str().trim() == *v).then_some(()),
+        );
+        host.wait_log_count(
+            "restarted after the config change",
+            i + 1,
+            Duration::from_secs(10),
+        );
+        // The CLI, given the same path, still finds the host's control socket.
+        let out = cli(&["status"]);
+        assert_eq!(out.code(), Some(0), "{out:?}");
+    }
+    // A restart asked by hand also reads the current target.
+    cm.publish(&text("four"));
+    let out = cli(&["restart"]);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    wait_until(Duration::from_secs(20), "/v answering four", || {
+        (try_get(port, "/v").ok()?.body_str().trim() == "four").then_some(())
+    });
+}
+
+#[test]
+fn workers_do_not_inherit_descriptors_of_whoever_started_the_host() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("stray-descriptor");
+    std::fs::write(&marker, "x").unwrap();
+    let path = dir.path().join("server.yaml");
+    std::fs::write(&path, config(port, "true")).unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A shell that opens descriptor 7 (not close-on-exec) and becomes `apphost run`.
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("exec 7<\"$1\"; exec \"$0\" run -c \"$2\"")
+        .arg(BIN)
+        .arg(&marker)
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("XDG_RUNTIME_DIR", &run);
+    let host = Apphost::spawn(cmd, dir, path);
+    let worker = host.wait_serving(port);
+    let holds_marker = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|t| t == marker)
+    };
+    assert!(
+        holds_marker(host.pid()),
+        "the supervisor was started with the stray descriptor"
+    );
+    assert!(!holds_marker(worker), "worker {worker} inherited it");
+}
