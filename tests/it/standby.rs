@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::harness::InFlight;
 use crate::support::*;
 
 /// The pids of the supervisor's children.
@@ -34,8 +35,9 @@ fn restarts_activate_the_standby_and_requests_in_flight_finish() {
                 .find(|p| *p != current)
                 .filter(|_| c.len() == 2)
         });
-        // A request running across the restart must complete, whichever worker took it.
-        let inflight = std::thread::spawn(move || get(port, "/sleep"));
+        // A request in flight across the restart (its first line is in, so the current worker
+        // took it) completes on that worker.
+        let inflight = InFlight::start(port);
         host.signal(rustix::process::Signal::USR1);
         let new = wait_until(Duration::from_secs(10), "the standby to serve", || {
             let p: u32 = try_get(port, "/pid").ok()?.body_str().trim().parse().ok()?;
@@ -45,12 +47,12 @@ fn restarts_activate_the_standby_and_requests_in_flight_finish() {
             new, standby,
             "round {round}: the restart activated the standby"
         );
-        let r = inflight.join().unwrap();
+        let (r, _) = inflight.finish();
         assert_eq!(r.status, 200);
         assert_eq!(
-            r.body_str().lines().count(),
-            2,
-            "the request in flight finished"
+            r.body_str(),
+            format!("{current}\n{current}\n"),
+            "round {round}: the request in flight finished on the old worker"
         );
         host.wait_log(&format!(
             "worker started generation={} pid={new}",
@@ -58,13 +60,26 @@ fn restarts_activate_the_standby_and_requests_in_flight_finish() {
         ));
         current = new;
     }
+    // The serving worker and the standby, recorded while they are still the supervisor's
+    // children (once it has exited they would be re-parented, not its children any more).
+    let kids = wait_until(Duration::from_secs(10), "the worker and a standby", || {
+        let c = children(host.pid());
+        (c.len() == 2).then_some(c)
+    });
+    assert!(kids.contains(&current), "{kids:?} includes {current}");
     host.signal(rustix::process::Signal::TERM);
     assert!(
         host.wait_exit(Duration::from_secs(10)).success(),
         "log:\n{}",
         host.log()
     );
-    assert!(children(host.pid()).is_empty());
+    for pid in kids {
+        assert!(
+            !process_alive(pid),
+            "worker {pid} outlived the supervisor; log:\n{}",
+            host.log()
+        );
+    }
 }
 
 #[test]
