@@ -74,7 +74,7 @@
 //! | 409 | a restart is already under way |
 //! | 413 | request body over 16 KiB |
 //! | 502 | the new process failed (exit status and the end of its output in the message) |
-//! | 503 | shutting down, supervisor unreachable, or this worker is draining |
+//! | 503 | shutting down, supervisor unreachable, or a restart asked of a worker that is draining (ask again on a new connection) |
 //! | 504 | the new process was not ready within `graceful_timeout` |
 //!
 //! The handlers go through [`crate::ops`] (the restart is asked with `via: admin` so that the
@@ -352,29 +352,29 @@ struct Snapshot {
     worker: WorkerFacts,
 }
 
+/// A restart asked of a worker that is draining: a newer generation serves, and a restart asked
+/// from here would be decided against a state this worker no longer shows.
 fn draining_error() -> OpError {
     OpError::Unavailable(
         "this worker is draining (a newer generation serves); ask again on a new connection".into(),
     )
 }
 
+/// The supervisor's status and this worker's facts. A draining worker still relays the question
+/// (its channel to the supervisor stays open until it exits): a status or page request that
+/// reached it as a restart began is answered like any other, not failed.
 async fn snapshot(link: Option<&Link>) -> Snapshot {
     let worker = worker_facts(link);
-    let status = if worker.draining {
-        // A draining worker no longer relays requests to the supervisor.
-        Err(draining_error())
-    } else {
-        match tokio::time::timeout(STATUS_WAIT, ask(link, Op::Status)).await {
-            Ok(Ok(OpReply::Status(s))) => Ok(s),
-            Ok(Ok(other)) => Err(OpError::Unavailable(format!(
-                "unexpected answer to status: {other:?}"
-            ))),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(OpError::Unavailable(format!(
-                "no answer within {}s",
-                STATUS_WAIT.as_secs()
-            ))),
-        }
+    let status = match tokio::time::timeout(STATUS_WAIT, ask(link, Op::Status)).await {
+        Ok(Ok(OpReply::Status(s))) => Ok(s),
+        Ok(Ok(other)) => Err(OpError::Unavailable(format!(
+            "unexpected answer to status: {other:?}"
+        ))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(OpError::Unavailable(format!(
+            "no answer within {}s",
+            STATUS_WAIT.as_secs()
+        ))),
     };
     Snapshot { status, worker }
 }
@@ -666,9 +666,6 @@ impl Admin {
 
     async fn shutdown(&self, req: Request, asked: &Asked) -> Result<Response, AdminError> {
         Self::same_site(&req)?;
-        if worker_facts(self.link.as_ref()).draining {
-            return Err(draining_error().into());
-        }
         tracing::info!(client = %asked.client, server = %self.server, "admin: shutdown requested");
         match ask(self.link.as_ref(), Op::Shutdown).await? {
             OpReply::ShuttingDown => {}
