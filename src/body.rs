@@ -1,12 +1,26 @@
-//! [`Body`]: the response body type every handler returns.
+//! [`Body`]: the body type of every request and response.
 //!
-//! Most responses are one buffer ([`Body::from`] a `String`, `&'static str` or [`Bytes`]), which
-//! costs no allocation beyond the buffer. Streaming responses (the `sleep` handler writes a line,
-//! waits, writes another) use [`Body::channel`], which hands back a [`BodySender`] to push chunks
-//! into; the body ends when the sender is dropped. Built-in handlers that produce data on demand
-//! (the `static` handler reads a file chunk by chunk as the body is polled) wrap their own
-//! [`http_body::Body`] (crate-internal).
+//! - **Requests**: a handler (or a hosted tower service) receives the connection's request body
+//!   as a [`Body`] and reads it through [`http_body::Body`], frame by frame as the client sends
+//!   it: nothing is buffered ahead, so a handler that reads slowly slows the client down
+//!   (backpressure), and one that never reads holds nothing. A read fails with a [`BodyError`]
+//!   when the connection does.
+//! - **Responses**: most are one buffer ([`Body::from`] a `String`, `&'static str` or [`Bytes`]),
+//!   which costs no allocation beyond the buffer. [`Body::new`] wraps any other
+//!   [`http_body::Body`] (an axum or tower-http body, a stream of your own): it is polled by the
+//!   connection as the client takes the data, with no task or channel in between, and an error
+//!   it returns mid-response resets the HTTP/2 stream or closes the HTTP/1 connection (the
+//!   client sees a cut response, never a short one that looks whole) and is logged.
+//!   [`Body::channel`] hands back a [`BodySender`] to push chunks into from a task of your own;
+//!   the body ends when the sender is dropped.
+//!
+//! Built-in handlers that produce data on demand (the `static` handler reads a file chunk by
+//! chunk as the body is polled) wrap their own [`http_body::Body`] (crate-internal).
+//!
+//! A request can be made without a connection, for tests: `http::Request::new(Body::from("…"))`.
 
+use std::any::Any;
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -14,28 +28,73 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
-/// A response body: empty, one buffer, or a stream of chunks.
+/// What other bodies' and services' errors are converted into (tower's `BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body could not be read: the client's connection failed while a request body was being
+/// read, or a wrapped response body returned an error.
 #[derive(Debug)]
+pub struct BodyError(BoxError);
+
+impl BodyError {
+    /// Wrap any error.
+    pub fn new(e: impl Into<BoxError>) -> BodyError {
+        BodyError(e.into())
+    }
+
+    /// The error it wraps.
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// A request or response body: empty, one buffer, the connection's request body, or a stream.
 pub struct Body(Kind);
 
-#[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
+    /// A request body as hyper reads it from the connection.
+    Incoming(hyper::body::Incoming),
     Channel(mpsc::Receiver<Bytes>),
     Stream(Pin<Box<dyn StreamBody>>),
+    /// Any other body, its errors boxed.
+    Boxed(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BodyError> + Send>>),
+}
+
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.0 {
+            Kind::Full(None) => "empty",
+            Kind::Full(Some(_)) => "full",
+            Kind::Incoming(_) => "incoming",
+            Kind::Channel(_) => "channel",
+            Kind::Stream(_) => "stream",
+            Kind::Boxed(_) => "boxed",
+        };
+        f.debug_tuple("Body").field(&kind).finish()
+    }
 }
 
 /// A body made on demand, polled for each chunk.
 pub(crate) trait StreamBody:
-    http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + Sync + std::fmt::Debug
+    http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + fmt::Debug
 {
 }
 
 impl<B> StreamBody for B where
-    B: http_body::Body<Data = Bytes, Error = std::convert::Infallible>
-        + Send
-        + Sync
-        + std::fmt::Debug
+    B: http_body::Body<Data = Bytes, Error = std::convert::Infallible> + Send + fmt::Debug
 {
 }
 
@@ -43,6 +102,30 @@ impl Body {
     /// An empty body.
     pub fn empty() -> Body {
         Body(Kind::Full(None))
+    }
+
+    /// Wrap any body whose data is [`Bytes`] (an `axum::body::Body`, a tower-http body, a
+    /// `http_body_util::StreamBody`, …). It is polled directly by the connection as the client
+    /// takes the data (one allocation, no task); an error it returns ends the response as
+    /// described in the module doc. A [`Body`] is returned as it is.
+    pub fn new<B>(body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut slot = Some(body);
+        if let Some(b) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Body>>() {
+            return b.take().unwrap_or_default();
+        }
+        match slot {
+            Some(b) => Body(Kind::Boxed(Box::pin(MapErr { inner: b }))),
+            None => Body::empty(),
+        }
+    }
+
+    /// The request body hyper reads from a connection.
+    pub(crate) fn incoming(b: hyper::body::Incoming) -> Body {
+        Body(Kind::Incoming(b))
     }
 
     /// A streaming body and the sender that feeds it. Chunks are sent as they are pushed; the
@@ -55,6 +138,41 @@ impl Body {
     /// A body whose chunks `body` makes when polled (nothing is read ahead).
     pub(crate) fn stream(body: impl StreamBody + 'static) -> Body {
         Body(Kind::Stream(Box::pin(body)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A body with its errors converted to [`BodyError`].
+    struct MapErr<B> {
+        #[pin]
+        inner: B,
+    }
+}
+
+impl<B> http_body::Body for MapErr<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.project()
+            .inner
+            .poll_frame(cx)
+            .map_err(|e| BodyError(e.into()))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -110,24 +228,30 @@ impl BodySender {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().0 {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| BodyError(Box::new(e))),
             Kind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
-            Kind::Stream(b) => b.as_mut().poll_frame(cx),
+            Kind::Stream(b) => b.as_mut().poll_frame(cx).map_err(|e| match e {}),
+            Kind::Boxed(b) => b.as_mut().poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Full(b) => b.is_none(),
+            Kind::Incoming(b) => b.is_end_stream(),
             Kind::Channel(_) => false,
             Kind::Stream(b) => b.is_end_stream(),
+            Kind::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -135,8 +259,10 @@ impl http_body::Body for Body {
         match &self.0 {
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Kind::Incoming(b) => b.size_hint(),
             Kind::Channel(_) => SizeHint::default(),
             Kind::Stream(b) => b.size_hint(),
+            Kind::Boxed(b) => b.size_hint(),
         }
     }
 }
@@ -163,5 +289,41 @@ mod tests {
         });
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(&got[..], b"ab");
+    }
+
+    #[tokio::test]
+    async fn new_wraps_any_body_and_keeps_its_size_and_errors() {
+        // A body is returned as it is (no second box).
+        let b = Body::new(Body::from("same"));
+        assert!(matches!(b.0, Kind::Full(Some(_))), "{b:?}");
+        // Another body streams through, with its exact size.
+        let full = http_body_util::Full::new(Bytes::from_static(b"0123456789"));
+        let b = Body::new(full);
+        assert_eq!(http_body::Body::size_hint(&b).exact(), Some(10));
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "0123456789");
+        // An error mid-body comes out as a BodyError, after the data before it.
+        let mut b = Body::new(Failing(Some(Bytes::from_static(b"part"))));
+        let first = b.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "part");
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "disk on fire");
+    }
+
+    /// Yields its chunk, then an error.
+    struct Failing(Option<Bytes>);
+
+    impl http_body::Body for Failing {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(Some(match self.0.take() {
+                Some(b) => Ok(Frame::data(b)),
+                None => Err(std::io::Error::other("disk on fire")),
+            }))
+        }
     }
 }

@@ -25,8 +25,9 @@ use http::{HeaderValue, StatusCode};
 use crate::body::Body;
 use crate::config::{ConfigError, Params};
 
-/// The request a handler receives.
-pub type Request = http::Request<hyper::body::Incoming>;
+/// The request a handler receives. Its body streams from the connection (see [`Body`]); in a
+/// test, build one with `http::Request::new(Body::from(…))` or `http::Request::builder()`.
+pub type Request = http::Request<Body>;
 /// The response a handler returns.
 pub type Response = http::Response<Body>;
 /// A boxed response future.

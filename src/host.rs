@@ -76,6 +76,42 @@ impl Host {
         self
     }
 
+    /// Register `name` as a tower service: an `axum::Router` as it is, a tower-http stack, a
+    /// `tower::service_fn`, anything that takes an `http::Request<`[`Body`](crate::Body)`>`.
+    ///
+    /// The request body streams from the connection; the response body (any
+    /// `http_body::Body<Data = Bytes>`) streams back as the client takes it. An error from the
+    /// service answers `500` and is logged; an error from its response body mid-way cuts that
+    /// response. Each route naming `name` gets its own clone of `svc`, and each request a clone
+    /// of that. The route may set `strip_prefix: true` (a wildcard route only) so the service
+    /// sees the path below the route's prefix.
+    ///
+    /// ```no_run
+    /// use apphost::Host;
+    /// use axum::{Router, routing::get};
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     let app = Router::new().route("/users/{id}", get(|| async { "a user\n" }));
+    ///     // config:  routes: { "/*rest": app }
+    ///     Host::new().service("app", app).main()
+    /// }
+    /// ```
+    pub fn service<S, B>(mut self, name: &str, svc: S) -> Host
+    where
+        S: tower_service::Service<Request, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<crate::BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<crate::BoxError>,
+    {
+        self.registry.insert(name, crate::service::factory(svc));
+        self
+    }
+
     /// Ship a default config (YAML) with the program: used when no config file is found, in
     /// place of apphost's own embedded default. Errors in it are reported like a file's.
     pub fn default_config(mut self, yaml: &'static str) -> Host {

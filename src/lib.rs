@@ -8,7 +8,8 @@
 //! A listening socket (`serve`) accepts a connection, TLS is terminated if the listener is
 //! HTTPS, hyper serves HTTP/1.1 or HTTP/2 on it (chosen by ALPN, or by the first bytes on a
 //! plain port), and each request goes to the server's route table (`routes`), which calls the
-//! matched [`Handler`]. One watchdog task per worker (`serve::watchdog`) enforces every
+//! matched [`Handler`] (or a hosted tower service, such as an `axum::Router`: [`Host::service`]).
+//! Request and response bodies are both [`Body`], streamed in both directions. One watchdog task per worker (`serve::watchdog`) enforces every
 //! connection's deadlines, so the request path arms no timer.
 //!
 //! ## How a restart flows
@@ -33,7 +34,7 @@
 //! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, watchers), `worker` | who runs, who restarts |
 //! | product | `admin` (admin routes), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
 //! | serving | `serve` (listeners, TLS, connections, watchdog) | bytes in, bytes out |
-//! | app | `routes` (route table), `handlers` (built-ins) | which code answers |
+//! | app | `routes` (route table), `handlers` (built-ins), `service` (tower services and axum routers as handlers) | which code answers |
 //! | base | `config`, `handler` (trait, helpers, registry), `body`, `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `logging`, `watch`, `sys` | shared vocabulary |
 //!
 //! The public API is what an application needs: [`Host`], [`Handler`] and its helpers,
@@ -58,12 +59,13 @@ mod logging;
 pub mod ops;
 mod routes;
 mod serve;
+mod service;
 mod supervisor;
 mod sys;
 mod watch;
 mod worker;
 
-pub use body::{Body, BodySender};
+pub use body::{Body, BodyError, BodySender, BoxError};
 pub use config::{ConfigError, Params, Pos};
 pub use handler::{
     BoxFuture, ClientAddr, FnHandler, Handler, Request, Response, RouteMatch, Wants, text,

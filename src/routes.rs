@@ -412,7 +412,7 @@ mod tests {
     use crate::config::{Node, Pos, RouteConfig};
     use crate::handler::FnHandler;
     use crate::handler::{NOT_FOUND_BODY, text};
-    use crate::handlers::test_util::{fetch, params, s, serve};
+    use crate::handlers::test_util::{direct, fetch, params, s};
     use http::StatusCode;
 
     /// A handler answering `NAME PATTERN REST` from the request's [`RouteMatch`].
@@ -641,18 +641,18 @@ mod tests {
         t.insert("/e", "echo", echo("e"), None);
         t.insert("/w/*rest", "echo", echo("w"), Some(vec![Method::GET]));
         let t = Arc::new(t);
-        let addr = serve(move |req| t.dispatch(req)).await;
+        let app = direct(move |req| t.dispatch(req));
 
-        let r = fetch(addr, Method::GET, "/e?q=1", &[]).await;
+        let r = fetch(&app, Method::GET, "/e?q=1", &[]).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.body(), "e /e -");
-        let r = fetch(addr, Method::GET, "/w/a/%2e%2e/b", &[]).await;
+        let r = fetch(&app, Method::GET, "/w/a/%2e%2e/b", &[]).await;
         assert_eq!(r.body(), "w /w/*rest a/%2e%2e/b");
-        let r = fetch(addr, Method::GET, "/nope", &[]).await;
+        let r = fetch(&app, Method::GET, "/nope", &[]).await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
         assert_eq!(r.body(), NOT_FOUND_BODY);
-        let r = fetch(addr, Method::POST, "/w/x", &[]).await;
+        let r = fetch(&app, Method::POST, "/w/x", &[]).await;
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()["allow"], "GET, HEAD");
     }
@@ -688,16 +688,16 @@ mod tests {
         t.insert("/route", "probe", Arc::new(Probe(route_only)), None);
         let t = Arc::new(t);
         let client = ClientAddr(([127, 0, 0, 1], 4321).into());
-        let addr = serve(move |req| t.dispatch_from(req, client)).await;
+        let app = direct(move |req| t.dispatch_from(req, client));
 
-        let r = fetch(addr, Method::GET, "/all/a/b", &[]).await;
+        let r = fetch(&app, Method::GET, "/all/a/b", &[]).await;
         assert_eq!(
             r.body(),
             "route=Some((\"/all/*rest\", Some(\"a/b\"))) client=Some(4321)"
         );
-        let r = fetch(addr, Method::GET, "/none/a", &[]).await;
+        let r = fetch(&app, Method::GET, "/none/a", &[]).await;
         assert_eq!(r.body(), "route=None client=None");
-        let r = fetch(addr, Method::GET, "/route", &[]).await;
+        let r = fetch(&app, Method::GET, "/route", &[]).await;
         assert_eq!(r.body(), "route=Some((\"/route\", None)) client=None");
     }
 
@@ -715,23 +715,23 @@ mod tests {
             st,
         ]);
         let t = Arc::new(RouteTable::build(&s, &builtins()).unwrap());
-        let addr = serve(move |req| t.dispatch(req)).await;
+        let app = direct(move |req| t.dispatch(req));
 
-        assert_eq!(fetch(addr, Method::GET, "/", &[]).await.body(), "hey\n");
-        let r = fetch(addr, Method::HEAD, "/", &[]).await;
+        assert_eq!(fetch(&app, Method::GET, "/", &[]).await.body(), "hey\n");
+        let r = fetch(&app, Method::HEAD, "/", &[]).await;
         assert_eq!(r.headers()["content-length"], "4");
         assert_eq!(r.body(), "");
-        let r = fetch(addr, Method::PUT, "/health", &[]).await;
+        let r = fetch(&app, Method::PUT, "/health", &[]).await;
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()["allow"], "GET, HEAD");
-        let r = fetch(addr, Method::GET, "/files/", &[]).await;
+        let r = fetch(&app, Method::GET, "/files/", &[]).await;
         assert_eq!(r.body(), "<p>hi</p>\n");
         for path in [
             "/files/../secret",
             "/files/%2e%2e/secret",
             "/files/..%2fsecret",
         ] {
-            let r = fetch(addr, Method::GET, path, &[]).await;
+            let r = fetch(&app, Method::GET, path, &[]).await;
             assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
         }
     }

@@ -8,7 +8,7 @@ use super::*;
 use http::HeaderMap;
 
 use super::answer::status_for;
-use crate::handlers::test_util::{fetch, serve};
+use crate::handlers::test_util::{Direct, direct, fetch};
 
 fn admin_config(token: Option<&str>, dirs: Vec<PathBuf>) -> AdminConfig {
     AdminConfig {
@@ -25,19 +25,18 @@ fn admin(token: Option<&str>, dirs: Vec<PathBuf>) -> Admin {
     Admin::new(&cfg, server, &admin_config(token, dirs), None)
 }
 
-/// Serve the admin routes of the embedded default server, as if every client were `peer`.
-async fn serve_admin(token: Option<&str>, peer: &str) -> std::net::SocketAddr {
+/// The admin routes of the embedded default server, as if every client were `peer`.
+fn serve_admin(token: Option<&str>, peer: &str) -> Direct {
     let cfg = crate::config::Config::embedded().unwrap();
     let server = &cfg.servers[0];
     let mut table = RouteTable::new();
     install(&mut table, &cfg, server, &admin_config(token, vec![]), None);
     let table = Arc::new(table);
     let peer: std::net::SocketAddr = peer.parse().unwrap();
-    serve(move |mut req| {
+    direct(move |mut req| {
         req.extensions_mut().insert(ClientAddr(peer));
         table.dispatch(req)
     })
-    .await
 }
 
 #[test]
@@ -173,15 +172,15 @@ fn executable_paths_are_checked_against_allowed_dirs() {
 
 #[tokio::test]
 async fn token_is_required_when_configured() {
-    let addr = serve_admin(Some("s3cret"), "192.0.2.9:4000").await;
-    let r = fetch(addr, Method::GET, "/debug/admin/status", &[]).await;
+    let app = serve_admin(Some("s3cret"), "192.0.2.9:4000");
+    let r = fetch(&app, Method::GET, "/debug/admin/status", &[]).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(
         r.headers()["www-authenticate"],
         "Bearer realm=\"apphost admin\""
     );
     let r = fetch(
-        addr,
+        &app,
         Method::GET,
         "/debug/admin/status",
         &[("authorization", "Bearer nope")],
@@ -196,7 +195,7 @@ async fn token_is_required_when_configured() {
     );
     // Right token from a non-loopback address: let in (no supervisor here, hence 503).
     let r = fetch(
-        addr,
+        &app,
         Method::GET,
         "/debug/admin/status",
         &[("authorization", "Bearer s3cret")],
@@ -216,30 +215,30 @@ async fn token_is_required_when_configured() {
 
 #[tokio::test]
 async fn without_token_remote_clients_get_403() {
-    let addr = serve_admin(None, "192.0.2.9:4000").await;
+    let app = serve_admin(None, "192.0.2.9:4000");
     for path in ["/debug/admin", "/debug/admin/status", "/debug/admin/nope"] {
-        let r = fetch(addr, Method::GET, path, &[]).await;
+        let r = fetch(&app, Method::GET, path, &[]).await;
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "{path}");
     }
-    let addr = serve_admin(None, "[::ffff:127.0.0.1]:4000").await;
-    let r = fetch(addr, Method::GET, "/debug/admin/nope", &[]).await;
+    let app = serve_admin(None, "[::ffff:127.0.0.1]:4000");
+    let r = fetch(&app, Method::GET, "/debug/admin/nope", &[]).await;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
 async fn methods_formats_and_errors_outside_a_worker() {
-    let addr = serve_admin(None, "127.0.0.1:4000").await;
-    let r = fetch(addr, Method::DELETE, "/debug/admin", &[]).await;
+    let app = serve_admin(None, "127.0.0.1:4000");
+    let r = fetch(&app, Method::DELETE, "/debug/admin", &[]).await;
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()["allow"], "GET, HEAD");
-    let r = fetch(addr, Method::GET, "/debug/admin/shutdown", &[]).await;
+    let r = fetch(&app, Method::GET, "/debug/admin/shutdown", &[]).await;
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers()["allow"], "POST");
-    let r = fetch(addr, Method::PUT, "/debug/admin/reload", &[]).await;
+    let r = fetch(&app, Method::PUT, "/debug/admin/reload", &[]).await;
     assert_eq!(r.headers()["allow"], "POST, GET");
 
     // The page renders without a supervisor, saying so.
-    let r = fetch(addr, Method::GET, "/debug/admin", &[]).await;
+    let r = fetch(&app, Method::GET, "/debug/admin", &[]).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
     let html = String::from_utf8_lossy(r.body()).into_owned();
@@ -249,13 +248,13 @@ async fn methods_formats_and_errors_outside_a_worker() {
     assert!(html.contains("action=\"/debug/admin/shutdown\""));
 
     // Restart: text by default, JSON on request, the error mapped to its status.
-    let r = fetch(addr, Method::POST, "/debug/admin/restart", &[]).await;
+    let r = fetch(&app, Method::POST, "/debug/admin/restart", &[]).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         String::from_utf8_lossy(r.body()).starts_with("503 Service Unavailable: no supervisor")
     );
     let r = fetch(
-        addr,
+        &app,
         Method::POST,
         "/debug/admin/restart?newExeFilePath=relative",
         &[("accept", "application/json")],
@@ -266,11 +265,11 @@ async fn methods_formats_and_errors_outside_a_worker() {
     assert_eq!(v["ok"], false);
     assert_eq!(v["error"], "bad_executable");
     // Malformed query.
-    let r = fetch(addr, Method::GET, "/debug/admin/restart?a=%zz", &[]).await;
+    let r = fetch(&app, Method::GET, "/debug/admin/restart?a=%zz", &[]).await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // Cross-site form post.
     let r = fetch(
-        addr,
+        &app,
         Method::POST,
         "/debug/admin/shutdown",
         &[("origin", "http://evil.example"), ("accept", "text/html")],

@@ -51,8 +51,8 @@ mod tests {
     #[tokio::test]
     async fn default_text_through_the_factory() {
         let h = build("hello", &params(PathBuf::from("/"), vec![])).unwrap();
-        let addr = serve(move |req| h.call(req)).await;
-        let r = fetch(addr, Method::GET, "/", &[]).await;
+        let app = direct(move |req| h.call(req));
+        let r = fetch(&app, Method::GET, "/", &[]).await;
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
         assert_eq!(r.body(), "哈喽！\n");

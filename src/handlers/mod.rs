@@ -141,9 +141,8 @@ pub(crate) fn text_ok(method: &Method, body: Bytes) -> Response {
 
 #[cfg(test)]
 pub(crate) mod test_util {
-    //! Helpers for the handlers' and the route table's tests: requests without a hyper
-    //! connection, body collection, params built by hand, and a tiny HTTP/1.1 server and client
-    //! on 127.0.0.1 for what needs a real `hyper::body::Incoming`.
+    //! Helpers for the handlers', the route table's and the admin routes' tests: requests built
+    //! in process (no server, no socket), body collection, params built by hand.
 
     use std::path::PathBuf;
 
@@ -154,11 +153,11 @@ pub(crate) mod test_util {
     use crate::config::{Node, Pos};
 
     /// A request with an empty body.
-    pub(crate) fn req(method: Method, uri: &str) -> http::Request<()> {
+    pub(crate) fn req(method: Method, uri: &str) -> Request {
         http::Request::builder()
             .method(method)
             .uri(uri)
-            .body(())
+            .body(Body::empty())
             .expect("valid test request")
     }
 
@@ -167,7 +166,7 @@ pub(crate) mod test_util {
         r.into_body()
             .collect()
             .await
-            .expect("infallible")
+            .expect("an in-memory body")
             .to_bytes()
     }
 
@@ -193,57 +192,34 @@ pub(crate) mod test_util {
         }
     }
 
-    /// Serve `f` over HTTP/1.1 on `127.0.0.1:0` (for as long as the test runtime lives).
-    pub(crate) async fn serve<F>(f: F) -> std::net::SocketAddr
+    /// A handler-like function to send test requests to, in process: no socket, no hyper
+    /// connection (a [`Request`] is built directly).
+    #[derive(Clone)]
+    pub(crate) struct Direct(Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>);
+
+    /// Requests to `f` go through [`fetch`].
+    pub(crate) fn direct<F>(f: F) -> Direct
     where
         F: Fn(Request) -> BoxFuture + Send + Sync + 'static,
     {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().expect("local addr");
-        let f = Arc::new(f);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let f = f.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let fut = f(req);
-                        async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-        addr
+        Direct(Arc::new(f))
     }
 
-    /// One request to a [`serve`]d address; the response with its whole body.
+    /// One request to `app`; the response with its whole body.
     pub(crate) async fn fetch(
-        addr: std::net::SocketAddr,
+        app: &Direct,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
     ) -> http::Response<Bytes> {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .expect("handshake");
-        tokio::spawn(conn);
         let mut b = http::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", addr.to_string());
+            .header("host", "localhost");
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = sender
-            .send_request(b.body(String::new()).expect("valid request"))
-            .await
-            .expect("response");
+        let resp = (app.0)(b.body(Body::empty()).expect("valid request")).await;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.expect("body").to_bytes();
         http::Response::from_parts(parts, bytes)

@@ -92,22 +92,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn headers_and_first_line_reach_the_client_at_once() {
+    async fn headers_and_first_line_come_at_once_through_the_factory() {
         let p = params(PathBuf::from("/"), vec![("duration", s("400ms"))]);
         let h = build("sleep", &p).unwrap();
-        let addr = serve(move |req| h.call(req)).await;
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
         let start = Instant::now();
-        let req = http::Request::get("/sleep")
-            .header("host", "x")
-            .body(String::new())
-            .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
+        let resp = h.call(req(Method::GET, "/sleep")).await;
         assert_eq!(resp.status(), StatusCode::OK);
         let mut body = resp.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -131,40 +120,6 @@ mod tests {
             .expect("the task stopped")
             .unwrap();
         assert!(start.elapsed() < Duration::from_secs(5));
-    }
-
-    #[tokio::test]
-    async fn a_client_hanging_up_over_http_stops_the_wait() {
-        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<()>(1);
-        let addr = serve(move |_req| {
-            let (tx, body) = Body::channel();
-            let done = done_tx.clone();
-            tokio::spawn(async move {
-                stream(tx, pid_line(), Duration::from_secs(3600)).await;
-                let _ = done.send(()).await;
-            });
-            Box::pin(std::future::ready(text(StatusCode::OK, body)))
-        })
-        .await;
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        let conn = tokio::spawn(conn);
-        let req = http::Request::get("/sleep")
-            .header("host", "x")
-            .body(String::new())
-            .unwrap();
-        let mut body = sender.send_request(req).await.unwrap().into_body();
-        assert!(body.frame().await.is_some());
-        drop(body);
-        drop(sender);
-        conn.abort();
-        let mut done_rx = done_rx;
-        tokio::time::timeout(Duration::from_secs(5), done_rx.recv())
-            .await
-            .expect("the wait stopped after the client left");
     }
 
     #[tokio::test]

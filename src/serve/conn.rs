@@ -154,7 +154,8 @@ async fn serve_io<I>(
     let svc = {
         let routes = ep.routes.clone();
         let state = state.clone();
-        service_fn(move |req: crate::Request| {
+        service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let req = req.map(crate::Body::incoming);
             let busy = state.request_started();
             let http1 = req.version() < http::Version::HTTP_2;
             if !http1 {

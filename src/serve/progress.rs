@@ -37,7 +37,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::watchdog::{BLOCKED, ConnState, coarse_now_ms};
-use crate::body::Body;
+use crate::body::{Body, BodyError};
 
 /// A connection's I/O, reporting write progress and pending output to its [`ConnState`].
 #[derive(Debug)]
@@ -186,7 +186,7 @@ impl Drop for TrackedBody {
 
 impl http_body::Body for TrackedBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -195,6 +195,11 @@ impl http_body::Body for TrackedBody {
         let this = self.get_mut();
         let r = Pin::new(&mut this.body).poll_frame(cx);
         match (&r, this.stalled) {
+            // The handler's body failed: hyper resets the HTTP/2 stream, or closes the HTTP/1
+            // connection, so the client never takes a cut response for a whole one.
+            (Poll::Ready(Some(Err(e))), _) => {
+                tracing::warn!(error = %e, "response body failed; the response is cut");
+            }
             // Asked, and the handler has nothing yet: waiting on the handler, not the client.
             (Poll::Pending, true) => {
                 this.stalled = false;
