@@ -9,6 +9,7 @@ mod harness;
 mod host;
 mod hostile_ops;
 mod limits;
+mod recovery;
 mod restart;
 mod slow_clients;
 mod smoke;
