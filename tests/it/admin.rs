@@ -817,3 +817,31 @@ fn a_draining_worker_relays_status_and_refuses_only_restarts() {
     let r = restart_again(port, "POST", "/debug/admin/restart", &[JSON], b"");
     assert_eq!(r.status, 200, "{}", r.body_str());
 }
+
+/// `apphost restart` exits 1 with the reason when the new worker fails at start (not only for a
+/// file that cannot be used), and the old worker serves on.
+#[test]
+fn cli_restart_exits_1_when_the_new_worker_fails_to_start() {
+    let port = free_port();
+    let host = start(&config(port, None, "10s"));
+    let worker = host.wait_serving(port);
+    let failing = script(
+        host.dir.path(),
+        "failing",
+        "echo 'cannot start: boom' >&2\nexit 3",
+    );
+    let out = cli(&host, &["restart", "--exe", failing.to_str().unwrap()]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("restart failed")
+            && out.stderr.contains("exit status 3")
+            && out.stderr.contains("cannot start: boom"),
+        "the reason: {}",
+        out.stderr
+    );
+    assert_eq!(pid_now(port), worker, "the old worker serves on");
+    let out = cli(&host, &["status", "--json"]);
+    let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["Ok"]["last_restart"]["ok"], false);
+    assert_eq!(v["Ok"]["worker_pid"], worker);
+}
