@@ -282,3 +282,43 @@ fn pem_der(path: &Path) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+/// A config edit that arrives while a restart is under way is not lost: it is applied by a
+/// restart after that one (README: "a change that arrives during a restart is applied by a
+/// restart after it").
+#[test]
+fn a_config_edit_during_a_restart_is_applied_by_a_restart_after_it() {
+    let port = free_port();
+    let (host, exe) = start_copy(port, "");
+    let first = host.wait_serving(port);
+    host.wait_log("watching for changes");
+    // A new executable that takes 2 s to start (and to pass its preflight `check`).
+    replace_with(
+        &exe,
+        format!("#!/bin/sh\nsleep 2\nexec '{BIN}' \"$@\"\n").as_bytes(),
+    );
+    host.wait_log("worker started generation=2");
+    assert!(!host.log().contains("restart done"), "still starting");
+    let cfg = config(port, "      \"/hello\": { handler: hello, text: added }\n");
+    edit_by_rename(&host.config, &cfg);
+    assert!(
+        !host.log().contains("restart done"),
+        "the edit came during the restart:\n{}",
+        host.log()
+    );
+    // The executable's restart ends; the edit, seen meanwhile, is checked (a 2 s preflight with
+    // this executable) and restarts once more (another 2 s start).
+    host.wait_log_count("restart done", 2, Duration::from_secs(40));
+    host.wait_log("restarted after the config change");
+    let log = host.log();
+    let exe_done = log.find("restarted after the executable change");
+    let config_done = log.find("restarted after the config change");
+    assert!(
+        exe_done.is_some() && exe_done < config_done,
+        "the config's restart came after the executable's:\n{log}"
+    );
+    assert!(log.contains("worker started generation=3"), "{log}");
+    let r = get(port, "/hello");
+    assert_eq!((r.status, r.body_str()), (200, "added\n".to_string()));
+    assert_ne!(get(port, "/pid").body_str().trim(), first.to_string());
+}
