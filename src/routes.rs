@@ -14,6 +14,12 @@
 //!   them. Without `methods` every request reaches the handler, which decides for itself (the
 //!   built-ins answer `GET` and `HEAD` only).
 //!
+//! - A wildcard route may set `strip_prefix: true`: the handler then sees the request's path
+//!   without the route's prefix (`/v2/*rest` turns `/v2/api/users/3?x=1` into
+//!   `/api/users/3?x=1`; `/v2` itself into `/`), so a service written for its own paths (an
+//!   `axum::Router`) can be mounted anywhere. Without it the path is passed unchanged. On an
+//!   exact route it is a config error.
+//!
 //! Before the handler runs, the request's extensions get a [`RouteMatch`]: the pattern as written
 //! and, for a wildcard, the rest of the path after the prefix, without its leading `/` (still
 //! percent-encoded).
@@ -83,6 +89,9 @@ struct Route {
     wants: Wants,
     /// The allowed methods, if the route restricts them.
     methods: Option<Allowed>,
+    /// `strip_prefix: true` (wildcard routes only): the handler sees the path without the
+    /// route's prefix.
+    strip_prefix: bool,
 }
 
 /// A route's `methods`, and the `Allow` header value listing them.
@@ -223,8 +232,24 @@ impl RouteTable {
                 )
             })?;
             let methods = parse_methods(params)?;
+            let strip_prefix = params.bool("strip_prefix")?.unwrap_or(false);
+            if strip_prefix && kind != Kind::Wildcard {
+                return Err(params.error(
+                    Some("strip_prefix"),
+                    format!(
+                        "strip_prefix needs a wildcard route (\"/prefix/*name\"); {:?} is an exact path",
+                        route.pattern
+                    ),
+                ));
+            }
             let handler = factory(params)?;
-            table.insert(&route.pattern, &route.handler, handler, methods);
+            table.add(
+                &route.pattern,
+                &route.handler,
+                handler,
+                methods,
+                strip_prefix,
+            );
         }
         Ok(table)
     }
@@ -242,12 +267,25 @@ impl RouteTable {
         handler: Arc<dyn Handler>,
         methods: Option<Vec<Method>>,
     ) {
+        self.add(pattern, handler_name, handler, methods, false)
+    }
+
+    /// [`RouteTable::insert`], with `strip_prefix` (for a wildcard pattern).
+    fn add(
+        &mut self,
+        pattern: &str,
+        handler_name: &str,
+        handler: Arc<dyn Handler>,
+        methods: Option<Vec<Method>>,
+        strip_prefix: bool,
+    ) {
         let route = Arc::new(Route {
             pattern: Arc::from(pattern),
             handler_name: Box::from(handler_name),
             wants: handler.wants(),
             handler,
             methods: methods.map(Allowed::new),
+            strip_prefix,
         });
         let (kind, key) = parse_pattern(pattern);
         let map = match kind {
@@ -286,17 +324,22 @@ impl RouteTable {
     }
 
     fn route(&self, mut req: Request, client: Option<ClientAddr>) -> BoxFuture {
-        let (route, rest) = match self.lookup(req.method(), req.uri().path()) {
+        let (route, rest, stripped) = match self.lookup(req.method(), req.uri().path()) {
             Lookup::Found { route, rest } => (
                 route,
                 // Copied only if it is going to be used.
                 rest.filter(|_| route.wants.route_match).map(str::to_owned),
+                rest.filter(|_| route.strip_prefix)
+                    .and_then(|r| strip_prefix(req.uri(), r)),
             ),
             Lookup::MethodNotAllowed(allow) => {
                 return Box::pin(ready(method_not_allowed(allow.clone())));
             }
             Lookup::NotFound => return Box::pin(ready(not_found())),
         };
+        if let Some(uri) = stripped {
+            *req.uri_mut() = uri;
+        }
         if route.wants.route_match {
             req.extensions_mut().insert(RouteMatch {
                 pattern: route.pattern.clone(),
@@ -350,6 +393,22 @@ impl fmt::Debug for RouteTable {
             .entries(self.list.iter().map(|r| (&*r.pattern, &*r.handler_name)))
             .finish()
     }
+}
+
+/// `uri` with its path replaced by `/` and `rest` (what a wildcard matched), the query kept:
+/// `/v2/api/users/3?x=1` under `/v2/*rest` becomes `/api/users/3?x=1`. `None` only if the result
+/// does not parse, which a path that did cannot cause.
+fn strip_prefix(uri: &http::Uri, rest: &str) -> Option<http::Uri> {
+    let mut pq = String::with_capacity(1 + rest.len() + uri.query().map_or(0, |q| q.len() + 1));
+    pq.push('/');
+    pq.push_str(rest);
+    if let Some(q) = uri.query() {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(http::uri::PathAndQuery::try_from(pq).ok()?);
+    http::Uri::from_parts(parts).ok()
 }
 
 /// Read a route's optional `methods`: a string or a list of strings, each an HTTP method (any
@@ -699,6 +758,83 @@ mod tests {
         assert_eq!(r.body(), "route=None client=None");
         let r = fetch(&app, Method::GET, "/route", &[]).await;
         assert_eq!(r.body(), "route=Some((\"/route\", None)) client=None");
+    }
+
+    fn b(v: bool) -> Node {
+        Node {
+            value: Value::Bool(v),
+            pos: Pos::new(7, 9),
+        }
+    }
+
+    /// Answers its request's path and query.
+    fn path_echo() -> Registry {
+        let mut r = Registry::default();
+        let f: crate::handler::Factory = Arc::new(|p: &Params| {
+            p.deny_unknown(&[])?;
+            let h: Arc<dyn Handler> = Arc::new(FnHandler(|req: Request| async move {
+                text(StatusCode::OK, req.uri().to_string())
+            }));
+            Ok(h)
+        });
+        r.insert("path", f);
+        r
+    }
+
+    #[tokio::test]
+    async fn strip_prefix_hands_the_rest_of_the_path_to_the_handler() {
+        let s = server(vec![
+            route("/v2/*rest", "path", vec![("strip_prefix", b(true))]),
+            route("/v1/*rest", "path", vec![("strip_prefix", b(false))]),
+            route("/*all", "path", vec![("strip_prefix", b(true))]),
+        ]);
+        let t = Arc::new(RouteTable::build(&s, &path_echo()).unwrap());
+        let app = direct(move |req| t.dispatch(req));
+        for (asked, seen) in [
+            ("/v2/api/users/3", "/api/users/3"),
+            ("/v2/api/users/3?x=1&y", "/api/users/3?x=1&y"),
+            ("/v2", "/"),
+            ("/v2/", "/"),
+            ("/v2?q", "/?q"),
+            ("/v2//x", "//x"),
+            ("/v2/a%2Fb", "/a%2Fb"),
+            // Without strip_prefix the path is unchanged.
+            ("/v1/api/users/3?x=1", "/v1/api/users/3?x=1"),
+            // A `/*all` route strips nothing.
+            ("/other/x?y", "/other/x?y"),
+        ] {
+            let r = fetch(&app, Method::GET, asked, &[]).await;
+            assert_eq!(r.body(), seen, "{asked}");
+        }
+        // An absolute-form URI (HTTP/2's :scheme and :authority) keeps its scheme and host.
+        let Some(uri) = strip_prefix(&"https://h:8443/v2/a?b".parse().unwrap(), "a") else {
+            panic!("parses");
+        };
+        assert_eq!(uri, "https://h:8443/a?b");
+    }
+
+    #[test]
+    fn strip_prefix_needs_a_wildcard_route_and_a_boolean() {
+        let srv = server(vec![route("/x", "path", vec![("strip_prefix", b(true))])]);
+        let err = RouteTable::build(&srv, &path_echo()).unwrap_err();
+        assert_eq!(err.pos, Some(Pos::new(7, 9)));
+        assert_eq!(err.key_path, "servers.s.routes./x.strip_prefix");
+        assert!(err.message.contains("needs a wildcard route"), "{err}");
+        let srv = server(vec![route(
+            "/x/*r",
+            "path",
+            vec![("strip_prefix", s("yes"))],
+        )]);
+        let err = RouteTable::build(&srv, &path_echo()).unwrap_err();
+        assert_eq!(err.key_path, "servers.s.routes./x/*r.strip_prefix");
+        assert_eq!(err.pos, Some(Pos::new(3, 7)));
+        // Accepted by every handler's params, as `methods` is.
+        let srv = server(vec![route(
+            "/h/*r",
+            "health",
+            vec![("strip_prefix", b(true))],
+        )]);
+        assert!(RouteTable::build(&srv, &builtins()).is_ok());
     }
 
     #[tokio::test]

@@ -12,8 +12,8 @@ use super::walk::{
 };
 use super::{Format, Params};
 
-/// The key every route may have besides its handler's own (read by the route table).
-const ALWAYS_ALLOWED: &str = "methods";
+/// The keys every route may have besides its handler's own (read by the route table).
+const ALWAYS_ALLOWED: &[&str] = &["methods", "strip_prefix"];
 
 impl Params {
     /// No parameters, no file, an empty key path, relative paths against `.`: for tests.
@@ -120,12 +120,14 @@ impl Params {
         }
     }
 
-    /// An error for the first key not in `allowed` (`methods` is always allowed), naming the
-    /// nearest allowed key when one is close.
+    /// An error for the first key not in `allowed` (the route table's own keys, `methods` and
+    /// `strip_prefix`, are always allowed), naming the nearest allowed key when one is close.
     pub fn deny_unknown(&self, allowed: &[&str]) -> Result<(), ConfigError> {
         let mut valid: Vec<&str> = allowed.to_vec();
-        if !valid.contains(&ALWAYS_ALLOWED) {
-            valid.push(ALWAYS_ALLOWED);
+        for k in ALWAYS_ALLOWED {
+            if !valid.contains(k) {
+                valid.push(k);
+            }
         }
         for (k, v) in &self.entries {
             if !valid.contains(&k.as_str()) {

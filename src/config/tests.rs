@@ -686,7 +686,7 @@ fn route_params_access() {
     );
     assert_eq!(
         p.deny_unknown(&[]).unwrap_err().message(),
-        "unknown key \"duration\" (valid keys: methods)"
+        "unknown key \"duration\" (valid keys: methods, strip_prefix)"
     );
 }
 
@@ -701,7 +701,7 @@ fn params_helpers_for_tests() {
     assert_eq!(p.deny_unknown(&["root"]), Ok(()));
     assert_eq!(
         p.deny_unknown(&[]).unwrap_err().to_string(),
-        "<embedded default>:1:8: params.root: unknown key \"root\" (valid keys: methods)"
+        "<embedded default>:1:8: params.root: unknown key \"root\" (valid keys: methods, strip_prefix)"
     );
     assert!(Params::parse("[1]", Format::Yaml).is_err());
 }
