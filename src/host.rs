@@ -131,4 +131,45 @@ impl Host {
         }
         crate::cli::main(&self.registry)
     }
+
+    /// apphost's commands (`run`, `check`, `status`, `restart`, `shutdown`) as a clap
+    /// [`Command`](clap::Command), for a program that has a command line of its own: nest it as
+    /// a subcommand (rename it with `.name("serve")`), and hand its matches to
+    /// [`Host::run_with`].
+    ///
+    /// ```no_run
+    /// use apphost::Host;
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     let matches = clap::Command::new("myapp")
+    ///         .arg(clap::Arg::new("db").long("db").global(true))
+    ///         .subcommand(Host::command().name("serve"))
+    ///         .subcommand(clap::Command::new("migrate"))
+    ///         .subcommand_required(true)
+    ///         .get_matches();
+    ///     match matches.subcommand() {
+    ///         // `myapp --db URL serve run -c server.yaml`, `myapp serve restart`, …
+    ///         Some(("serve", serve)) => Host::with_builtins().run_with(serve),
+    ///         _ => std::process::ExitCode::SUCCESS, // the program's own commands
+    ///     }
+    /// }
+    /// ```
+    pub fn command() -> clap::Command {
+        crate::cli::command()
+    }
+
+    /// Run the apphost command parsed into `matches` (the [`Host::command`] subcommand's own
+    /// matches). Returns the process exit code.
+    ///
+    /// Workers are this program started again **with the same arguments** (`myapp --db URL
+    /// serve run …`) and an environment variable that makes `run` a worker: the program's
+    /// `main` runs again as it did in the supervisor, builds the same handlers from the same
+    /// options, and must reach `run_with` the same way. (A program that calls
+    /// [`Host::main`] instead is started as `EXE __worker`.)
+    pub fn run_with(self, matches: &clap::ArgMatches) -> ExitCode {
+        if let Some(yaml) = self.default_config {
+            crate::config::set_embedded_default(yaml);
+        }
+        crate::cli::main_with(&self.registry, matches)
+    }
 }

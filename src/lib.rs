@@ -35,7 +35,7 @@
 //! | product | `admin` (admin routes), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
 //! | serving | `serve` (listeners, TLS, connections, watchdog) | bytes in, bytes out |
 //! | app | `routes` (route table), `handlers` (built-ins), `service` (tower services and axum routers as handlers) | which code answers |
-//! | base | `config`, `handler` (trait, helpers, registry), `body`, `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `logging`, `watch`, `sys` | shared vocabulary |
+//! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `logging`, `watch`, `sys` | shared vocabulary |
 //!
 //! The public API is what an application needs: [`Host`], [`Handler`] and its helpers,
 //! [`Body`], [`Request`]/[`Response`], [`Params`], [`ConfigError`], [`ClientAddr`],
@@ -55,6 +55,7 @@ mod control;
 mod handler;
 mod handlers;
 mod host;
+mod launch;
 mod logging;
 pub mod ops;
 mod routes;

@@ -2,6 +2,10 @@
 //! (which talk to a running host over its control socket through [`client`]), and the hidden
 //! `__worker` entry point a supervisor starts.
 //!
+//! It is the whole command line of a program that calls [`crate::Host::main`], or a subcommand
+//! of the program's own ([`command`], [`main_with`]); how workers are started in each case is
+//! [`crate::launch`]'s business.
+//!
 //! Exit codes: 0 success; 1 the host failed at run time (the first worker could not start, a
 //! forced shutdown), or a control command failed or could not reach the host; 2 bad input
 //! (config errors, bad arguments).
@@ -15,6 +19,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::handler::Registry;
+use crate::launch::{Launch, Role};
 use crate::routes::RouteTable;
 
 #[derive(Parser, Debug)]
@@ -72,19 +77,60 @@ enum Command {
 
 /// Parse the process arguments and run them with the handlers in `registry`.
 pub(crate) fn main(registry: &Registry) -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    match Cli::try_parse() {
+        Ok(cli) => dispatch(registry, cli.command, Launch::Apphost),
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
+            if e.use_stderr() {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
-            };
+            }
         }
-    };
-    match cli.command {
-        Command::Run { config } => run(registry, config.as_deref()),
+    }
+}
+
+/// apphost's commands as a clap command, for a program to nest in its own command line.
+pub(crate) fn command() -> clap::Command {
+    use clap::Subcommand;
+    Command::augment_subcommands(
+        clap::Command::new("apphost")
+            .about("A zero-downtime application host")
+            .subcommand_required(true)
+            .arg_required_else_help(true),
+    )
+}
+
+/// Run the apphost command in `matches` (parsed with [`command`]) with the handlers in
+/// `registry`. The program is nested: workers are started with its own arguments.
+pub(crate) fn main_with(registry: &Registry, matches: &clap::ArgMatches) -> ExitCode {
+    use clap::FromArgMatches;
+    match Command::from_arg_matches(matches) {
+        Ok(c) => dispatch(
+            registry,
+            c,
+            Launch::Nested(std::env::args_os().skip(1).collect()),
+        ),
+        Err(e) => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(registry: &Registry, command: Command, launch: Launch) -> ExitCode {
+    // A nested program started again by its supervisor, with the arguments of its `run`: a
+    // worker or a check (see `crate::launch`).
+    if let (Command::Run { .. }, Launch::Nested(_), Some((role, config))) =
+        (&command, &launch, Role::from_env())
+    {
+        return match role {
+            Role::Worker => crate::worker::main(registry, crate::worker::WorkerArgs { config }),
+            Role::Check => check(registry, config.as_deref()),
+        };
+    }
+    match command {
+        Command::Run { config } => run(registry, config.as_deref(), launch),
         Command::Check { config } => check(registry, config.as_deref()),
         Command::Status { target } => client::run_command(client::Command::Status, &target),
         Command::Restart { exe, target } => {
@@ -99,7 +145,7 @@ pub(crate) fn main(registry: &Registry) -> ExitCode {
     }
 }
 
-fn run(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
+fn run(registry: &Registry, explicit: Option<&Path>, launch: Launch) -> ExitCode {
     let config = match Config::find(explicit) {
         Ok(c) => c,
         Err(e) => {
@@ -136,6 +182,7 @@ fn run(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
     };
     crate::supervisor::run(crate::supervisor::Options {
         exe,
+        launch,
         config_path,
         config,
     })

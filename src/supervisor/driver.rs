@@ -26,6 +26,8 @@ use crate::config::Config;
 pub(crate) struct Options {
     /// The executable recorded at start; restarts run it unless told otherwise.
     pub(crate) exe: PathBuf,
+    /// How it is started as a worker or a check.
+    pub(crate) launch: crate::launch::Launch,
     /// The config file (absolute), `None` for the embedded default.
     pub(crate) config_path: Option<PathBuf>,
     /// The config as loaded at start (its settings apply until a worker reports its own).
@@ -325,6 +327,7 @@ impl Driver {
             worker,
             generation,
             exe,
+            &self.opts.launch,
             self.opts.config_path.as_deref(),
             &fds,
             self.events.clone(),
@@ -518,11 +521,11 @@ impl Driver {
 
     /// Run `EXE check [-c CONFIG]`; the answer goes to `reply` when it exits.
     fn start_preflight(&mut self, reply: oneshot::Sender<PreflightResult>) {
-        let mut cmd = std::process::Command::new(self.machine.recorded_exe());
-        cmd.arg("check");
-        if let Some(c) = &self.opts.config_path {
-            cmd.arg("-c").arg(c);
-        }
+        let mut cmd = self.opts.launch.command(
+            self.machine.recorded_exe(),
+            crate::launch::Role::Check,
+            self.opts.config_path.as_deref(),
+        );
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

@@ -1,7 +1,9 @@
 //! Starting one generation (a worker process) and the tasks that follow it: its channel, its
 //! stderr (copied to ours, the last lines kept to explain a failure).
 //!
-//! The worker is started as `EXE __worker [--config FILE]` with:
+//! The worker is started as `EXE __worker [--config FILE]` (or, for a program that nests
+//! apphost's command line in its own, with the program's own arguments: see `crate::launch`)
+//! with:
 //! - every listening socket the supervisor holds, inherited under the same descriptor numbers and
 //!   listed in `APPHOST_LISTEN_FDS=KEY=FD,…`;
 //! - its end of a fresh channel in `APPHOST_CHANNEL_FD`, and `APPHOST_GENERATION` (a standby
@@ -14,7 +16,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use rustix::process::Pid;
@@ -24,6 +26,7 @@ use tokio::sync::mpsc;
 use super::events::Event;
 use super::machine::WorkerId;
 use crate::channel::{self, Channel};
+use crate::launch::{Launch, Role};
 
 /// Lines of a worker's stderr kept for failure reports.
 const TAIL_LINES: usize = 12;
@@ -75,16 +78,13 @@ pub(crate) fn spawn(
     worker: WorkerId,
     generation: Option<u64>,
     exe: &Path,
+    launch: &Launch,
     config: Option<&Path>,
     listeners: &[(String, &OwnedFd)],
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<Generation> {
     let (ours, theirs) = channel::pair()?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("__worker");
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
+    let mut cmd = launch.command(exe, Role::Worker, config);
     let mut fds = vec![theirs.as_raw_fd()];
     let mut list = String::new();
     for (key, fd) in listeners {
