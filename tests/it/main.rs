@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod axum;
 mod drain;
 mod harness;
 mod host;

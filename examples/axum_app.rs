@@ -1,0 +1,239 @@
+//! An axum application hosted by apphost: the router is registered as it is
+//! (`Host::service`), and the program keeps its own command line, with apphost's commands
+//! nested under `serve`.
+//!
+//! ```sh
+//! cargo run --release --example axum_app -- serve run -c examples/axum_app.yaml
+//! curl localhost:8300/api/users/1            # JSON from a path parameter
+//! curl -d '{"name":"grace"}' -H 'content-type: application/json' localhost:8300/api/users
+//! curl --data-binary @some.file localhost:8300/api/echo   # the body, back
+//! curl -N 'localhost:8300/api/ticks?n=5'      # a streaming response
+//! curl localhost:8300/v2/api/users/1          # the same router, mounted again under /v2
+//! cargo run --release --example axum_app -- serve restart -c examples/axum_app.yaml
+//! cargo run --release --example axum_app -- --motd 'hi there' serve run -c examples/axum_app.yaml
+//! cargo run --release --example axum_app -- standalone --addr 127.0.0.1:8301  # plain axum::serve
+//! ```
+//!
+//! What it shows:
+//! - shared state (`State<Arc<AppState>>`: users behind a lock, a hit counter, the `--motd` the
+//!   program was started with), JSON and path extractors, a POST that reads its body, a
+//!   streaming response, the router's own fallback, and tower-http's trace and compression
+//!   layers;
+//! - the program's own CLI (clap) with apphost's `run`/`check`/`restart`/`status`/`shutdown`
+//!   nested as `serve …` ([`Host::command`], [`Host::run_with`]). Every worker is this program
+//!   started again with the same arguments, so `--motd` reaches every generation.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use apphost::{ClientAddr, Host};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use tower_http::compression::CompressionLayer;
+use tower_http::trace::TraceLayer;
+
+/// What every request handler shares.
+struct AppState {
+    /// The `--motd` text.
+    motd: String,
+    users: RwLock<BTreeMap<u64, User>>,
+    hits: AtomicU64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+}
+
+/// The application's router, as it would be served by `axum::serve` (the benchmark does
+/// exactly that with it).
+fn router(motd: String) -> Router {
+    let users = BTreeMap::from([(
+        1,
+        User {
+            id: 1,
+            name: "ada".into(),
+        },
+    )]);
+    let state = Arc::new(AppState {
+        motd,
+        users: RwLock::new(users),
+        hits: AtomicU64::new(0),
+    });
+    Router::new()
+        .route("/api/hello", get(hello))
+        .route("/api/users", post(create_user))
+        .route("/api/users/{id}", get(get_user))
+        .route("/api/echo", post(echo))
+        .route("/api/ticks", get(ticks))
+        .route(
+            "/pid",
+            get(|| async { format!("{}\n", std::process::id()) }),
+        )
+        .fallback(not_found)
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// `GET /api/hello`: the `--motd`, how many hits this worker has served, and who asked
+/// (apphost puts the client's address in every request's extensions).
+async fn hello(State(s): State<Arc<AppState>>, Extension(client): Extension<ClientAddr>) -> String {
+    let n = s.hits.fetch_add(1, Ordering::Relaxed) + 1;
+    format!("{} (hit {n}, from {})\n", s.motd, client.0.ip())
+}
+
+/// `GET /api/users/{id}`: JSON, or a JSON 404.
+async fn get_user(State(s): State<Arc<AppState>>, Path(id): Path<u64>) -> Response {
+    let users = s.users.read().unwrap_or_else(|p| p.into_inner());
+    match users.get(&id) {
+        Some(u) => Json(u.clone()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no user {id}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /api/users` with `{"name": …}`: 201 and the new user.
+async fn create_user(
+    State(s): State<Arc<AppState>>,
+    Json(new): Json<NewUser>,
+) -> (StatusCode, Json<User>) {
+    let mut users = s.users.write().unwrap_or_else(|p| p.into_inner());
+    let id = users.keys().next_back().map_or(1, |k| k + 1);
+    let user = User { id, name: new.name };
+    users.insert(id, user.clone());
+    (StatusCode::CREATED, Json(user))
+}
+
+/// `POST /api/echo`: the request body, back (axum reads it whole; up to its 2 MB default).
+async fn echo(body: Bytes) -> Bytes {
+    body
+}
+
+#[derive(Deserialize)]
+struct TicksQuery {
+    /// How many lines (default 5).
+    n: Option<u32>,
+    /// Milliseconds between them (default 200).
+    ms: Option<u64>,
+}
+
+/// `GET /api/ticks?n=5&ms=200`: a streaming response, one line every `ms`, each with the
+/// serving process's pid (so a test can see that a stream spanning a restart was served to its
+/// end by the worker that started it).
+async fn ticks(Query(q): Query<TicksQuery>) -> Response {
+    let n = q.n.unwrap_or(5);
+    let every = Duration::from_millis(q.ms.unwrap_or(200));
+    let pid = std::process::id();
+    let lines = futures_util::stream::unfold(0u32, move |i| async move {
+        if i == n {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(every).await;
+        }
+        let line = Bytes::from(format!("tick {i} pid {pid}\n"));
+        Some((Ok::<_, std::convert::Infallible>(line), i + 1))
+    });
+    ([("content-type", "text/plain")], Body::from_stream(lines)).into_response()
+}
+
+/// Anything else: the router's own 404, in JSON.
+async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": "no such route" })),
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = clap::Command::new("axum_app")
+        .about("An axum application hosted by apphost")
+        .arg(
+            clap::Arg::new("motd")
+                .long("motd")
+                .global(true)
+                .default_value("hello from axum")
+                .help("What GET /api/hello answers"),
+        )
+        .subcommand(
+            Host::command()
+                .name("serve")
+                .about("Serve the app with apphost (run, check, restart, status, shutdown)"),
+        )
+        .subcommand(clap::Command::new("routes").about("Print the router's routes"))
+        .subcommand(
+            clap::Command::new("standalone")
+                .about(
+                    "Serve the same router with plain `axum::serve` (no apphost; for comparison)",
+                )
+                .arg(
+                    clap::Arg::new("addr")
+                        .long("addr")
+                        .default_value("127.0.0.1:8301"),
+                ),
+        )
+        .subcommand_required(true);
+    let matches = cli.get_matches();
+    let motd = matches
+        .get_one::<String>("motd")
+        .cloned()
+        .unwrap_or_default();
+    match matches.subcommand() {
+        Some(("serve", serve)) => Host::new()
+            .service("app", router(motd))
+            .default_config(include_str!("axum_app.yaml"))
+            .run_with(serve),
+        Some(("routes", _)) => {
+            for r in [
+                "GET /api/hello",
+                "POST /api/users",
+                "GET /api/users/{id}",
+                "POST /api/echo",
+                "GET /api/ticks",
+                "GET /pid",
+            ] {
+                println!("{r}");
+            }
+            ExitCode::SUCCESS
+        }
+        Some(("standalone", m)) => {
+            let addr = m.get_one::<String>("addr").cloned().unwrap_or_default();
+            match standalone(&addr, router(motd)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("axum_app: {addr}: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => ExitCode::from(2),
+    }
+}
+
+/// The router served as axum's documentation serves one: a tokio runtime, a listener,
+/// `axum::serve`. No restarts, no drain: what apphost adds is what this lacks.
+fn standalone(addr: &str, app: Router) -> std::io::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        axum::serve(listener, app).await
+    })
+}
