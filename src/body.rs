@@ -22,6 +22,7 @@
 use std::any::Any;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -67,6 +68,9 @@ enum Kind {
     Full(Option<Bytes>),
     /// A request body as hyper reads it from the connection.
     Incoming(hyper::body::Incoming),
+    /// The same, reporting its handler's waits to the connection (boxed: only requests with a
+    /// body to come pay for it).
+    Watched(Box<Watched>),
     Channel(mpsc::Receiver<Bytes>),
     Stream(Pin<Box<dyn StreamBody>>),
     /// Any other body, its errors boxed.
@@ -78,12 +82,52 @@ impl fmt::Debug for Body {
         let kind = match &self.0 {
             Kind::Full(None) => "empty",
             Kind::Full(Some(_)) => "full",
-            Kind::Incoming(_) => "incoming",
+            Kind::Incoming(_) | Kind::Watched(_) => "incoming",
             Kind::Channel(_) => "channel",
             Kind::Stream(_) => "stream",
             Kind::Boxed(_) => "boxed",
         };
         f.debug_tuple("Body").field(&kind).finish()
+    }
+}
+
+/// Who watches a request body's progress (the connection it arrives on): told when the handler
+/// starts waiting for the next frame (a poll returned `Pending`) and when that wait ends (a
+/// frame or the end arrived, or the body was dropped).
+pub(crate) trait BodyWatch: Send + Sync {
+    fn wait_started(&self);
+    fn wait_ended(&self);
+}
+
+/// A watched request body ([`Body::incoming_watched`]).
+struct Watched {
+    inner: hyper::body::Incoming,
+    watch: Arc<dyn BodyWatch>,
+    /// True while the last poll returned `Pending` (counted by the watch as waiting).
+    waiting: bool,
+}
+
+impl Watched {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = http_body::Body::poll_frame(Pin::new(&mut self.inner), cx);
+        match (r.is_pending(), self.waiting) {
+            (true, false) => self.watch.wait_started(),
+            (false, true) => self.watch.wait_ended(),
+            _ => {}
+        }
+        self.waiting = r.is_pending();
+        r
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.watch.wait_ended();
+        }
     }
 }
 
@@ -126,6 +170,16 @@ impl Body {
     /// The request body hyper reads from a connection.
     pub(crate) fn incoming(b: hyper::body::Incoming) -> Body {
         Body(Kind::Incoming(b))
+    }
+
+    /// The request body hyper reads from a connection, reporting to `watch` when the handler
+    /// starts and stops waiting for data (so a body that stops arriving is found out).
+    pub(crate) fn incoming_watched(b: hyper::body::Incoming, watch: Arc<dyn BodyWatch>) -> Body {
+        Body(Kind::Watched(Box::new(Watched {
+            inner: b,
+            watch,
+            waiting: false,
+        })))
     }
 
     /// A streaming body and the sender that feeds it. Chunks are sent as they are pushed; the
@@ -239,6 +293,7 @@ impl http_body::Body for Body {
             Kind::Incoming(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map_err(|e| BodyError(Box::new(e))),
+            Kind::Watched(w) => w.poll_frame(cx).map_err(|e| BodyError(Box::new(e))),
             Kind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
             Kind::Stream(b) => b.as_mut().poll_frame(cx).map_err(|e| match e {}),
             Kind::Boxed(b) => b.as_mut().poll_frame(cx),
@@ -249,6 +304,7 @@ impl http_body::Body for Body {
         match &self.0 {
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(b) => b.is_end_stream(),
+            Kind::Watched(w) => w.inner.is_end_stream(),
             Kind::Channel(_) => false,
             Kind::Stream(b) => b.is_end_stream(),
             Kind::Boxed(b) => b.is_end_stream(),
@@ -260,6 +316,7 @@ impl http_body::Body for Body {
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Incoming(b) => b.size_hint(),
+            Kind::Watched(w) => w.inner.size_hint(),
             Kind::Channel(_) => SizeHint::default(),
             Kind::Stream(b) => b.size_hint(),
             Kind::Boxed(b) => b.size_hint(),

@@ -26,7 +26,11 @@ use tokio::net::TcpStream;
 use super::progress::{TrackedBody, TrackedIo};
 use super::watchdog::ConnState;
 use super::{Endpoint, Serving};
+use crate::body::{Body, BodyWatch};
 use crate::handler::ClientAddr;
+use crate::handler::text;
+use http::StatusCode;
+use hyper::body::Incoming;
 
 /// Which HTTP versions a connection may speak.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -154,20 +158,33 @@ async fn serve_io<I>(
     let svc = {
         let routes = ep.routes.clone();
         let state = state.clone();
-        service_fn(move |req: http::Request<hyper::body::Incoming>| {
-            let req = req.map(crate::Body::incoming);
+        service_fn(move |req: http::Request<Incoming>| {
             let busy = state.request_started();
             let http1 = req.version() < http::Version::HTTP_2;
             if !http1 {
                 state.mark_h2();
             }
+            // A body still to come is watched (see `progress`): if the handler waits for it
+            // and nothing arrives for `idle_timeout`, the answer is 408.
+            let (req, watched) = if http_body::Body::is_end_stream(req.body()) {
+                (req.map(Body::incoming), None)
+            } else {
+                let w: Arc<dyn BodyWatch> = state.clone();
+                (
+                    req.map(|b| Body::incoming_watched(b, w)),
+                    Some(state.clone()),
+                )
+            };
             let fut = routes.dispatch_from(req, peer);
             async move {
-                let resp = fut.await;
+                let (resp, timed_out) = match watched {
+                    None => (fut.await, false),
+                    Some(st) => answer_unless_body_stalls(fut, &st).await,
+                };
                 // Once draining, every HTTP/1 response closes its connection: the client learns
                 // it before sending another request, so none is lost. (The generation's flag,
                 // reached through the connection's state: no reference count is touched.)
-                let close = http1 && busy.generation_draining();
+                let close = http1 && (timed_out || busy.generation_draining());
                 let mut resp = resp.map(|b| TrackedBody::new(b, busy));
                 if close {
                     resp.headers_mut()
@@ -195,6 +212,24 @@ async fn serve_io<I>(
             let conn = Box::pin(b.auto.serve_connection(io, svc));
             drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
+    }
+}
+
+/// The handler's answer, or `408` (and true) if its request body stalls first: the watchdog
+/// found the handler waiting for a body that made no progress for `idle_timeout`. The handler is
+/// dropped (its request body with it); the connection closes after the `408`.
+async fn answer_unless_body_stalls(
+    fut: crate::handler::BoxFuture,
+    state: &ConnState,
+) -> (crate::Response, bool) {
+    let stalled = state.body_stalled();
+    tokio::select! {
+        biased;
+        r = fut => (r, false),
+        () = stalled => (
+            text(StatusCode::REQUEST_TIMEOUT, "408 request timeout: the request body stopped arriving\n"),
+            true,
+        ),
     }
 }
 

@@ -187,14 +187,21 @@ impl AcceptBackoff {
         }
     }
 
+    /// True when a report is due (none yet, or the last one a second ago or more).
+    fn due(&mut self, now: Instant) -> bool {
+        let due = self
+            .reported_at
+            .is_none_or(|t| now.duration_since(t) >= Self::REPORT_EVERY);
+        if due {
+            self.reported_at = Some(now);
+        }
+        due
+    }
+
     /// Note a failed accept; how long to pause before the next.
     fn failed(&mut self, key: &str, e: &std::io::Error) -> Duration {
         self.unreported += 1;
-        let now = Instant::now();
-        if self
-            .reported_at
-            .is_none_or(|t| now.duration_since(t) >= Self::REPORT_EVERY)
-        {
+        if self.due(Instant::now()) {
             tracing::warn!(
                 listener = %key,
                 error = %e,
@@ -203,26 +210,28 @@ impl AcceptBackoff {
                 self.unreported
             );
             self.unreported = 0;
-            self.reported_at = Some(now);
         }
         let pause = self.pause;
         self.pause = (pause * 2).min(Self::MAX_PAUSE);
         pause
     }
 
-    /// Note an accepted connection (the hot path: one comparison when nothing failed).
+    /// Note an accepted connection (the hot path: one comparison when nothing failed). The
+    /// pause starts again from the shortest; the failures not yet reported are reported with
+    /// the recovery, within the same once-a-second limit.
     fn succeeded(&mut self, key: &str) {
-        if self.reported_at.is_some() {
-            if self.unreported > 0 {
-                tracing::warn!(
-                    listener = %key,
-                    failures = self.unreported,
-                    "accept failed {} more time(s) before it recovered",
-                    self.unreported
-                );
-            }
-            tracing::info!(listener = %key, "accepting again");
-            *self = AcceptBackoff::new();
+        if self.pause == Self::FIRST_PAUSE {
+            return;
+        }
+        self.pause = Self::FIRST_PAUSE;
+        if self.unreported > 0 && self.due(Instant::now()) {
+            tracing::warn!(
+                listener = %key,
+                failures = self.unreported,
+                "accept failed {} more time(s), then accepted again",
+                self.unreported
+            );
+            self.unreported = 0;
         }
     }
 }

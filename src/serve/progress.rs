@@ -23,6 +23,10 @@
 //! `shutdown_timeout`). Only `send_timeout` without write progress cuts it: the client stopped
 //! reading, which is the one case where cutting is right (nginx's `send_timeout`).
 //!
+//! The same state hears from request bodies (a body still to come is made with
+//! [`crate::Body`]'s watched constructor and reports its handler's waits): a body that stalls for `idle_timeout` is answered `408` (see [`super::watchdog`]).
+//! Requests without a body are not watched and pay nothing for it.
+//!
 //! Cost on the request path: a coarse-clock load and a store per write, a flag test per flush,
 //! and two atomic additions on the connection's own state per response.
 
@@ -122,6 +126,21 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Request bodies report their handler's waits here; the sweeper times them (`idle_timeout`).
+impl crate::body::BodyWatch for ConnState {
+    fn wait_started(&self) {
+        self.body_progress_ms
+            .store(coarse_now_ms(), Ordering::Release);
+        self.body_waiting.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn wait_ended(&self) {
+        self.body_progress_ms
+            .store(coarse_now_ms(), Ordering::Release);
+        self.body_waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -271,6 +290,29 @@ mod tests {
             .expect("not cut after send_timeout")
             .unwrap();
         assert!(stalled_at.elapsed() >= Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_request_body_is_answered_then_its_connection_cut() {
+        use crate::body::BodyWatch;
+        let wd = Watchdog::start(limits(10_000));
+        let (state, reg) = wd.register();
+        let _busy = state.request_started();
+        let task = tokio::spawn(Guard::new(state.clone(), reg, std::future::pending()));
+        // A request waiting for its answer, whose handler waits for the body.
+        let told = state.body_stalled();
+        tokio::pin!(told);
+        state.wait_started();
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), &mut told)
+            .await
+            .expect("the waiting request was not told");
+        assert!(start.elapsed() >= Duration::from_millis(50), "told early");
+        // Still stalled at the next sweep (say the response had already started): cut.
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("not cut")
+            .unwrap();
     }
 
     #[tokio::test]

@@ -27,6 +27,12 @@
 //! - the generation is draining and it has been idle for `keepalive_grace` since the drain began
 //!   or its last response ended, whichever is later (see the drain rules in [`crate::serve`]).
 //!
+//! Request bodies: a handler waiting for a request body that has delivered nothing for
+//! `idle_timeout` (reported through [`crate::body::BodyWatch`]) is not left to wait forever: the
+//! requests of that connection still waiting for their answer are told, and answer `408` with
+//! `Connection: close`; if the body is still stalled at the next sweep (its response had already
+//! started), the connection is killed.
+//!
 //! A deadline fires up to one tick late, never early. Starting the drain wakes every
 //! connection's task, so HTTP/2 connections send GOAWAY at once.
 
@@ -49,6 +55,10 @@ const H2: u8 = 2;
 const KILLED: u8 = 4;
 /// `ConnState::flags`: the sweeper asked an idle HTTP/2 connection to send GOAWAY and close.
 const GOAWAY: u8 = 8;
+/// `ConnState::flags`: a request body stalled for `idle_timeout` while its handler waited; the
+/// requests waiting for a response were told (they answer 408). Still stalled at the next sweep:
+/// the connection is cut.
+const BODY_TIMEOUT: u8 = 32;
 /// `ConnState::flags`: output waits on the client: a write returned `Pending` and no flush has
 /// completed since (set and cleared by [`super::progress::TrackedIo`]).
 pub(super) const BLOCKED: u8 = 16;
@@ -125,7 +135,13 @@ pub(crate) struct ConnState {
     /// Response bodies hyper holds without asking them for data: it waits for the client
     /// (an HTTP/2 window, or room in its write buffer), not for the handler.
     pub(super) stalled: AtomicU32,
-    /// `SEEN | H2 | KILLED | GOAWAY | BLOCKED`.
+    /// Request bodies whose handler waits for their next frame ([`crate::body::BodyWatch`]).
+    pub(super) body_waiting: AtomicU32,
+    /// When a request body last delivered a frame or its handler started waiting (coarse ms).
+    pub(super) body_progress_ms: AtomicU64,
+    /// Notified when a request body stalls (see `BODY_TIMEOUT`).
+    body_stalled: Notify,
+    /// `SEEN | H2 | KILLED | GOAWAY | BLOCKED | BODY_TIMEOUT`.
     pub(super) flags: AtomicU8,
     /// The connection task's waker, for the sweeper and the drain to wake it.
     waker: Mutex<Option<Waker>>,
@@ -142,6 +158,11 @@ impl ConnState {
         if !self.flag(f) {
             self.flags.fetch_or(f, Ordering::AcqRel);
         }
+    }
+
+    /// Resolves when a request body of this connection stalls while its handler waits.
+    pub(super) async fn body_stalled(&self) {
+        self.body_stalled.notified().await
     }
 
     /// True once the connection's generation has started draining.
@@ -256,6 +277,9 @@ impl Watchdog {
             busy: AtomicU32::new(0),
             progress_ms: AtomicU64::new(now),
             stalled: AtomicU32::new(0),
+            body_waiting: AtomicU32::new(0),
+            body_progress_ms: AtomicU64::new(now),
+            body_stalled: Notify::new(),
             flags: AtomicU8::new(0),
             waker: Mutex::new(None),
             generation_draining: self.draining.clone(),
@@ -329,11 +353,22 @@ impl Watchdog {
         let drain_at = self
             .is_draining()
             .then(|| self.drain_at_ms.load(Ordering::Acquire));
-        let (mut doomed, mut goaway) = (Vec::new(), Vec::new());
+        let (mut doomed, mut goaway, mut body_stalled) = (Vec::new(), Vec::new(), Vec::new());
         for s in self.lock().entries.iter().flatten() {
             let flags = s.flags.load(Ordering::Acquire);
             if flags & KILLED != 0 {
                 continue;
+            }
+            // A handler waiting for a request body that makes no progress for idle_timeout.
+            if s.body_waiting.load(Ordering::Acquire) > 0 {
+                let progress = s.body_progress_ms.load(Ordering::Acquire);
+                if now.saturating_sub(progress) >= millis(l.idle_timeout) + tick {
+                    if flags & BODY_TIMEOUT != 0 {
+                        doomed.push(s.clone());
+                        continue;
+                    }
+                    body_stalled.push(s.clone());
+                }
             }
             // Output waiting on the client is never idle, whatever the drain or idle deadlines
             // say; only `send_timeout` without write progress cuts it.
@@ -374,6 +409,10 @@ impl Watchdog {
             if expired || drained {
                 doomed.push(s.clone());
             }
+        }
+        for s in body_stalled {
+            s.flags.fetch_or(BODY_TIMEOUT, Ordering::AcqRel);
+            s.body_stalled.notify_waiters();
         }
         for (list, flag) in [(doomed, KILLED), (goaway, GOAWAY)] {
             for s in list {

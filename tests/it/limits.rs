@@ -97,3 +97,41 @@ fn descriptor_exhaustion_is_reported_once_a_second_with_a_count() {
         try_get(port, "/pid").ok().filter(|r| r.status == 200)
     });
 }
+
+/// A request body that stops arriving: `408` after `idle_timeout`, then the connection closes.
+#[test]
+fn a_request_body_that_stops_arriving_gets_408_after_idle_timeout() {
+    use std::io::{Read, Write};
+    let port = unique_port();
+    let cfg = format!(
+        "idle_timeout: 1s\nservers:\n  s:\n    address: \"127.0.0.1:{port}\"\n    admin: {{ path: /debug/admin }}\n    routes:\n      \"/pid\": pid\n"
+    );
+    let host = Apphost::start(&cfg);
+    host.wait_serving(port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    // An admin form post (the handler reads the body) that declares 10,000 bytes and sends 6.
+    s.write_all(
+        b"POST /debug/admin/restart HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 10000\r\n\r\nfoo=ba",
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let mut raw = Vec::new();
+    // Read to the end: the server must answer and close.
+    s.read_to_end(&mut raw).unwrap();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "408 after {took:?}"
+    );
+    // The worker is still serving, and did not restart.
+    assert!(!host.log().contains("restart done"));
+    get(port, "/pid");
+}
