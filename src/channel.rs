@@ -9,7 +9,8 @@
 //! inherit it), `ready` (with the settings the supervisor needs from the worker's config),
 //! `failed` (it cannot start, and why), `request` (restart/shutdown/status asked for inside the
 //! worker: a signal, the admin page, the library call).
-//! Supervisor → worker: `drain` (stop accepting, finish, exit), `reply` (the answer to a request).
+//! Supervisor → worker: `going_away` (a shutdown began: `ready` answers 503 while serving goes
+//! on), `drain` (stop accepting, finish, exit), `reply` (the answer to a request), `activate`.
 //!
 //! Also the protocol's vocabulary shared by every side: the operations ([`Op`]) and their
 //! results ([`OpResult`], [`Status`]), which the control socket speaks too, and the environment
@@ -39,6 +40,9 @@ pub(crate) const ENV_CHANNEL_FD: &str = "APPHOST_CHANNEL_FD";
 pub(crate) const ENV_LISTEN_FDS: &str = "APPHOST_LISTEN_FDS";
 /// Environment variable with a worker's generation number.
 pub(crate) const ENV_GENERATION: &str = "APPHOST_GENERATION";
+/// Set (to `1`) when a worker starts while another generation serves: its `ready` answers 200
+/// from the start.
+pub(crate) const ENV_HOST_SERVING: &str = "APPHOST_HOST_SERVING";
 /// Set for a standby worker: it starts up to its runtime, then waits for `activate`.
 pub(crate) const ENV_STANDBY: &str = "APPHOST_STANDBY";
 
@@ -68,6 +72,9 @@ pub(crate) struct WorkerSettings {
     /// `warm_standby`.
     #[serde(default)]
     pub warm_standby: bool,
+    /// `shutdown_delay` in milliseconds.
+    #[serde(default)]
+    pub shutdown_delay_ms: u64,
 }
 
 /// An operation a worker (or the control socket) asks the supervisor for.
@@ -225,6 +232,9 @@ pub(crate) enum Msg {
         /// The generation number it becomes.
         generation: u64,
     },
+    /// Supervisor → worker: the host is shutting down; keep serving, but answer `ready` with
+    /// 503 (`shutdown_delay`). A `drain` follows.
+    GoingAway,
     /// Supervisor → worker: stop accepting, drain, exit.
     Drain {
         /// True when the whole host is shutting down (log wording differs).

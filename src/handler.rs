@@ -133,10 +133,17 @@ pub(crate) fn method_not_allowed(allow: HeaderValue) -> Response {
     r
 }
 
-/// Handler names → factories.
+/// A check an application runs in each new generation before it reports ready (see
+/// [`crate::Host::on_start`]); an error fails the start (a restart is rolled back) with its text.
+pub(crate) type StartCheck = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> + Send + Sync,
+>;
+
+/// What an application brings: handler names → factories, and its start-up checks.
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: BTreeMap<String, Factory>,
+    start_checks: Vec<StartCheck>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -159,5 +166,18 @@ impl Registry {
     /// Register (or replace) a factory.
     pub fn insert(&mut self, name: impl Into<String>, factory: Factory) {
         self.factories.insert(name.into(), factory);
+    }
+
+    /// Add a start-up check (run in order, each generation, before it reports ready).
+    pub(crate) fn add_start_check(&mut self, check: StartCheck) {
+        self.start_checks.push(check);
+    }
+
+    /// Run the start-up checks in order; the first error, as text.
+    pub(crate) async fn run_start_checks(&self) -> Result<(), String> {
+        for check in &self.start_checks {
+            check().await?;
+        }
+        Ok(())
     }
 }

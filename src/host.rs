@@ -37,7 +37,7 @@ impl Host {
         Host::default()
     }
 
-    /// A host with the built-in handlers (`hello`, `pid`, `sleep`, `static`, `health`).
+    /// A host with the built-in handlers (`hello`, `pid`, `sleep`, `static`, `health`, `ready`).
     pub fn with_builtins() -> Host {
         let mut h = Host::new();
         crate::handlers::register_builtins(&mut h.registry);
@@ -112,6 +112,32 @@ impl Host {
         self
     }
 
+    /// Run `check` in each new generation before it reports ready: open a database pool, warm
+    /// a cache. The generation's servers do not accept before it succeeds; an error fails the
+    /// start with its message (a restart is rolled back and the asker gets the message; the
+    /// first start ends the host). It must finish within `graceful_timeout`.
+    ///
+    /// ```no_run
+    /// apphost::Host::with_builtins()
+    ///     .on_start(|| async {
+    ///         std::fs::metadata("/var/lib/app/db").map(|_| ()).map_err(|e| format!("database: {e}"))
+    ///     })
+    ///     .main();
+    /// ```
+    pub fn on_start<F, Fut, E>(mut self, check: F) -> Host
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let check: crate::handler::StartCheck = Arc::new(move || {
+            let fut = check();
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        });
+        self.registry.add_start_check(check);
+        self
+    }
+
     /// Ship a default config (YAML) with the program: used when no config file is found, in
     /// place of apphost's own embedded default. Errors in it are reported like a file's.
     pub fn default_config(mut self, yaml: &'static str) -> Host {
@@ -171,5 +197,35 @@ impl Host {
             crate::config::set_embedded_default(yaml);
         }
         crate::cli::main_with(&self.registry, matches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn on_start_checks_run_in_order_and_the_first_error_is_the_reason() {
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (a, b) = (ran.clone(), ran.clone());
+        let host = Host::with_builtins()
+            .on_start(move || {
+                let a = a.clone();
+                async move {
+                    a.lock().unwrap().push("pool");
+                    Ok::<(), String>(())
+                }
+            })
+            .on_start(move || {
+                let b = b.clone();
+                async move {
+                    b.lock().unwrap().push("cache");
+                    Err(std::io::Error::other("cache warm-up: redis refused"))
+                }
+            });
+        let r = host.registry().run_start_checks().await;
+        assert_eq!(r, Err("cache warm-up: redis refused".to_string()));
+        assert_eq!(*ran.lock().unwrap(), ["pool", "cache"]);
+        assert_eq!(Host::new().registry().run_start_checks().await, Ok(()));
     }
 }

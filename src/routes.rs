@@ -575,6 +575,7 @@ mod tests {
             http: vec![],
             https: None,
             admin: None,
+            readiness: None,
             routes,
         }
     }
@@ -623,7 +624,7 @@ mod tests {
         assert_eq!(err.key_path, "servers.s.routes./x.handler");
         assert_eq!(
             err.message,
-            "unknown handler \"helo\" (registered: health, hello, pid, sleep, static)"
+            "unknown handler \"helo\" (registered: health, hello, pid, ready, sleep, static)"
         );
     }
 

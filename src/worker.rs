@@ -7,6 +7,11 @@
 //! reported as `failed` with the reason and the worker exits 2: the supervisor keeps the old
 //! generation serving.
 //!
+//! Readiness: the worker's `ready` routes answer from one [`Readiness`]: serving from the start
+//! when another generation serves (`APPHOST_HOST_SERVING`), else once this worker is ready;
+//! going away (503) from the supervisor's `going_away` (a shutdown with `shutdown_delay`) or a
+//! shutdown's `drain`, while it goes on serving until the drain.
+//!
 //! Serving: the worker waits for the supervisor's `drain`, or for its channel to close (the
 //! supervisor died), then drains (see [`crate::serve`]) within `shutdown_timeout` and exits 0.
 //! Signals sent to the worker itself are turned into requests to the supervisor: SIGUSR1 asks for
@@ -23,10 +28,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use crate::channel::{
-    Channel, ENV_CHANNEL_FD, ENV_GENERATION, ENV_LISTEN_FDS, ENV_STANDBY, Msg, Op, WorkerSettings,
+    Channel, ENV_CHANNEL_FD, ENV_GENERATION, ENV_HOST_SERVING, ENV_LISTEN_FDS, ENV_STANDBY, Msg,
+    Op, WorkerSettings,
 };
 use crate::config::Config;
 use crate::handler::Registry;
+use crate::handlers::ready::{self, Readiness, ReadyState};
 use crate::ops::{Link, OpError, OpResult};
 use crate::routes::RouteTable;
 use crate::serve::{self, Endpoint, Serving, tls::CertStore};
@@ -142,6 +149,8 @@ fn inherited_listeners() -> Result<HashMap<String, OwnedFd>, String> {
 /// Everything built from the config before serving starts.
 struct Prepared {
     listeners: Vec<(tokio::net::TcpListener, Endpoint)>,
+    /// Each server's readiness request, with an endpoint serving its routes.
+    gates: Vec<(crate::config::ReadinessConfig, Endpoint)>,
     newly_bound: Vec<(String, OwnedFd)>,
     tls_files: Vec<String>,
     certs: Vec<Arc<CertStore>>,
@@ -154,6 +163,7 @@ fn prepare(
     link: &Link,
 ) -> Result<Prepared, String> {
     let mut listeners = Vec::new();
+    let mut gates = Vec::new();
     let mut newly_bound = Vec::new();
     let mut tls_files = Vec::new();
     let mut certs = Vec::new();
@@ -178,6 +188,16 @@ fn prepare(
             }
             None => None,
         };
+        if let Some(r) = &server.readiness {
+            gates.push((
+                r.clone(),
+                Endpoint {
+                    key: format!("{} readiness", server.name),
+                    routes: routes.clone(),
+                    tls: None,
+                },
+            ));
+        }
         let mut add = |addr: &crate::config::ListenAddr,
                        tls: Option<tokio_rustls::TlsAcceptor>|
          -> Result<(), String> {
@@ -223,6 +243,7 @@ fn prepare(
     drop(inherited);
     Ok(Prepared {
         listeners,
+        gates,
         newly_bound,
         tls_files,
         certs,
@@ -257,7 +278,17 @@ async fn run(
     // below relays them.
     let (link, mut req_rx) = Link::new(generation, serving.clone());
     link.register_for_library();
-    let prepared = match prepare(registry, &config, inherited, &link) {
+    let readiness = Readiness::new(if std::env::var_os(ENV_HOST_SERVING).is_some() {
+        ReadyState::Serving
+    } else {
+        ReadyState::Starting
+    });
+    // This worker's `ready` routes answer from its own state.
+    let mut registry = registry.clone();
+    if registry.get("ready").is_some() {
+        registry.insert("ready", ready::factory(readiness.clone()));
+    }
+    let prepared = match prepare(&registry, &config, inherited, &link) {
         Ok(p) => p,
         Err(reason) => {
             tracing::error!("cannot start: {reason}");
@@ -265,6 +296,14 @@ async fn run(
             return ExitCode::from(2);
         }
     };
+    // The application's checks, then each server's readiness request, before anything accepts:
+    // a generation that fails them has served nobody.
+    readiness.serving();
+    if let Err(reason) = start_checks(&registry, &prepared.gates, &serving).await {
+        tracing::error!("cannot start: {reason}");
+        let _ = chan.send(&Msg::Failed { reason }, &[]).await;
+        return ExitCode::from(2);
+    }
     let mut keys = Vec::new();
     let mut started = Vec::new();
     let mut accept_loops = Vec::new();
@@ -293,6 +332,7 @@ async fn run(
         watch_settle_ms: config.watch.settle.as_millis() as u64,
         tls_files: prepared.tls_files,
         warm_standby: config.warm_standby,
+        shutdown_delay_ms: config.shutdown_delay.as_millis() as u64,
     };
     if chan
         .send(
@@ -331,6 +371,10 @@ async fn run(
         tokio::select! {
             m = chan.recv() => match m {
                 Ok(Some((Msg::Drain { shutdown }, _))) => break shutdown,
+                Ok(Some((Msg::GoingAway, _))) => {
+                    tracing::info!("going away: `ready` answers 503; serving until the drain");
+                    readiness.going_away();
+                }
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
                 Ok(Some((other, _))) => tracing::debug!(?other, "unexpected message ignored"),
                 Ok(None) | Err(_) => {
@@ -352,6 +396,7 @@ async fn run(
         }
     };
     if shutdown {
+        readiness.going_away();
         tracing::info!("server shutting down");
     } else {
         tracing::info!("server reloading");
@@ -394,6 +439,26 @@ async fn run(
             }
         }
     }
+}
+
+/// Run the application's start-up checks ([`crate::Host::on_start`]), then every server's
+/// readiness request; the first failure, as the reason the start failed.
+async fn start_checks(
+    registry: &Registry,
+    gates: &[(crate::config::ReadinessConfig, Endpoint)],
+    serving: &Arc<Serving>,
+) -> Result<(), String> {
+    registry
+        .run_start_checks()
+        .await
+        .map_err(|e| format!("start-up check failed: {e}"))?;
+    for (r, ep) in gates {
+        serve::probe::probe(Arc::new(ep.clone()), serving.clone(), &r.path, r.timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(path = %r.path, "readiness request answered 2xx");
+    }
+    Ok(())
 }
 
 /// Relays the operations asked inside this worker (through its [`Link`], or by a signal) to

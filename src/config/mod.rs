@@ -83,6 +83,10 @@ pub(crate) struct Config {
     /// `shutdown_timeout`: how long a draining generation may take before what is left is cut.
     /// Default 60s.
     pub shutdown_timeout: Duration,
+    /// `shutdown_delay`: on a stop (signal or `apphost shutdown`), how long the host keeps
+    /// accepting and serving while its `ready` routes answer 503, so load balancers and
+    /// Kubernetes take it out of rotation before anything stops accepting. Default 0.
+    pub shutdown_delay: Duration,
     /// `keepalive_grace`: when draining, how long an idle keep-alive connection is kept open so a
     /// request the client may already be sending is answered (with `Connection: close`) rather
     /// than lost. Default 1s.
@@ -164,8 +168,20 @@ pub(crate) struct ServerConfig {
     pub https: Option<HttpsConfig>,
     /// `admin`: admin routes, if configured.
     pub admin: Option<AdminConfig>,
+    /// `readiness`: the request a new generation sends through its own routes before it counts
+    /// as ready (a 2xx within the timeout, or the restart fails).
+    pub readiness: Option<ReadinessConfig>,
     /// `routes`, in file order.
     pub routes: Vec<RouteConfig>,
+}
+
+/// `readiness: { path, timeout }` (or `readiness: /path`, timeout 5s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReadinessConfig {
+    /// The request's path (and query), e.g. `/ready`.
+    pub path: String,
+    /// How long the answer may take. Default 5s.
+    pub timeout: Duration,
 }
 
 /// `https: { address, cert, key }`.

@@ -14,7 +14,7 @@ use super::file;
 use super::tree::{self, Key, Node, Value};
 use super::{
     AdminConfig, Config, ConfigSource, ControlConfig, Format, HttpsConfig, LogConfig, LogFormat,
-    Params, RouteConfig, ServerConfig, WatchConfig,
+    Params, ReadinessConfig, RouteConfig, ServerConfig, WatchConfig,
 };
 
 /// Files tried, in order, when neither `-c` nor `$APPHOST_CONFIG` says which to use.
@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "graceful",
     "graceful_timeout",
     "shutdown_timeout",
+    "shutdown_delay",
     "keepalive_grace",
     "header_read_timeout",
     "idle_timeout",
@@ -40,7 +41,8 @@ const TOP_KEYS: &[&str] = &[
     "watch",
     "servers",
 ];
-const SERVER_KEYS: &[&str] = &["address", "https", "admin", "routes"];
+const SERVER_KEYS: &[&str] = &["address", "https", "admin", "readiness", "routes"];
+const READINESS_KEYS: &[&str] = &["path", "timeout"];
 const HTTPS_KEYS: &[&str] = &["address", "cert", "key"];
 const ADMIN_KEYS: &[&str] = &[
     "path",
@@ -55,6 +57,7 @@ const WATCH_KEYS: &[&str] = &["executable", "config", "settle"];
 
 const DEFAULT_GRACEFUL_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_READINESS_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_KEEPALIVE_GRACE: Duration = Duration::from_secs(1);
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -439,6 +442,7 @@ impl Walker<'_> {
             self.duration_or(&top, "graceful_timeout", DEFAULT_GRACEFUL_TIMEOUT)?;
         let shutdown_timeout =
             self.duration_or(&top, "shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT)?;
+        let shutdown_delay = self.duration_or(&top, "shutdown_delay", Duration::ZERO)?;
         let keepalive_grace = self.duration_or(&top, "keepalive_grace", DEFAULT_KEEPALIVE_GRACE)?;
         let header_read_timeout =
             self.duration_or(&top, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)?;
@@ -501,6 +505,7 @@ impl Walker<'_> {
             graceful,
             graceful_timeout,
             shutdown_timeout,
+            shutdown_delay,
             keepalive_grace,
             idle_timeout,
             send_timeout,
@@ -607,6 +612,10 @@ impl Walker<'_> {
             Some((n, p)) => self.admin(n, &p)?,
             None => None,
         };
+        let readiness = match f.get("readiness") {
+            Some((n, p)) => Some(self.readiness(n, &p)?),
+            None => None,
+        };
         let routes = match f.get("routes") {
             Some((n, p)) => self.routes(n, &p)?,
             None => Vec::new(),
@@ -616,7 +625,40 @@ impl Walker<'_> {
             http,
             https,
             admin,
+            readiness,
             routes,
+        })
+    }
+
+    /// `readiness: { path, timeout }` (or just the path as a string).
+    fn readiness(&self, node: &Node, path: &str) -> Result<ReadinessConfig, ConfigError> {
+        let (req_path, timeout) = match &node.value {
+            Value::Str(_) => (
+                self.non_empty_str(node, path)?.to_string(),
+                DEFAULT_READINESS_TIMEOUT,
+            ),
+            _ => {
+                let f = self.fields(node, path, READINESS_KEYS)?;
+                let (n, p) = self.required(&f, "path")?;
+                (
+                    self.non_empty_str(n, &p)?.to_string(),
+                    self.duration_or(&f, "timeout", DEFAULT_READINESS_TIMEOUT)?,
+                )
+            }
+        };
+        if !req_path.starts_with('/') {
+            return Err(self.err(
+                node.pos,
+                path,
+                format!("the readiness path must start with \"/\", found {req_path:?}"),
+            ));
+        }
+        if timeout.is_zero() {
+            return Err(self.err(node.pos, path, "the readiness timeout must not be zero"));
+        }
+        Ok(ReadinessConfig {
+            path: req_path,
+            timeout,
         })
     }
 

@@ -1,4 +1,6 @@
-//! The `health` handler: `200 ok\n`, for load balancers and readiness probes. No params.
+//! The `health` handler: `200 ok\n` for as long as the worker runs: liveness (Kubernetes'
+//! `livenessProbe`). Load balancers and readiness probes use `ready`, which turns to 503 when a
+//! shutdown begins. No params.
 
 use bytes::Bytes;
 

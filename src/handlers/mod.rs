@@ -1,4 +1,4 @@
-//! The built-in handlers (`hello`, `pid`, `sleep`, `static`, `health`), one file each, and what
+//! The built-in handlers (`hello`, `pid`, `sleep`, `static`, `health`, `ready`), one file each, and what
 //! they share: how a factory validates params, and how methods are answered.
 //!
 //! Every built-in is built once per route at config load: its factory rejects unknown params
@@ -12,6 +12,7 @@ mod file_body;
 mod health;
 mod hello;
 mod pid;
+pub(crate) mod ready;
 mod sleep;
 mod static_files;
 
@@ -32,11 +33,16 @@ use pid::Pid;
 use sleep::Sleep;
 use static_files::StaticFiles;
 
-/// Register the built-in handlers' factories in `r`: `health`, `hello`, `pid`, `sleep`, `static`.
+/// Register the built-in handlers' factories in `r`: `health`, `hello`, `pid`, `ready`, `sleep`,
+/// `static`. (`ready` here answers from a state nobody sets; a worker registers its own.)
 pub(crate) fn register_builtins(r: &mut Registry) {
     r.insert("health", factory(&[], |_| Ok(Health)));
     r.insert("hello", factory(&["text"], Hello::from_params));
     r.insert("pid", factory(&[], |_| Ok(Pid)));
+    r.insert(
+        "ready",
+        ready::factory(ready::Readiness::new(ready::ReadyState::Starting)),
+    );
     r.insert("sleep", factory(&["duration"], Sleep::from_params));
     r.insert(
         "static",
@@ -246,7 +252,10 @@ mod tests {
         let mut r = Registry::default();
         register_builtins(&mut r);
         let names: Vec<&str> = r.names().collect();
-        assert_eq!(names, ["health", "hello", "pid", "sleep", "static"]);
+        assert_eq!(
+            names,
+            ["health", "hello", "pid", "ready", "sleep", "static"]
+        );
     }
 
     #[test]
@@ -258,7 +267,7 @@ mod tests {
 
     #[test]
     fn methods_param_is_accepted_by_every_builtin() {
-        for name in ["health", "hello", "pid", "sleep"] {
+        for name in ["health", "hello", "pid", "ready", "sleep"] {
             let p = params(PathBuf::from("/"), vec![("methods", s("GET"))]);
             assert!(build(name, &p).is_ok(), "{name}");
         }

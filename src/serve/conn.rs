@@ -142,7 +142,7 @@ impl Builders {
     }
 }
 
-async fn serve_io<I>(
+pub(super) async fn serve_io<I>(
     io: I,
     peer: ClientAddr,
     proto: Proto,

@@ -5,6 +5,7 @@
 //! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper, and how it drains.
 //! - [`watchdog`]: the registry of live connections and the one timer task that enforces their
 //!   deadlines (header read, keep-alive idle, drain grace, send timeout).
+//! - [`probe`]: the readiness request a new generation sends through its own serving path.
 //! - [`progress`]: the wrappers around a connection's I/O and its response bodies that tell the
 //!   watchdog a response is still being written (until its last byte reaches the socket).
 //!
@@ -22,6 +23,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod listen;
+pub(crate) mod probe;
 pub(crate) mod progress;
 pub(crate) mod tls;
 pub(crate) mod watchdog;

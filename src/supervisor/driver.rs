@@ -83,6 +83,7 @@ pub(crate) fn run(opts: Options) -> ExitCode {
             graceful: opts.config.graceful,
             graceful_timeout: opts.config.graceful_timeout,
             shutdown_timeout: opts.config.shutdown_timeout,
+            shutdown_delay: opts.config.shutdown_delay,
             warm_standby: false,
         };
         let mut d = Driver {
@@ -215,6 +216,7 @@ impl Driver {
                 now: Instant::now(),
             }),
             Event::ForceExit => self.feed(machine::Event::ForceExit),
+            Event::ShutdownDelayOver => self.feed(machine::Event::ShutdownDelayOver),
             Event::Preflight(reply) => self.start_preflight(reply),
             Event::PreflightDeadline(pid) => {
                 if let Some(p) = self.preflights.get_mut(&pid.as_raw_nonzero().get()) {
@@ -257,7 +259,8 @@ impl Driver {
                 self.standby_file = None;
                 tracing::info!(generation, pid = g.pid_u32(), exe = %self.machine.recorded_exe().display(), "worker started");
             }
-            Action::Drain { worker, shutdown } => self.drain(worker, shutdown),
+            Action::Drain { worker, shutdown } => self.send_now(worker, Msg::Drain { shutdown }),
+            Action::GoingAway { worker } => self.send_now(worker, Msg::GoingAway),
             Action::Kill { worker, why } => {
                 if let Some(g) = self.workers.get(&worker).filter(|g| !g.exited) {
                     if why == KillReason::DrainTimeout {
@@ -281,6 +284,7 @@ impl Driver {
                     Timer::DrainDeadline(w) => Event::DrainDeadline(w),
                     Timer::Respawn => Event::Respawn,
                     Timer::ForceExit => Event::ForceExit,
+                    Timer::ShutdownDelay => Event::ShutdownDelayOver,
                 };
                 self.after(after, ev);
             }
@@ -323,9 +327,16 @@ impl Driver {
         let file = generation.is_none().then(|| crate::watch::file_id(exe));
         let fds: Vec<(String, &OwnedFd)> =
             self.listeners.iter().map(|(k, v)| (k.clone(), v)).collect();
-        let spawned = generation::spawn(
+        // The machine has already moved: in a graceful restart `current` is the generation that
+        // goes on serving while this one starts.
+        let host_serving = self.machine.current().is_some();
+        let slot = generation::Slot {
             worker,
             generation,
+            host_serving,
+        };
+        let spawned = generation::spawn(
+            slot,
             exe,
             &self.opts.launch,
             self.opts.config_path.as_deref(),
@@ -362,12 +373,12 @@ impl Driver {
         });
     }
 
-    fn drain(&mut self, worker: WorkerId, shutdown: bool) {
+    /// Send `msg` (`drain`, `going_away`) to `worker`.
+    fn send_now(&mut self, worker: WorkerId, msg: Msg) {
         let Some(g) = self.workers.get(&worker).filter(|g| !g.exited) else {
             return;
         };
         let chan = g.chan.clone();
-        let msg = Msg::Drain { shutdown };
         // Straight away when the socket takes it (the usual case): the old generation stops
         // accepting sooner, so new connections go to the new one.
         match chan.try_send_now(&msg) {
@@ -375,11 +386,11 @@ impl Driver {
             Ok(false) => {
                 tokio::spawn(async move {
                     if let Err(e) = chan.send(&msg, &[]).await {
-                        tracing::debug!("cannot send drain: {e}");
+                        tracing::debug!("cannot send {msg:?}: {e}");
                     }
                 });
             }
-            Err(e) => tracing::debug!("cannot send drain: {e}"),
+            Err(e) => tracing::debug!("cannot send {msg:?}: {e}"),
         }
     }
 

@@ -36,6 +36,8 @@ pub(crate) enum Event {
     Respawn,
     /// The shutdown took too long.
     ForceExit,
+    /// `shutdown_delay` is over: drain.
+    ShutdownDelayOver,
     /// A watcher asks for a preflight run of the executable (`EXE check [-c CONFIG]`).
     Preflight(oneshot::Sender<PreflightResult>),
     /// A preflight run has had its time.

@@ -8,6 +8,8 @@
 //!   listed in `APPHOST_LISTEN_FDS=KEY=FD,…`;
 //! - its end of a fresh channel in `APPHOST_CHANNEL_FD`, and `APPHOST_GENERATION` (a standby
 //!   gets `APPHOST_STANDBY` instead, and its number with `activate`);
+//! - `APPHOST_HOST_SERVING=1` when another generation serves (its `ready` answers 200 from the
+//!   start: the host is ready, whichever worker a probe reaches);
 //! - its own process group (so a terminal's Ctrl-C reaches only the supervisor, which decides),
 //!   and `SIGTERM` as parent-death signal (so it never outlives a killed supervisor);
 //! - no systemd variables (`NOTIFY_SOCKET`, `LISTEN_*`): the supervisor speaks for it.
@@ -70,19 +72,33 @@ impl Generation {
     }
 }
 
-/// Start worker `worker` from `exe` as generation `generation` (`None`: a standby, which
-/// learns its number when activated), handing it `listeners`. Must be called on the
+/// Which worker a spawn starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slot {
+    /// Its id in the supervisor.
+    pub(crate) worker: WorkerId,
+    /// Its generation number; `None` for a standby, which learns its number when activated.
+    pub(crate) generation: Option<u64>,
+    /// Another generation serves while it starts.
+    pub(crate) host_serving: bool,
+}
+
+/// Start the worker `slot` names from `exe`, handing it `listeners`. Must be called on the
 /// supervisor's event-loop thread, which also reaps children: the caller registers the pid
 /// before the loop can see the child's exit.
 pub(crate) fn spawn(
-    worker: WorkerId,
-    generation: Option<u64>,
+    slot: Slot,
     exe: &Path,
     launch: &Launch,
     config: Option<&Path>,
     listeners: &[(String, &OwnedFd)],
     events: mpsc::UnboundedSender<Event>,
 ) -> std::io::Result<Generation> {
+    let Slot {
+        worker,
+        generation,
+        host_serving,
+    } = slot;
     let (ours, theirs) = channel::pair()?;
     let mut cmd = launch.command(exe, Role::Worker, config);
     let mut fds = vec![theirs.as_raw_fd()];
@@ -98,6 +114,7 @@ pub(crate) fn spawn(
         .env(channel::ENV_LISTEN_FDS, list)
         .env_remove(channel::ENV_GENERATION)
         .env_remove(channel::ENV_STANDBY)
+        .env_remove(channel::ENV_HOST_SERVING)
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID")
@@ -109,6 +126,9 @@ pub(crate) fn spawn(
         Some(g) => cmd.env(channel::ENV_GENERATION, g.to_string()),
         None => cmd.env(channel::ENV_STANDBY, "1"),
     };
+    if host_serving {
+        cmd.env(channel::ENV_HOST_SERVING, "1");
+    }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     crate::sys::prepare_child(&mut cmd, fds);
     let mut child = cmd.spawn()?;

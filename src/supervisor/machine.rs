@@ -12,8 +12,9 @@
 //!   ├─────────────────────────▶ Stopping(N) ───────────▶ Recovering(N+1) ───────────▶ Serving(N+1)
 //!   │ N died                                                 │ failed
 //!   └─────────────────────────▶ Down ──── backoff ──▶ Recovering(N+1) ◀─┘ (Down again, backoff)
-//! any phase ── stop signal / shutdown ──▶ ShuttingDown ── all exited ──▶ exit 0
-//!                                           └── second stop signal, or shutdown_timeout ──▶ exit 1
+//! any phase ── stop signal / shutdown ──▶ ShuttingDown(delaying) ── shutdown_delay ──▶
+//!     ShuttingDown ── all exited ──▶ exit 0
+//!       └── second stop signal (also while delaying), or shutdown_timeout ──▶ exit 1
 //! ```
 //!
 //! - **Graceful** (`graceful: true`): the old generation is told to drain only once the new one
@@ -26,6 +27,9 @@
 //!   restart was under way, its new worker takes over as the recovery.
 //! - **One at a time**: a restart asked for while another is under way is refused
 //!   ([`OpError::Busy`]), not queued, whatever asked for it.
+//! - **Going away** (`shutdown_delay`, see `shutdown`): a stop first tells every worker the host
+//!   is going away (its `ready` answers 503) and keeps them serving for `shutdown_delay`, so
+//!   balancers stop sending before anything stops accepting; then every worker drains.
 //! - **Warm standby** (`warm_standby` with `graceful`): after each restart a worker is started
 //!   ahead, with no generation number; a graceful restart to the same executable activates it
 //!   (it gets the next number then) instead of spawning.
@@ -39,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::channel::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, WorkerSettings};
 
+mod shutdown;
 mod vocab;
 
 use vocab::BACKOFF_RESET_AFTER;
@@ -203,6 +208,7 @@ impl<R> Machine<R> {
                 self.out.push(Action::KillAll);
                 self.out.push(Action::Exit(1));
             }
+            Event::ShutdownDelayOver => self.end_shutdown_delay(),
         }
         std::mem::take(&mut self.out)
     }
@@ -466,6 +472,7 @@ impl<R> Machine<R> {
             graceful: settings.graceful,
             graceful_timeout: Duration::from_millis(settings.graceful_timeout_ms),
             shutdown_timeout: Duration::from_millis(settings.shutdown_timeout_ms),
+            shutdown_delay: Duration::from_millis(settings.shutdown_delay_ms),
             warm_standby: settings.warm_standby,
         };
         self.worker_settings = Some(settings);
@@ -613,9 +620,10 @@ impl<R> Machine<R> {
                 } = pending;
                 self.start_recovering(exe, waiters, trigger, false, now);
             }
-            Phase::ShuttingDown { current } => {
+            Phase::ShuttingDown { current, delaying } => {
                 self.phase = Phase::ShuttingDown {
                     current: current.filter(|c| *c != worker),
+                    delaying,
                 };
                 self.exit_if_shut_down();
             }
@@ -643,13 +651,6 @@ impl<R> Machine<R> {
                 self.phase = other;
                 tracing::info!(generation, pid, "old worker exited ({status})");
             }
-        }
-    }
-
-    fn exit_if_shut_down(&mut self) {
-        if matches!(self.phase, Phase::ShuttingDown { .. }) && self.workers.is_empty() {
-            tracing::info!("supervisor exiting");
-            self.out.push(Action::Exit(0));
         }
     }
 
@@ -687,50 +688,6 @@ impl<R> Machine<R> {
                 self.phase = phase;
             }
             other => self.phase = other,
-        }
-    }
-
-    fn on_stop_signal(&mut self, name: &'static str) {
-        if matches!(self.phase, Phase::ShuttingDown { .. }) {
-            tracing::warn!("second {name} during the shutdown: stopping now");
-            self.out.push(Action::KillAll);
-            self.out.push(Action::Exit(1));
-            return;
-        }
-        tracing::info!("{name} received");
-        self.begin_shutdown(name);
-    }
-
-    fn begin_shutdown(&mut self, why: &str) {
-        if matches!(self.phase, Phase::ShuttingDown { .. }) {
-            return;
-        }
-        tracing::info!("shutting down ({why})");
-        self.out.push(Action::Notify(Notify::Stopping));
-        let current = self.phase.current();
-        let phase = std::mem::replace(&mut self.phase, Phase::ShuttingDown { current });
-        let waiters = match phase {
-            Phase::Starting { pending, .. }
-            | Phase::Stopping { pending, .. }
-            | Phase::Recovering { pending, .. } => pending.waiters,
-            _ => Vec::new(),
-        };
-        for w in waiters {
-            self.reply(w, Err(OpError::ShuttingDown));
-        }
-        self.standby = None;
-        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
-        for id in ids {
-            // A worker not yet seen ready may already be serving (it accepts before it
-            // reports): it reads the drain right after its report, so nothing is cut.
-            self.drain(id, true);
-        }
-        self.arm(
-            self.settings.shutdown_timeout + SHUTDOWN_EXIT_MARGIN,
-            Timer::ForceExit,
-        );
-        if self.workers.is_empty() {
-            self.out.push(Action::Exit(0));
         }
     }
 }

@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod axum;
 mod drain;
+mod going_away;
 mod harness;
 mod host;
 mod hostile_ops;

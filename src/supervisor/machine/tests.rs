@@ -13,6 +13,7 @@ fn settings(graceful: bool) -> Settings {
         graceful,
         graceful_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(60),
+        shutdown_delay: Duration::ZERO,
         warm_standby: false,
     }
 }
@@ -28,6 +29,7 @@ fn reported(graceful: bool, warm_standby: bool) -> WorkerSettings {
         watch_settle_ms: 300,
         tls_files: Vec::new(),
         warm_standby,
+        shutdown_delay_ms: 0,
     }
 }
 
@@ -549,4 +551,88 @@ fn triggers_name_their_source() {
         Trigger::from_via(Some("cron")),
         Trigger::Other("cron".into())
     );
+}
+
+/// A machine whose first generation serves with `shutdown_delay: 5s`.
+fn serving_with_delay() -> (M, WorkerId, Instant) {
+    let t = Instant::now();
+    let mut m = M::new(exe(), settings(true), || 0);
+    let first = spawned(&m.handle(Event::Start { now: t }))[0];
+    let settings = WorkerSettings {
+        shutdown_delay_ms: 5_000,
+        ..reported(true, false)
+    };
+    m.handle(Event::Ready {
+        worker: first,
+        pid: OLD_PID,
+        settings,
+        now: t,
+    });
+    (m, first, t)
+}
+
+#[test]
+fn stop_with_shutdown_delay_goes_away_first_then_drains() {
+    let (mut m, old, t) = serving_with_delay();
+    let acts = m.handle(Event::StopSignal { name: "SIGTERM" });
+    // Nothing stops accepting yet: the worker is told it is going away, and the delay is armed.
+    assert!(acts.contains(&Action::GoingAway { worker: old }));
+    assert!(!drains(&acts, old));
+    assert!(acts.contains(&Action::Arm {
+        after: Duration::from_secs(5),
+        timer: Timer::ShutdownDelay
+    }));
+    assert!(acts.contains(&Action::Notify(Notify::Stopping)));
+    assert_eq!(m.phase().name(), "going_away");
+    assert_eq!(m.current(), Some(old));
+    // Restarts are refused while going away.
+    assert_eq!(
+        replies(&m.handle(restart(4, t))),
+        vec![(4, Err(OpError::ShuttingDown))]
+    );
+    // A shutdown request meanwhile is answered and changes nothing.
+    let acts = m.handle(Event::Shutdown { reply: 5 });
+    assert_eq!(
+        acts,
+        vec![Action::Reply {
+            to: 5,
+            result: Ok(OpReply::ShuttingDown)
+        }]
+    );
+    // The delay over: drain, with shutdown_timeout (and the margin) from now.
+    let acts = m.handle(Event::ShutdownDelayOver);
+    assert!(acts.contains(&Action::Drain {
+        worker: old,
+        shutdown: true
+    }));
+    assert!(acts.contains(&Action::Arm {
+        after: Duration::from_secs(65),
+        timer: Timer::ForceExit
+    }));
+    assert_eq!(m.phase().name(), "shutting_down");
+    // A late timer does nothing.
+    assert!(m.handle(Event::ShutdownDelayOver).is_empty());
+    assert_eq!(m.handle(exited(old, OLD_PID, t)), vec![Action::Exit(0)]);
+}
+
+#[test]
+fn second_stop_signal_during_shutdown_delay_exits_at_once() {
+    let (mut m, _old, _t) = serving_with_delay();
+    m.handle(Event::StopSignal { name: "SIGTERM" });
+    let acts = m.handle(Event::StopSignal { name: "SIGTERM" });
+    assert_eq!(acts, vec![Action::KillAll, Action::Exit(1)]);
+}
+
+#[test]
+fn stop_during_a_restart_with_delay_tells_both_workers() {
+    let (mut m, old, t) = serving_with_delay();
+    let new = spawned(&m.handle(restart(7, t)))[0];
+    let acts = m.handle(Event::StopSignal { name: "SIGTERM" });
+    assert_eq!(replies(&acts), vec![(7, Err(OpError::ShuttingDown))]);
+    assert!(acts.contains(&Action::GoingAway { worker: old }));
+    assert!(acts.contains(&Action::GoingAway { worker: new }));
+    // The old one exiting during the delay (it crashed) does not end the host while the new
+    // one runs; both gone: exit 0.
+    assert!(m.handle(exited(old, OLD_PID, t)).is_empty());
+    assert_eq!(m.handle(exited(new, NEW_PID, t)), vec![Action::Exit(0)]);
 }

@@ -129,10 +129,13 @@ pub(crate) enum Phase<R> {
     },
     /// Nothing serves; a replacement is due after the backoff.
     Down,
-    /// Every worker drains, then the supervisor exits.
+    /// Shutting down: first, for `shutdown_delay` (`delaying`), every worker keeps serving while
+    /// its `ready` answers 503; then every worker drains, and the supervisor exits.
     ShuttingDown {
         /// The worker that was serving, until it exits.
         current: Option<WorkerId>,
+        /// Still in `shutdown_delay`: nothing drains yet.
+        delaying: bool,
     },
 }
 
@@ -143,6 +146,7 @@ impl<R> Phase<R> {
             Phase::Serving { .. } | Phase::Down => "serving",
             Phase::Starting { .. } | Phase::Stopping { .. } => "restarting",
             Phase::Recovering { .. } => "recovering",
+            Phase::ShuttingDown { delaying: true, .. } => "going_away",
             Phase::ShuttingDown { .. } => "shutting_down",
         }
     }
@@ -152,7 +156,7 @@ impl<R> Phase<R> {
         match self {
             Phase::Serving { current } | Phase::Starting { current, .. } => Some(*current),
             Phase::Stopping { old, .. } => Some(*old),
-            Phase::ShuttingDown { current } => *current,
+            Phase::ShuttingDown { current, .. } => *current,
             Phase::Recovering { .. } | Phase::Down => None,
         }
     }
@@ -169,6 +173,8 @@ pub(crate) enum Timer {
     Respawn,
     /// The whole shutdown's deadline.
     ForceExit,
+    /// The end of `shutdown_delay`: the drain begins.
+    ShutdownDelay,
 }
 
 /// A systemd state change to announce (`sd_notify`).
@@ -219,6 +225,12 @@ pub(crate) enum Action<R> {
         worker: WorkerId,
         /// The whole host is shutting down (the worker's log wording).
         shutdown: bool,
+    },
+    /// Tell `worker` the host is going away: its `ready` answers 503 from now on, while it
+    /// keeps accepting and serving until it is told to drain.
+    GoingAway {
+        /// The worker.
+        worker: WorkerId,
     },
     /// SIGKILL `worker` (its process group).
     Kill {
@@ -335,6 +347,8 @@ pub(crate) enum Event<R> {
     },
     /// [`Timer::ForceExit`] fired.
     ForceExit,
+    /// [`Timer::ShutdownDelay`] fired.
+    ShutdownDelayOver,
 }
 
 /// The restart settings in force (the first config's, then each ready generation's).
@@ -346,6 +360,8 @@ pub(crate) struct Settings {
     pub(crate) graceful_timeout: Duration,
     /// `shutdown_timeout`.
     pub(crate) shutdown_timeout: Duration,
+    /// `shutdown_delay`.
+    pub(crate) shutdown_delay: Duration,
     /// `warm_standby` (known once a generation has reported it).
     pub(crate) warm_standby: bool,
 }
