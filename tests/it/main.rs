@@ -5,11 +5,14 @@ mod support;
 
 mod admin;
 mod axum;
+mod docker;
 mod drain;
+mod fleet;
 mod going_away;
 mod harness;
 mod host;
 mod hostile_ops;
+mod kubernetes;
 mod limits;
 mod recovery;
 mod restart;
