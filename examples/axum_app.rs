@@ -91,10 +91,12 @@ fn router(motd: String) -> Router {
 }
 
 /// `GET /api/hello`: the `--motd`, how many hits this worker has served, and who asked
-/// (apphost puts the client's address in every request's extensions).
-async fn hello(State(s): State<Arc<AppState>>, Extension(client): Extension<ClientAddr>) -> String {
+/// (apphost puts the client's address in the request's extensions on routes with
+/// `client_addr: true`).
+async fn hello(State(s): State<Arc<AppState>>, client: Option<Extension<ClientAddr>>) -> String {
     let n = s.hits.fetch_add(1, Ordering::Relaxed) + 1;
-    format!("{} (hit {n}, from {})\n", s.motd, client.0.ip())
+    let from = client.map_or("an unknown address".to_string(), |c| c.0.0.ip().to_string());
+    format!("{} (hit {n}, from {from})\n", s.motd)
 }
 
 /// `GET /api/users/{id}`: JSON, or a JSON 404.
@@ -231,6 +233,10 @@ fn main() -> ExitCode {
 /// The router served as axum's documentation serves one: a tokio runtime, a listener,
 /// `axum::serve`. No restarts, no drain: what apphost adds is what this lacks.
 fn standalone(addr: &str, app: Router) -> std::io::Result<()> {
+    // A subscriber, as an app has (apphost installs its own in a worker): `RUST_LOG`, else info.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr).await?;

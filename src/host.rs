@@ -108,7 +108,8 @@ impl Host {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<crate::BoxError>,
     {
-        self.registry.insert(name, crate::service::factory(svc));
+        self.registry
+            .insert(name, crate::service::factory(name, svc));
         self
     }
 

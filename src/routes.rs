@@ -49,6 +49,9 @@ pub(crate) struct RouteTable {
     exact: PathMap,
     /// Wildcard routes by prefix (the pattern without `/*name`; `""` for `/*name`).
     wildcard: PathMap,
+    /// The longest wildcard prefix: no candidate longer than this is looked up (with only
+    /// `/*rest`, the usual way to mount a whole service, a lookup is one hash of `""`).
+    wildcard_max: usize,
     /// Every route, in the order added (for [`RouteTable::routes`]).
     list: Vec<Arc<Route>>,
 }
@@ -290,7 +293,10 @@ impl RouteTable {
         let (kind, key) = parse_pattern(pattern);
         let map = match kind {
             Kind::Exact => &mut self.exact,
-            Kind::Wildcard => &mut self.wildcard,
+            Kind::Wildcard => {
+                self.wildcard_max = self.wildcard_max.max(key.len());
+                &mut self.wildcard
+            }
         };
         match map.insert(Box::from(key), route.clone()) {
             Some(old) => {
@@ -374,8 +380,15 @@ impl RouteTable {
         if self.wildcard.is_empty() {
             return None;
         }
-        // Candidate prefixes, longest first: the whole path, then the path cut before each '/'.
-        let mut end = path.len();
+        // Candidate prefixes, longest first: the whole path, then the path cut before each '/',
+        // starting at the longest that can match.
+        let mut end = if path.len() <= self.wildcard_max {
+            path.len()
+        } else {
+            path.as_bytes()[..=self.wildcard_max]
+                .iter()
+                .rposition(|&b| b == b'/')?
+        };
         loop {
             let prefix = &path[..end];
             if let Some(r) = self.wildcard.get(prefix) {
@@ -528,6 +541,22 @@ mod tests {
         assert_eq!(find(&t, "/files//x"), found("/files/*path", Some("/x")));
         assert_eq!(find(&t, "/filesx"), None);
         assert_eq!(find(&t, "/"), None);
+    }
+
+    #[test]
+    fn lookups_start_at_the_longest_wildcard_prefix() {
+        // Only a catch-all: one lookup, whatever the path.
+        let t = table(&["/*rest"]);
+        assert_eq!(find(&t, "/a/b/c/d"), found("/*rest", Some("a/b/c/d")));
+        assert_eq!(find(&t, "/"), found("/*rest", Some("")));
+        // The longest prefix is 4 bytes: `/a/bc/d` starts at `/a`, `/a/b/x` at `/a/b`.
+        let t = table(&["/a/b/*p", "/x/*q"]);
+        assert_eq!(find(&t, "/a/bc/d"), None);
+        assert_eq!(find(&t, "/a/b/x/y"), found("/a/b/*p", Some("x/y")));
+        assert_eq!(find(&t, "/a/b"), found("/a/b/*p", Some("")));
+        assert_eq!(find(&t, "/x"), found("/x/*q", Some("")));
+        assert_eq!(find(&t, "/xy/z"), None);
+        assert_eq!(find(&t, "/x/yyyyyy/z"), found("/x/*q", Some("yyyyyy/z")));
     }
 
     #[test]

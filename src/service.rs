@@ -7,21 +7,27 @@
 //!   returned `Ready(Ok)` on the same service value. The registered service is cloned for each
 //!   request and the clone is polled ready and called (what `tower::ServiceExt::oneshot` and
 //!   hyper-util's `TowerToHyperService` do), so requests never wait on each other for a shared
-//!   `&mut` service. An `axum::Router` is always ready and its clone is one reference count.
+//!   `&mut` service. An `axum::Router` is always ready and its clone is one reference count; a
+//!   service that is ready at once is called at once, so the one allocation per request (the
+//!   boxed future every handler returns) holds only its future.
 //! - **Bodies.** The request body is apphost's [`Body`], which streams from the connection. The
 //!   response body `B` (any `http_body::Body<Data = Bytes>`) is wrapped by [`Body::new`] with no
 //!   task and no buffering: the connection polls it as the client takes the data, and an error
 //!   it returns cuts the response (HTTP/2 stream reset, HTTP/1 connection closed) and is logged.
 //! - **Errors.** A service error (from `poll_ready` or from the call) answers `500` with a plain
-//!   text body and is logged with the route. axum's `Router` is infallible, so this is for
+//!   text body and is logged with the service's name. axum's `Router` is infallible, so this is for
 //!   other tower stacks (a `tower::timeout` layer, say).
-//! - **Context.** Like any handler, the request carries [`crate::RouteMatch`] and
-//!   [`crate::ClientAddr`] in its extensions (axum: `Extension<ClientAddr>`). With the route
+//! - **Context.** With the route parameter `client_addr: true`, the request carries
+//!   [`crate::ClientAddr`] in its extensions (axum: `Extension<ClientAddr>`); without it, and
+//!   never [`crate::RouteMatch`], nothing: each extension costs allocations on every request,
+//!   and next to axum's own three a fourth makes the map grow (about 2 % of a small axum
+//!   request, measured with `bench/axum.sh`). With the route
 //!   parameter `strip_prefix: true` the route table has already removed the route's prefix from
 //!   the path (see `routes`), so a router written for `/api/...` can be mounted under `/v2/*rest`.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, ready};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -29,10 +35,16 @@ use tower_service::Service;
 
 use crate::body::{Body, BoxError};
 use crate::config::{ConfigError, Params};
-use crate::handler::{BoxFuture, Factory, Handler, Request, Response, RouteMatch, Wants, text};
+use crate::handler::{BoxFuture, Factory, Handler, Request, Response, Wants, text};
 
 /// A tower service as a [`Handler`].
-pub(crate) struct ServiceHandler<S>(S);
+pub(crate) struct ServiceHandler<S> {
+    svc: S,
+    /// The name it was registered under, for the log.
+    name: Arc<str>,
+    /// The route's `client_addr`: put a [`crate::ClientAddr`] in the request's extensions.
+    client_addr: bool,
+}
 
 impl<S, B> Handler for ServiceHandler<S>
 where
@@ -43,32 +55,55 @@ where
     B::Error: Into<BoxError>,
 {
     fn call(&self, req: Request) -> BoxFuture {
-        let mut svc = self.0.clone();
-        // For the log, should the service fail.
-        let pattern = req
-            .extensions()
-            .get::<RouteMatch>()
-            .map(|m| m.pattern.clone());
-        Box::pin(async move {
-            if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
-                return failed(&pattern, e.into());
+        let mut svc = self.svc.clone();
+        let name = self.name.clone();
+        // Most services are always ready (an axum Router is): asked once here, the call is made
+        // at once and the boxed future holds only the service's own future. A service that is
+        // not ready is asked again inside the future, which then registers the real waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => {
+                let fut = svc.call(req);
+                Box::pin(async move { answer(&name, fut.await) })
             }
-            match svc.call(req).await {
-                Ok(resp) => resp.map(Body::new),
-                Err(e) => failed(&pattern, e.into()),
-            }
-        })
+            Poll::Ready(Err(e)) => Box::pin(ready(failed(&name, e.into()))),
+            Poll::Pending => Box::pin(async move {
+                if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
+                    return failed(&name, e.into());
+                }
+                answer(&name, svc.call(req).await)
+            }),
+        }
     }
 
+    /// [`Wants::NONE`], unless the route asks for the client's address (`client_addr: true`): a
+    /// service has the path itself (with `strip_prefix`, what lies below the route's prefix),
+    /// and each extension costs allocations on every request (next to axum's own three, a
+    /// fourth also makes the map grow).
     fn wants(&self) -> Wants {
-        Wants::ALL
+        Wants {
+            route_match: false,
+            client_addr: self.client_addr,
+        }
+    }
+}
+
+/// The response, its body wrapped; or `500` for an error.
+fn answer<B, E>(service: &str, r: Result<http::Response<B>, E>) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
+    match r {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => failed(service, e.into()),
     }
 }
 
 /// The `500` answer to a service error, which is logged.
-fn failed(pattern: &Option<Arc<str>>, e: BoxError) -> Response {
-    let route = pattern.as_deref().unwrap_or("-");
-    tracing::error!(route, error = %e, "service failed; answered 500");
+fn failed(service: &str, e: BoxError) -> Response {
+    tracing::error!(service, error = %e, "service failed; answered 500");
     text(
         StatusCode::INTERNAL_SERVER_ERROR,
         "500 internal server error\n",
@@ -78,7 +113,7 @@ fn failed(pattern: &Option<Arc<str>>, e: BoxError) -> Response {
 /// The factory [`crate::Host::service`] registers: the route's params are checked (a service
 /// takes none of its own; `methods` and `strip_prefix` are the route table's) and each route
 /// gets its own clone of `svc`.
-pub(crate) fn factory<S, B>(svc: S) -> Factory
+pub(crate) fn factory<S, B>(name: &str, svc: S) -> Factory
 where
     S: Service<Request, Response = http::Response<B>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -86,10 +121,15 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let name: Arc<str> = Arc::from(name);
     Arc::new(
         move |params: &Params| -> Result<Arc<dyn Handler>, ConfigError> {
-            params.deny_unknown(&[])?;
-            Ok(Arc::new(ServiceHandler(svc.clone())))
+            params.deny_unknown(&["client_addr"])?;
+            Ok(Arc::new(ServiceHandler {
+                svc: svc.clone(),
+                name: name.clone(),
+                client_addr: params.bool("client_addr")?.unwrap_or(false),
+            }))
         },
     )
 }
@@ -135,7 +175,7 @@ mod tests {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        factory(svc)(&Params::empty()).expect("no params")
+        factory("test", svc)(&Params::empty()).expect("no params")
     }
 
     #[tokio::test]
@@ -225,12 +265,58 @@ mod tests {
         assert_eq!(err.to_string(), "upstream went away");
     }
 
+    /// Not ready on the first ask; ready when asked again (counts the asks).
+    #[derive(Clone)]
+    struct Slow(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Service<Request> for Slow {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn call(&mut self, req: Request) -> Self::Future {
+            std::future::ready(Ok(http::Response::new(Body::from(req.uri().to_string()))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_that_is_not_ready_is_called_once_it_is() {
+        let asks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = handler(Slow(asks.clone()));
+        let resp = h.call(http::Request::new(Body::empty())).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(asks.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "/");
+    }
+
+    #[test]
+    fn client_addr_is_asked_for_by_the_route() {
+        let f = factory("test", Slow(Default::default()));
+        assert_eq!(f(&Params::empty()).ok().unwrap().wants(), Wants::NONE);
+        let p = Params::parse("client_addr: true", crate::config::Format::Yaml).unwrap();
+        let w = f(&p).ok().unwrap().wants();
+        assert!(w.client_addr && !w.route_match);
+        let p = Params::parse("client_addr: 3", crate::config::Format::Yaml).unwrap();
+        let err = f(&p).err().unwrap();
+        assert!(err.to_string().contains("client_addr"), "{err}");
+    }
+
     #[test]
     fn a_service_route_takes_no_params_of_its_own() {
         let p = Params::parse("colour: red", crate::config::Format::Yaml).unwrap();
-        let f = factory(Fn(|_req: Request| async {
-            Ok::<_, Infallible>(http::Response::new(Body::empty()))
-        }));
+        let f = factory(
+            "test",
+            Fn(|_req: Request| async { Ok::<_, Infallible>(http::Response::new(Body::empty())) }),
+        );
         let err = f(&p).err().expect("unknown key rejected");
         assert!(err.to_string().contains("colour"), "{err}");
     }

@@ -26,7 +26,7 @@ fn example_bin(name: &str) -> PathBuf {
     let p = dir.join("examples").join(name);
     assert!(
         p.is_file(),
-        "{} is missing: `cargo test` builds it",
+        "{} is missing or stale: `cargo test` builds it (a filtered run needs `cargo build --examples` first)",
         p.display()
     );
     p
@@ -42,7 +42,7 @@ fn config(port: u16, prefix: &str, watch_config: bool) -> String {
            app:\n    \
              address: \"127.0.0.1:{port}\"\n    \
              routes:\n      \
-               \"/*rest\": app\n      \
+               \"/*rest\": {{ handler: app, client_addr: true }}\n      \
                \"{prefix}/*rest\": {{ handler: app, strip_prefix: true }}\n"
     )
 }
@@ -109,11 +109,19 @@ fn json_from_a_path_parameter_the_routers_own_404_and_a_stripped_prefix() {
     let r = get(port, "/v2x/api/users/1");
     assert_eq!(r.status, 404);
 
-    // The worker got the program's own arguments, and the client's address from apphost.
+    // The worker got the program's own arguments, and the client's address from apphost
+    // (`client_addr: true` on `/*rest`; not asked for under `/v2`).
     let r = get(port, "/api/hello");
     assert!(
         r.body_str()
             .starts_with("hi from the test (hit 1, from 127.0.0.1)"),
+        "{:?}",
+        r.body_str()
+    );
+    let r = get(port, "/v2/api/hello");
+    assert!(
+        r.body_str()
+            .starts_with("hi from the test (hit 2, from an unknown address)"),
         "{:?}",
         r.body_str()
     );

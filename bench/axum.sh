@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The same axum router (examples/axum_app.rs) served by apphost and by plain `axum::serve`,
+# side by side: throughput (wrk, keep-alive and `Connection: close`, interleaved rounds,
+# medians) and instructions per request (callgrind, as bench/instructions.sh counts them).
+#
+#   bench/axum.sh                    # 5 rounds of 10 s per server and mode, then callgrind
+#   REPS=3 SECS=5 bench/axum.sh
+#   ONLY=wrk bench/axum.sh           # or ONLY=instructions
+#
+# Both servers are the one example binary, built once with the release profile:
+# `axum_app serve run -c bench/axum.yaml` (apphost: supervisor + worker, warm standby off)
+# and `axum_app standalone --addr 127.0.0.1:PORT` (`axum::serve` on a tokio listener, the way
+# axum's docs serve a router). The URL is the router's JSON route `/api/users/1` (path
+# extractor, shared state behind a lock, serde_json, the trace and compression layers).
+# Binaries come from $BIN (default: a release build in $CARGO_TARGET_DIR, /work/target-bench).
+# 127.0.0.1 only; everything started is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-5}
+SECS=${SECS:-10}
+CONNS=${CONNS:-50}
+ONLY=${ONLY:-wrk instructions}
+URL_PATH=${URL_PATH:-/api/users/1}
+OUT=${OUT:-bench/out/axum-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+source bench/common.sh
+if [[ -z ${BIN:-} ]]; then
+    target=${CARGO_TARGET_DIR:-/work/target-bench}
+    CARGO_TARGET_DIR=$target cargo build --release --example axum_app >/dev/null
+    cp "$target/release/examples/axum_app" "$OUT/"
+    BIN=$OUT
+fi
+command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+SUMMARY=$OUT/summary
+say() { echo "$*" | tee -a "$SUMMARY"; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+APPHOST_PORT=18581
+AXUM_PORT=18582
+sed "s/127.0.0.1:18580/127.0.0.1:$APPHOST_PORT/" bench/axum.yaml >"$OUT/axum.yaml"
+
+say "axum_app: $(sha256sum "$BIN/axum_app" | cut -c1-16)  tree ${TREE:-$(git rev-parse --short HEAD 2>/dev/null)}$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
+say "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if want wrk; then
+    "$BIN/axum_app" serve run -c "$OUT/axum.yaml" >"$OUT/apphost.log" 2>&1 &
+    bench_track $!
+    "$BIN/axum_app" standalone --addr "127.0.0.1:$AXUM_PORT" >"$OUT/axum.log" 2>&1 &
+    bench_track $!
+    wait_http "http://127.0.0.1:$APPHOST_PORT$URL_PATH"
+    wait_http "http://127.0.0.1:$AXUM_PORT$URL_PATH"
+    # Warm-up: one short run each.
+    for port in $APPHOST_PORT $AXUM_PORT; do wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$port$URL_PATH" >/dev/null; done
+    say ""
+    say "== wrk -t2 -c$CONNS -d${SECS}s $URL_PATH, $REPS interleaved rounds"
+    for rep in $(seq "$REPS"); do
+        for conn in keepalive close; do
+            hdr=()
+            [[ $conn == close ]] && hdr=(-H 'Connection: close')
+            for who in apphost axum; do
+                port=$APPHOST_PORT
+                [[ $who == axum ]] && port=$AXUM_PORT
+                f=$OUT/wrk-$who-$conn-$rep.txt
+                wrk -t2 -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "http://127.0.0.1:$port$URL_PATH" >"$f"
+                rps=$(awk '/Requests\/sec:/ { print $2 }' "$f")
+                errs=$(awk '/Socket errors|Non-2xx/ { printf "%s ", $0 }' "$f")
+                say "$(printf '%-8s %-9s round %d: %10.0f req/s %s' "$who" "$conn" "$rep" "$rps" "$errs")"
+            done
+        done
+    done
+    for conn in keepalive close; do
+        a=$(for f in "$OUT"/wrk-apphost-$conn-*.txt; do awk '/Requests\/sec:/ { print $2 }' "$f"; done | median)
+        b=$(for f in "$OUT"/wrk-axum-$conn-*.txt; do awk '/Requests\/sec:/ { print $2 }' "$f"; done | median)
+        say "$(printf 'median %-9s apphost %10.0f  axum::serve %10.0f  ratio %.3f' "$conn" "$a" "$b" "$(echo "$a / $b" | bc -l)")"
+    done
+    bench_stop_all
+    sleep 1
+fi
+
+if want instructions; then
+    command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
+    ICONNS=${ICONNS:-8}
+    ISECS=${ISECS:-8}
+    dumps() { compgen -G "$1.*" | wc -l || true; }
+    totals() { awk '/^(totals|summary):/ { print $2; exit }' "$1"; }
+    # measure NAME FILE PID URL: callgrind counters zeroed, wrk, counters dumped, Ir / requests.
+    measure() {
+        local name=$1 file=$2 pid=$3 url=$4 mode n before dump ir
+        wrk -t1 -c"$ICONNS" -d2s "$url" >/dev/null
+        for mode in keepalive close; do
+            local hdr=()
+            [[ $mode == close ]] && hdr=(-H 'Connection: close')
+            callgrind_control -z "$pid" >/dev/null 2>&1
+            n=$(wrk -t1 -c"$ICONNS" -d"${ISECS}s" "${hdr[@]}" "$url" | awk '/requests in/ { print $1 }')
+            before=$(dumps "$file")
+            callgrind_control -d "$mode" "$pid" >/dev/null 2>&1
+            for _ in $(seq 100); do
+                [[ $(dumps "$file") -gt $before ]] && break
+                sleep 0.1
+            done
+            dump=$(ls -t "$file".* | head -1)
+            ir=$(totals "$dump")
+            echo "$ir / $n" | bc -l >"$OUT/instr-$name-$mode"
+            say "$(printf '%-8s %-9s %8d requests  %9.0f instructions/request  (%s)' \
+                "$name" "$mode" "$n" "$(cat "$OUT/instr-$name-$mode")" "$(basename "$dump")")"
+        done
+    }
+    say ""
+    say "== instructions per request: callgrind, wrk -t1 -c$ICONNS -d${ISECS}s $URL_PATH"
+    valgrind --tool=callgrind --trace-children=yes --callgrind-out-file="$OUT/apphost.cg.%p" \
+        "$BIN/axum_app" serve run -c "$OUT/axum.yaml" >"$OUT/apphost-cg.log" 2>&1 &
+    bench_track $!
+    wait_http "http://127.0.0.1:$APPHOST_PORT/pid"
+    worker=$(curl -fsS "http://127.0.0.1:$APPHOST_PORT/pid")
+    measure apphost "$OUT/apphost.cg.$worker" "$worker" "http://127.0.0.1:$APPHOST_PORT$URL_PATH"
+    bench_stop_all
+    sleep 1
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/axum.cg.%p" \
+        "$BIN/axum_app" standalone --addr "127.0.0.1:$AXUM_PORT" >"$OUT/axum-cg.log" 2>&1 &
+    pid=$!
+    bench_track $pid
+    wait_http "http://127.0.0.1:$AXUM_PORT/pid"
+    measure axum "$OUT/axum.cg.$pid" "$pid" "http://127.0.0.1:$AXUM_PORT$URL_PATH"
+    bench_stop_all
+    for mode in keepalive close; do
+        a=$(cat "$OUT/instr-apphost-$mode")
+        b=$(cat "$OUT/instr-axum-$mode")
+        say "$(printf 'instructions %-9s apphost %.0f  axum::serve %.0f  ratio %.3f' "$mode" "$a" "$b" "$(echo "$a / $b" | bc -l)")"
+    done
+fi
+say "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "results in $SUMMARY"
