@@ -845,3 +845,34 @@ fn cli_restart_exits_1_when_the_new_worker_fails_to_start() {
     assert_eq!(v["Ok"]["last_restart"]["ok"], false);
     assert_eq!(v["Ok"]["worker_pid"], worker);
 }
+
+/// The start-up warning on the real binary: an admin without a token on a server that listens
+/// beyond loopback. The address is 192.0.2.1 (TEST-NET-1, on no interface here), so the worker
+/// logs the warning while building its routes, then cannot bind it: no socket beyond loopback is
+/// ever opened, and `run` exits 1. A loopback-only server gets no warning.
+#[test]
+fn an_admin_without_token_beyond_loopback_is_warned_about_at_start() {
+    let port = free_port();
+    let warning = "have no token and the server listens beyond loopback";
+    let exposed = config(port, Some("{}"), "10s").replace(
+        &format!("address: \"127.0.0.1:{port}\""),
+        &format!("address: [\"127.0.0.1:{port}\", \"192.0.2.1:{port}\"]"),
+    );
+    let mut host = start(&exposed);
+    let st = host.wait_exit(T);
+    assert_eq!(st.code(), Some(1), "log:\n{}", host.log());
+    let log = host.log();
+    let warned = log
+        .lines()
+        .find(|l| l.contains(warning))
+        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        warned.contains("WARN") && warned.contains(&format!("http://192.0.2.1:{port}")),
+        "{warned}"
+    );
+    assert!(log.contains("cannot listen on 192.0.2.1"), "{log}");
+    // Loopback only: no warning.
+    let host = start(&config(port, Some("{}"), "10s"));
+    host.wait_serving(port);
+    assert!(!host.log().contains(warning), "{}", host.log());
+}
