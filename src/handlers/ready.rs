@@ -1,7 +1,9 @@
 //! The `ready` handler: readiness, for load balancers and Kubernetes' `readinessProbe`. It
-//! answers `200 ready` while the host serves, and `503` while no generation has reported ready
-//! yet (`starting`) and from the moment a shutdown begins (`shutting down`: through
-//! `shutdown_delay` and the drain). `health` is liveness: `200` for as long as the worker runs.
+//! answers `200 ready` while the host serves, and `503 shutting down` from the moment a shutdown
+//! begins (through `shutdown_delay` and the drain). Before its start-up is done a worker answers
+//! `503 starting`; outside requests never see that, since a worker accepts only once its
+//! start-up checks have passed (they wait in the listening socket's queue meanwhile). `health`
+//! is liveness: `200` for as long as the worker runs.
 //!
 //! The state is one [`Readiness`] per worker process, set by the worker: a worker started while
 //! another generation serves begins as serving (the host is ready; a probe that reaches the new

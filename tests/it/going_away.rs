@@ -4,6 +4,8 @@
 //! - A stop with `shutdown_delay` keeps serving (fresh connections too) while `ready` answers
 //!   503 and `health` 200, and `status` shows `going_away`; the host drains only when the delay
 //!   is over, and exits 0. A second stop signal in the delay exits 1 at once.
+//! - `ready` answers 200 on every connection through restarts (the old worker draining, the new
+//!   one starting): a balancer never takes a restarting host out.
 //! - A restart whose readiness request fails (non-2xx, or no answer in time) is rolled back: the
 //!   old generation serves on, and the asker gets the status and the start of the body.
 
@@ -188,4 +190,36 @@ fn a_restart_whose_readiness_request_fails_is_rolled_back_and_reported() {
     assert_eq!(out.code(), Some(0), "{out:?}");
     let second = wait_new_pid(&host, port, first);
     assert_ne!(second, first);
+}
+
+#[test]
+fn ready_stays_200_through_restarts() {
+    let (host, port) = start("", "    readiness: /ready\n");
+    host.wait_serving(port);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let prober = std::thread::spawn(move || {
+        let (mut ok, mut bad) = (0usize, Vec::new());
+        while !s.load(std::sync::atomic::Ordering::Relaxed) {
+            match try_get(port, "/ready") {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => bad.push(format!("{} {:?}", r.status, r.body_str())),
+                Err(e) => bad.push(e.to_string()),
+            }
+        }
+        (ok, bad)
+    });
+    for i in 1..=5 {
+        host.signal(Signal::USR1);
+        wait_log_n(&host, "restart done (graceful)", i);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = prober.join().unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {} probes failed: {bad:?}",
+        bad.len(),
+        ok + bad.len()
+    );
+    assert!(ok > 20, "{ok} probes");
 }
