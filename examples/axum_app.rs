@@ -135,14 +135,19 @@ struct TicksQuery {
     n: Option<u32>,
     /// Milliseconds between them (default 200).
     ms: Option<u64>,
+    /// Fail instead of sending line number `fail_at`, as a stream relayed from an upstream that
+    /// goes away does.
+    fail_at: Option<u32>,
 }
 
 /// `GET /api/ticks?n=5&ms=200`: a streaming response, one line every `ms`, each with the
 /// serving process's pid (so a test can see that a stream spanning a restart was served to its
-/// end by the worker that started it).
+/// end by the worker that started it). With `fail_at`, the stream fails mid-way: apphost cuts
+/// the response (the client never sees it end as if it were whole) and logs it.
 async fn ticks(Query(q): Query<TicksQuery>) -> Response {
     let n = q.n.unwrap_or(5);
     let every = Duration::from_millis(q.ms.unwrap_or(200));
+    let fail_at = q.fail_at;
     let pid = std::process::id();
     let lines = futures_util::stream::unfold(0u32, move |i| async move {
         if i == n {
@@ -151,8 +156,12 @@ async fn ticks(Query(q): Query<TicksQuery>) -> Response {
         if i > 0 {
             tokio::time::sleep(every).await;
         }
+        if fail_at == Some(i) {
+            let e = std::io::Error::other("the upstream went away");
+            return Some((Err(e), n));
+        }
         let line = Bytes::from(format!("tick {i} pid {pid}\n"));
-        Some((Ok::<_, std::convert::Infallible>(line), i + 1))
+        Some((Ok(line), i + 1))
     });
     ([("content-type", "text/plain")], Body::from_stream(lines)).into_response()
 }

@@ -17,7 +17,9 @@ use crate::harness::{
     Hammer, KeepAlive, T, assert_supervised_by, generation_pid, low_port, wait_gone, wait_log_n,
     wait_new_pid,
 };
-use crate::support::{Apphost, BIN, get, parse_response, request, wait_until};
+use crate::support::{
+    Apphost, BIN, get, h2c_connect, parse_response, raw_exchange, request, wait_until,
+};
 
 /// An example program. `cargo test` builds the examples into `target/<profile>/examples/`, next
 /// to the directory holding the apphost binary (`CARGO_BIN_EXE_*` names only `[[bin]]`s).
@@ -334,4 +336,60 @@ fn the_programs_own_cli_checks_and_the_supervisors_preflight_uses_it() {
         "the check's error, with its position:\n{log}"
     );
     assert_eq!(get(port, "/v3/api/users/1").status, 200);
+}
+
+#[test]
+fn a_body_that_fails_mid_response_cuts_it_and_is_logged() {
+    let port = low_port();
+    let host = start(&config(port, "/v2", false), "fail", port);
+    let path = "/api/ticks?n=5&ms=1&fail_at=2";
+
+    // HTTP/1.1, keep-alive asked for: the server closes the connection at the failure, without
+    // the last chunk, so the client cannot take the response for a whole one.
+    let started = Instant::now();
+    let raw = raw_exchange(
+        port,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the connection was not closed at the failure"
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.contains("tick 1 pid"), "{text}");
+    assert!(!text.contains("tick 2"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n"), "ended as if whole: {text}");
+    assert!(parse_response(&raw, false).is_err(), "{text}");
+
+    // HTTP/2: that stream is reset; the connection serves on.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        let (mut send, _conn) = h2c_connect(port).await.unwrap();
+        let req = |p: &str| {
+            http::Request::get(format!("http://127.0.0.1:{port}{p}"))
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .unwrap()
+        };
+        let resp = send.send_request(req(path)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let err = resp
+            .into_body()
+            .collect()
+            .await
+            .expect_err("the stream is reset, not ended");
+        assert!(format!("{err:?}").contains("INTERNAL_ERROR"), "{err:?}");
+        let resp = send.send_request(req("/pid")).await.unwrap();
+        assert_eq!(resp.status(), 200, "the connection survives the reset");
+    });
+    host.wait_log("response body failed");
+    assert!(
+        host.log().contains("the upstream went away"),
+        "{}",
+        host.log()
+    );
 }
