@@ -186,6 +186,45 @@ mod tests {
         );
     }
 
+    async fn settled(w: &mut FileWatch) -> HashSet<PathBuf> {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            w.next_settled(Duration::from_millis(100)),
+        )
+        .await
+        .expect("a change is reported")
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_link_is_followed_to_its_target_and_its_swap_is_seen() {
+        let d = tempfile::tempdir().unwrap();
+        let (links, a, b) = (d.path().join("etc"), d.path().join("a"), d.path().join("b"));
+        for dir in [&links, &a, &b] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        std::fs::write(a.join("server.yaml"), "a").unwrap();
+        std::fs::write(b.join("server.yaml"), "b").unwrap();
+        let link = links.join("server.yaml");
+        std::os::unix::fs::symlink(a.join("server.yaml"), &link).unwrap();
+        let mut w = FileWatch::new(std::slice::from_ref(&link)).unwrap();
+        // The target edited by rename in its own directory, where nothing names the link.
+        let tmp = a.join(".server.yaml.tmp");
+        std::fs::write(&tmp, "a2").unwrap();
+        std::fs::rename(&tmp, a.join("server.yaml")).unwrap();
+        assert_eq!(settled(&mut w).await, HashSet::from([link.clone()]));
+        // The link switched to another directory (a new link renamed over it).
+        let new = links.join(".server.yaml.new");
+        std::os::unix::fs::symlink(b.join("server.yaml"), &new).unwrap();
+        std::fs::rename(&new, &link).unwrap();
+        assert_eq!(settled(&mut w).await, HashSet::from([link.clone()]));
+        // Then the new target's own directory is watched too.
+        let tmp = b.join(".server.yaml.tmp");
+        std::fs::write(&tmp, "b2").unwrap();
+        std::fs::rename(&tmp, b.join("server.yaml")).unwrap();
+        assert_eq!(settled(&mut w).await, HashSet::from([link.clone()]));
+    }
+
     #[tokio::test]
     async fn other_files_in_the_directory_are_ignored() {
         let d = tempfile::tempdir().unwrap();

@@ -2,7 +2,8 @@
 //! page reaching a token-less admin, cross-site `GET` restart links, FIFOs and devices where the
 //! config or token file should be, alias bombs, token files others can read, and a `403` that
 //! must not tell where a path resolves, an executable whose opening would block the
-//! supervisor.
+//! supervisor, a ConfigMap-style symlinked config swapped under a running host, and descriptors
+//! left open by whoever started `apphost run`.
 //!
 //! A DNS-rebinding page cannot be staged here; what it produces on the wire can: a request over
 //! loopback whose `Host` (and `Origin`) name another site.
