@@ -281,6 +281,7 @@ impl<R> Machine<R> {
                 waiters,
                 trigger,
                 exe,
+                old_pid: None,
             },
             first,
         };
@@ -337,11 +338,16 @@ impl<R> Machine<R> {
         };
         tracing::info!(via = %trigger, exe = %exe.display(), graceful = self.settings.graceful, "restart requested");
         self.out.push(Action::Notify(Notify::Reloading));
+        let old_pid = self
+            .current()
+            .and_then(|c| self.workers.get(&c))
+            .and_then(|w| w.pid);
         let pending = Pending {
             asked_at: now,
             waiters: vec![reply],
             trigger,
             exe,
+            old_pid,
         };
         match self.phase {
             Phase::Serving { current } if !self.settings.graceful => {
@@ -362,16 +368,20 @@ impl<R> Machine<R> {
                     pending,
                 };
             }
-            _ => {
-                let Pending {
-                    waiters,
-                    trigger,
-                    exe,
-                    ..
-                } = pending;
-                self.start_recovering(exe, waiters, trigger, false, now);
-            }
+            _ => self.restart_with_nothing_serving(pending),
         }
+    }
+
+    /// Start `pending`'s executable with nothing serving (a full restart whose old generation
+    /// is gone). The restart keeps its `asked_at` and `old_pid`, so the asker is told the time
+    /// from its request to the new worker serving, and which pid it replaced.
+    fn restart_with_nothing_serving(&mut self, pending: Pending<R>) {
+        let new = self.spawn_generation(pending.exe.clone());
+        self.phase = Phase::Recovering {
+            new,
+            pending,
+            first: false,
+        };
     }
 
     fn refuse(&mut self, trigger: &Trigger, reply: R, e: OpError) {
@@ -461,7 +471,10 @@ impl<R> Machine<R> {
             }
         };
         self.phase = Phase::Serving { current: worker };
-        let old_pid = old.and_then(|o| self.workers.get(&o)).and_then(|w| w.pid);
+        let old_pid = old
+            .and_then(|o| self.workers.get(&o))
+            .and_then(|w| w.pid)
+            .or(pending.old_pid);
         // The old generation stops accepting now, not before: the new one is ready.
         if let Some(o) = old {
             self.drain(o, false);
@@ -612,13 +625,7 @@ impl<R> Machine<R> {
             }
             Phase::Stopping { old, pending } if old == worker => {
                 tracing::info!(generation, "drained; starting the new worker");
-                let Pending {
-                    waiters,
-                    trigger,
-                    exe,
-                    ..
-                } = pending;
-                self.start_recovering(exe, waiters, trigger, false, now);
+                self.restart_with_nothing_serving(pending);
             }
             Phase::ShuttingDown { current, delaying } => {
                 self.phase = Phase::ShuttingDown {

@@ -340,13 +340,22 @@ fn full_restart_drains_the_old_generation_first() {
             ))
         )]
     );
-    let acts = m.handle(exited(old, OLD_PID, t));
+    // The old generation takes 3 s to drain, the new one 700 ms to start: the asker is told
+    // the whole 3.7 s and the pid it replaced, not the new worker's start-up alone.
+    let acts = m.handle(exited(old, OLD_PID, t + Duration::from_secs(3)));
     let new = spawned(&acts)[0];
     assert!(matches!(m.phase(), Phase::Recovering { first: false, .. }));
-    let acts = m.handle(ready(new, NEW_PID, false, false, t));
+    let acts = m.handle(ready(
+        new,
+        NEW_PID,
+        false,
+        false,
+        t + Duration::from_millis(3700),
+    ));
     match &replies(&acts)[..] {
         [(7, Ok(OpReply::Restarted(o)))] => {
-            assert_eq!((o.mode.as_str(), o.old_pid), ("full", None));
+            assert_eq!((o.mode.as_str(), o.old_pid), ("full", Some(OLD_PID)));
+            assert!((o.handoff_ms - 3700.0).abs() < 0.01, "{}", o.handoff_ms);
         }
         other => panic!("{other:?}"),
     }

@@ -92,6 +92,9 @@ pub(crate) struct Pending<R> {
     pub(crate) trigger: Trigger,
     /// The executable it starts.
     pub(crate) exe: PathBuf,
+    /// The pid of the generation it replaces, when one served as it was asked for (a full
+    /// restart reports it after that generation has exited).
+    pub(crate) old_pid: Option<u32>,
 }
 
 /// Where the machine is. Each variant carries the workers and the restart it is about.
