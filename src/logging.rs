@@ -21,25 +21,36 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber. Calling it again does nothing.
+///
+/// Errors always get through, whatever the level says (`off`, `apphost=warn` for another
+/// target, a typo in `APPHOST_LOG`): the reason a host exits, such as an address in use, must
+/// reach stderr.
 pub(crate) fn init(cfg: &LogConfig) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::filter::{FilterExt, LevelFilter};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = std::env::var("APPHOST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(&cfg.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new("info"))
+        .or(LevelFilter::ERROR);
     let pid = std::process::id();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // A log line that cannot be written is dropped. By default tracing-subscriber reports it
         // with `eprint!`, which panics when stderr is a pipe nobody reads: a worker whose
         // supervisor was killed would then die at its next log line instead of draining.
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match cfg.format {
-        LogFormat::Text => builder.event_format(TextFormat { pid }).try_init(),
-        LogFormat::Json => builder.event_format(JsonFormat { pid }).try_init(),
+    let layer = match cfg.format {
+        LogFormat::Text => layer.event_format(TextFormat { pid }).boxed(),
+        LogFormat::Json => layer.event_format(JsonFormat { pid }).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter))
+        .try_init();
 }
 
 struct TextFormat {

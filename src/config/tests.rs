@@ -780,6 +780,31 @@ fn log_values() {
             .level,
         "warn"
     );
+    for good in ["info,apphost=debug", "apphost=trace", "OFF", "error"] {
+        ok(yaml(&format!("{base}log: {{ level: \"{good}\" }}\n")));
+    }
+    // tracing would take a bare unknown word for a target name and print nothing at all.
+    assert_eq!(
+        err(yaml(&format!("{base}log: {{ level: verbose }}\n"))),
+        "<embedded default>:2:15: log.level: unknown log level \"verbose\" (expected one of \
+         trace, debug, info, warn, error, off, or TARGET=LEVEL directives such as \
+         info,apphost=debug)"
+    );
+    assert_eq!(
+        err(yaml(&format!("{base}log: {{ level: \"apphost=inof\" }}\n"))),
+        "<embedded default>:2:15: log.level: unknown log level \"inof\" for \"apphost\" (did \
+         you mean \"info\"?)"
+    );
+}
+
+#[test]
+fn a_directory_is_not_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Config::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        e.ends_with(": is a directory (expected a config file: -c DIR/server.yaml)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -824,4 +849,25 @@ fn format_from_path() {
     assert_eq!(Format::from_path(Path::new("a.toml")), Some(Format::Toml));
     assert_eq!(Format::from_path(Path::new("a.json")), None);
     assert_eq!(Format::from_path(Path::new("yaml")), None);
+}
+
+#[test]
+fn admin_paths_must_not_shadow_routes() {
+    let with = |admin: &str, route: &str| {
+        yaml(&format!(
+            "servers:\n  s:\n    address: \":80\"\n    admin: {{ path: {admin} }}\n    routes:\n      \"{route}\": hello\n"
+        ))
+    };
+    assert_eq!(
+        err(with("/health", "/health")),
+        "<embedded default>:6:18: servers.s.routes./health: the admin routes at \"/health\" \
+         would answer every request for this route; move one of them (admin: { path: \
+         /another/path })"
+    );
+    err(with("/ops", "/ops/status"));
+    err(with("/ops", "/ops/*rest"));
+    // Beside or around the admin routes is fine: the longer match wins only below them.
+    ok(with("/ops", "/opsx"));
+    ok(with("/ops", "/*rest"));
+    ok(with("/api/admin", "/api/*rest"));
 }

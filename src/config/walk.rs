@@ -78,6 +78,14 @@ const DEFAULT_ADMIN_PATH: &str = "/debug/admin";
 /// restart see the new target, and the derived control socket keeps its name. Relative paths in
 /// it resolve against the directory of that path, where a ConfigMap's other keys also are.
 pub(super) fn load(path: &Path) -> Result<Config, ConfigError> {
+    if path.is_dir() {
+        return Err(ConfigError::new(
+            Some(path),
+            None,
+            "",
+            "is a directory (expected a config file: -c DIR/server.yaml)",
+        ));
+    }
     let Some(format) = Format::from_path(path) else {
         let ext = path
             .extension()
@@ -218,6 +226,54 @@ pub(super) fn unknown_key(
         key_path,
         format!("unknown key {name:?} ({hint})"),
     )
+}
+
+/// Whether every path the route `pattern` matches is taken by the admin routes at
+/// `admin_path` (`{path}` and `{path}/*action`), so the route would never answer.
+fn under_admin(pattern: &str, admin_path: &str) -> bool {
+    let prefix = match pattern.find("/*") {
+        Some(i) => &pattern[..i],
+        None => pattern,
+    };
+    let prefix = prefix.trim_end_matches('/');
+    let admin = admin_path.trim_end_matches('/');
+    admin.is_empty()
+        || prefix == admin
+        || prefix
+            .strip_prefix(admin)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The level names `log.level` takes.
+const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
+/// Check `log.level`: a level name, or tracing filter directives `TARGET=LEVEL` separated by
+/// commas (`info,apphost=debug`). A bare word that is not a level is refused, although tracing
+/// would take it as a target name: `verbose` would then silence every line.
+fn log_level(text: &str) -> Result<(), String> {
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((t, l)) => (Some(t), l.trim()),
+            None => (None, directive),
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            let hint = match nearest(level, LOG_LEVELS) {
+                Some(s) => format!("did you mean {s:?}?"),
+                None => format!(
+                    "expected one of {}, or TARGET=LEVEL directives such as info,apphost=debug",
+                    LOG_LEVELS.join(", ")
+                ),
+            };
+            let what = match target {
+                Some(t) => format!("unknown log level {level:?} for {t:?}"),
+                None => format!("unknown log level {level:?}"),
+            };
+            return Err(format!("{what} ({hint})"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(drop)
+        .map_err(|e| format!("invalid log filter {text:?}: {e}"))
 }
 
 /// The entry of `allowed` closest to `name` (case-insensitive edit distance at most 2, and less
@@ -537,7 +593,11 @@ impl Walker<'_> {
             None => LogFormat::Text,
         };
         let level = match f.get("level") {
-            Some((n, p)) => self.non_empty_str(n, &p)?.trim().to_string(),
+            Some((n, p)) => {
+                let text = self.non_empty_str(n, &p)?.trim().to_string();
+                log_level(&text).map_err(|m| self.err(n.pos, &p, m))?;
+                text
+            }
             None => "info".to_string(),
         };
         Ok(LogConfig { format, level })
@@ -620,6 +680,19 @@ impl Walker<'_> {
             Some((n, p)) => self.routes(n, &p)?,
             None => Vec::new(),
         };
+        if let Some(a) = &admin
+            && let Some(r) = routes.iter().find(|r| under_admin(&r.pattern, &a.path))
+        {
+            return Err(self.err(
+                r.params.pos,
+                &r.params.key_path,
+                format!(
+                    "the admin routes at {:?} would answer every request for this route; \
+                     move one of them (admin: {{ path: /another/path }})",
+                    a.path
+                ),
+            ));
+        }
         Ok(ServerConfig {
             name: name.to_string(),
             http,
