@@ -201,6 +201,9 @@ fn check(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
     }
     match describe(registry, &config) {
         Ok(text) => {
+            for w in addresses_in_use(&config) {
+                eprintln!("apphost: warning: {w}");
+            }
             print!("{text}");
             ExitCode::SUCCESS
         }
@@ -209,6 +212,35 @@ fn check(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The listen addresses that cannot be bound now, each as a warning: `run` would fail on them
+/// unless what holds them lets go (or it is this config's own running host). Each address is
+/// bound and closed at once; port 0 is skipped.
+fn addresses_in_use(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in &config.servers {
+        let https = s.https.iter().flat_map(|h| &h.addresses);
+        let all = s
+            .http
+            .iter()
+            .map(|a| ("http", a))
+            .chain(https.map(|a| ("https", a)));
+        for (scheme, a) in all {
+            if a.socket_addrs().port() == 0 {
+                continue;
+            }
+            if let Err(e) = crate::serve::listen::bind(a) {
+                out.push(format!(
+                    "servers.{}: {scheme}://{a} cannot be bound now ({e}); `run` fails on it \
+                     unless whatever holds it lets go (fine if it is this config's own running \
+                     host)",
+                    s.name
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Everything `run` would build, except binding: route tables and TLS pairs. Returns the report.
