@@ -1,5 +1,5 @@
 //! Clock and calendar helpers shared by every layer: the Unix time now, UTC timestamps for
-//! people (`2026-11-29 14:08:21 UTC`), short human durations (`1h 02m 03s`) and HTTP dates
+//! people (`2026-11-29 14:08:21 UTC`), short human durations (`1h 02m 03s`), counts with their noun (`1 restart`) and HTTP dates
 //! (IMF-fixdate), all without a date library.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,6 +10,15 @@ pub(crate) fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// `1 restart`, `2 restarts`.
+pub(crate) fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// `3d 04h`, `1h 02m 03s`, `5m 03s`, `12.3s`.
@@ -122,6 +131,13 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_their_plural() {
+        assert_eq!(plural(1, "restart"), "1 restart");
+        assert_eq!(plural(0, "restart"), "0 restarts");
+        assert_eq!(plural(2, "restart"), "2 restarts");
+    }
 
     #[test]
     fn http_dates() {

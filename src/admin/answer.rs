@@ -29,8 +29,9 @@ pub(crate) fn is_form(headers: &HeaderMap) -> bool {
         })
 }
 
-/// See the module doc: `?format=`, then `Accept: application/json`, then form posts and
-/// `Accept: text/html`, else text.
+/// See the module doc: `?format=`, then `Accept: application/json`, then `Accept: text/html`,
+/// else text. A form post is not enough for HTML: a browser submitting the page's form sends
+/// `Accept: text/html`, `curl -d` sends `*/*` and reads the answer as text.
 pub(crate) fn negotiate(headers: &HeaderMap, format: Option<&str>) -> Format {
     match format.map(str::to_ascii_lowercase).as_deref() {
         Some("json") => return Format::Json,
@@ -44,7 +45,7 @@ pub(crate) fn negotiate(headers: &HeaderMap, format: Option<&str>) -> Format {
         .unwrap_or("");
     if accept.contains("application/json") {
         Format::Json
-    } else if is_form(headers) || accept.contains("text/html") {
+    } else if accept.contains("text/html") {
         Format::Html
     } else {
         Format::Text

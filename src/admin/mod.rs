@@ -19,7 +19,7 @@
 //! | Route | Methods | Does |
 //! | --- | --- | --- |
 //! | `{path}` (and `{path}/`) | `GET`, `HEAD` | HTML page: supervisor and worker pids, executable, generation, uptime, servers and listeners, in-flight connections, the last restart; Restart (with an optional new executable) and Shutdown forms |
-//! | `{path}/status` | `GET`, `HEAD` | the same facts as JSON: `{"supervisor": Status, "worker": {...}, "servers": [...], "admin": {...}}` |
+//! | `{path}/status` | `GET`, `HEAD` | the same facts as JSON: `{"version": "0.1.0", "supervisor": Status, "worker": {...}, "servers": [...], "admin": {...}}` (`apphost status --json` prints the `version` and `supervisor` part) |
 //! | `{path}/restart` | `POST`, `GET` | restart, wait for the outcome; optional `newExeFilePath` (query or urlencoded form body) |
 //! | `{path}/reload` | `POST`, `GET` | alias of `restart` |
 //! | `{path}/shutdown` | `POST` | answer, then the host drains every worker and the supervisor exits 0 |
@@ -49,8 +49,8 @@
 //!
 //! # Answers
 //! Format: JSON when `?format=json` or `Accept` mentions `application/json`; HTML when
-//! `?format=html`, for form posts (`Content-Type: application/x-www-form-urlencoded`) and when
-//! `Accept` mentions `text/html` (a browser following a link); plain text otherwise (`curl`).
+//! `?format=html` or when `Accept` mentions `text/html` (a browser following a link or posting
+//! the page's form); plain text otherwise (`curl`, also `curl -d` posting a form).
 //! `?format=text` forces text. The page is HTML unless JSON is asked for (then it is `status`).
 //!
 //! Restart, `200`: text `restarted: generation 3, pid 4242 (was 4100), handoff 35.2 ms
@@ -478,6 +478,7 @@ impl Admin {
 
     fn status_json(&self, snap: &Snapshot) -> Value {
         let mut v = json!({
+            "version": env!("CARGO_PKG_VERSION"),
             "supervisor": snap.status.as_ref().ok(),
             "worker": snap.worker,
             "servers": self.servers,

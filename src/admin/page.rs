@@ -147,8 +147,9 @@ pub(crate) fn page(admin: &Admin, snap: &Snapshot, now_unix: u64) -> String {
             || w.generation.to_string(),
             |s| {
                 format!(
-                    "{} <span class=\"muted\">({} restarts since start)</span>",
-                    s.generation, s.restarts
+                    "{} <span class=\"muted\">({} since start)</span>",
+                    s.generation,
+                    crate::clock::plural(s.restarts, "restart")
                 )
             },
         ),

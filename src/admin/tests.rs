@@ -94,9 +94,24 @@ fn format_negotiation() {
         negotiate(&h(&[("accept", "text/html,application/xhtml+xml")]), None),
         Format::Html
     );
+    // `curl -d newExeFilePath=…` posts a form with `Accept: */*`: it reads text. A browser
+    // posting the page's form says it accepts HTML.
     assert_eq!(
         negotiate(
-            &h(&[("content-type", "application/x-www-form-urlencoded")]),
+            &h(&[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("accept", "*/*")
+            ]),
+            None
+        ),
+        Format::Text
+    );
+    assert_eq!(
+        negotiate(
+            &h(&[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+            ]),
             None
         ),
         Format::Html

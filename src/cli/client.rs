@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::channel::{Op, OpReply, OpResult, Status};
+use crate::channel::{Op, OpError, OpReply, OpResult, Status};
 use crate::control::{ControlError, Probe, probe, socket_path};
 
 /// Send `op` to the control socket at `path` and return the answer line as it came (JSON).
@@ -63,7 +63,7 @@ pub(crate) struct Target {
     /// The control socket itself (instead of deriving it from the config).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Print the raw JSON answer instead of a summary.
+    /// Print the answer as one JSON object (schema in the README; errors too, exit 1).
     #[arg(long)]
     pub json: bool,
 }
@@ -86,7 +86,8 @@ pub(crate) enum Command {
 }
 
 /// Run a control command: exit 0 when it succeeded, 1 when it failed or the host cannot be
-/// reached (the reason on stderr), 2 when the config cannot be read.
+/// reached (the reason on stderr, or with `--json` an error object on stdout), 2 when the config
+/// cannot be read.
 pub(crate) fn run_command(cmd: Command, target: &Target) -> ExitCode {
     let path = match &target.socket {
         Some(p) => p.clone(),
@@ -116,25 +117,41 @@ pub(crate) fn run_command(cmd: Command, target: &Target) -> ExitCode {
             }
         }
     };
-    let answer = match request_raw(&path, &op) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("apphost: {e}");
-            return ExitCode::from(1);
+    let result = match request_raw(&path, &op) {
+        Ok(answer) => {
+            serde_json::from_str::<OpResult>(&answer).map_err(|_| ControlError::BadAnswer {
+                path: path.clone(),
+                answer,
+            })
         }
+        Err(e) => Err(e),
     };
-    let result: OpResult = match serde_json::from_str(&answer) {
+    let result = match result {
         Ok(r) => r,
-        Err(_) => {
-            eprintln!(
-                "apphost: unexpected answer from {}: {answer}",
-                path.display()
-            );
+        Err(e) => {
+            let hint = match (&e, &target.socket, &target.config) {
+                (ControlError::NotRunning { .. }, None, _) => format!(
+                    "\n(the socket is derived from the config file{}; from another directory, \
+                     name the host's config with -c FILE, its socket with --socket PATH, or set \
+                     `control: {{ socket: PATH }}` in the config so every command finds it)",
+                    if target.config.is_some() {
+                        " given"
+                    } else {
+                        " found here"
+                    }
+                ),
+                _ => String::new(),
+            };
+            if target.json {
+                println!("{}", json_error(&e));
+            } else {
+                eprintln!("apphost: {e}{hint}");
+            }
             return ExitCode::from(1);
         }
     };
     if target.json {
-        println!("{answer}");
+        println!("{}", json_answer(&result));
     }
     let code = match &result {
         Ok(reply) => {
@@ -144,12 +161,9 @@ pub(crate) fn run_command(cmd: Command, target: &Target) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let what = match cmd {
-                Command::Status => "status",
-                Command::Restart { .. } => "restart",
-                Command::Shutdown { .. } => "shutdown",
-            };
-            eprintln!("apphost: {what} failed: {e}");
+            if !target.json {
+                eprintln!("apphost: {}", describe_error(&cmd, e));
+            }
             ExitCode::from(1)
         }
     };
@@ -165,18 +179,85 @@ pub(crate) fn run_command(cmd: Command, target: &Target) -> ExitCode {
     code
 }
 
+/// apphost's version, in every `--json` answer.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The `--json` form of an answer (the schema is in the README's "Control commands"):
+/// a status is `{"version", "supervisor": Status}`, the same as the admin `/status` JSON (whose
+/// `worker`, `servers` and `admin` only a worker knows); a restart or shutdown is
+/// `{"version", "kind", …}`; a failure is `{"version", "error", "reason"}`.
+pub(crate) fn json_answer(result: &OpResult) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match result {
+        Ok(OpReply::Status(s)) => json!({ "version": VERSION, "supervisor": s }),
+        Ok(reply) => {
+            let mut v = serde_json::to_value(reply).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("version".into(), VERSION.into());
+            }
+            v
+        }
+        Err(e) => {
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("version".into(), VERSION.into());
+            }
+            v
+        }
+    }
+}
+
+/// The `--json` form of a host that could not be asked: `{"version", "error", "reason"}`.
+fn json_error(e: &ControlError) -> serde_json::Value {
+    let error = match e {
+        ControlError::NotRunning { .. } => "not_running",
+        ControlError::BadAnswer { .. } => "bad_answer",
+        _ => "unreachable",
+    };
+    serde_json::json!({ "version": VERSION, "error": error, "reason": e.to_string() })
+}
+
+/// How a failed operation reads: a restart refused because another is under way (or the host
+/// is stopping) is a refusal, not a failure of this restart.
+pub(crate) fn describe_error(cmd: &Command, e: &OpError) -> String {
+    match e {
+        OpError::Busy(_) | OpError::ShuttingDown => format!("refused: {e}"),
+        _ => {
+            let what = match cmd {
+                Command::Status => "status",
+                Command::Restart { .. } => "restart",
+                Command::Shutdown { .. } => "shutdown",
+            };
+            format!("{what} failed: {e}")
+        }
+    }
+}
+
 /// A human summary of an operation's success.
 pub(crate) fn describe_reply(reply: &OpReply) -> String {
     match reply {
-        OpReply::Restarted(o) => format!(
-            "restarted: generation {}, pid {} (was {}), handoff {:.1} ms ({})",
-            o.generation,
-            o.pid,
-            o.old_pid
-                .map_or_else(|| "none".to_string(), |p| p.to_string()),
-            o.handoff_ms,
-            o.mode
-        ),
+        OpReply::Restarted(o) => {
+            let was = o.old_pid.map(|p| format!(" (was {p})")).unwrap_or_default();
+            if o.mode == "full" {
+                // The old generation drained and exited before the new one started: the time
+                // is the whole restart, with nothing serving for part of it.
+                format!(
+                    "restarted: generation {}, pid {}{was}, serving {} after the request \
+                     (full restart: the old worker drained first)",
+                    o.generation,
+                    o.pid,
+                    human_ms(o.handoff_ms)
+                )
+            } else {
+                format!(
+                    "restarted: generation {}, pid {}{was}, handoff {} ({})",
+                    o.generation,
+                    o.pid,
+                    human_ms(o.handoff_ms),
+                    o.mode
+                )
+            }
+        }
         OpReply::ShuttingDown => {
             "shutting down: every worker drains, then the supervisor exits".into()
         }
@@ -203,9 +284,9 @@ pub(crate) fn describe_status(s: &Status) -> String {
     }
     out.push_str(&format!("  executable {}\n  config {}\n", s.exe, s.config));
     out.push_str(&format!(
-        "  restart mode {}, {} restarts since start\n  listeners {}\n",
+        "  restart mode {}, {} since start\n  listeners {}\n",
         if s.graceful { "graceful" } else { "full" },
-        s.restarts,
+        crate::clock::plural(s.restarts, "restart"),
         if s.listeners.is_empty() {
             "none".to_string()
         } else {
@@ -223,4 +304,93 @@ pub(crate) fn describe_status(s: &Status) -> String {
         )),
     }
     out
+}
+
+/// Milliseconds as people read them: `35.2 ms` below a second, `3.70 s` above.
+fn human_ms(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.1} ms")
+    } else {
+        format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::RestartOutcome;
+
+    fn outcome(mode: &str, old_pid: Option<u32>, handoff_ms: f64) -> OpResult {
+        Ok(OpReply::Restarted(RestartOutcome {
+            generation: 2,
+            pid: 200,
+            old_pid,
+            exe: "/bin/app".into(),
+            handoff_ms,
+            mode: mode.into(),
+        }))
+    }
+
+    #[test]
+    fn restarts_read_with_the_whole_time_and_the_old_pid() {
+        let Ok(full) = outcome("full", Some(100), 3700.0) else {
+            unreachable!()
+        };
+        assert_eq!(
+            describe_reply(&full),
+            "restarted: generation 2, pid 200 (was 100), serving 3.70 s after the request \
+             (full restart: the old worker drained first)"
+        );
+        let Ok(graceful) = outcome("graceful", Some(100), 35.24) else {
+            unreachable!()
+        };
+        assert_eq!(
+            describe_reply(&graceful),
+            "restarted: generation 2, pid 200 (was 100), handoff 35.2 ms (graceful)"
+        );
+        let Ok(after_crash) = outcome("full", None, 120.0) else {
+            unreachable!()
+        };
+        assert!(!describe_reply(&after_crash).contains("was"));
+    }
+
+    #[test]
+    fn a_busy_host_refuses_rather_than_fails() {
+        let restart = Command::Restart { exe: None };
+        assert_eq!(
+            describe_error(&restart, &OpError::Busy("generation 2 is starting".into())),
+            "refused: a restart is already under way: generation 2 is starting"
+        );
+        assert_eq!(
+            describe_error(&restart, &OpError::Failed("exit status 3".into())),
+            "restart failed: the new process failed: exit status 3"
+        );
+    }
+
+    #[test]
+    fn json_answers_have_one_schema_with_a_version() {
+        let status = Status {
+            worker_pid: Some(7),
+            ..Status::default()
+        };
+        let v = json_answer(&Ok(OpReply::Status(status)));
+        assert_eq!(v["version"], VERSION);
+        assert_eq!(v["supervisor"]["worker_pid"], 7);
+        assert!(v.get("Ok").is_none(), "{v}");
+        let v = json_answer(&outcome("graceful", Some(1), 2.0));
+        assert_eq!(
+            (v["kind"].as_str(), v["pid"].as_u64()),
+            (Some("restarted"), Some(200))
+        );
+        assert_eq!(v["version"], VERSION);
+        let v = json_answer(&Err(OpError::Busy("generation 2 is starting".into())));
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "version": VERSION,
+                "error": "busy",
+                "reason": "generation 2 is starting"
+            })
+        );
+    }
 }

@@ -586,8 +586,8 @@ fn cli_status_restart_shutdown_over_the_control_socket() {
     let out = cli(&host, &["status", "--json"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    assert_eq!(v["Ok"]["kind"], "status");
-    assert_eq!(v["Ok"]["worker_pid"], first);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["supervisor"]["worker_pid"], first);
 
     // Restart: waits, prints the new pid and the handoff time.
     let out = cli(&host, &["restart"]);
@@ -625,13 +625,13 @@ fn cli_status_restart_shutdown_over_the_control_socket() {
     );
     assert_eq!(out.code(), Some(0), "{out:?}");
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    assert_eq!(v["Ok"]["kind"], "restarted");
-    assert_eq!(v["Ok"]["exe"], BIN);
-    wait_pid(port, v["Ok"]["pid"].as_u64().unwrap() as u32);
+    assert_eq!(v["kind"], "restarted");
+    assert_eq!(v["exe"], BIN);
+    wait_pid(port, v["pid"].as_u64().unwrap() as u32);
     let out = cli(&host, &["status", "--json"]);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    assert_eq!(v["Ok"]["last_restart"]["trigger"], "cli");
-    assert_eq!(v["Ok"]["restarts"], 2);
+    assert_eq!(v["supervisor"]["last_restart"]["trigger"], "cli");
+    assert_eq!(v["supervisor"]["restarts"], 2);
 
     let out = cli(&host, &["shutdown"]);
     assert_eq!(out.code(), Some(0), "{out:?}");
@@ -842,8 +842,8 @@ fn cli_restart_exits_1_when_the_new_worker_fails_to_start() {
     assert_eq!(pid_now(port), worker, "the old worker serves on");
     let out = cli(&host, &["status", "--json"]);
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    assert_eq!(v["Ok"]["last_restart"]["ok"], false);
-    assert_eq!(v["Ok"]["worker_pid"], worker);
+    assert_eq!(v["supervisor"]["last_restart"]["ok"], false);
+    assert_eq!(v["supervisor"]["worker_pid"], worker);
 }
 
 /// The start-up warning on the real binary: an admin without a token on a server that listens
