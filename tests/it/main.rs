@@ -14,6 +14,7 @@ mod host;
 mod hostile_ops;
 mod kubernetes;
 mod limits;
+mod newcomer;
 mod recovery;
 mod restart;
 mod slow_clients;
