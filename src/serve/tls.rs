@@ -65,12 +65,22 @@ pub(crate) fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsErro
     if chain.is_empty() {
         return Err(TlsError::Cert {
             path: cert.into(),
-            reason: "no CERTIFICATE block found".into(),
+            reason: format!(
+                "no CERTIFICATE block found (expected BEGIN CERTIFICATE; {})",
+                found_blocks(cert)
+            ),
         });
     }
     let der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.into(),
-        reason: e.to_string(),
+        reason: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => format!(
+                "no private key block found (expected BEGIN PRIVATE KEY, BEGIN RSA PRIVATE KEY or \
+                 BEGIN EC PRIVATE KEY; {})",
+                found_blocks(key)
+            ),
+            other => other.to_string(),
+        },
     })?;
     CertifiedKey::from_der(chain, der, &provider()).map_err(|e| TlsError::Pair {
         cert: cert.into(),
@@ -82,6 +92,46 @@ pub(crate) fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsErro
             other => other.to_string(),
         },
     })
+}
+
+/// The PEM blocks in `path`, for an error saying what was found instead of what was expected:
+/// `found BEGIN CERTIFICATE, BEGIN CERTIFICATE` or `found no PEM block`.
+fn found_blocks(path: &Path) -> String {
+    let text = crate::config::file::read_regular(path, crate::config::file::MAX_PEM_BYTES)
+        .map(|(t, _)| t)
+        .unwrap_or_default();
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN ")?.strip_suffix("-----"))
+        .collect();
+    if labels.is_empty() {
+        "found no PEM block".into()
+    } else {
+        format!("found BEGIN {}", labels.join(", BEGIN "))
+    }
+}
+
+impl TlsError {
+    /// The same error with its paths shown relative to `base` (the config file's directory)
+    /// where they are inside it, as the config's own errors show them.
+    pub(crate) fn relative_to(self, base: &Path) -> TlsError {
+        let rel = |p: PathBuf| p.strip_prefix(base).map(Path::to_path_buf).unwrap_or(p);
+        match self {
+            TlsError::Cert { path, reason } => TlsError::Cert {
+                path: rel(path),
+                reason,
+            },
+            TlsError::Key { path, reason } => TlsError::Key {
+                path: rel(path),
+                reason,
+            },
+            TlsError::Pair { cert, key, reason } => TlsError::Pair {
+                cert: rel(cert),
+                key: rel(key),
+                reason,
+            },
+        }
+    }
 }
 
 /// Load a server's TLS pair, reporting a failure as a config error at its `https` key (file,
@@ -98,6 +148,10 @@ pub(crate) fn load_for_server(
         crate::config::ConfigSource::Embedded => None,
     };
     CertStore::load(&h.cert, &h.key).map(Some).map_err(|e| {
+        let e = match file.and_then(Path::parent) {
+            Some(dir) => e.relative_to(dir),
+            None => e,
+        };
         crate::config::ConfigError::new(
             file,
             Some(h.pos),
@@ -164,5 +218,38 @@ impl ResolvesServerCert for CertStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_errors_say_what_was_expected_and_found() {
+        let d = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let cert_pem = cert.cert.pem();
+        let cert_file = d.path().join("cert.pem");
+        std::fs::write(&cert_file, &cert_pem).unwrap();
+        // The certificate given as the key, a common slip.
+        let e = load_pair(&cert_file, &cert_file).unwrap_err();
+        assert_eq!(
+            e.relative_to(d.path()).to_string(),
+            "private key cert.pem: no private key block found (expected BEGIN PRIVATE KEY, \
+             BEGIN RSA PRIVATE KEY or BEGIN EC PRIVATE KEY; found BEGIN CERTIFICATE)"
+        );
+        let key_file = d.path().join("key.pem");
+        std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+        let e = load_pair(&key_file, &key_file).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "certificate {}: no CERTIFICATE block found (expected BEGIN CERTIFICATE; found \
+                 BEGIN PRIVATE KEY)",
+                key_file.display()
+            )
+        );
+        load_pair(&cert_file, &key_file).unwrap();
     }
 }

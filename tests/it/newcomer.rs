@@ -213,3 +213,28 @@ fn a_form_post_from_curl_reads_text() {
     );
     assert!(r.body_str().contains("absolute"), "{}", r.body_str());
 }
+
+#[test]
+fn a_wrong_pem_file_is_named_as_written_with_what_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::create_dir(dir.path().join("certs")).unwrap();
+    std::fs::write(dir.path().join("certs/cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("server.yaml"),
+        "servers:\n  a:\n    https: { address: \"127.0.0.1:0\", cert: certs/cert.pem, key: \
+         certs/cert.pem }\n",
+    )
+    .unwrap();
+    let out = run_cli(dir.path(), &["check", "-c", "server.yaml"], &[], T);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "servers.a.https: private key certs/cert.pem: no private key block found (expected \
+             BEGIN PRIVATE KEY, BEGIN RSA PRIVATE KEY or BEGIN EC PRIVATE KEY; found BEGIN \
+             CERTIFICATE)"
+        ),
+        "{}",
+        out.stderr
+    );
+}
