@@ -36,5 +36,8 @@ fn main() -> std::process::ExitCode {
             Response::new(body)
         })
         .default_config(include_str!("basic.yaml"))
+        // `basic --version` prints `basic 1.0.0 (apphost 0.1.0)`. A program of its own crate
+        // writes `.program(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))`.
+        .program("basic", "1.0.0")
         .main()
 }

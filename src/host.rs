@@ -29,6 +29,7 @@ use crate::handler::{Factory, FnHandler, Handler, Registry, Request, Response};
 pub struct Host {
     registry: Registry,
     default_config: Option<&'static str>,
+    program: Option<(&'static str, &'static str)>,
 }
 
 impl Host {
@@ -146,6 +147,14 @@ impl Host {
         self
     }
 
+    /// Name the program and its version, for `--version` and the help text: `myapp 1.2.0
+    /// (apphost 0.1.0)`. Usually `.program(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))`.
+    /// Without it, the name is the executable's file name and no version of its own is shown.
+    pub fn program(mut self, name: &'static str, version: &'static str) -> Host {
+        self.program = Some((name, version));
+        self
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -156,7 +165,7 @@ impl Host {
         if let Some(yaml) = self.default_config {
             crate::config::set_embedded_default(yaml);
         }
-        crate::cli::main(&self.registry)
+        crate::cli::main(&self.registry, self.program)
     }
 
     /// apphost's commands (`run`, `check`, `status`, `restart`, `shutdown`) as a clap

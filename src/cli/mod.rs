@@ -23,7 +23,7 @@ use crate::launch::{Launch, Role};
 use crate::routes::RouteTable;
 
 #[derive(Parser, Debug)]
-#[command(name = "apphost", version, about = "A zero-downtime application host", long_about = None)]
+#[command(name = "apphost", about = "A zero-downtime application host", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -75,9 +75,37 @@ enum Command {
     },
 }
 
-/// Parse the process arguments and run them with the handlers in `registry`.
-pub(crate) fn main(registry: &Registry) -> ExitCode {
-    match Cli::try_parse() {
+/// What `--version` says: `apphost 0.1.0` for apphost itself, `myapp 1.2.0 (apphost 0.1.0)`
+/// for a program that named itself ([`crate::Host::program`]), `myapp (apphost 0.1.0)` for one
+/// that did not (`argv0` is the name it was started by).
+fn name_and_version(program: Option<(&str, &str)>, argv0: Option<&str>) -> (String, String) {
+    const APPHOST: &str = env!("CARGO_PKG_VERSION");
+    let exe_name = argv0
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .unwrap_or("apphost");
+    match program {
+        Some(("apphost", v)) if v == APPHOST => ("apphost".into(), APPHOST.into()),
+        Some((name, version)) => (name.into(), format!("{version} (apphost {APPHOST})")),
+        None if exe_name == "apphost" => ("apphost".into(), APPHOST.into()),
+        None => (exe_name.into(), format!("(apphost {APPHOST})")),
+    }
+}
+
+/// Parse the process arguments and run them with the handlers in `registry`; `program` is the
+/// name and version the program gave itself, if any.
+pub(crate) fn main(registry: &Registry, program: Option<(&str, &str)>) -> ExitCode {
+    use clap::{CommandFactory, FromArgMatches};
+    let argv0 = std::env::args().next();
+    let (name, version) = name_and_version(program, argv0.as_deref());
+    // clap keeps `'static` strings (its `string` feature is off); this runs once per process.
+    let parsed = Cli::command()
+        .name(&*name.leak())
+        .version(&*version.leak())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    match parsed {
         Ok(cli) => dispatch(registry, cli.command, Launch::Apphost),
         Err(e) => {
             let _ = e.print();
@@ -319,4 +347,27 @@ fn recorded_exe() -> std::io::Result<PathBuf> {
         }
     }
     std::env::current_exe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_names_itself_and_apphost() {
+        let v = env!("CARGO_PKG_VERSION");
+        let nv = |p, a| name_and_version(p, a);
+        assert_eq!(
+            nv(None, Some("/usr/bin/apphost")),
+            ("apphost".into(), v.into())
+        );
+        assert_eq!(
+            nv(Some(("myapp", "1.2.0")), Some("./myapp")),
+            ("myapp".into(), format!("1.2.0 (apphost {v})"))
+        );
+        assert_eq!(
+            nv(None, Some("/opt/myapp/bin/myapp")),
+            ("myapp".into(), format!("(apphost {v})"))
+        );
+    }
 }

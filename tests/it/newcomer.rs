@@ -238,3 +238,28 @@ fn a_wrong_pem_file_is_named_as_written_with_what_it_holds() {
         out.stderr
     );
 }
+
+#[test]
+fn a_program_on_apphost_prints_its_own_version_and_apphosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(dir.path(), &["--version"], &[], T);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(
+        out.stdout,
+        format!("apphost {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // examples/basic.rs names itself with Host::program.
+    let basic = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples/basic");
+    let out = std::process::Command::new(&basic)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (`cargo test` builds it)", basic.display()));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("basic 1.0.0 (apphost {})\n", env!("CARGO_PKG_VERSION"))
+    );
+}
