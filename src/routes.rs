@@ -426,6 +426,30 @@ fn strip_prefix(uri: &http::Uri, rest: &str) -> Option<http::Uri> {
 
 /// Read a route's optional `methods`: a string or a list of strings, each an HTTP method (any
 /// case; stored uppercase). `Ok(None)` when absent.
+/// The methods a route's `methods` may list: HTTP's own and WebDAV's. Any other word (`PSOT`)
+/// is a typo far more often than an extension method, and would make the route answer 405 to
+/// every request.
+const KNOWN_METHODS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "PATCH",
+    "OPTIONS",
+    "TRACE",
+    "CONNECT",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "REPORT",
+    "SEARCH",
+];
+
 fn parse_methods(params: &Params) -> Result<Option<Vec<Method>>, ConfigError> {
     let Some(node) = params.get("methods") else {
         return Ok(None);
@@ -445,6 +469,17 @@ fn parse_methods(params: &Params) -> Result<Option<Vec<Method>>, ConfigError> {
         let upper = s.trim().to_ascii_uppercase();
         if upper.is_empty() {
             return Err(err(n.pos, key_path, "empty HTTP method".into()));
+        }
+        if !KNOWN_METHODS.contains(&upper.as_str()) {
+            let hint = match crate::config::nearest(&upper, KNOWN_METHODS) {
+                Some(m) => format!("did you mean {m:?}?"),
+                None => format!("expected one of {}", KNOWN_METHODS.join(", ")),
+            };
+            return Err(err(
+                n.pos,
+                key_path,
+                format!("unknown HTTP method {s:?} ({hint})"),
+            ));
         }
         Method::from_bytes(upper.as_bytes())
             .map_err(|_| err(n.pos, key_path, format!("invalid HTTP method {s:?}")))
@@ -672,7 +707,12 @@ mod tests {
             (
                 seq(vec![s("GET"), s("G T")]),
                 "servers.s.routes./x.methods[1]",
-                "invalid HTTP method \"G T\"",
+                "unknown HTTP method \"G T\"",
+            ),
+            (
+                seq(vec![s("PSOT")]),
+                "servers.s.routes./x.methods[0]",
+                "unknown HTTP method \"PSOT\" (did you mean \"POST\"?)",
             ),
             (
                 seq(vec![int.clone()]),

@@ -33,7 +33,7 @@ use std::time::Duration;
 pub(crate) use addr::ListenAddr;
 pub use error::{ConfigError, Pos};
 pub(crate) use tree::Node;
-pub(crate) use walk::locate_in;
+pub(crate) use walk::{locate_in, nearest};
 
 /// The embedded default configuration: the seed's first example (one server on `:8199` with `/`,
 /// `/pid`, `/sleep`, admin at `/debug/admin`), used when no config file is found.

@@ -278,7 +278,7 @@ fn log_level(text: &str) -> Result<(), String> {
 
 /// The entry of `allowed` closest to `name` (case-insensitive edit distance at most 2, and less
 /// than the length of `name`), if any.
-fn nearest<'a>(name: &str, allowed: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn nearest<'a>(name: &str, allowed: &[&'a str]) -> Option<&'a str> {
     let name_len = name.chars().count();
     allowed
         .iter()
