@@ -21,7 +21,7 @@ use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use crate::config::{ConfigError, Params};
+use crate::config::{ConfigError, ParamType, Params};
 use crate::handler::{Factory, FnHandler, Handler, Registry, Request, Response};
 
 /// The application host: a handler registry plus the command line.
@@ -45,14 +45,62 @@ impl Host {
         h
     }
 
-    /// Register `name` as an async function of the request and the route's params.
-    pub fn handler<F, Fut>(mut self, name: &str, f: F) -> Host
+    /// Register `name` as an async function of the request and the route's params. Any params
+    /// are accepted; [`Host::handler_with_params`] declares the ones it reads, so a typo or a
+    /// wrong type is a config error.
+    pub fn handler<F, Fut>(self, name: &str, f: F) -> Host
+    where
+        F: Fn(Request, Arc<Params>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        self.handler_checked(name, None, f)
+    }
+
+    /// [`Host::handler`], with the params it reads declared with their types: at config load
+    /// (`check`, `run`, every restart) a key not declared is an error naming the nearest
+    /// declared one, and a value of the wrong type an error at its line and column, as for the
+    /// built-in handlers. The handler then reads them with [`Params::str`] and the like.
+    ///
+    /// ```no_run
+    /// use apphost::{Body, Host, ParamType, Params, Request, Response};
+    /// use std::sync::Arc;
+    ///
+    /// fn main() -> std::process::ExitCode {
+    ///     Host::with_builtins()
+    ///         // config:  "/greet": { handler: greet, who: Alice }
+    ///         .handler_with_params("greet", &[("who", ParamType::Str)], |_req: Request, p: Arc<Params>| async move {
+    ///             let who = p.str("who").ok().flatten().unwrap_or("world").to_string();
+    ///             Response::new(Body::from(format!("hello, {who}\n")))
+    ///         })
+    ///         .main()
+    /// }
+    /// ```
+    pub fn handler_with_params<F, Fut>(self, name: &str, params: &[(&str, ParamType)], f: F) -> Host
+    where
+        F: Fn(Request, Arc<Params>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response> + Send + 'static,
+    {
+        let declared = params.iter().map(|(k, t)| (k.to_string(), *t)).collect();
+        self.handler_checked(name, Some(declared), f)
+    }
+
+    fn handler_checked<F, Fut>(
+        mut self,
+        name: &str,
+        declared: Option<Vec<(String, ParamType)>>,
+        f: F,
+    ) -> Host
     where
         F: Fn(Request, Arc<Params>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response> + Send + 'static,
     {
         let f = Arc::new(f);
         let factory: Factory = Arc::new(move |params: &Params| {
+            if let Some(d) = &declared {
+                let keys: Vec<(&str, ParamType)> =
+                    d.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+                params.expect(&keys)?;
+            }
             let params = Arc::new(params.clone());
             let f = f.clone();
             let h: Arc<dyn Handler> =

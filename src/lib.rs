@@ -67,7 +67,7 @@ mod watch;
 mod worker;
 
 pub use body::{Body, BodyError, BodySender, BoxError};
-pub use config::{ConfigError, Params, Pos};
+pub use config::{ConfigError, ParamType, Params, Pos};
 pub use handler::{
     BoxFuture, ClientAddr, FnHandler, Handler, Request, Response, RouteMatch, Wants, text,
 };

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 pub(crate) use addr::ListenAddr;
 pub use error::{ConfigError, Pos};
+pub use params::ParamType;
 pub(crate) use tree::Node;
 pub(crate) use walk::{locate_in, nearest};
 

@@ -15,6 +15,24 @@ use super::{Format, Params};
 /// The keys every route may have besides its handler's own (read by the route table).
 const ALWAYS_ALLOWED: &[&str] = &["methods", "strip_prefix"];
 
+/// The type a route parameter must have, for [`Params::expect`] and
+/// [`crate::Host::handler_with_params`]: what the reader of the same name accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamType {
+    /// [`Params::str`].
+    Str,
+    /// [`Params::duration`].
+    Duration,
+    /// [`Params::path`].
+    Path,
+    /// [`Params::bool`].
+    Bool,
+    /// [`Params::u64`].
+    U64,
+    /// [`Params::str_list`].
+    StrList,
+}
+
 impl Params {
     /// No parameters, no file, an empty key path, relative paths against `.`: for tests.
     pub fn empty() -> Params {
@@ -143,6 +161,25 @@ impl Params {
         Ok(())
     }
 
+    /// Check the parameters against the keys a handler reads: a key not declared is an error
+    /// naming the nearest declared one (`unknown key "whoo" (did you mean "who"?)`), a value of
+    /// the wrong type an error at its line and column, as the built-in handlers report them.
+    pub fn expect(&self, keys: &[(&str, ParamType)]) -> Result<(), ConfigError> {
+        let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+        self.deny_unknown(&names)?;
+        for (k, t) in keys {
+            match t {
+                ParamType::Str => self.str(k).map(drop)?,
+                ParamType::Duration => self.duration(k).map(drop)?,
+                ParamType::Path => self.path(k).map(drop)?,
+                ParamType::Bool => self.bool(k).map(drop)?,
+                ParamType::U64 => self.u64(k).map(drop)?,
+                ParamType::StrList => self.str_list(k).map(drop)?,
+            }
+        }
+        Ok(())
+    }
+
     fn file(&self) -> Option<&Path> {
         self.file.as_deref()
     }
@@ -156,5 +193,35 @@ impl Params {
             Some(node) => f(self.file(), node, &self.key_path_of(key)).map(Some),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_params_are_checked_like_the_builtins() {
+        let keys = [("who", ParamType::Str), ("wait", ParamType::Duration)];
+        let p = |text: &str| Params::parse(text, Format::Yaml).unwrap();
+        p("who: Alice\nwait: 2s\nmethods: GET\n")
+            .expect(&keys)
+            .unwrap();
+        p("").expect(&keys).unwrap();
+        assert_eq!(
+            p("whoo: Alice\n").expect(&keys).unwrap_err().to_string(),
+            "<embedded default>:1:7: params.whoo: unknown key \"whoo\" (did you mean \"who\"?)"
+        );
+        assert_eq!(
+            p("who: 42\n").expect(&keys).unwrap_err().to_string(),
+            "<embedded default>:1:6: params.who: expected a string, found an integer 42"
+        );
+        assert!(
+            p("wait: soon\n")
+                .expect(&keys)
+                .unwrap_err()
+                .to_string()
+                .contains("params.wait: invalid duration \"soon\""),
+        );
     }
 }

@@ -263,3 +263,46 @@ fn a_program_on_apphost_prints_its_own_version_and_apphosts() {
         format!("basic 1.0.0 (apphost {})\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn a_programs_own_handler_params_are_checked_at_check() {
+    // examples/basic.rs declares its sleep handler's `duration` with Host::handler_with_params.
+    let basic = std::path::Path::new(BIN)
+        .parent()
+        .unwrap()
+        .join("examples/basic");
+    let dir = tempfile::tempdir().unwrap();
+    let check = |route: &str| {
+        std::fs::write(
+            dir.path().join("server.yaml"),
+            format!("servers:\n  a:\n    address: \"127.0.0.1:0\"\n    routes:\n      {route}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(&basic)
+            .args(["check", "-c", "server.yaml"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check("/sleep: { handler: sleep, duratoin: 1s }");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "server.yaml:5:43: servers.a.routes./sleep.duratoin: unknown key \"duratoin\" (did \
+             you mean \"duration\"?)"
+        ),
+        "{err}"
+    );
+    let (code, err) = check("/sleep: { handler: sleep, duration: 42 }");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("servers.a.routes./sleep.duration"), "{err}");
+    let (code, err) = check("/sleep: { handler: sleep, duration: 1s, methods: [PSOT] }");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("(did you mean \"POST\"?)"), "{err}");
+    let (code, err) = check("/sleep: { handler: sleep, duration: 1s }");
+    assert_eq!(code, Some(0), "{err}");
+}
