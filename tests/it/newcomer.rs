@@ -306,3 +306,55 @@ fn a_programs_own_handler_params_are_checked_at_check() {
     let (code, err) = check("/sleep: { handler: sleep, duration: 1s }");
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// The `listen` lines `check` prints for `config`, as ports.
+fn listen_ports(dir: &std::path::Path, config: &str) -> Vec<u16> {
+    let out = run_cli(dir, &["check", "-c", config], &[], T);
+    assert_eq!(out.code(), Some(0), "{config}: {out:?}");
+    out.stdout
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("listen "))
+        .map(|l| {
+            let addr = l.split_whitespace().next().unwrap();
+            addr.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn the_example_configs_run_side_by_side() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // https.yaml as shipped, beside the certificate its header tells the reader to make.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.join("examples/https.yaml"),
+        dir.path().join("https.yaml"),
+    )
+    .unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.path().join("server.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.path().join("server.key"),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let https = listen_ports(dir.path(), "https.yaml");
+    let mut seen = https.clone();
+    for name in ["basic.yaml", "multi.yaml"] {
+        for p in listen_ports(root, &format!("examples/{name}")) {
+            assert!(
+                !seen.contains(&p),
+                "port {p} of {name} is taken by another example"
+            );
+            seen.push(p);
+        }
+    }
+    assert_eq!(https, vec![8443]);
+    // The command in https.yaml's header writes the files its `cert` and `key` name.
+    let header = std::fs::read_to_string(root.join("examples/https.yaml")).unwrap();
+    assert!(
+        header.contains("-keyout examples/server.key -out examples/server.crt")
+            && header.contains("cert: server.crt, key: server.key"),
+        "{header}"
+    );
+}
