@@ -304,6 +304,12 @@ impl Driver {
                     self.listeners.remove(&k);
                 }
             }
+            Action::CloseListeners => {
+                if !self.listeners.is_empty() {
+                    tracing::info!("closing the listening sockets: new connections are refused");
+                }
+                self.listeners.clear();
+            }
             Action::SettingsChanged => self.update_watch(),
             Action::Notify(n) => match n {
                 Notify::FirstReady => {

@@ -358,3 +358,58 @@ fn the_example_configs_run_side_by_side() {
         "{header}"
     );
 }
+
+#[test]
+fn after_a_stop_new_connections_are_refused_at_once_while_requests_finish() {
+    let port = free_port();
+    // graceful: a warm standby holds the listening socket too, and must let go of it.
+    let mut host = Apphost::start(&format!(
+        "graceful: true\nservers:\n  a:\n    address: \"127.0.0.1:{port}\"\n    routes:\n      \
+         /pid: pid\n      /sleep: {{ handler: sleep, duration: 3s }}\n"
+    ));
+    let worker = host.wait_serving(port);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(
+        s,
+        "GET /sleep HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while line.trim() != worker.to_string() {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "the first line of /sleep"
+        );
+    }
+    let sleep = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = r.read_to_string(&mut rest);
+        rest
+    });
+
+    host.signal(rustix::process::Signal::TERM);
+    // Refused, not queued: a connection the kernel would accept into a queue nobody reads from
+    // waits until the host exits, then is reset.
+    wait_until(
+        Duration::from_secs(5),
+        "a new connection to be refused",
+        || match TcpStream::connect(("127.0.0.1", port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        },
+    );
+    assert!(
+        !sleep.is_finished(),
+        "refused while the request in flight still runs"
+    );
+    let rest = sleep.join().unwrap();
+    assert!(
+        rest.contains(&worker.to_string()),
+        "the request in flight finished: {rest:?}"
+    );
+    let st = host.wait_exit(T);
+    assert!(st.success(), "{st:?}; log:\n{}", host.log());
+}

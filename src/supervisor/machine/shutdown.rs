@@ -102,6 +102,8 @@ impl<R> Machine<R> {
             // reports): it reads the drain right after its report, so nothing is cut.
             self.drain(id, true);
         }
+        // Every worker drops its listeners as its drain starts; the supervisor's copies go too.
+        self.out.push(Action::CloseListeners);
         self.arm(
             self.settings.shutdown_timeout + SHUTDOWN_EXIT_MARGIN,
             Timer::ForceExit,

@@ -457,6 +457,8 @@ fn shutdown_request_answers_then_drains() {
     let acts = m.handle(Event::Shutdown { reply: 3 });
     assert_eq!(replies(&acts), vec![(3, Ok(OpReply::ShuttingDown))]);
     assert!(drains(&acts, old));
+    // No shutdown_delay: the listening sockets close with the drain.
+    assert!(acts.contains(&Action::CloseListeners));
     assert_eq!(m.phase().name(), "shutting_down");
 }
 
@@ -608,12 +610,16 @@ fn stop_with_shutdown_delay_goes_away_first_then_drains() {
             result: Ok(OpReply::ShuttingDown)
         }]
     );
-    // The delay over: drain, with shutdown_timeout (and the margin) from now.
+    // The listening sockets stay open while the host is going away: it still serves.
+    assert!(!acts.contains(&Action::CloseListeners));
+    // The delay over: drain, with shutdown_timeout (and the margin) from now, and close the
+    // listening sockets so new connections are refused at once.
     let acts = m.handle(Event::ShutdownDelayOver);
     assert!(acts.contains(&Action::Drain {
         worker: old,
         shutdown: true
     }));
+    assert!(acts.contains(&Action::CloseListeners));
     assert!(acts.contains(&Action::Arm {
         after: Duration::from_secs(65),
         timer: Timer::ForceExit

@@ -260,6 +260,10 @@ pub(crate) enum Action<R> {
     },
     /// Close every listener whose key is not in the list (the new generation does not serve it).
     KeepListeners(Vec<String>),
+    /// The host has stopped serving for good (a shutdown's drain began): close every listener,
+    /// so that, with the draining workers' copies dropped too, a new connection is refused at
+    /// once (a balancer fails over) instead of waiting in a queue nobody accepts from.
+    CloseListeners,
     /// The serving generation's settings changed (the file watch may need to follow).
     SettingsChanged,
     /// Announce to systemd.
