@@ -63,7 +63,7 @@ fn a_stop_with_shutdown_delay_serves_on_with_ready_503_then_drains_and_exits_0()
     assert_eq!(get(port, "/health").status, 200, "health stays liveness");
     let out = cli(&host, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect(&out.stderr);
-    assert_eq!(v["Ok"]["phase"], "going_away", "{v}");
+    assert_eq!(v["supervisor"]["phase"], "going_away", "{v}");
 
     // Fresh connections are still served, by the same worker, until the delay is over.
     let mut served = 0;
@@ -182,7 +182,7 @@ fn a_restart_whose_readiness_request_fails_is_rolled_back_and_reported() {
     assert_eq!(pid_at(port), Some(first));
     let out = cli(&host, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).expect(&out.stderr);
-    assert_eq!(v["Ok"]["last_restart"]["ok"], false, "{v}");
+    assert_eq!(v["supervisor"]["last_restart"]["ok"], false, "{v}");
 
     // A readiness request answered 2xx: the restart goes through (`ready` itself answers 200
     // to the new generation's own request while the old one serves).
