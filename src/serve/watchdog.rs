@@ -225,6 +225,10 @@ struct Slots {
     entries: Vec<Option<Arc<ConnState>>>,
     free: Vec<usize>,
     len: usize,
+    /// The sweeper task is running (it ends when drained and empty; a registration after that
+    /// starts it again). Under the lock, so a registration cannot slip between the sweeper's
+    /// last look and its end.
+    sweeper_running: bool,
 }
 
 /// A connection's place in the registry; dropping it removes the connection.
@@ -261,6 +265,7 @@ impl Watchdog {
             wake_sweeper: Notify::new(),
             empty: Notify::new(),
         });
+        wd.lock().sweeper_running = true;
         tokio::spawn(sweeper(wd.clone()));
         wd
     }
@@ -284,8 +289,10 @@ impl Watchdog {
             waker: Mutex::new(None),
             generation_draining: self.draining.clone(),
         });
-        let (slot, first) = {
+        let (slot, first, restart_sweeper) = {
             let mut s = self.lock();
+            let restart_sweeper = !s.sweeper_running;
+            s.sweeper_running = true;
             let slot = match s.free.pop() {
                 Some(i) => {
                     s.entries[i] = Some(state.clone());
@@ -297,8 +304,13 @@ impl Watchdog {
                 }
             };
             s.len += 1;
-            (slot, s.len == 1)
+            (slot, s.len == 1, restart_sweeper)
         };
+        // A connection accepted as the drain began, after the last one had gone: the sweeper
+        // had ended, and this connection still needs its deadlines.
+        if restart_sweeper {
+            tokio::spawn(sweeper(self.clone()));
+        }
         if first {
             self.wake_sweeper.notify_one();
         }
@@ -424,13 +436,22 @@ impl Watchdog {
 }
 
 /// The sweeper task: ticks while there are connections, parks on `wake_sweeper` otherwise; ends
-/// once the drain has started and the last connection is gone (nothing registers after that).
+/// once the drain has started and the last connection is gone (a connection the accept loop was
+/// already registering then starts it again: see [`Watchdog::register`]).
 async fn sweeper(w: Arc<Watchdog>) {
     loop {
         let draining = w.is_draining();
+        if draining {
+            let mut s = w.lock();
+            if s.len == 0 {
+                s.sweeper_running = false;
+                return;
+            }
+        }
         if w.is_empty() {
             if draining {
-                return;
+                // Ends at the locked check above (or sees the connection that just came).
+                continue;
             }
             // `notify_one` stores a permit, so a registration racing this wait is not missed.
             w.wake_sweeper.notified().await;
@@ -534,6 +555,24 @@ mod tests {
         )
         .await
         .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_connection_registered_after_the_drained_sweeper_ended_still_has_deadlines() {
+        let wd = Watchdog::start(limits(50, 10_000, 50));
+        wd.start_drain();
+        // Drained and empty: the sweeper ends (and drops its reference).
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&wd) > 1 {
+            assert!(Instant::now() < deadline, "the sweeper did not end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A connection the accept loop registers just then: it must still be timed out.
+        let (state, reg) = wd.register();
+        assert!(
+            killed_within(state, reg, 2000).await,
+            "no deadline enforced"
+        );
     }
 
     #[tokio::test]
