@@ -223,3 +223,54 @@ fn ready_stays_200_through_restarts() {
     );
     assert!(ok > 20, "{ok} probes");
 }
+
+#[test]
+fn check_rejects_a_bad_readiness_or_shutdown_delay_with_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("server.yaml");
+    let cases = [
+        (
+            "    readiness: ready\n",
+            "server.yaml:7:16: servers.s1.readiness: the readiness path must start with \"/\", found \"ready\"",
+        ),
+        (
+            "    readiness: { path: /ready, timeout: 0s }\n",
+            "servers.s1.readiness: the readiness timeout must not be zero",
+        ),
+        (
+            "    readiness: { path: /ready, timout: 1s }\n",
+            "servers.s1.readiness.timout",
+        ),
+    ];
+    for (server_extra, want) in cases {
+        std::fs::write(&file, config(18999, dir.path(), "", server_extra)).unwrap();
+        let out = run_cli(dir.path(), &["check", "-c", file.to_str().unwrap()], &[], T);
+        assert_eq!(out.code(), Some(2), "{server_extra}: {out:?}");
+        assert!(out.stderr.contains(want), "{server_extra}: {}", out.stderr);
+    }
+    std::fs::write(
+        &file,
+        config(18999, dir.path(), "shutdown_delay: soon\n", ""),
+    )
+    .unwrap();
+    let out = run_cli(dir.path(), &["check", "-c", file.to_str().unwrap()], &[], T);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("shutdown_delay: invalid duration \"soon\""),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(
+        &file,
+        config(
+            18999,
+            dir.path(),
+            "shutdown_delay: 5s\n",
+            "    readiness: /ready\n",
+        ),
+    )
+    .unwrap();
+    let out = run_cli(dir.path(), &["check", "-c", file.to_str().unwrap()], &[], T);
+    assert_eq!(out.code(), Some(0), "{out:?}");
+}
