@@ -6,6 +6,7 @@
 #   bench/axum.sh                    # 5 rounds of 10 s per server and mode, then callgrind
 #   REPS=3 SECS=5 bench/axum.sh
 #   ONLY=wrk bench/axum.sh           # or ONLY=instructions
+#   PIN=1 ONLY=wrk bench/axum.sh     # server-bound: servers on CPU 0, wrk -t1 on CPU 1
 #
 # Both servers are the one example binary, built once with the release profile:
 # `axum_app serve run -c bench/axum.yaml` (apphost: supervisor + worker, warm standby off)
@@ -20,6 +21,16 @@ REPS=${REPS:-5}
 SECS=${SECS:-10}
 CONNS=${CONNS:-50}
 ONLY=${ONLY:-wrk instructions}
+PIN=${PIN:-}
+# With PIN, the servers run on CPU 0 and wrk (one thread) on CPU 1 (`taskset`, as
+# bench/pinned.sh): the figure is each server's own cost, not the share of two cores it wins.
+if [[ -n $PIN ]]; then
+    ON_SERVER=(taskset -c 0)
+    WRK=(taskset -c 1 wrk -t1)
+else
+    ON_SERVER=()
+    WRK=(wrk -t2)
+fi
 URL_PATH=${URL_PATH:-/api/users/1}
 OUT=${OUT:-bench/out/axum-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
@@ -44,28 +55,40 @@ say "axum_app: $(sha256sum "$BIN/axum_app" | cut -c1-16)  tree ${TREE:-$(git rev
 say "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 if want wrk; then
-    "$BIN/axum_app" serve run -c "$OUT/axum.yaml" >"$OUT/apphost.log" 2>&1 &
+    "${ON_SERVER[@]}" "$BIN/axum_app" serve run -c "$OUT/axum.yaml" >"$OUT/apphost.log" 2>&1 &
     bench_track $!
-    "$BIN/axum_app" standalone --addr "127.0.0.1:$AXUM_PORT" >"$OUT/axum.log" 2>&1 &
-    bench_track $!
+    "${ON_SERVER[@]}" "$BIN/axum_app" standalone --addr "127.0.0.1:$AXUM_PORT" >"$OUT/axum.log" 2>&1 &
+    axum_pid=$!
+    bench_track $axum_pid
     wait_http "http://127.0.0.1:$APPHOST_PORT$URL_PATH"
     wait_http "http://127.0.0.1:$AXUM_PORT$URL_PATH"
+    worker_pid=$(curl -fsS "http://127.0.0.1:$APPHOST_PORT/pid")
+    # CPU time (user + system, all threads) a process has used, in clock ticks: per request, it
+    # is the server's own cost, which the other work on this machine disturbs far less than
+    # req/s (it takes turns on the CPUs; it does not make a request cost more).
+    cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+    HZ=$(getconf CLK_TCK)
     # Warm-up: one short run each.
-    for port in $APPHOST_PORT $AXUM_PORT; do wrk -t2 -c"$CONNS" -d2s "http://127.0.0.1:$port$URL_PATH" >/dev/null; done
+    for port in $APPHOST_PORT $AXUM_PORT; do "${WRK[@]}" -c"$CONNS" -d2s "http://127.0.0.1:$port$URL_PATH" >/dev/null; done
     say ""
-    say "== wrk -t2 -c$CONNS -d${SECS}s $URL_PATH, $REPS interleaved rounds"
+    say "== ${WRK[*]} -c$CONNS -d${SECS}s $URL_PATH, $REPS interleaved rounds${PIN:+ (servers on CPU 0)}"
     for rep in $(seq "$REPS"); do
         for conn in keepalive close; do
             hdr=()
             [[ $conn == close ]] && hdr=(-H 'Connection: close')
             for who in apphost axum; do
                 port=$APPHOST_PORT
-                [[ $who == axum ]] && port=$AXUM_PORT
+                pid=$worker_pid
+                [[ $who == axum ]] && port=$AXUM_PORT && pid=$axum_pid
                 f=$OUT/wrk-$who-$conn-$rep.txt
-                wrk -t2 -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "http://127.0.0.1:$port$URL_PATH" >"$f"
+                t0=$(cpu_ticks "$pid")
+                "${WRK[@]}" -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "http://127.0.0.1:$port$URL_PATH" >"$f"
+                t1=$(cpu_ticks "$pid")
+                n=$(awk '/requests in/ { print $1 }' "$f")
+                echo "($t1 - $t0) * 1000000 / $HZ / $n" | bc -l >"$f.cpu"
                 rps=$(awk '/Requests\/sec:/ { print $2 }' "$f")
                 errs=$(awk '/Socket errors|Non-2xx/ { printf "%s ", $0 }' "$f")
-                say "$(printf '%-8s %-9s round %d: %10.0f req/s %s' "$who" "$conn" "$rep" "$rps" "$errs")"
+                say "$(printf '%-8s %-9s round %d: %10.0f req/s  cpu %5.1f us/req %s' "$who" "$conn" "$rep" "$rps" "$(cat "$f.cpu")" "$errs")"
             done
         done
     done
@@ -73,6 +96,9 @@ if want wrk; then
         a=$(for f in "$OUT"/wrk-apphost-$conn-*.txt; do awk '/Requests\/sec:/ { print $2 }' "$f"; done | median)
         b=$(for f in "$OUT"/wrk-axum-$conn-*.txt; do awk '/Requests\/sec:/ { print $2 }' "$f"; done | median)
         say "$(printf 'median %-9s apphost %10.0f  axum::serve %10.0f  ratio %.3f' "$conn" "$a" "$b" "$(echo "$a / $b" | bc -l)")"
+        a=$(cat "$OUT"/wrk-apphost-$conn-*.txt.cpu | median)
+        b=$(cat "$OUT"/wrk-axum-$conn-*.txt.cpu | median)
+        say "$(printf 'median %-9s cpu/req apphost %.1f us  axum::serve %.1f us  apphost/axum %.3f' "$conn" "$a" "$b" "$(echo "$a / $b" | bc -l)")"
     done
     bench_stop_all
     sleep 1
