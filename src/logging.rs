@@ -5,7 +5,8 @@
 //! JSON: `{"time":"…","level":"INFO","pid":1234,"msg":"message","key":"value"}`.
 //!
 //! The level comes from `log.level` in the config; `APPHOST_LOG` (a tracing filter such as
-//! `apphost=debug`) overrides it. Worker processes write to a pipe the supervisor reads, so their
+//! `apphost=debug`, checked like `log.level`; an invalid one is ignored with a warning)
+//! overrides it. Errors are printed whatever the level. Worker processes write to a pipe the supervisor reads, so their
 //! lines appear on the supervisor's stderr (and the last ones are kept to explain a failure).
 
 use std::fmt;
@@ -20,21 +21,21 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Install the global subscriber. Calling it again does nothing.
+/// Install the global subscriber. Calling it again does nothing. Returns a warning about
+/// `APPHOST_LOG` for the supervisor to print (once, not again in every worker).
 ///
 /// Errors always get through, whatever the level says (`off`, `apphost=warn` for another
 /// target, a typo in `APPHOST_LOG`): the reason a host exits, such as an address in use, must
 /// reach stderr.
-pub(crate) fn init(cfg: &LogConfig) {
+pub(crate) fn init(cfg: &LogConfig) -> Option<String> {
     use tracing_subscriber::Layer;
     use tracing_subscriber::filter::{FilterExt, LevelFilter};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = std::env::var("APPHOST_LOG")
-        .ok()
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(&cfg.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"))
+    let env = std::env::var("APPHOST_LOG").ok();
+    let (level, warning) = level_in_force(env.as_deref(), cfg);
+    let filter = EnvFilter::try_new(level)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
         .or(LevelFilter::ERROR);
     let pid = std::process::id();
     let layer = tracing_subscriber::fmt::layer()
@@ -51,6 +52,26 @@ pub(crate) fn init(cfg: &LogConfig) {
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter))
         .try_init();
+    warning
+}
+
+/// The filter to use: `APPHOST_LOG` when set and valid (the same rules as `log.level`), else the
+/// config's level; an invalid `APPHOST_LOG` is ignored with a warning rather than taken for a
+/// target name that silences every line.
+fn level_in_force<'a>(env: Option<&'a str>, cfg: &'a LogConfig) -> (&'a str, Option<String>) {
+    match env.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) => match crate::config::log_level(v) {
+            Ok(()) => (v, None),
+            Err(why) => (
+                &cfg.level,
+                Some(format!(
+                    "APPHOST_LOG ignored: {why}; using log.level {:?}",
+                    cfg.level
+                )),
+            ),
+        },
+        None => (&cfg.level, None),
+    }
 }
 
 struct TextFormat {
@@ -133,5 +154,31 @@ where
         event.record(&mut v);
         let line = serde_json::to_string(&v.0).map_err(|_| fmt::Error)?;
         writeln!(w, "{line}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apphost_log_overrides_only_when_it_is_a_valid_level() {
+        let cfg = LogConfig {
+            format: LogFormat::Text,
+            level: "warn".into(),
+        };
+        assert_eq!(level_in_force(None, &cfg), ("warn", None));
+        assert_eq!(level_in_force(Some(" "), &cfg), ("warn", None));
+        assert_eq!(
+            level_in_force(Some("apphost=debug"), &cfg),
+            ("apphost=debug", None)
+        );
+        let (level, warning) = level_in_force(Some("verbose"), &cfg);
+        assert_eq!(level, "warn");
+        let warning = warning.unwrap();
+        assert!(
+            warning.starts_with("APPHOST_LOG ignored: unknown log level \"verbose\""),
+            "{warning}"
+        );
     }
 }

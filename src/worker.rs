@@ -92,7 +92,8 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return early_fail(Some(&chan_fd), &e.to_string()),
     };
-    crate::logging::init(&config.log);
+    // The supervisor has said what is wrong with APPHOST_LOG, if anything.
+    let _ = crate::logging::init(&config.log);
     crate::serve::raise_fd_limit();
     let code = rt.block_on(run(registry, config, chan_fd, inherited, generation));
     // Connections still open past shutdown_timeout are cut here.

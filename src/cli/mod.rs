@@ -187,7 +187,10 @@ fn run(registry: &Registry, explicit: Option<&Path>, launch: Launch) -> ExitCode
         eprintln!("apphost: {e}");
         return ExitCode::from(2);
     }
-    crate::logging::init(&config.log);
+    if let Some(w) = crate::logging::init(&config.log) {
+        // On stderr as it is: the level in force may hide warnings, and this one is about it.
+        eprintln!("apphost: warning: {w}");
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }

@@ -34,7 +34,7 @@ pub(crate) use addr::ListenAddr;
 pub use error::{ConfigError, Pos};
 pub use params::ParamType;
 pub(crate) use tree::Node;
-pub(crate) use walk::{locate_in, nearest};
+pub(crate) use walk::{locate_in, log_level, nearest};
 
 /// The embedded default configuration: the seed's first example (one server on `:8199` with `/`,
 /// `/pid`, `/sleep`, admin at `/debug/admin`), used when no config file is found.

@@ -250,7 +250,7 @@ const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
 /// Check `log.level`: a level name, or tracing filter directives `TARGET=LEVEL` separated by
 /// commas (`info,apphost=debug`). A bare word that is not a level is refused, although tracing
 /// would take it as a target name: `verbose` would then silence every line.
-fn log_level(text: &str) -> Result<(), String> {
+pub(crate) fn log_level(text: &str) -> Result<(), String> {
     for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let (target, level) = match directive.rsplit_once('=') {
             Some((t, l)) => (Some(t), l.trim()),

@@ -92,6 +92,22 @@ fn fatal_errors_reach_stderr_whatever_the_log_level() {
         "the reason the host stopped: {}",
         out.stderr
     );
+    // An APPHOST_LOG tracing would take for a target name is ignored, and says so.
+    let out = run_cli(
+        dir.path(),
+        &["run", "-c", "server.yaml"],
+        &[("APPHOST_LOG", "verbose")],
+        T,
+    );
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("Address already in use")
+            && out
+                .stderr
+                .contains("APPHOST_LOG ignored: unknown log level \"verbose\""),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
