@@ -409,9 +409,11 @@ impl Watchdog {
                 }
                 continue;
             }
-            // `since` is stamped from the coarse clock (up to a tick old) except at accept.
+            // `since` is stamped from the coarse clock (up to a tick old) except at accept, where
+            // it is the precise clock truncated to the millisecond, as `now` is: a difference of
+            // `header_read_timeout` ms may be up to 1 ms short of it, so it must exceed it.
             let expired = if flags & SEEN == 0 {
-                idle >= millis(l.header_read_timeout)
+                idle > millis(l.header_read_timeout)
             } else {
                 idle >= millis(l.idle_timeout) + tick
             };
@@ -578,12 +580,30 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_sends_nothing_is_killed_after_the_header_timeout() {
         let wd = Watchdog::start(limits(100, 10_000, 1000));
-        let (state, reg) = wd.register();
+        // Read before the registration (the accept), so `took` is never shorter than the time
+        // the watchdog counts from.
         let start = Instant::now();
+        let (state, reg) = wd.register();
         assert!(killed_within(state, reg, 2000).await);
         let took = start.elapsed();
         assert!(took >= Duration::from_millis(100), "{took:?}");
         assert_eq!(wd.len(), 0);
+    }
+
+    /// `since` and `now` are both truncated to the millisecond: a difference of exactly the
+    /// timeout may stand for as little as 99.01 ms of 100, so only a larger one kills.
+    #[tokio::test]
+    async fn the_header_deadline_is_not_met_by_a_truncated_millisecond() {
+        let wd = Watchdog::start(limits(100, 10_000, 1000));
+        let (state, _reg) = wd.register();
+        let since = state.since_ms.load(Ordering::Acquire);
+        wd.sweep(since + 100, 5);
+        assert!(
+            !state.flag(KILLED),
+            "killed with 100 ms counted, maybe 99.01 elapsed"
+        );
+        wd.sweep(since + 101, 5);
+        assert!(state.flag(KILLED));
     }
 
     #[tokio::test]
