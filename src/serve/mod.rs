@@ -49,6 +49,10 @@ pub(crate) struct Serving {
     accept_wakers: Mutex<Vec<Waker>>,
     /// hyper's connection builders.
     builders: conn::Builders,
+    /// Failed accepts not yet logged, for all of this generation's accept loops: descriptors
+    /// run out for the whole process, and each listener logging its own line a second would
+    /// make as many lines a second as there are listeners.
+    accept_failures: Mutex<FailureLog>,
 }
 
 impl Serving {
@@ -60,6 +64,7 @@ impl Serving {
             watchdog: Watchdog::start(limits),
             accept_wakers: Mutex::new(Vec::new()),
             builders: conn::Builders::new(http2_max_streams),
+            accept_failures: Mutex::new(FailureLog::default()),
         })
     }
 
@@ -151,7 +156,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, servi
             Err(e) => {
                 // EMFILE/ENFILE/ECONNABORTED: keep the listener, pause (the connection stays in
                 // the queue, so retrying at once would spin), but not past the drain's start.
-                let pause = backoff.failed(&endpoint.key, &e);
+                let pause = backoff.failed(&serving.accept_failures, &endpoint.key, &e);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = serving.drained_signal() => {}
@@ -159,37 +164,34 @@ pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, servi
                 continue;
             }
         }
-        backoff.succeeded(&endpoint.key);
+        backoff.succeeded(&serving.accept_failures, &endpoint.key);
     }
     tracing::debug!(listener = %endpoint.key, "stopped accepting");
 }
 
 /// An accept loop's failures: a pause that doubles while accepts keep failing (descriptors
-/// exhausted: the failing connection stays queued, so retrying at once only spins), and a log
-/// line at most once a second, with the count of failures it stands for.
+/// exhausted: the failing connection stays queued, so retrying at once only spins). The log
+/// line, at most once a second with the count of failures it stands for, is the generation's
+/// ([`FailureLog`], shared by its accept loops), not each loop's.
 #[derive(Debug)]
 struct AcceptBackoff {
     pause: Duration,
+}
+
+/// Failed accepts of one generation, across its accept loops, and when they were last logged.
+#[derive(Debug, Default)]
+struct FailureLog {
     /// Failures not yet reported.
     unreported: u64,
     /// When the last failure was reported.
     reported_at: Option<Instant>,
 }
 
-impl AcceptBackoff {
-    const FIRST_PAUSE: Duration = Duration::from_millis(10);
-    const MAX_PAUSE: Duration = Duration::from_millis(500);
+impl FailureLog {
     const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-    fn new() -> AcceptBackoff {
-        AcceptBackoff {
-            pause: Self::FIRST_PAUSE,
-            unreported: 0,
-            reported_at: None,
-        }
-    }
-
-    /// True when a report is due (none yet, or the last one a second ago or more).
+    /// True when a report is due (none yet, or the last one a second ago or more); the report
+    /// is then taken as made.
     fn due(&mut self, now: Instant) -> bool {
         let due = self
             .reported_at
@@ -199,19 +201,37 @@ impl AcceptBackoff {
         }
         due
     }
+}
 
-    /// Note a failed accept; how long to pause before the next.
-    fn failed(&mut self, key: &str, e: &std::io::Error) -> Duration {
-        self.unreported += 1;
-        if self.due(Instant::now()) {
-            tracing::warn!(
-                listener = %key,
-                error = %e,
-                failures = self.unreported,
-                "accept failed ({} time(s) since the last report); pausing accepts",
-                self.unreported
-            );
-            self.unreported = 0;
+fn lock_log(log: &Mutex<FailureLog>) -> std::sync::MutexGuard<'_, FailureLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AcceptBackoff {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+    fn new() -> AcceptBackoff {
+        AcceptBackoff {
+            pause: Self::FIRST_PAUSE,
+        }
+    }
+
+    /// Note a failed accept on listener `key`; how long to pause before the next.
+    fn failed(&mut self, log: &Mutex<FailureLog>, key: &str, e: &std::io::Error) -> Duration {
+        {
+            let mut log = lock_log(log);
+            log.unreported += 1;
+            if log.due(Instant::now()) {
+                tracing::warn!(
+                    listener = %key,
+                    error = %e,
+                    failures = log.unreported,
+                    "accept failed ({} time(s) since the last report); pausing accepts",
+                    log.unreported
+                );
+                log.unreported = 0;
+            }
         }
         let pause = self.pause;
         self.pause = (pause * 2).min(Self::MAX_PAUSE);
@@ -221,19 +241,20 @@ impl AcceptBackoff {
     /// Note an accepted connection (the hot path: one comparison when nothing failed). The
     /// pause starts again from the shortest; the failures not yet reported are reported with
     /// the recovery, within the same once-a-second limit.
-    fn succeeded(&mut self, key: &str) {
+    fn succeeded(&mut self, log: &Mutex<FailureLog>, key: &str) {
         if self.pause == Self::FIRST_PAUSE {
             return;
         }
         self.pause = Self::FIRST_PAUSE;
-        if self.unreported > 0 && self.due(Instant::now()) {
+        let mut log = lock_log(log);
+        if log.unreported > 0 && log.due(Instant::now()) {
             tracing::warn!(
                 listener = %key,
-                failures = self.unreported,
+                failures = log.unreported,
                 "accept failed {} more time(s), then accepted again",
-                self.unreported
+                log.unreported
             );
-            self.unreported = 0;
+            log.unreported = 0;
         }
     }
 }

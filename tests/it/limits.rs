@@ -9,15 +9,19 @@ use crate::support::{Apphost, BIN, get, try_get, unique_port, wait_until};
 
 const T: Duration = Duration::from_secs(30);
 
-fn config(port: u16) -> String {
-    format!("servers:\n  s:\n    address: \"127.0.0.1:{port}\"\n    routes:\n      \"/pid\": pid\n")
+fn config(ports: &[u16]) -> String {
+    let addresses: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+    format!(
+        "servers:\n  s:\n    address: [{}]\n    routes:\n      \"/pid\": pid\n",
+        addresses.join(", ")
+    )
 }
 
-/// `apphost run` under `prlimit --nofile=SOFT:HARD`.
-fn start_limited(port: u16, soft: u32, hard: u32) -> Apphost {
+/// `apphost run` under `prlimit --nofile=SOFT:HARD`, listening on `ports`.
+fn start_limited(ports: &[u16], soft: u32, hard: u32) -> Apphost {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.yaml");
-    std::fs::write(&path, config(port)).unwrap();
+    std::fs::write(&path, config(ports)).unwrap();
     let mut cmd = Command::new("prlimit");
     cmd.arg(format!("--nofile={soft}:{hard}"))
         .arg(BIN)
@@ -26,7 +30,9 @@ fn start_limited(port: u16, soft: u32, hard: u32) -> Apphost {
         .arg(&path)
         .current_dir(dir.path());
     let host = Apphost::spawn(cmd, dir, path);
-    host.wait_serving(port);
+    for &port in ports {
+        host.wait_serving(port);
+    }
     host
 }
 
@@ -44,7 +50,7 @@ fn nofile(pid: u32) -> (String, String) {
 #[test]
 fn the_worker_raises_its_soft_open_file_limit_to_the_hard_limit() {
     let port = unique_port();
-    let _host = start_limited(port, 256, 4096);
+    let _host = start_limited(&[port], 256, 4096);
     let worker: u32 = get(port, "/pid").body_str().trim().parse().unwrap();
     assert_eq!(nofile(worker), ("4096".into(), "4096".into()));
 }
@@ -56,14 +62,16 @@ fn log_secs(line: &str) -> f64 {
     p[0] * 3600.0 + p[1] * 60.0 + p[2]
 }
 
+/// Descriptors run out for the whole worker, so every listener's accept loop fails at once: the
+/// worker (not each of its listeners) logs it once a second.
 #[test]
 fn descriptor_exhaustion_is_reported_once_a_second_with_a_count() {
-    let port = unique_port();
-    let host = start_limited(port, 64, 64);
-    // More connections than the worker has descriptors: the rest wait in the accept queue, and
-    // every accept fails with EMFILE until some close.
+    let [port, port2] = crate::support::free_ports::<2>();
+    let host = start_limited(&[port, port2], 64, 64);
+    // More connections than the worker has descriptors, on both listeners: the rest wait in the
+    // accept queues, and every accept fails with EMFILE until some close.
     let clients: Vec<TcpStream> = (0..80)
-        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .map(|i| TcpStream::connect(("127.0.0.1", if i % 2 == 0 { port } else { port2 })).unwrap())
         .collect();
     let reports = || -> Vec<String> {
         host.log()
@@ -90,12 +98,15 @@ fn descriptor_exhaustion_is_reported_once_a_second_with_a_count() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no failure count in {:?}", r[1]));
     assert!(count >= 2, "{:?}", r[1]);
-    // Paused, not spinning: at most a few dozen tries in that second (10 ms doubling to 500 ms).
+    // Paused, not spinning: at most a few dozen tries in that second (10 ms doubling to 500 ms,
+    // on each listener).
     assert!(count < 20, "{count} failed accepts in a second: {:?}", r[1]);
     drop(clients);
-    wait_until(T, "the worker to accept again", || {
-        try_get(port, "/pid").ok().filter(|r| r.status == 200)
-    });
+    for p in [port, port2] {
+        wait_until(T, "the worker to accept again", || {
+            try_get(p, "/pid").ok().filter(|r| r.status == 200)
+        });
+    }
 }
 
 /// A request body that stops arriving: `408` after `idle_timeout`, then the connection closes.
