@@ -187,6 +187,8 @@ fn page_status_methods_and_paths() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = json(&r);
+    // The schema `apphost status --json` shares, with apphost's version.
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(v["supervisor"]["supervisor_pid"], host.pid());
     assert_eq!(v["supervisor"]["worker_pid"], worker);
     assert_eq!(v["supervisor"]["phase"], "serving");
