@@ -33,6 +33,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigSource};
+use crate::fnv::fnv1a64;
 
 /// Errors of the control socket, on either side.
 #[derive(Debug, thiserror::Error)]
@@ -72,16 +73,6 @@ pub(crate) enum ControlError {
         /// What came back.
         answer: String,
     },
-}
-
-/// matters since the CLI and the supervisor may be different binaries after an upgrade.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
 }
 
 pub(crate) fn effective_uid() -> u32 {

@@ -31,11 +31,11 @@
 //! | layer | modules | one job each |
 //! | --- | --- | --- |
 //! | front | `host` ([`Host`]), `cli` (the command line), `cli::client` (the control client) | start the program, parse the command line, print answers |
-//! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, watchers), `worker` | who runs, who restarts |
+//! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, watchers), `worker`, `plan` (config → what a generation serves; `check` prints it) | who runs, who restarts |
 //! | product | `admin` (admin routes), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
 //! | serving | `serve` (listeners, TLS, connections, watchdog) | bytes in, bytes out |
 //! | app | `routes` (route table), `handlers` (built-ins), `service` (tower services and axum routers as handlers) | which code answers |
-//! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `logging`, `watch`, `sys` | shared vocabulary |
+//! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `fnv`, `logging`, `watch`, `sys` | shared vocabulary |
 //!
 //! The public API is what an application needs: [`Host`], [`Handler`] and its helpers,
 //! [`Body`], [`Request`]/[`Response`], [`Params`], [`ConfigError`], [`ClientAddr`],
@@ -52,12 +52,14 @@ mod cli;
 mod clock;
 mod config;
 mod control;
+mod fnv;
 mod handler;
 mod handlers;
 mod host;
 mod launch;
 mod logging;
 pub mod ops;
+mod plan;
 mod routes;
 mod serve;
 mod service;

@@ -32,11 +32,13 @@ use crate::channel::{
     Op, WorkerSettings,
 };
 use crate::config::Config;
+use crate::config::ListenAddr;
 use crate::handler::Registry;
 use crate::handlers::ready::{self, Readiness, ReadyState};
 use crate::ops::{Link, OpError, OpResult};
-use crate::routes::RouteTable;
+use crate::plan::{Plan, PlanError};
 use crate::serve::{self, Endpoint, Serving, tls::CertStore};
+use tokio_rustls::TlsAcceptor;
 
 /// How a worker was asked to start.
 #[derive(Debug, Clone)]
@@ -66,7 +68,7 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
     };
     let inherited = match inherited_listeners() {
         Ok(m) => m,
-        Err(e) => return early_fail(Some(&chan_fd), &e),
+        Err(e) => return early_fail(Some(&chan_fd), &e.to_string()),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,7 +130,55 @@ fn early_fail(chan: Option<&OwnedFd>, reason: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn inherited_listeners() -> Result<HashMap<String, OwnedFd>, String> {
+/// Why a worker cannot start serving (sent to the supervisor as its `failed` reason).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// `APPHOST_LISTEN_FDS` is not `KEY=FD,…`.
+    #[error("{ENV_LISTEN_FDS}: malformed entry {0:?}")]
+    MalformedEntry(String),
+    /// `APPHOST_LISTEN_FDS` names something that is not a descriptor number.
+    #[error("{ENV_LISTEN_FDS}: bad fd in {0:?}")]
+    BadFd(String),
+    /// An inherited descriptor cannot be used.
+    #[error("inherited socket {key} (fd {fd}): {source}")]
+    Inherited {
+        /// Its listener key.
+        key: String,
+        /// Its number.
+        fd: i32,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config cannot be served (routes, handlers, TLS).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// An inherited socket is not a listening TCP socket.
+    #[error("inherited socket {key}: {source}")]
+    NotListening {
+        /// Its listener key.
+        key: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A new address cannot be bound.
+    #[error("cannot listen on {key}: {source}")]
+    Listen {
+        /// Its listener key.
+        key: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A socket cannot be duplicated or registered with the runtime.
+    #[error("{key}: {source}")]
+    Socket {
+        /// Its listener key.
+        key: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn inherited_listeners() -> Result<HashMap<String, OwnedFd>, StartError> {
     let mut out = HashMap::new();
     let Ok(v) = std::env::var(ENV_LISTEN_FDS) else {
         return Ok(out);
@@ -136,18 +186,19 @@ fn inherited_listeners() -> Result<HashMap<String, OwnedFd>, String> {
     for item in v.split(',').filter(|s| !s.is_empty()) {
         let (key, fd) = item
             .rsplit_once('=')
-            .ok_or_else(|| format!("{ENV_LISTEN_FDS}: malformed entry {item:?}"))?;
-        let n: i32 = fd
-            .parse()
-            .map_err(|_| format!("{ENV_LISTEN_FDS}: bad fd in {item:?}"))?;
-        let fd =
-            crate::sys::adopt_fd(n).map_err(|e| format!("inherited socket {key} (fd {n}): {e}"))?;
+            .ok_or_else(|| StartError::MalformedEntry(item.into()))?;
+        let n: i32 = fd.parse().map_err(|_| StartError::BadFd(item.into()))?;
+        let fd = crate::sys::adopt_fd(n).map_err(|source| StartError::Inherited {
+            key: key.into(),
+            fd: n,
+            source,
+        })?;
         out.insert(key.to_string(), fd);
     }
     Ok(out)
 }
 
-/// Everything built from the config before serving starts.
+/// The plan's listeners, adopted or bound, ready to serve.
 struct Prepared {
     listeners: Vec<(tokio::net::TcpListener, Endpoint)>,
     /// Each server's readiness request, with an endpoint serving its routes.
@@ -157,86 +208,69 @@ struct Prepared {
     certs: Vec<Arc<CertStore>>,
 }
 
-fn prepare(
-    registry: &Registry,
-    config: &Config,
-    mut inherited: HashMap<String, OwnedFd>,
-    link: &Link,
-) -> Result<Prepared, String> {
+/// Adopt the inherited socket of every listener in `plan` (by address key), bind the missing
+/// ones, and pair each with what it serves.
+fn prepare(plan: Plan, mut inherited: HashMap<String, OwnedFd>) -> Result<Prepared, StartError> {
     let mut listeners = Vec::new();
     let mut gates = Vec::new();
     let mut newly_bound = Vec::new();
     let mut tls_files = Vec::new();
     let mut certs = Vec::new();
-    for server in &config.servers {
-        let mut table = RouteTable::build(server, registry).map_err(|e| e.to_string())?;
-        // Admin routes (src/admin): only for a server whose config has `admin:`. Also warns when
-        // an admin without a token listens beyond loopback.
-        if let Some(admin) = &server.admin {
-            crate::admin::install(&mut table, config, server, admin, Some(link.clone()));
+    for server in plan.servers {
+        let mut addrs: Vec<(ListenAddr, Option<TlsAcceptor>)> =
+            server.http.into_iter().map(|a| (a, None)).collect();
+        if let Some(h) = server.https {
+            tls_files.push(h.cert.display().to_string());
+            tls_files.push(h.key.display().to_string());
+            certs.push(h.store);
+            addrs.extend(
+                h.addresses
+                    .into_iter()
+                    .map(|a| (a, Some(h.acceptor.clone()))),
+            );
         }
-        let routes = Arc::new(table);
-        let acceptor = match &server.https {
-            Some(h) => {
-                let store = serve::tls::load_for_server(config, server)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("https without a certificate")?;
-                let cfg = store.server_config().map_err(|e| e.to_string())?;
-                tls_files.push(h.cert.display().to_string());
-                tls_files.push(h.key.display().to_string());
-                certs.push(store);
-                Some(tokio_rustls::TlsAcceptor::from(cfg))
-            }
-            None => None,
-        };
         if let Some(r) = &server.readiness {
             gates.push((
                 r.clone(),
                 Endpoint {
                     key: format!("{} readiness", server.name),
-                    routes: routes.clone(),
+                    routes: server.routes.clone(),
                     tls: None,
                 },
             ));
         }
-        let mut add = |addr: &crate::config::ListenAddr,
-                       tls: Option<tokio_rustls::TlsAcceptor>|
-         -> Result<(), String> {
+        for (addr, tls) in addrs {
             let key = addr.key().to_string();
+            let socket_error = |source| StartError::Socket {
+                key: key.clone(),
+                source,
+            };
             let std_listener = match inherited.remove(&key) {
                 Some(fd) => {
-                    serve::listen::adopt(fd).map_err(|e| format!("inherited socket {key}: {e}"))?
+                    serve::listen::adopt(fd).map_err(|source| StartError::NotListening {
+                        key: key.clone(),
+                        source,
+                    })?
                 }
                 None => {
-                    let l = serve::listen::bind(addr)
-                        .map_err(|e| format!("cannot listen on {key}: {e}"))?;
-                    let dup = l
-                        .as_fd()
-                        .try_clone_to_owned()
-                        .map_err(|e| format!("{key}: {e}"))?;
+                    let l = serve::listen::bind(&addr).map_err(|source| StartError::Listen {
+                        key: key.clone(),
+                        source,
+                    })?;
+                    let dup = l.as_fd().try_clone_to_owned().map_err(socket_error)?;
                     newly_bound.push((key.clone(), dup));
                     l
                 }
             };
-            let l = tokio::net::TcpListener::from_std(std_listener)
-                .map_err(|e| format!("{key}: {e}"))?;
+            let l = tokio::net::TcpListener::from_std(std_listener).map_err(socket_error)?;
             listeners.push((
                 l,
                 Endpoint {
                     key,
-                    routes: routes.clone(),
+                    routes: server.routes.clone(),
                     tls,
                 },
             ));
-            Ok(())
-        };
-        for a in &server.http {
-            add(a, None)?;
-        }
-        if let Some(h) = &server.https {
-            for a in &h.addresses {
-                add(a, acceptor.clone())?;
-            }
         }
     }
     // Inherited sockets this config no longer names are closed here; the supervisor closes its
@@ -289,9 +323,13 @@ async fn run(
     if registry.get("ready").is_some() {
         registry.insert("ready", ready::factory(readiness.clone()));
     }
-    let prepared = match prepare(&registry, &config, inherited, &link) {
+    let prepared = match Plan::build(&config, &registry, Some(&link))
+        .map_err(StartError::from)
+        .and_then(|plan| prepare(plan, inherited))
+    {
         Ok(p) => p,
-        Err(reason) => {
+        Err(e) => {
+            let reason = e.to_string();
             tracing::error!("cannot start: {reason}");
             let _ = chan.send(&Msg::Failed { reason }, &[]).await;
             return ExitCode::from(2);

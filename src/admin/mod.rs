@@ -95,7 +95,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::channel::Op;
-use crate::config::{AdminConfig, Config, ListenAddr, ServerConfig};
+use crate::config::{AdminConfig, Config, ListenAddr, RoutePattern, ServerConfig};
 use crate::handler::{BoxFuture, ClientAddr, Handler, Request, Response};
 use crate::ops::{Link, OpError, OpReply, OpResult, Status};
 use crate::routes::RouteTable;
@@ -126,10 +126,10 @@ pub(crate) fn install(
     if let Some(w) = exposure_warning(server, admin) {
         tracing::warn!("{w}");
     }
-    let exact = a.path.clone();
-    let wildcard = format!("{}/*action", a.base);
-    for (pattern, handler) in table.routes() {
-        if pattern == exact || wildcard_prefix(&pattern) == Some(a.base.as_str()) {
+    let exact = RoutePattern::exact(&a.path);
+    let wildcard = RoutePattern::wildcard(&a.base, "action");
+    for (pattern, handler) in table.patterns() {
+        if *pattern == exact || pattern.wildcard_prefix() == Some(a.base.as_str()) {
             tracing::warn!(
                 "servers.{}: route {pattern} ({handler}) is replaced by the admin routes at {}",
                 server.name,
@@ -140,12 +140,6 @@ pub(crate) fn install(
     let h: Arc<dyn Handler> = Arc::new(AdminHandler(Arc::new(a)));
     table.insert(&exact, HANDLER_NAME, h.clone(), None);
     table.insert(&wildcard, HANDLER_NAME, h, None);
-}
-
-/// The prefix of a wildcard pattern (`/a/*x` → `/a`), `None` for an exact one.
-fn wildcard_prefix(pattern: &str) -> Option<&str> {
-    let i = pattern.rfind("/*")?;
-    (!pattern[i + 2..].contains('/')).then(|| &pattern[..i])
 }
 
 /// `http://127.0.0.1:8199`, `https://*:8443` (every interface).

@@ -51,9 +51,18 @@ fn paths_name_actions() {
     assert_eq!(a.action("/debug/admin/nope"), None);
     assert_eq!(a.action("/debug/admin/restart/"), None);
     assert_eq!(a.action_url("restart"), "/debug/admin/restart");
-    assert_eq!(wildcard_prefix("/a/*x"), Some("/a"));
-    assert_eq!(wildcard_prefix("/*"), Some(""));
-    assert_eq!(wildcard_prefix("/a"), None);
+    let prefix = |p: &str| {
+        RoutePattern::parse(p)
+            .unwrap()
+            .wildcard_prefix()
+            .map(str::to_string)
+    };
+    assert_eq!(prefix("/a/*x").as_deref(), Some("/a"));
+    assert_eq!(
+        RoutePattern::wildcard("", "action").wildcard_prefix(),
+        Some("")
+    );
+    assert_eq!(prefix("/a"), None);
 }
 
 #[test]

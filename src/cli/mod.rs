@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::handler::Registry;
 use crate::launch::{Launch, Role};
-use crate::routes::RouteTable;
+use crate::plan::Plan;
 
 #[derive(Parser, Debug)]
 #[command(name = "apphost", about = "A zero-downtime application host", long_about = None)]
@@ -183,7 +183,7 @@ fn run(registry: &Registry, explicit: Option<&Path>, launch: Launch) -> ExitCode
     };
     // Everything a worker would build (routes, handler params, TLS pairs), checked here so a
     // mistake is reported with exit 2 before any process starts.
-    if let Err(e) = describe(registry, &config) {
+    if let Err(e) = Plan::build(&config, registry, None) {
         eprintln!("apphost: {e}");
         return ExitCode::from(2);
     }
@@ -230,12 +230,12 @@ fn check(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
     for w in &config.warnings {
         eprintln!("apphost: warning: {w}");
     }
-    match describe(registry, &config) {
-        Ok(text) => {
+    match Plan::build(&config, registry, None) {
+        Ok(plan) => {
             for w in addresses_in_use(&config) {
                 eprintln!("apphost: warning: {w}");
             }
-            print!("{text}");
+            print!("{}", plan.report(&config));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -272,56 +272,6 @@ fn addresses_in_use(config: &Config) -> Vec<String> {
         }
     }
     out
-}
-
-/// Everything `run` would build, except binding: route tables and TLS pairs. Returns the report.
-fn describe(registry: &Registry, config: &Config) -> Result<String, String> {
-    use crate::config::duration::format_duration as d;
-    use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(out, "config: {}", config.source);
-    let _ = writeln!(
-        out,
-        "graceful: {}  graceful_timeout: {}  shutdown_timeout: {}  keepalive_grace: {}",
-        config.graceful,
-        d(config.graceful_timeout),
-        d(config.shutdown_timeout),
-        d(config.keepalive_grace)
-    );
-    let _ = writeln!(
-        out,
-        "header_read_timeout: {}  idle_timeout: {}  send_timeout: {}  http2_max_concurrent_streams: {}",
-        d(config.header_read_timeout),
-        d(config.idle_timeout),
-        d(config.send_timeout),
-        config.http2_max_concurrent_streams
-    );
-    for s in &config.servers {
-        let table = RouteTable::build(s, registry).map_err(|e| e.to_string())?;
-        let _ = writeln!(out, "server {}:", s.name);
-        for a in &s.http {
-            let _ = writeln!(out, "  listen http://{a}");
-        }
-        if let Some(h) = &s.https {
-            crate::serve::tls::load_for_server(config, s).map_err(|e| e.to_string())?;
-            for a in &h.addresses {
-                let _ = writeln!(out, "  listen https://{a}  (cert {})", h.cert.display());
-            }
-        }
-        if let Some(a) = &s.admin {
-            let auth = if a.token.is_some() {
-                "bearer token"
-            } else {
-                "loopback clients only"
-            };
-            let _ = writeln!(out, "  admin {}  ({auth})", a.path);
-        }
-        for (pattern, handler) in table.routes() {
-            let _ = writeln!(out, "  route {pattern} -> {handler}");
-        }
-    }
-    let _ = writeln!(out, "ok");
-    Ok(out)
 }
 
 /// The executable path restarts run and the watcher watches: the path the program was started

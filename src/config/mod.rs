@@ -24,6 +24,7 @@ pub(crate) mod duration;
 pub(crate) mod error;
 pub(crate) mod file;
 mod params;
+mod pattern;
 pub(crate) mod tree;
 mod walk;
 
@@ -33,6 +34,7 @@ use std::time::Duration;
 pub(crate) use addr::ListenAddr;
 pub use error::{ConfigError, Pos};
 pub use params::ParamType;
+pub(crate) use pattern::RoutePattern;
 pub(crate) use tree::Node;
 pub(crate) use walk::{locate_in, log_level, nearest};
 
@@ -216,7 +218,7 @@ pub(crate) struct AdminConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct RouteConfig {
     /// The route pattern: an exact path, or a prefix ending in `/*name` (wildcard).
-    pub pattern: String,
+    pub pattern: RoutePattern,
     /// The registered handler name.
     pub handler: String,
     /// Where the handler name stands (for "unknown handler" errors).

@@ -11,6 +11,7 @@ use super::addr::ListenAddr;
 use super::duration::parse_duration;
 use super::error::{ConfigError, Pos};
 use super::file;
+use super::pattern::RoutePattern;
 use super::tree::{self, Key, Node, Value};
 use super::{
     AdminConfig, Config, ConfigSource, ControlConfig, Format, HttpsConfig, LogConfig, LogFormat,
@@ -681,7 +682,9 @@ impl Walker<'_> {
             None => Vec::new(),
         };
         if let Some(a) = &admin
-            && let Some(r) = routes.iter().find(|r| under_admin(&r.pattern, &a.path))
+            && let Some(r) = routes
+                .iter()
+                .find(|r| under_admin(r.pattern.key(), &a.path))
         {
             return Err(self.err(
                 r.params.pos,
@@ -912,13 +915,19 @@ impl Walker<'_> {
         let mut routes = Vec::with_capacity(entries.len());
         for (k, v) in entries {
             let rpath = join(path, &k.name);
-            check_pattern(&k.name).map_err(|m| self.err(k.pos, &rpath, m))?;
-            routes.push(self.route(&k.name, v, &rpath)?);
+            let pattern =
+                RoutePattern::parse(&k.name).map_err(|e| self.err(k.pos, &rpath, e.to_string()))?;
+            routes.push(self.route(pattern, v, &rpath)?);
         }
         Ok(routes)
     }
 
-    fn route(&self, pattern: &str, node: &Node, path: &str) -> Result<RouteConfig, ConfigError> {
+    fn route(
+        &self,
+        pattern: RoutePattern,
+        node: &Node,
+        path: &str,
+    ) -> Result<RouteConfig, ConfigError> {
         let params = |pos: Pos, entries: Vec<(String, Node)>| Params {
             file: self.file.map(Path::to_path_buf),
             key_path: path.to_string(),
@@ -930,7 +939,7 @@ impl Walker<'_> {
             Value::Str(_) => {
                 let handler = self.non_empty_str(node, path)?;
                 Ok(RouteConfig {
-                    pattern: pattern.to_string(),
+                    pattern,
                     handler: handler.to_string(),
                     handler_pos: node.pos,
                     params: params(node.pos, Vec::new()),
@@ -947,7 +956,7 @@ impl Walker<'_> {
                     .map(|(k, v)| (k.name.clone(), v.clone()))
                     .collect();
                 Ok(RouteConfig {
-                    pattern: pattern.to_string(),
+                    pattern,
                     handler: handler.to_string(),
                     handler_pos: h.pos,
                     params: params(node.pos, rest),
@@ -961,25 +970,4 @@ impl Walker<'_> {
             )),
         }
     }
-}
-
-/// A route pattern starts with `/`; a `*` may only start the last segment, as in `/files/*path`.
-fn check_pattern(pattern: &str) -> Result<(), String> {
-    if !pattern.starts_with('/') {
-        return Err(format!("route {pattern:?} must start with /"));
-    }
-    if let Some(star) = pattern.find('*') {
-        let name = &pattern[star + 1..];
-        let well_placed =
-            pattern[..star].ends_with('/') && !name.is_empty() && !name.contains(['*', '/']);
-        if !well_placed {
-            return Err(format!(
-                "route {pattern:?}: a * is only allowed as a final /*name segment (e.g. /files/*path)"
-            ));
-        }
-    }
-    if pattern.chars().any(char::is_whitespace) {
-        return Err(format!("route {pattern:?} must not contain spaces"));
-    }
-    Ok(())
 }

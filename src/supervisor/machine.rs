@@ -34,6 +34,9 @@
 //!   ahead, with no generation number; a graceful restart to the same executable activates it
 //!   (it gets the next number then) instead of spawning.
 //!
+//! The executable of the last successful restart becomes the recorded one: later plain
+//! restarts, crash recovery, the standby and the executable watch run it.
+//!
 //! Workers are named by a [`WorkerId`], a process slot that never changes (a standby keeps its
 //! id when it becomes a generation); generation numbers are what users see.
 
@@ -491,6 +494,10 @@ impl<R> Machine<R> {
         self.worker_settings = Some(settings);
         self.out.push(Action::SettingsChanged);
         if pending.trigger != Trigger::Start {
+            // The executable that now serves is the one later restarts, crash recovery, the
+            // standby and the executable watch use (`restart --exe v2` is an upgrade, not a
+            // one-off).
+            self.recorded_exe = pending.exe.clone();
             self.restarts += 1;
             let outcome = RestartOutcome {
                 generation,

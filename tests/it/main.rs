@@ -15,6 +15,7 @@ mod hostile_ops;
 mod kubernetes;
 mod limits;
 mod newcomer;
+mod recorded_exe;
 mod recovery;
 mod restart;
 mod slow_clients;

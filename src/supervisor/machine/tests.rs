@@ -165,6 +165,44 @@ fn ready_new_generation_takes_over() {
 }
 
 #[test]
+fn a_restart_to_another_executable_records_it() {
+    let (mut m, _old, t) = serving(true, false);
+    let v2 = PathBuf::from("/opt/app/v2/app");
+    let new = spawned(&m.handle(Event::Restart {
+        trigger: Trigger::Cli,
+        exe: Ok(v2.clone()),
+        standby_fits: false,
+        reply: 7,
+        now: t,
+    }))[0];
+    assert_eq!(m.recorded_exe(), &exe(), "not before it serves");
+    m.handle(ready(new, NEW_PID, true, false, t));
+    assert_eq!(m.recorded_exe(), &v2);
+    // A crash of the new generation is recovered with v2.
+    let acts = m.handle(exited(new, NEW_PID, t));
+    assert!(acts.contains(&Action::Arm {
+        after: BACKOFF_MIN,
+        timer: Timer::Respawn
+    }));
+    let acts = m.handle(Event::Respawn { now: t });
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, Action::Spawn { exe, .. } if *exe == v2))
+    );
+    // A failed restart to a third executable leaves v2 recorded.
+    let (mut m, _old, t) = serving(true, false);
+    let new = spawned(&m.handle(Event::Restart {
+        trigger: Trigger::Cli,
+        exe: Ok(v2.clone()),
+        standby_fits: false,
+        reply: 7,
+        now: t,
+    }))[0];
+    m.handle(exited(new, NEW_PID, t));
+    assert_eq!(m.recorded_exe(), &exe());
+}
+
+#[test]
 fn exit_before_ready_leaves_the_old_generation_serving() {
     let (mut m, old, t) = serving(true, false);
     let new = spawned(&m.handle(restart(7, t)))[0];
