@@ -381,6 +381,11 @@ impl Channel {
         })
     }
 
+    /// The descriptor, for a blocking send ([`send_blocking`]) when the runtime cannot be used.
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+
     /// Send a message with optional descriptors.
     pub(crate) async fn send(
         &self,

@@ -18,7 +18,7 @@
 //! a restart; SIGINT, SIGTERM, SIGQUIT and SIGHUP ask for a shutdown.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -68,22 +68,38 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
     };
     let inherited = match inherited_listeners() {
         Ok(m) => m,
-        Err(e) => return early_fail(Some(&chan_fd), &e.to_string()),
+        Err(e) => return early_fail(Some(chan_fd.as_fd()), &e.to_string()),
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return early_fail(Some(&chan_fd), &format!("cannot start the runtime: {e}")),
+        Err(e) => {
+            return early_fail(
+                Some(chan_fd.as_fd()),
+                &format!("cannot start the runtime: {e}"),
+            );
+        }
     };
+    // One channel for the worker's whole life, standby included: reading the activation
+    // through a second registration of the same socket (a duplicate descriptor) left the first
+    // one's wake-ups late, so a drain could wait for an unrelated event.
+    let chan = {
+        let _runtime = rt.enter();
+        match chan_fd.try_clone().and_then(Channel::new) {
+            Ok(c) => Arc::new(c),
+            Err(e) => return early_fail(Some(chan_fd.as_fd()), &format!("channel: {e}")),
+        }
+    };
+    drop(chan_fd);
     if std::env::var_os(ENV_STANDBY).is_some() {
         // A warm standby: process start-up (exec, loader, runtime) is done ahead of the restart;
         // the config is read only when activated, so it is the config of that moment.
-        match rt.block_on(wait_for_activation(&chan_fd)) {
+        match rt.block_on(wait_for_activation(&chan)) {
             Ok(Some(g)) => generation = g,
             Ok(None) => return ExitCode::SUCCESS,
-            Err(e) => return early_fail(Some(&chan_fd), &format!("standby channel: {e}")),
+            Err(e) => return early_fail(Some(chan.as_fd()), &format!("standby channel: {e}")),
         }
     }
     let config = match &args.config {
@@ -92,21 +108,20 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
     };
     let config = match config {
         Ok(c) => c,
-        Err(e) => return early_fail(Some(&chan_fd), &e.to_string()),
+        Err(e) => return early_fail(Some(chan.as_fd()), &e.to_string()),
     };
     // The supervisor has said what is wrong with APPHOST_LOG, if anything.
     let _ = crate::logging::init(&config.log);
     crate::serve::raise_fd_limit();
-    let code = rt.block_on(run(registry, config, chan_fd, inherited, generation));
+    let code = rt.block_on(run(registry, config, chan, inherited, generation));
     // Connections still open past shutdown_timeout are cut here.
     rt.shutdown_timeout(Duration::from_millis(100));
     code
 }
 
-/// Wait on the channel (through a duplicate of its descriptor) for `activate`: the generation
-/// number to become. `drain` or a closed channel (the standby is not needed): `None`.
-async fn wait_for_activation(chan_fd: &OwnedFd) -> std::io::Result<Option<u64>> {
-    let chan = Channel::new(chan_fd.try_clone()?)?;
+/// Wait on the channel for `activate`: the generation number to become. `drain` or a closed
+/// channel (the standby is not needed): `None`.
+async fn wait_for_activation(chan: &Channel) -> std::io::Result<Option<u64>> {
     loop {
         match chan.recv().await? {
             Some((Msg::Activate { generation }, _)) => return Ok(Some(generation)),
@@ -116,7 +131,7 @@ async fn wait_for_activation(chan_fd: &OwnedFd) -> std::io::Result<Option<u64>> 
     }
 }
 
-fn early_fail(chan: Option<&OwnedFd>, reason: &str) -> ExitCode {
+fn early_fail(chan: Option<BorrowedFd<'_>>, reason: &str) -> ExitCode {
     eprintln!("pid[{}]: cannot start: {reason}", std::process::id());
     if let Some(fd) = chan {
         let _ = crate::channel::send_blocking(
@@ -288,17 +303,10 @@ fn prepare(plan: Plan, mut inherited: HashMap<String, OwnedFd>) -> Result<Prepar
 async fn run(
     registry: &Registry,
     config: Config,
-    chan_fd: OwnedFd,
+    chan: Arc<Channel>,
     inherited: HashMap<String, OwnedFd>,
     generation: u64,
 ) -> ExitCode {
-    let chan = match Channel::new(chan_fd) {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            eprintln!("pid[{}]: channel: {e}", std::process::id());
-            return ExitCode::from(2);
-        }
-    };
     let serving = Serving::new(
         crate::serve::watchdog::Limits {
             header_read_timeout: config.header_read_timeout,
@@ -373,6 +381,9 @@ async fn run(
         warm_standby: config.warm_standby,
         shutdown_delay_ms: config.shutdown_delay.as_millis() as u64,
     };
+    // Before the ready report: once the supervisor has it, a signal to this worker must find
+    // the handlers (SIGUSR1's default action would kill the worker).
+    let mut sigs = WorkerSignals::new();
     if chan
         .send(
             &Msg::Ready {
@@ -399,7 +410,6 @@ async fn run(
     watch_certs(prepared.certs, config.watch.settle);
 
     let mut relay = Relay::new(chan.clone());
-    let mut sigs = WorkerSignals::new();
     // Stop signals this worker has had. The kernel sends one (SIGTERM, the parent-death signal)
     // when the supervisor is killed, together with the channel closing: whichever is seen first,
     // that one signal must not count as a second one during the drain, which would cut the
