@@ -590,18 +590,26 @@ fn watch_certs(certs: Vec<Arc<CertStore>>, settle: Duration) {
             return;
         }
     };
+    fn reload(store: &CertStore) {
+        match store.reload() {
+            Ok(()) => tracing::info!("certificate {} reloaded", store.paths().0.display()),
+            Err(e) => {
+                tracing::warn!("certificate change refused: {e}; keeping the old certificate")
+            }
+        }
+    }
+    // The files were loaded before this watch started (they are served from the first accept),
+    // and the watch only reports changes after its start: a renewal written in between is
+    // loaded now, or it would wait for the next change.
+    for store in certs.iter().filter(|s| s.changed_since_load()) {
+        reload(store);
+    }
     tokio::spawn(async move {
         while let Some(changed) = watch.next_settled(settle).await {
             for store in &certs {
                 let (cert, key) = store.paths();
-                if !changed.contains(cert) && !changed.contains(key) {
-                    continue;
-                }
-                match store.reload() {
-                    Ok(()) => tracing::info!("certificate {} reloaded", cert.display()),
-                    Err(e) => tracing::warn!(
-                        "certificate change refused: {e}; keeping the old certificate"
-                    ),
+                if changed.contains(cert) || changed.contains(key) {
+                    reload(store);
                 }
             }
         }

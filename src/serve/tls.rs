@@ -167,17 +167,32 @@ pub(crate) struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: RwLock<Arc<CertifiedKey>>,
+    /// The identities of the cert and key files when they were first loaded (taken before
+    /// reading them), so a change made before the files are watched is not missed.
+    loaded_ids: [Option<crate::watch::FileId>; 2],
 }
 
 impl CertStore {
     /// Load the pair from files.
     pub(crate) fn load(cert: &Path, key: &Path) -> Result<Arc<CertStore>, TlsError> {
+        let loaded_ids = [crate::watch::file_id(cert), crate::watch::file_id(key)];
         let ck = load_pair(cert, key)?;
         Ok(Arc::new(CertStore {
             cert_path: cert.into(),
             key_path: key.into(),
             current: RwLock::new(Arc::new(ck)),
+            loaded_ids,
         }))
+    }
+
+    /// True when the cert or key file is not the one first loaded (a renewal written between
+    /// the load and the start of the watch on the files).
+    pub(crate) fn changed_since_load(&self) -> bool {
+        let now = [
+            crate::watch::file_id(&self.cert_path),
+            crate::watch::file_id(&self.key_path),
+        ];
+        now != self.loaded_ids
     }
 
     /// The files this store was loaded from.
@@ -251,5 +266,29 @@ mod tests {
             )
         );
         load_pair(&cert_file, &key_file).unwrap();
+    }
+
+    /// A renewal written after the load (before the worker watches the files) is seen.
+    #[test]
+    fn a_store_knows_when_its_files_changed_since_the_load() {
+        let d = tempfile::tempdir().unwrap();
+        let write = |name: &str| {
+            let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+            let (cert, key) = (d.path().join("cert.pem"), d.path().join("key.pem"));
+            let (tc, tk) = (
+                d.path().join(format!("{name}.crt")),
+                d.path().join(format!("{name}.key")),
+            );
+            std::fs::write(&tc, c.cert.pem()).unwrap();
+            std::fs::write(&tk, c.signing_key.serialize_pem()).unwrap();
+            std::fs::rename(&tk, &key).unwrap();
+            std::fs::rename(&tc, &cert).unwrap();
+            (cert, key)
+        };
+        let (cert, key) = write("first");
+        let store = CertStore::load(&cert, &key).unwrap();
+        assert!(!store.changed_since_load());
+        write("renewed");
+        assert!(store.changed_since_load());
     }
 }
