@@ -330,7 +330,6 @@ impl Driver {
         generation: Option<u64>,
         exe: &Path,
     ) -> Option<machine::Event<Reply>> {
-        let file = generation.is_none().then(|| crate::watch::file_id(exe));
         let fds: Vec<(String, &OwnedFd)> =
             self.listeners.iter().map(|(k, v)| (k.clone(), v)).collect();
         // The machine has already moved: in a graceful restart `current` is the generation that
@@ -358,13 +357,18 @@ impl Driver {
                 });
             }
         };
-        match (generation, file) {
-            (Some(generation), _) => {
+        match generation {
+            Some(generation) => {
                 tracing::info!(generation, pid = g.pid_u32(), exe = %exe.display(), "worker started")
             }
-            (None, file) => {
+            None => {
                 tracing::debug!(pid = g.pid_u32(), "standby worker started");
-                self.standby_file = Some((worker, file.flatten()));
+                // What it runs, not what `exe` names: the file may be replaced between the
+                // spawn and a look at it. `spawn` returns once the exec is done, so this is the
+                // executable the kernel loaded (for a script, its interpreter: such a standby
+                // never fits, and a restart starts a fresh worker).
+                let runs = crate::watch::file_id(Path::new(&format!("/proc/{}/exe", g.pid_u32())));
+                self.standby_file = Some((worker, runs));
             }
         }
         self.workers.insert(worker, g);

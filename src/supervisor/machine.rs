@@ -400,7 +400,7 @@ impl<R> Machine<R> {
         let worker = self.standby.take()?;
         let usable = fits && self.workers.get(&worker).is_some_and(|w| !w.draining);
         if !usable {
-            self.drain(worker, true);
+            self.stop_standby(worker);
             return None;
         }
         let generation = self.take_generation();
@@ -412,12 +412,28 @@ impl<R> Machine<R> {
         Some(worker)
     }
 
+    /// Stop a standby that was never activated: a kill of its process group, not a drain. It
+    /// has served nothing, and what it runs may not be an apphost worker that would heed one.
+    fn stop_standby(&mut self, worker: WorkerId) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        if w.draining {
+            return;
+        }
+        w.draining = true;
+        self.out.push(Action::Kill {
+            worker,
+            why: KillReason::UnusedStandby,
+        });
+    }
+
     /// With `warm_standby` (and `graceful`), keep one worker started ahead of the next restart.
     fn spawn_standby(&mut self) {
         let wanted = self.settings.graceful && self.settings.warm_standby;
         if !wanted {
             if let Some(s) = self.standby.take() {
-                self.drain(s, true);
+                self.stop_standby(s);
             }
             return;
         }

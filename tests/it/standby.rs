@@ -125,3 +125,74 @@ fn a_replaced_executable_is_not_served_by_a_stale_standby() {
         "the old worker serves on"
     );
 }
+
+/// A standby that is not an apphost worker at all (the executable was replaced by something else
+/// just as the standby started: here a script that becomes apphost only the first time) is
+/// stopped with a kill of its process group when a restart does not use it, not asked to drain,
+/// which it would ignore while keeping every listener, even one that left the config, until the
+/// drain deadline.
+#[test]
+fn an_unused_standby_that_is_not_a_worker_is_killed_with_its_listeners() {
+    use crate::harness::{
+        Host, cmdline, config, group_members, low_port, place_real_binary, replace_with,
+        restore_binary, wait_generation_pid, wait_gone,
+    };
+    use rustix::process::Signal;
+    let (kept, removed) = (low_port(), low_port());
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("apphost");
+    place_real_binary(&exe);
+    let once = dir.path().join("once");
+    let host = Host::start_in(dir, &config(true, "10s", &[kept, removed], "1s"), &exe);
+    let first = host.wait_serving(kept);
+    // The first standby runs the binary (its exec done) before the file is replaced.
+    wait_until(Duration::from_secs(10), "the first standby", || {
+        children(host.pid())
+            .into_iter()
+            .find(|p| *p != first && cmdline(*p).contains("__worker"))
+    });
+    // The next restart runs this script: apphost the first time (the new generation), a shell
+    // waiting on a `sleep` child the second time (the standby started after it is ready).
+    replace_with(
+        &exe,
+        format!(
+            "#!/bin/sh\nif mkdir '{}' 2>/dev/null; then exec '{BIN}' \"$@\"; fi\nsleep 30\n",
+            once.display()
+        )
+        .as_bytes(),
+    );
+    host.signal(Signal::USR1);
+    host.wait_log_count("restart done (graceful)", 1, Duration::from_secs(15));
+    let second = wait_generation_pid(&host, 2);
+    let standby = wait_until(
+        Duration::from_secs(10),
+        "the scripted standby and its child",
+        || {
+            children(host.pid())
+                .into_iter()
+                .find(|p| *p != second && *p != first && group_members(*p).len() >= 2)
+        },
+    );
+    // The fixed binary, and `removed` leaves the config.
+    restore_binary(&exe);
+    std::fs::write(&host.config, config(true, "10s", &[kept], "1s")).unwrap();
+    host.signal(Signal::USR1);
+    host.wait_log_count("restart done (graceful)", 2, Duration::from_secs(15));
+    assert_ne!(
+        wait_generation_pid(&host, 3),
+        standby,
+        "the scripted standby was activated"
+    );
+    // Well before the drain deadline (shutdown_timeout 5 s): the standby is gone, its `sleep`
+    // too, and once the old worker is gone nothing holds `removed`.
+    wait_gone(second, Duration::from_secs(4), "the old worker");
+    wait_until(
+        Duration::from_secs(2),
+        "the standby's processes to end",
+        || group_members(standby).is_empty().then_some(()),
+    );
+    match std::net::TcpStream::connect(("127.0.0.1", removed)) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+        other => panic!("port {removed} left the config but still takes connections ({other:?})"),
+    }
+}

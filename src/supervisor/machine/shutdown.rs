@@ -60,7 +60,7 @@ impl<R> Machine<R> {
         }
         // The standby serves nothing: it goes now.
         if let Some(s) = self.standby.take() {
-            self.drain(s, true);
+            self.stop_standby(s);
         }
         if delaying {
             let serving: Vec<WorkerId> = self

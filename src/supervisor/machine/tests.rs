@@ -432,12 +432,19 @@ fn standby_is_activated_instead_of_spawning() {
     // The next standby is started at once.
     let next = standbys(&acts)[0];
     assert_ne!(next, standby);
-    // A restart the standby does not fit stops it and spawns a fresh worker.
+    // A restart the standby does not fit stops it (killed: it served nothing, and it may not
+    // even be an apphost worker that would heed a drain) and spawns a fresh worker.
     let acts = m.handle(restart(8, t));
-    assert!(acts.contains(&Action::Drain {
+    assert!(acts.contains(&Action::Kill {
         worker: next,
-        shutdown: true
+        why: KillReason::UnusedStandby
     }));
+    assert!(
+        !acts
+            .iter()
+            .any(|a| matches!(a, Action::Drain { worker, .. } if *worker == next)),
+        "{acts:?}"
+    );
     assert_eq!(spawned(&acts).len(), 1);
     assert_eq!(m.standby(), None);
     // The stopped standby's exit is no crash.

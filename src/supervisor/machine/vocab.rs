@@ -200,6 +200,11 @@ pub(crate) enum KillReason {
     NotReady,
     /// Still running past `shutdown_timeout`.
     DrainTimeout,
+    /// A warm standby that is not needed (it does not fit the restart, or the host stops or no
+    /// longer wants one). It has served nothing, so nothing is lost; and it may not be an
+    /// apphost worker at all (the executable was replaced by something else just before it
+    /// started), which would ignore a drain and keep every listener until the drain deadline.
+    UnusedStandby,
 }
 
 /// Something for the driver to do.
