@@ -26,6 +26,7 @@ pub(crate) mod file;
 mod params;
 mod pattern;
 pub(crate) mod tree;
+mod values;
 mod walk;
 
 use std::path::{Path, PathBuf};
@@ -36,7 +37,8 @@ pub use error::{ConfigError, Pos};
 pub use params::ParamType;
 pub(crate) use pattern::RoutePattern;
 pub(crate) use tree::Node;
-pub(crate) use walk::{locate_in, log_level, nearest};
+pub(crate) use values::{log_level, nearest};
+pub(crate) use walk::locate_in;
 
 /// The embedded default configuration: the seed's first example (one server on `:8199` with `/`,
 /// `/pid`, `/sleep`, admin at `/debug/admin`), used when no config file is found.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::error::{ConfigError, Pos};
 use super::tree::{self, Node, Value};
-use super::walk::{
+use super::values::{
     expect_bool, expect_duration, expect_path, expect_str, join, type_error, unknown_key,
 };
 use super::{Format, Params};
