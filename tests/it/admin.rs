@@ -38,8 +38,9 @@ fn config(port: u16, admin: Option<&str>, graceful_timeout: &str) -> String {
     )
 }
 
-/// Start `apphost run -c DIR/server.yaml` with `XDG_RUNTIME_DIR=DIR/run`.
-fn start(config_text: &str) -> Apphost {
+/// Start `apphost run -c DIR/server.yaml` with `XDG_RUNTIME_DIR=DIR/run` (its own control
+/// socket directory). Also used by `hostile_ops`.
+pub(crate) fn start(config_text: &str) -> Apphost {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.yaml");
     std::fs::write(&path, config_text).unwrap();

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::admin::start;
 use crate::support::*;
 
 /// Server `s1` on 127.0.0.1:`port` with `/pid` and `admin` as given (a YAML flow value).
@@ -28,23 +29,6 @@ fn config(port: u16, admin: &str) -> String {
              routes:\n      \
                \"/pid\": pid\n"
     )
-}
-
-/// Start `apphost run -c DIR/server.yaml` with its own `XDG_RUNTIME_DIR`.
-fn start(text: &str) -> Apphost {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.yaml");
-    std::fs::write(&path, text).unwrap();
-    let run = dir.path().join("run");
-    std::fs::create_dir(&run).unwrap();
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.arg("run")
-        .arg("-c")
-        .arg(&path)
-        .current_dir(dir.path())
-        .env("XDG_RUNTIME_DIR", &run);
-    Apphost::spawn(cmd, dir, path)
 }
 
 /// One HTTP/1.1 request with exactly these header lines (no `Host` added).
