@@ -557,9 +557,12 @@ impl<R> Machine<R> {
     }
 
     /// A start with nothing serving failed: tell the askers, then end the host (first start) or
-    /// try again after the backoff.
-    fn fail_recovery(&mut self, pending: Pending<R>, first: bool, reason: String) {
-        self.record(false, &pending.trigger, reason.clone());
+    /// try again after the backoff. `record`: whether it counts as the outcome of a restart (a
+    /// worker that could not even be spawned does not: only the askers hear it).
+    fn fail_recovery(&mut self, pending: Pending<R>, first: bool, reason: String, record: bool) {
+        if record {
+            self.record(false, &pending.trigger, reason.clone());
+        }
         for w in pending.waiters {
             self.reply(w, Err(OpError::Failed(reason.clone())));
         }
@@ -591,16 +594,7 @@ impl<R> Machine<R> {
                 first,
             } if new == worker => {
                 tracing::error!("{reason}");
-                // Not recorded as a restart's outcome: as before, only the askers hear it.
-                for w in pending.waiters {
-                    self.reply(w, Err(OpError::Failed(reason.clone())));
-                }
-                self.phase = Phase::Down;
-                if first {
-                    self.out.push(Action::Exit(1));
-                } else {
-                    self.schedule_respawn();
-                }
+                self.fail_recovery(pending, first, reason, false);
             }
             other => self.phase = other,
         }
@@ -644,7 +638,7 @@ impl<R> Machine<R> {
                 first,
             } if new == worker => {
                 tracing::error!(generation, "worker failed to start: {reason}");
-                self.fail_recovery(pending, first, reason);
+                self.fail_recovery(pending, first, reason, true);
             }
             Phase::Stopping { old, pending } if old == worker => {
                 tracing::info!(generation, "drained; starting the new worker");
