@@ -460,7 +460,11 @@ fn a_configmap_style_swap_triggers_a_checked_restart() {
     wait_until(T, "the new config to serve", || {
         (try_get(c.port, "/v").ok()?.body_str() == "three\n").then_some(())
     });
-    assert_ne!(get(c.port, "/pid").body_str(), first);
+    // The old generation reads its drain a moment after the new one is ready (more under load)
+    // and may answer a fresh connection meanwhile: wait for it to stop, not for one answer.
+    wait_until(T, "a new worker to answer /pid", || {
+        (try_get(c.port, "/pid").ok()?.body_str() != first).then_some(())
+    });
     assert_eq!(c.inspect("{{.State.Running}}"), "true");
 }
 
