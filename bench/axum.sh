@@ -108,29 +108,10 @@ if want instructions; then
     command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
     ICONNS=${ICONNS:-8}
     ISECS=${ISECS:-8}
-    dumps() { compgen -G "$1.*" | wc -l || true; }
-    totals() { awk '/^(totals|summary):/ { print $2; exit }' "$1"; }
-    # measure NAME FILE PID URL: callgrind counters zeroed, wrk, counters dumped, Ir / requests.
+    # measure NAME FILE PID URL: keep-alive and close figures (bench/common.sh), into the summary.
     measure() {
-        local name=$1 file=$2 pid=$3 url=$4 mode n before dump ir
-        wrk -t1 -c"$ICONNS" -d2s "$url" >/dev/null
-        for mode in keepalive close; do
-            local hdr=()
-            [[ $mode == close ]] && hdr=(-H 'Connection: close')
-            callgrind_control -z "$pid" >/dev/null 2>&1
-            n=$(wrk -t1 -c"$ICONNS" -d"${ISECS}s" "${hdr[@]}" "$url" | awk '/requests in/ { print $1 }')
-            before=$(dumps "$file")
-            callgrind_control -d "$mode" "$pid" >/dev/null 2>&1
-            for _ in $(seq 100); do
-                [[ $(dumps "$file") -gt $before ]] && break
-                sleep 0.1
-            done
-            dump=$(ls -t "$file".* | head -1)
-            ir=$(totals "$dump")
-            echo "$ir / $n" | bc -l >"$OUT/instr-$name-$mode"
-            say "$(printf '%-8s %-9s %8d requests  %9.0f instructions/request  (%s)' \
-                "$name" "$mode" "$n" "$(cat "$OUT/instr-$name-$mode")" "$(basename "$dump")")"
-        done
+        local line
+        callgrind_measure "$@" "$ICONNS" "$ISECS" | while IFS= read -r line; do say "$line"; done
     }
     say ""
     say "== instructions per request: callgrind, wrk -t1 -c$ICONNS -d${ISECS}s $URL_PATH"

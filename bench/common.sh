@@ -31,3 +31,33 @@ wait_http() {
     echo "no answer from $1" >&2
     return 1
 }
+
+# callgrind_measure NAME FILE PID URL CONNS SECS: instructions per request of one server running
+# under callgrind (output file FILE, dumps FILE.1, FILE.2, ...), keep-alive then with
+# `Connection: close`: warm up with wrk, zero the counters, run `wrk -t1 -cCONNS -dSECS`, dump
+# the counters and divide the instructions executed (Ir, all threads) by the requests wrk
+# completed. Prints one line per mode and writes the figure to $OUT/instr-NAME-MODE.
+callgrind_measure() {
+    local name=$1 file=$2 pid=$3 url=$4 conns=$5 secs=$6 mode n before dump ir
+    wrk -t1 -c"$conns" -d2s "$url" >/dev/null
+    for mode in keepalive close; do
+        local hdr=()
+        [[ $mode == close ]] && hdr=(-H 'Connection: close')
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        n=$(wrk -t1 -c"$conns" -d"${secs}s" "${hdr[@]}" "$url" | awk '/requests in/ { print $1 }')
+        before=$(callgrind_dumps "$file")
+        callgrind_control -d "$mode" "$pid" >/dev/null 2>&1
+        for _ in $(seq 100); do
+            [[ $(callgrind_dumps "$file") -gt $before ]] && break
+            sleep 0.1
+        done
+        dump=$(ls -t "$file".* | head -1)
+        ir=$(awk '/^(totals|summary):/ { print $2; exit }' "$dump")
+        echo "$ir / $n" | bc -l >"$OUT/instr-$name-$mode"
+        printf '%-16s %-9s %8d requests  %9.0f instructions/request  (%s)\n' \
+            "$name" "$mode" "$n" "$(cat "$OUT/instr-$name-$mode")" "$(basename "$dump")"
+    done
+}
+
+# callgrind_dumps FILE: how many dumps of FILE exist.
+callgrind_dumps() { compgen -G "$1.*" | wc -l || true; }

@@ -30,35 +30,8 @@ source bench/common.sh
 bench_binaries
 command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
 
-# dumps FILE: how many dumps of FILE exist.
-dumps() { compgen -G "$1.*" | wc -l || true; }
-
-# totals FILE: the Ir total of a callgrind dump.
-totals() { awk '/^(totals|summary):/ { print $2; exit }' "$1"; }
-
-# measure NAME FILE PID URL: keep-alive and close figures for one server whose callgrind output
-# file is FILE (its dumps are FILE.1, FILE.2, ...).
-measure() {
-    local name=$1 file=$2 pid=$3 url=$4 mode n before dump ir
-    wrk -t1 -c"$CONNS" -d2s "$url" >/dev/null
-    for mode in keepalive close; do
-        local hdr=()
-        [[ $mode == close ]] && hdr=(-H 'Connection: close')
-        callgrind_control -z "$pid" >/dev/null 2>&1
-        n=$(wrk -t1 -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "$url" | awk '/requests in/ { print $1 }')
-        before=$(dumps "$file")
-        callgrind_control -d "$mode" "$pid" >/dev/null 2>&1
-        for _ in $(seq 100); do
-            [[ $(dumps "$file") -gt $before ]] && break
-            sleep 0.1
-        done
-        dump=$(ls -t "$file".* | head -1)
-        ir=$(totals "$dump")
-        printf '%-16s %-9s %8d requests  %9.0f instructions/request  (%s)\n' \
-            "$name" "$mode" "$n" "$(echo "$ir / $n" | bc -l)" "$(basename "$dump")" |
-            tee -a "$OUT/results"
-    done
-}
+# measure NAME FILE PID URL: keep-alive and close figures for one server (bench/common.sh).
+measure() { callgrind_measure "$@" "$CONNS" "$SECS" | tee -a "$OUT/results"; }
 
 port=18490
 for v in $VARIANTS; do
