@@ -14,6 +14,7 @@ mod host;
 mod hostile_ops;
 mod kubernetes;
 mod limits;
+mod netns;
 mod newcomer;
 mod recorded_exe;
 mod recovery;
