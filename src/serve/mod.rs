@@ -13,7 +13,10 @@
 //! signal. Draining works like this:
 //! 1. every accept loop stops and drops its listener (the supervisor and the next generation still
 //!    hold the socket, so nothing is refused);
-//! 2. HTTP/2 connections get GOAWAY at once (clients retry unstarted streams elsewhere);
+//! 2. HTTP/2 connections get GOAWAY at once, the two-step way (h2's `graceful_shutdown`: a first
+//!    GOAWAY with the largest stream id and a PING, the final one once the PING is answered), so a
+//!    request that crossed the first on the wire is served; clients retry unstarted streams
+//!    elsewhere. They are not cut after `keepalive_grace` (see [`watchdog`]);
 //! 3. HTTP/1 connections are *not* closed while idle right away: a keep-alive client may already
 //!    be sending its next request, and closing then loses it (the race nginx loses on reload).
 //!    Instead every response finished from now on carries `Connection: close`, and a connection

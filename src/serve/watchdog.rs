@@ -24,8 +24,12 @@
 //! - it is HTTP/1 and has been idle for `idle_timeout` since its last response ended (a
 //!   keep-alive connection's next request head must arrive within it); an HTTP/2 connection
 //!   idle that long (no open stream) is not killed but asked to send GOAWAY and close;
-//! - the generation is draining and it has been idle for `keepalive_grace` since the drain began
-//!   or its last response ended, whichever is later (see the drain rules in [`crate::serve`]).
+//! - it is HTTP/1, the generation is draining and it has been idle for `keepalive_grace` since
+//!   the drain began or its last response ended, whichever is later (see the drain rules in
+//!   [`crate::serve`]);
+//! - it is HTTP/2, has been told to go away (the drain, or the idle GOAWAY above) and is still
+//!   open and idle `idle_timeout` later: its client never answered the GOAWAY's PING (see
+//!   [`h2_told_at`] for why it is not cut after `keepalive_grace`).
 //!
 //! Request bodies: a handler waiting for a request body that has delivered nothing for
 //! `idle_timeout` (reported through [`crate::body::BodyWatch`]) is not left to wait forever: the
@@ -396,16 +400,29 @@ impl Watchdog {
                 }
                 continue;
             }
-            if flags & GOAWAY != 0 || s.busy.load(Ordering::Acquire) > 0 {
+            if s.busy.load(Ordering::Acquire) > 0 {
                 continue;
             }
             let since = s.since_ms.load(Ordering::Acquire);
             let idle = now.saturating_sub(since);
-            if flags & (SEEN | H2) == SEEN | H2 {
-                // HTTP/2 that has made a request: closed with GOAWAY, by its own task, when idle
-                // for idle_timeout; the drain sends GOAWAY by itself.
-                if drain_at.is_none() && idle >= millis(l.idle_timeout) + tick {
-                    goaway.push(s.clone());
+            if flags & H2 != 0 {
+                if flags & SEEN == 0 {
+                    // No request yet: the first must come within header_read_timeout, drain or
+                    // not (a drain does not cut it sooner: see `h2_told_at`).
+                    if idle > millis(l.header_read_timeout) {
+                        doomed.push(s.clone());
+                    }
+                    continue;
+                }
+                let idle_timeout = millis(l.idle_timeout) + tick;
+                match h2_told_at(flags, drain_at, since, millis(l.idle_timeout)) {
+                    // Not told yet: GOAWAY, by its own task, when idle for idle_timeout.
+                    None if idle >= idle_timeout => goaway.push(s.clone()),
+                    None => {}
+                    Some(told) if now.saturating_sub(told) >= idle_timeout => {
+                        doomed.push(s.clone())
+                    }
+                    Some(_) => {}
                 }
                 continue;
             }
@@ -434,6 +451,27 @@ impl Watchdog {
                 s.wake();
             }
         }
+    }
+}
+
+/// For an HTTP/2 connection that has made a request and has no open stream: from when (coarse
+/// ms) it counts as told to go away, or `None` if it has not been told.
+///
+/// GOAWAY is sent the two-step way (h2's `graceful_shutdown`, RFC 9113 §6.8): first with the
+/// largest stream id and a PING, and only once the client answers the PING, a final GOAWAY with
+/// the last stream id taken; then h2 closes the connection when its last stream ends. A request
+/// the client sent before it read the first GOAWAY arrives before the PING's answer and is
+/// served. So a draining connection is not cut after `keepalive_grace` as an idle HTTP/1 one is
+/// (that would drop such a request on a client slower than the grace); but a client that never
+/// answers the PING would hold it open for ever, so one still open and idle `idle_timeout` after
+/// it was told (the drain's start, the idle GOAWAY's request, or its last response, whichever
+/// is latest) is cut.
+fn h2_told_at(flags: u8, drain_at: Option<u64>, since: u64, idle_timeout: u64) -> Option<u64> {
+    match (drain_at, flags & GOAWAY != 0) {
+        (Some(at), _) => Some(since.max(at)),
+        // The idle GOAWAY was asked for once the connection had been idle for `idle_timeout`.
+        (None, true) => Some(since + idle_timeout),
+        (None, false) => None,
     }
 }
 
@@ -523,174 +561,4 @@ impl<F: Future<Output = ()>> Future for Guard<F> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn limits(header: u64, idle: u64, grace: u64) -> Limits {
-        Limits {
-            header_read_timeout: Duration::from_millis(header),
-            idle_timeout: Duration::from_millis(idle),
-            keepalive_grace: Duration::from_millis(grace),
-            send_timeout: Duration::from_secs(3600),
-        }
-    }
-
-    #[test]
-    fn ticks_follow_the_shortest_timeout_within_bounds() {
-        assert_eq!(limits(30_000, 60_000, 1000).tick(), MAX_TICK);
-        assert_eq!(
-            limits(1000, 60_000, 1000).tick(),
-            Duration::from_millis(125)
-        );
-        assert_eq!(limits(1, 1, 1).tick(), MIN_TICK);
-        assert_eq!(
-            limits(30_000, 60_000, 200).drain_tick(),
-            Duration::from_millis(25)
-        );
-    }
-
-    /// Drives a connection future that never ends; returns whether it was killed.
-    async fn killed_within(state: Arc<ConnState>, reg: Registration, ms: u64) -> bool {
-        tokio::time::timeout(
-            Duration::from_millis(ms),
-            Guard::new(state, reg, std::future::pending()),
-        )
-        .await
-        .is_ok()
-    }
-
-    #[tokio::test]
-    async fn a_connection_registered_after_the_drained_sweeper_ended_still_has_deadlines() {
-        let wd = Watchdog::start(limits(50, 10_000, 50));
-        wd.start_drain();
-        // Drained and empty: the sweeper ends (and drops its reference).
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Arc::strong_count(&wd) > 1 {
-            assert!(Instant::now() < deadline, "the sweeper did not end");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        // A connection the accept loop registers just then: it must still be timed out.
-        let (state, reg) = wd.register();
-        assert!(
-            killed_within(state, reg, 2000).await,
-            "no deadline enforced"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_connection_that_sends_nothing_is_killed_after_the_header_timeout() {
-        let wd = Watchdog::start(limits(100, 10_000, 1000));
-        // Read before the registration (the accept), so `took` is never shorter than the time
-        // the watchdog counts from.
-        let start = Instant::now();
-        let (state, reg) = wd.register();
-        assert!(killed_within(state, reg, 2000).await);
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(100), "{took:?}");
-        assert_eq!(wd.len(), 0);
-    }
-
-    /// `since` and `now` are both truncated to the millisecond: a difference of exactly the
-    /// timeout may stand for as little as 99.01 ms of 100, so only a larger one kills.
-    #[tokio::test]
-    async fn the_header_deadline_is_not_met_by_a_truncated_millisecond() {
-        let wd = Watchdog::start(limits(100, 10_000, 1000));
-        let (state, _reg) = wd.register();
-        let since = state.since_ms.load(Ordering::Acquire);
-        wd.sweep(since + 100, 5);
-        assert!(
-            !state.flag(KILLED),
-            "killed with 100 ms counted, maybe 99.01 elapsed"
-        );
-        wd.sweep(since + 101, 5);
-        assert!(state.flag(KILLED));
-    }
-
-    #[tokio::test]
-    async fn a_busy_connection_is_not_killed_and_idles_out_after_its_response() {
-        let wd = Watchdog::start(limits(50, 200, 1000));
-        let (state, reg) = wd.register();
-        let busy = state.request_started();
-        let st = state.clone();
-        let task = tokio::spawn(Guard::new(st, reg, std::future::pending()));
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert!(!task.is_finished(), "killed while busy");
-        drop(busy);
-        let start = Instant::now();
-        tokio::time::timeout(Duration::from_secs(3), task)
-            .await
-            .expect("idle connection not killed")
-            .unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(150));
-    }
-
-    #[tokio::test]
-    async fn idle_http2_connections_are_asked_for_goaway_not_killed() {
-        let wd = Watchdog::start(limits(50, 100, 50));
-        let (state, reg) = wd.register();
-        state.mark_h2();
-        let busy = state.request_started();
-        let st = state.clone();
-        // The connection's own task: ends when asked for GOAWAY (as `drive` then does).
-        let task = tokio::spawn(Guard::new(
-            st.clone(),
-            reg,
-            std::future::poll_fn(move |_| {
-                if st.goaway_requested() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            }),
-        ));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!state.goaway_requested(), "asked while a stream was open");
-        drop(busy);
-        tokio::time::timeout(Duration::from_secs(3), task)
-            .await
-            .expect("not asked for GOAWAY")
-            .unwrap();
-        assert!(state.goaway_requested());
-        assert!(!state.flag(KILLED));
-    }
-
-    #[tokio::test]
-    async fn draining_kills_idle_connections_after_the_grace_and_wakes_every_task() {
-        let wd = Watchdog::start(limits(10_000, 10_000, 100));
-        let (idle, idle_reg) = wd.register();
-        drop(idle.request_started());
-        let idle_task = tokio::spawn(Guard::new(idle, idle_reg, std::future::pending()));
-        // A task that finishes when woken after the drain started (as an HTTP/2 connection
-        // sends GOAWAY).
-        let (h2, h2_reg) = wd.register();
-        h2.mark_h2();
-        let b = h2.request_started();
-        let wd2 = wd.clone();
-        let h2_task = tokio::spawn(Guard::new(h2, h2_reg, async move {
-            std::future::poll_fn(|_| {
-                if wd2.is_draining() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await
-        }));
-        tokio::task::yield_now().await;
-        let start = Instant::now();
-        wd.start_drain();
-        tokio::time::timeout(Duration::from_secs(2), h2_task)
-            .await
-            .expect("not woken by the drain")
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(2), idle_task)
-            .await
-            .expect("idle connection kept past the grace")
-            .unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(100));
-        drop(b);
-        tokio::time::timeout(Duration::from_secs(2), wd.wait_empty())
-            .await
-            .expect("registry not empty");
-    }
-}
+mod tests;

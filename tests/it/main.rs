@@ -12,6 +12,7 @@ mod going_away;
 mod harness;
 mod host;
 mod hostile_ops;
+mod http2;
 mod kubernetes;
 mod limits;
 mod netns;
