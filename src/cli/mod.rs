@@ -1,6 +1,7 @@
 //! The command line: `run`, `check`, the control commands `status`, `restart` and `shutdown`
-//! (which talk to a running host over its control socket through [`client`]), and the hidden
-//! `__worker` entry point a supervisor starts.
+//! (which talk to a running host over its control socket through [`client`]), `rollout` (many
+//! hosts, canaries first: [`rollout`]), and the hidden `__worker` entry point a supervisor
+//! starts.
 //!
 //! It is the whole command line of a program that calls [`crate::Host::main`], or a subcommand
 //! of the program's own ([`command`], [`main_with`]); how workers are started in each case is
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub(crate) mod client;
+mod rollout;
 
 use clap::{Parser, Subcommand};
 
@@ -66,6 +68,9 @@ enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Restart many hosts onto a new executable: canaries first, a bake that watches their
+    /// 5xx share and readiness, then the rest; halt (and with --rollback, go back) on failure.
+    Rollout(rollout::Args),
     /// A worker process (started by the supervisor, not by hand).
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -167,6 +172,7 @@ fn dispatch(registry: &Registry, command: Command, launch: Launch) -> ExitCode {
         Command::Shutdown { wait, target } => {
             client::run_command(client::Command::Shutdown { wait }, &target)
         }
+        Command::Rollout(args) => rollout::run(args),
         Command::Worker { config } => {
             crate::worker::main(registry, crate::worker::WorkerArgs { config })
         }
