@@ -20,6 +20,7 @@ mod newcomer;
 mod recorded_exe;
 mod recovery;
 mod restart;
+mod rollout;
 mod slow_clients;
 mod smoke;
 mod standby;

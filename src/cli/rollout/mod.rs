@@ -32,6 +32,7 @@
 mod http;
 mod metrics;
 mod plan;
+mod probes;
 mod target;
 
 use std::path::PathBuf;
@@ -44,7 +45,8 @@ use tokio::task::JoinSet;
 
 use crate::channel::RestartOutcome;
 use plan::{Outcome, Restarted, Rollout, Shape, Step};
-use target::{Ctx, Facts, Probes, Target};
+use probes::Probes;
+use target::{Ctx, Facts, Target};
 
 /// How long a restarted target's `ready` route has to answer 2xx.
 const READY_WAIT: Duration = Duration::from_secs(10);
@@ -466,7 +468,7 @@ impl Driver {
                 .restart
                 .as_ref()
                 .map_or_else(|| "-".to_string(), |o| human_ms(o.handoff_ms));
-            let outcome = describe(rollout.outcome(i), r, self.exe.is_some());
+            let outcome = one_line(&describe(rollout.outcome(i), r, self.exe.is_some()));
             lines.push([t.label.clone(), pid, handoff, outcome]);
         }
         let mut widths = [0usize; 3];
@@ -566,11 +568,42 @@ fn describe(o: &Outcome, r: &Row, new_exe: bool) -> String {
     }
 }
 
+/// The most characters of an outcome the table shows (the whole reason is on stderr and in
+/// the JSON).
+const CELL_MAX: usize = 160;
+
+/// `s` on one line (a reason may carry the end of a process's output), cut to [`CELL_MAX`].
+fn one_line(s: &str) -> String {
+    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > CELL_MAX {
+        let cut: String = flat.chars().take(CELL_MAX - 1).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
 /// Milliseconds as people read them (as `apphost restart` prints them).
 fn human_ms(ms: f64) -> String {
     if ms < 1000.0 {
         format!("{ms:.1} ms")
     } else {
         format!("{:.2} s", ms / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_cells_are_one_line_and_bounded() {
+        assert_eq!(
+            one_line("failed: exit status 3; last output:\nthis build\n  is broken\n"),
+            "failed: exit status 3; last output: this build is broken"
+        );
+        let long = one_line(&"x ".repeat(500));
+        assert_eq!(long.chars().count(), CELL_MAX);
+        assert!(long.ends_with('…'));
     }
 }

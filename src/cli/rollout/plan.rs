@@ -9,7 +9,7 @@
 //! that this rollout moved to the new executable (the canaries, and any batch already done) is
 //! restarted back to the executable it ran before.
 
-use super::metrics::Tally;
+use crate::cli::rollout::metrics::Tally;
 
 /// What the driver does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
