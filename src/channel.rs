@@ -10,7 +10,8 @@
 //! `failed` (it cannot start, and why), `request` (restart/shutdown/status asked for inside the
 //! worker: a signal, the admin page, the library call).
 //! Supervisor → worker: `going_away` (a shutdown began: `ready` answers 503 while serving goes
-//! on), `drain` (stop accepting, finish, exit), `reply` (the answer to a request), `activate`.
+//! on), `drain` (stop accepting, finish, exit), `reply` (the answer to a request), `activate`,
+//! `reopen_logs` (reopen the access log files).
 //!
 //! Also the protocol's vocabulary shared by every side: the operations ([`Op`]) and their
 //! results ([`OpResult`], [`Status`]), which the control socket speaks too, and the environment
@@ -94,6 +95,8 @@ pub(crate) enum Op {
     Shutdown,
     /// Report the supervisor's state.
     Status,
+    /// Have every live worker reopen its access log files.
+    ReopenLogs,
 }
 
 /// What a successful operation returns.
@@ -106,6 +109,11 @@ pub enum OpReply {
     ShuttingDown,
     /// The supervisor's state.
     Status(Status),
+    /// `reopen_logs` was passed to this many workers (each reopens its files at once).
+    LogsReopened {
+        /// Workers told (the serving one, draining ones).
+        workers: u32,
+    },
 }
 
 /// A finished restart.
@@ -240,6 +248,9 @@ pub(crate) enum Msg {
         /// True when the whole host is shutting down (log wording differs).
         shutdown: bool,
     },
+    /// Supervisor → worker (every live one, draining ones too): reopen your access log files
+    /// (`apphost reopen-logs`, after logrotate renamed them).
+    ReopenLogs,
     /// Supervisor → worker: the answer to `request` `id`, as JSON (see `supervisor::OpResult`).
     Reply {
         /// Correlation id.

@@ -32,8 +32,8 @@
 //! | --- | --- | --- |
 //! | front | `host` ([`Host`]), `cli` (the command line), `cli::client` (the control client), `cli::rollout` (`apphost rollout`: many hosts by admin URL or control socket) | start the program, parse the command line, print answers |
 //! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, watchers), `worker`, `plan` (config → what a generation serves; `check` prints it) | who runs, who restarts |
-//! | product | `admin` (admin routes), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
-//! | serving | `serve` (listeners, TLS, connections, watchdog) | bytes in, bytes out |
+//! | product | `admin` (admin routes), `observe` (access log, request ids), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
+//! | serving | `serve` (listeners, TLS, connections, watchdog; `serve::exchange`: the one point where a finished request is recorded) | bytes in, bytes out |
 //! | app | `routes` (route table), `handlers` (built-ins), `service` (tower services and axum routers as handlers) | which code answers |
 //! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `fnv`, `logging`, `watch`, `sys` | shared vocabulary |
 //!
@@ -58,6 +58,7 @@ mod handlers;
 mod host;
 mod launch;
 mod logging;
+mod observe;
 pub mod ops;
 mod plan;
 mod routes;

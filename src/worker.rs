@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::config::ListenAddr;
 use crate::handler::Registry;
 use crate::handlers::ready::{self, Readiness, ReadyState};
+use crate::observe::access_log::AccessLogs;
 use crate::ops::{Link, OpError, OpResult};
 use crate::plan::{Plan, PlanError};
 use crate::serve::{self, Endpoint, Serving, tls::CertStore};
@@ -113,9 +114,15 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
     // The supervisor has said what is wrong with APPHOST_LOG, if anything.
     let _ = crate::logging::init(&config.log);
     crate::serve::raise_fd_limit();
-    let code = rt.block_on(run(registry, config, chan, inherited, generation));
-    // Connections still open past shutdown_timeout are cut here.
+    let logs = match AccessLogs::open(&config, generation) {
+        Ok(l) => l,
+        Err(e) => return early_fail(Some(chan.as_fd()), &e.to_string()),
+    };
+    let code = rt.block_on(run(registry, config, chan, inherited, generation, &logs));
+    // Connections still open past shutdown_timeout are cut here (and recorded as cut).
     rt.shutdown_timeout(Duration::from_millis(100));
+    // Last: every request this generation served, the drain's included, is in the log.
+    logs.close();
     code
 }
 
@@ -225,7 +232,11 @@ struct Prepared {
 
 /// Adopt the inherited socket of every listener in `plan` (by address key), bind the missing
 /// ones, and pair each with what it serves.
-fn prepare(plan: Plan, mut inherited: HashMap<String, OwnedFd>) -> Result<Prepared, StartError> {
+fn prepare(
+    plan: Plan,
+    mut inherited: HashMap<String, OwnedFd>,
+    logs: &AccessLogs,
+) -> Result<Prepared, StartError> {
     let mut listeners = Vec::new();
     let mut gates = Vec::new();
     let mut newly_bound = Vec::new();
@@ -244,13 +255,16 @@ fn prepare(plan: Plan, mut inherited: HashMap<String, OwnedFd>) -> Result<Prepar
                     .map(|a| (a, Some(h.acceptor.clone()))),
             );
         }
+        let observer = logs.observer(&server.name);
         if let Some(r) = &server.readiness {
+            // The readiness request is the worker's own, not a client's: not logged.
             gates.push((
                 r.clone(),
                 Endpoint {
                     key: format!("{} readiness", server.name),
                     routes: server.routes.clone(),
                     tls: None,
+                    observer: None,
                 },
             ));
         }
@@ -284,6 +298,7 @@ fn prepare(plan: Plan, mut inherited: HashMap<String, OwnedFd>) -> Result<Prepar
                     key,
                     routes: server.routes.clone(),
                     tls,
+                    observer: observer.clone(),
                 },
             ));
         }
@@ -306,6 +321,7 @@ async fn run(
     chan: Arc<Channel>,
     inherited: HashMap<String, OwnedFd>,
     generation: u64,
+    logs: &AccessLogs,
 ) -> ExitCode {
     let serving = Serving::new(
         crate::serve::watchdog::Limits {
@@ -333,7 +349,7 @@ async fn run(
     }
     let prepared = match Plan::build(&config, &registry, Some(&link))
         .map_err(StartError::from)
-        .and_then(|plan| prepare(plan, inherited))
+        .and_then(|plan| prepare(plan, inherited, logs))
     {
         Ok(p) => p,
         Err(e) => {
@@ -425,6 +441,7 @@ async fn run(
                     readiness.going_away();
                 }
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
+                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(logs),
                 Ok(Some((other, _))) => tracing::debug!(?other, "unexpected message ignored"),
                 Ok(None) | Err(_) => {
                     tracing::warn!("lost the supervisor; draining");
@@ -471,6 +488,8 @@ async fn run(
             }
             m = chan.recv(), if relay.open => match m {
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
+                // A draining worker still writes lines: it follows a rotation too.
+                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(logs),
                 Ok(Some(_)) => {}
                 // The supervisor is gone; keep draining to the deadline.
                 Ok(None) | Err(_) => relay.close(),
@@ -488,6 +507,12 @@ async fn run(
             }
         }
     }
+}
+
+/// `apphost reopen-logs` reached this worker.
+fn reopen_logs(logs: &AccessLogs) {
+    let files = logs.reopen();
+    tracing::debug!(files, "reopening the access log files");
 }
 
 /// Run the application's start-up checks ([`crate::Host::on_start`]), then every server's

@@ -23,6 +23,7 @@
 //! | `{path}/restart` | `POST`, `GET` | restart, wait for the outcome; optional `newExeFilePath` (query or urlencoded form body) |
 //! | `{path}/reload` | `POST`, `GET` | alias of `restart` |
 //! | `{path}/shutdown` | `POST` | answer, then the host drains every worker and the supervisor exits 0 |
+//! | `{path}/reopen-logs` | `POST` | every worker reopens its access log files (`apphost reopen-logs`; see `reopen.rs`) |
 //!
 //! Any other method gets `405` with `Allow`; any other path below `{path}` gets `404`.
 //!
@@ -84,6 +85,7 @@ mod answer;
 mod auth;
 mod form;
 mod page;
+mod reopen;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -273,6 +275,7 @@ impl Admin {
             "/status" => Some(Action::Status),
             "/restart" | "/reload" => Some(Action::Restart),
             "/shutdown" => Some(Action::Shutdown),
+            "/reopen-logs" => Some(Action::ReopenLogs),
             _ => None,
         }
     }
@@ -285,6 +288,7 @@ enum Action {
     Status,
     Restart,
     Shutdown,
+    ReopenLogs,
 }
 
 impl Action {
@@ -294,6 +298,7 @@ impl Action {
             Action::Status => "status",
             Action::Restart => "restart",
             Action::Shutdown => "shutdown",
+            Action::ReopenLogs => "reopen-logs",
         }
     }
 
@@ -302,7 +307,7 @@ impl Action {
         match self {
             Action::Page | Action::Status => "GET, HEAD",
             Action::Restart => "POST, GET",
-            Action::Shutdown => "POST",
+            Action::Shutdown | Action::ReopenLogs => "POST",
         }
     }
 
@@ -310,7 +315,7 @@ impl Action {
         match self {
             Action::Page | Action::Status => m == Method::GET || m == Method::HEAD,
             Action::Restart => m == Method::POST || m == Method::GET,
-            Action::Shutdown => m == Method::POST,
+            Action::Shutdown | Action::ReopenLogs => m == Method::POST,
         }
     }
 }
@@ -467,6 +472,7 @@ impl Admin {
             }
             Action::Restart => self.restart(req, &query, asked).await,
             Action::Shutdown => self.shutdown(req, asked).await,
+            Action::ReopenLogs => self.reopen_logs(req, asked).await,
         }
     }
 

@@ -83,6 +83,8 @@ pub(crate) enum Command {
         /// Wait until the host has exited.
         wait: bool,
     },
+    /// `apphost reopen-logs`.
+    ReopenLogs,
 }
 
 /// Run a control command: exit 0 when it succeeded, 1 when it failed or the host cannot be
@@ -102,6 +104,7 @@ pub(crate) fn run_command(cmd: Command, target: &Target) -> ExitCode {
     let op = match &cmd {
         Command::Status => Op::Status,
         Command::Shutdown { .. } => Op::Shutdown,
+        Command::ReopenLogs => Op::ReopenLogs,
         Command::Restart { exe } => {
             // Relative to where the command runs, not to the supervisor's directory.
             let exe = match exe.as_deref().map(std::path::absolute).transpose() {
@@ -227,6 +230,7 @@ pub(crate) fn describe_error(cmd: &Command, e: &OpError) -> String {
                 Command::Status => "status",
                 Command::Restart { .. } => "restart",
                 Command::Shutdown { .. } => "shutdown",
+                Command::ReopenLogs => "reopen-logs",
             };
             format!("{what} failed: {e}")
         }
@@ -262,6 +266,10 @@ pub(crate) fn describe_reply(reply: &OpReply) -> String {
             "shutting down: every worker drains, then the supervisor exits".into()
         }
         OpReply::Status(s) => describe_status(s),
+        OpReply::LogsReopened { workers } => format!(
+            "reopening the access log files: asked {}",
+            crate::clock::plural(u64::from(*workers), "worker")
+        ),
     }
 }
 

@@ -71,6 +71,13 @@ enum Command {
     /// Restart many hosts onto a new executable: canaries first, a bake that watches their
     /// 5xx share and readiness, then the rest; halt (and with --rollback, go back) on failure.
     Rollout(rollout::Args),
+    /// Reopen the access log files (after logrotate renamed them): every worker, draining ones
+    /// too, writes what it holds to the old file and opens the path anew.
+    #[command(name = "reopen-logs")]
+    ReopenLogs {
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// A worker process (started by the supervisor, not by hand).
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -173,6 +180,7 @@ fn dispatch(registry: &Registry, command: Command, launch: Launch) -> ExitCode {
             client::run_command(client::Command::Shutdown { wait }, &target)
         }
         Command::Rollout(args) => rollout::run(args),
+        Command::ReopenLogs { target } => client::run_command(client::Command::ReopenLogs, &target),
         Command::Worker { config } => {
             crate::worker::main(registry, crate::worker::WorkerArgs { config })
         }

@@ -18,6 +18,7 @@
 //! Lookup ([`locate`]) when no `-c` is given: `$APPHOST_CONFIG`, `./server.yaml`, `./server.toml`,
 //! `./config/server.yaml`, `./config/server.toml`, then the embedded default ([`EMBEDDED_DEFAULT`]).
 
+pub(crate) mod access_log;
 pub(crate) mod addr;
 mod aliases;
 pub(crate) mod duration;
@@ -32,6 +33,7 @@ mod walk;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub(crate) use access_log::{AccessLogConfig, AccessLogFormat, LogTarget};
 pub(crate) use addr::ListenAddr;
 pub use error::{ConfigError, Pos};
 pub use params::ParamType;
@@ -176,6 +178,8 @@ pub(crate) struct ServerConfig {
     /// `readiness`: the request a new generation sends through its own routes before it counts
     /// as ready (a 2xx within the timeout, or the restart fails).
     pub readiness: Option<ReadinessConfig>,
+    /// `access_log`: where this server's access log goes, if anywhere (off by default).
+    pub access_log: Option<AccessLogConfig>,
     /// `routes`, in file order.
     pub routes: Vec<RouteConfig>,
 }

@@ -44,7 +44,14 @@ const TOP_KEYS: &[&str] = &[
     "watch",
     "servers",
 ];
-const SERVER_KEYS: &[&str] = &["address", "https", "admin", "readiness", "routes"];
+const SERVER_KEYS: &[&str] = &[
+    "address",
+    "https",
+    "admin",
+    "readiness",
+    "access_log",
+    "routes",
+];
 const READINESS_KEYS: &[&str] = &["path", "timeout"];
 const HTTPS_KEYS: &[&str] = &["address", "cert", "key"];
 const ADMIN_KEYS: &[&str] = &[
@@ -496,6 +503,10 @@ impl Walker<'_> {
             Some((n, p)) => Some(self.readiness(n, &p)?),
             None => None,
         };
+        let access_log = match f.get("access_log") {
+            Some((n, p)) => super::access_log::parse(self.file, self.base_dir, n, &p)?,
+            None => None,
+        };
         let routes = match f.get("routes") {
             Some((n, p)) => self.routes(n, &p)?,
             None => Vec::new(),
@@ -521,6 +532,7 @@ impl Walker<'_> {
             https,
             admin,
             readiness,
+            access_log,
             routes,
         })
     }

@@ -138,6 +138,7 @@ fn server(routes: Vec<RouteConfig>) -> ServerConfig {
         https: None,
         admin: None,
         readiness: None,
+        access_log: None,
         routes,
     }
 }

@@ -22,7 +22,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
+use super::exchange::{Recording, X_REQUEST_ID};
 use super::progress::{TrackedBody, TrackedIo};
 use super::watchdog::ConnState;
 use super::{Endpoint, Serving};
@@ -157,6 +159,7 @@ pub(super) async fn serve_io<I>(
     }
     let svc = {
         let routes = ep.routes.clone();
+        let observer = ep.observer.clone();
         let state = state.clone();
         service_fn(move |req: http::Request<Incoming>| {
             let busy = state.request_started();
@@ -164,6 +167,10 @@ pub(super) async fn serve_io<I>(
             if !http1 {
                 state.mark_h2();
             }
+            // Recorded from here until its last byte is written (see `exchange`); dropped
+            // unanswered (the client left), it is recorded as abandoned.
+            let mut rec = observer.as_ref().map(|o| Recording::start(o, &req, peer));
+            let span = rec.as_ref().and_then(Recording::span);
             // A body still to come is watched (see `progress`): if the handler waits for it
             // and nothing arrives for `idle_timeout`, the answer is 408.
             let (req, watched) = if http_body::Body::is_end_stream(req.body()) {
@@ -177,15 +184,27 @@ pub(super) async fn serve_io<I>(
             };
             let fut = routes.dispatch_from(req, peer);
             async move {
-                let (resp, timed_out) = match watched {
+                let fut = async move {
+                    match span {
+                        None => fut.await,
+                        Some(span) => fut.instrument(span).await,
+                    }
+                };
+                let (mut resp, timed_out) = match watched {
                     None => (fut.await, false),
                     Some(st) => answer_unless_body_stalls(fut, &st).await,
                 };
+                if let Some(r) = &mut rec {
+                    r.answered(resp.status());
+                    if let Some(id) = r.request_id() {
+                        resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+                    }
+                }
                 // Once draining, every HTTP/1 response closes its connection: the client learns
                 // it before sending another request, so none is lost. (The generation's flag,
                 // reached through the connection's state: no reference count is touched.)
                 let close = http1 && (timed_out || busy.generation_draining());
-                let mut resp = resp.map(|b| TrackedBody::new(b, busy));
+                let mut resp = resp.map(|b| TrackedBody::new(b, busy, rec.take()));
                 if close {
                     resp.headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -219,7 +238,7 @@ pub(super) async fn serve_io<I>(
 /// found the handler waiting for a body that made no progress for `idle_timeout`. The handler is
 /// dropped (its request body with it); the connection closes after the `408`.
 async fn answer_unless_body_stalls(
-    fut: crate::handler::BoxFuture,
+    fut: impl Future<Output = crate::Response>,
     state: &ConnState,
 ) -> (crate::Response, bool) {
     let stalled = state.body_stalled();

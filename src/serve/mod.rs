@@ -6,6 +6,8 @@
 //! - [`watchdog`]: the registry of live connections and the one timer task that enforces their
 //!   deadlines (header read, keep-alive idle, drain grace, send timeout).
 //! - [`probe`]: the readiness request a new generation sends through its own serving path.
+//! - [`exchange`]: one request as recorded, and the [`exchange::Observer`] (access log, metrics)
+//!   told when it has finished: its last byte written.
 //! - [`progress`]: the wrappers around a connection's I/O and its response bodies that tell the
 //!   watchdog a response is still being written (until its last byte reaches the socket).
 //!
@@ -25,6 +27,7 @@
 //! 4. when every connection is gone, or `shutdown_timeout` passes, the generation exits.
 
 pub(crate) mod conn;
+pub(crate) mod exchange;
 pub(crate) mod listen;
 pub(crate) mod probe;
 pub(crate) mod progress;
@@ -117,6 +120,8 @@ pub(crate) struct Endpoint {
     pub routes: Arc<RouteTable>,
     /// TLS, for HTTPS listeners.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Told about every request (its server's access log, metrics); `None` costs nothing.
+    pub observer: Option<Arc<dyn exchange::Observer>>,
 }
 
 /// Accept connections on `listener` until the drain starts, then drop the listener.

@@ -40,6 +40,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::exchange::Recording;
 use super::watchdog::{BLOCKED, ConnState, coarse_now_ms};
 use crate::body::{Body, BodyError};
 
@@ -121,6 +122,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
             Poll::Pending => this.state.set(BLOCKED),
             _ => {}
         }
+        if let Poll::Ready(Ok(())) = r {
+            // Everything hyper held is written: so are the responses recorded as ended.
+            this.state.unflushed.flushed();
+        }
         r
     }
 
@@ -177,19 +182,22 @@ pub(crate) struct TrackedBody {
     body: Body,
     /// True while counted in `ConnState::stalled`.
     stalled: bool,
+    /// The request's recording, if its listener has an observer (see [`super::exchange`]).
+    rec: Option<Recording>,
     busy: Busy,
 }
 
 impl TrackedBody {
-    /// `body`, keeping `busy` until it is dropped. Handing a response to hyper is progress: the
-    /// send timer starts now.
-    pub(crate) fn new(body: Body, busy: Busy) -> TrackedBody {
+    /// `body`, keeping `busy` (and the request's recording `rec`) until it is dropped. Handing a
+    /// response to hyper is progress: the send timer starts now.
+    pub(crate) fn new(body: Body, busy: Busy, rec: Option<Recording>) -> TrackedBody {
         let s = &busy.0;
         s.progress_ms.store(coarse_now_ms(), Ordering::Release);
         s.stalled.fetch_add(1, Ordering::AcqRel);
         TrackedBody {
             body,
             stalled: true,
+            rec,
             busy,
         }
     }
@@ -199,6 +207,10 @@ impl Drop for TrackedBody {
     fn drop(&mut self) {
         if self.stalled {
             self.busy.0.stalled.fetch_sub(1, Ordering::AcqRel);
+        }
+        if let Some(r) = self.rec.take() {
+            // Finished by the flush that writes the last of it (or cut with the connection).
+            self.busy.0.unflushed.push(r);
         }
     }
 }
@@ -213,6 +225,11 @@ impl http_body::Body for TrackedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some(rec), Poll::Ready(Some(Ok(f)))) = (&mut this.rec, &r)
+            && let Some(d) = f.data_ref()
+        {
+            rec.took(d.len());
+        }
         match (&r, this.stalled) {
             // The handler's body failed: hyper resets the HTTP/2 stream, or closes the HTTP/1
             // connection, so the client never takes a cut response for a whole one.
@@ -266,7 +283,7 @@ mod tests {
         let wd = Watchdog::start(limits(400));
         let (state, reg) = wd.register();
         // A response handed to hyper and its body dropped (the last chunk queued) ...
-        let body = TrackedBody::new(Body::from("x"), state.request_started());
+        let body = TrackedBody::new(Body::from("x"), state.request_started(), None);
         assert_eq!(state.stalled.load(Ordering::Relaxed), 1);
         drop(body);
         assert_eq!(state.stalled.load(Ordering::Relaxed), 0);
@@ -320,7 +337,7 @@ mod tests {
         let wd = Watchdog::start(limits(100));
         let (state, _reg) = wd.register();
         let (tx, body) = Body::channel();
-        let mut body = TrackedBody::new(body, state.request_started());
+        let mut body = TrackedBody::new(body, state.request_started(), None);
         let mut body = Pin::new(&mut body);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);

@@ -151,6 +151,9 @@ pub(crate) struct ConnState {
     waker: Mutex<Option<Waker>>,
     /// The generation's drain flag (the watchdog's).
     generation_draining: Arc<AtomicBool>,
+    /// Recorded responses whose bodies ended, waiting for the flush that writes them (see
+    /// [`super::exchange`]).
+    pub(super) unflushed: super::exchange::Unflushed,
 }
 
 impl ConnState {
@@ -292,6 +295,7 @@ impl Watchdog {
             flags: AtomicU8::new(0),
             waker: Mutex::new(None),
             generation_draining: self.draining.clone(),
+            unflushed: Default::default(),
         });
         let (slot, first, restart_sweeper) = {
             let mut s = self.lock();

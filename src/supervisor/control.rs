@@ -197,6 +197,7 @@ async fn ask(mut op: Op, events: &mpsc::UnboundedSender<Event>, peer: &str) -> O
         ),
         Op::Shutdown => tracing::info!(peer_pid = %peer, "control: shutdown requested"),
         Op::Status => tracing::debug!(peer_pid = %peer, "control: status requested"),
+        Op::ReopenLogs => tracing::info!(peer_pid = %peer, "control: reopen-logs requested"),
     }
     let (tx, rx) = oneshot::channel();
     if events.send(Event::Op(op, Reply::Local(tx))).is_err() {
@@ -260,6 +261,7 @@ mod tests {
                             via.unwrap_or_default()
                         ))),
                         Op::Shutdown => Ok(OpReply::ShuttingDown),
+                        Op::ReopenLogs => Ok(OpReply::LogsReopened { workers: 1 }),
                     };
                     let _ = tx.send(r);
                 }

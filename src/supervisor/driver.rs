@@ -515,6 +515,10 @@ impl Driver {
                 self.reply(reply, Ok(OpReply::Status(s)));
             }
             Op::Shutdown => self.feed(machine::Event::Shutdown { reply }),
+            Op::ReopenLogs => {
+                let workers = self.reopen_logs();
+                self.reply(reply, Ok(OpReply::LogsReopened { workers }));
+            }
             Op::Restart { exe, via } => {
                 let trigger = Trigger::from_via(via.as_deref());
                 let given = exe.filter(|s| !s.is_empty());
@@ -623,6 +627,20 @@ impl Driver {
         if let Some(h) = watchers::spawn(spec.clone(), self.events.clone()) {
             self.watch = Some((spec, h));
         }
+    }
+
+    /// Tell every live worker (serving, draining, starting) to reopen its access log files;
+    /// how many were told. Not a restart: the machine is not involved, nothing waits.
+    fn reopen_logs(&self) -> u32 {
+        let mut told = 0;
+        for g in self.workers.values().filter(|g| !g.exited) {
+            let chan = g.chan.clone();
+            told += 1;
+            tokio::spawn(async move {
+                let _ = chan.send(&Msg::ReopenLogs, &[]).await;
+            });
+        }
+        told
     }
 
     fn status(&self) -> Status {

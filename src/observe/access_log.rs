@@ -1,0 +1,150 @@
+//! The access log: one line per request, in each server's `access_log` (see
+//! [`crate::config::AccessLogConfig`]), for every request that reaches a worker — those that
+//! finish on a draining generation included, since the draining worker writes them and writes
+//! out its buffer before it exits.
+//!
+//! A server's [`AccessLog`] is the [`Observer`] of its listeners: when a request's head arrives
+//! it gives the request its id ([`super::request_id`]) and keeps the `User-Agent` (and, for
+//! the combined format, the `Referer`); when the request has finished (its last byte written,
+//! see [`crate::serve::exchange`]) it formats the line ([`super::line`]) in a per-thread scratch
+//! buffer and hands it to the [`Sink`] of its output, which writes it from its own thread.
+//!
+//! A worker opens its logs once, at start ([`AccessLogs::open`]); servers naming the same output
+//! share one sink. `apphost reopen-logs` reaches [`AccessLogs::reopen`]; the worker calls
+//! [`AccessLogs::close`] as the very last thing before it exits, after the drain and after its
+//! runtime has stopped (a connection cut by `shutdown_timeout` is recorded as it is dropped).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::{REFERER, USER_AGENT};
+
+use super::line::{self, TimeCache};
+use super::request_id::RequestIds;
+use super::sink::Sink;
+use crate::config::{AccessLogFormat, Config, LogTarget};
+use crate::serve::exchange::{Exchange, Observer, X_REQUEST_ID};
+
+/// One server's access log.
+#[derive(Debug)]
+pub(crate) struct AccessLog {
+    sink: Arc<Sink>,
+    format: AccessLogFormat,
+    generation: u64,
+    ids: Arc<RequestIds>,
+}
+
+thread_local! {
+    /// Each thread formats its lines here (no allocation per line once warm).
+    static SCRATCH: RefCell<(Vec<u8>, TimeCache)> =
+        RefCell::new((Vec::with_capacity(512), TimeCache::default()));
+}
+
+impl Observer for AccessLog {
+    fn started(&self, headers: &HeaderMap, ex: &mut Exchange) {
+        ex.request_id = Some(self.ids.for_request(headers.get(&X_REQUEST_ID)));
+        ex.user_agent = headers.get(USER_AGENT).cloned();
+        if self.format == AccessLogFormat::Combined {
+            ex.referer = headers.get(REFERER).cloned();
+        }
+    }
+
+    fn finished(&self, ex: &Exchange) {
+        SCRATCH.with(|s| {
+            let Ok(mut s) = s.try_borrow_mut() else {
+                return;
+            };
+            let (buf, cache) = &mut *s;
+            buf.clear();
+            match self.format {
+                AccessLogFormat::Json => line::json(buf, ex, self.generation, cache),
+                AccessLogFormat::Combined => line::combined(buf, ex, cache),
+            }
+            self.sink.append(buf);
+            if buf.capacity() > 4 * line::MAX_LINE {
+                buf.shrink_to(line::MAX_LINE);
+            }
+        });
+    }
+}
+
+/// A worker's access logs: each server's, and the outputs they write to.
+#[derive(Debug, Default)]
+pub(crate) struct AccessLogs {
+    by_server: BTreeMap<String, Arc<AccessLog>>,
+    sinks: Vec<Arc<Sink>>,
+}
+
+/// An access log output that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the access log {target} of server {server}: {source}")]
+pub(crate) struct OpenError {
+    server: String,
+    target: LogTarget,
+    source: std::io::Error,
+}
+
+impl AccessLogs {
+    /// Open the access log of every server of `config` that has one, for generation
+    /// `generation`.
+    pub(crate) fn open(config: &Config, generation: u64) -> Result<AccessLogs, OpenError> {
+        let mut logs = AccessLogs::default();
+        let ids = Arc::new(RequestIds::new());
+        for server in &config.servers {
+            let Some(a) = &server.access_log else {
+                continue;
+            };
+            let sink = match logs.sinks.iter().find(|s| *s.target() == a.target) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Sink::open(a.target.clone()).map_err(|source| OpenError {
+                        server: server.name.clone(),
+                        target: a.target.clone(),
+                        source,
+                    })?;
+                    logs.sinks.push(s.clone());
+                    s
+                }
+            };
+            logs.by_server.insert(
+                server.name.clone(),
+                Arc::new(AccessLog {
+                    sink,
+                    format: a.format,
+                    generation,
+                    ids: ids.clone(),
+                }),
+            );
+        }
+        Ok(logs)
+    }
+
+    /// The observer for server `name`'s listeners, if it has an access log.
+    pub(crate) fn observer(&self, name: &str) -> Option<Arc<dyn Observer>> {
+        self.by_server
+            .get(name)
+            .map(|a| a.clone() as Arc<dyn Observer>)
+    }
+
+    /// Reopen every file (logrotate): what is buffered goes to the old file first. Returns how
+    /// many outputs are files.
+    pub(crate) fn reopen(&self) -> usize {
+        let mut files = 0;
+        for s in &self.sinks {
+            if matches!(s.target(), LogTarget::File(_)) {
+                s.reopen();
+                files += 1;
+            }
+        }
+        files
+    }
+
+    /// Write out everything and stop the writers (the worker is exiting).
+    pub(crate) fn close(&self) {
+        for s in &self.sinks {
+            s.close();
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! One access log line from one [`Exchange`], in either format.
+//!
+//! JSON, one object per line, fields in this order:
+//! `{"time":"2026-11-29T17:33:26.123Z","client":"203.0.113.7","method":"GET","path":"/a?b=1",
+//! "status":200,"bytes":1234,"duration_ms":0.153,"protocol":"HTTP/1.1","user_agent":"curl/8.5.0",
+//! "request_id":"3f…-1a","generation":3}`. `time` is when the request's head arrived (UTC, ms);
+//! `path` is the request target's path and query as received; `bytes` the response body bytes
+//! sent; `duration_ms` from the head's arrival to the last byte written (µs precision);
+//! `user_agent` and `request_id` are `null` when absent.
+//!
+//! Combined (Apache's and nginx's `combined`):
+//! `203.0.113.7 - - [29/Nov/2026:17:33:26 +0000] "GET /a?b=1 HTTP/1.1" 200 1234 "-" "curl/8.5.0"`
+//! (body bytes as nginx's `$body_bytes_sent`, `0` when none; `-` for an absent header).
+//!
+//! Every line is valid UTF-8 and at most [`MAX_LINE`] bytes, whatever a client sends: strings
+//! are escaped (JSON: `\"`, `\\`, `\u00XX` for control bytes, and for every byte of a value that
+//! is not UTF-8; combined: nginx's `\xXX` for `"`, `\` and bytes outside printable ASCII), and
+//! the fields a client chooses are cut, marked with `...`, past a budget (path 2048 bytes, user
+//! agent and referer 512 each, method 32). The bound is what lets several processes share a
+//! pipe without their lines interleaving (see [`super::sink`]).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::Version;
+
+use crate::serve::exchange::Exchange;
+
+/// The longest line (the budgets below and the fixed fields fit well within it); at most
+/// `PIPE_BUF`, so one `write` of a line to a pipe is never split.
+pub(crate) const MAX_LINE: usize = 4096;
+
+const PATH_BUDGET: usize = 2048;
+const HEADER_BUDGET: usize = 512;
+const METHOD_BUDGET: usize = 32;
+
+/// The wall-clock second last formatted, kept per formatting thread.
+#[derive(Debug, Default)]
+pub(crate) struct TimeCache {
+    second: u64,
+    /// `2026-11-29T17:33:26`.
+    iso: [u8; 19],
+    /// `29/Nov/2026:17:33:26 +0000`.
+    clf: [u8; 26],
+}
+
+impl TimeCache {
+    fn set(&mut self, second: u64) {
+        if self.second == second && self.iso[0] != 0 {
+            return;
+        }
+        self.second = second;
+        let (y, mo, d) = civil_from_days((second / 86_400) as i64);
+        let s = second % 86_400;
+        let (h, mi, se) = (s / 3600, s / 60 % 60, s % 60);
+        let mut iso = Vec::with_capacity(19);
+        num_padded(&mut iso, y as u64, 4);
+        iso.push(b'-');
+        num_padded(&mut iso, mo as u64, 2);
+        iso.push(b'-');
+        num_padded(&mut iso, d as u64, 2);
+        iso.push(b'T');
+        let mut hms = Vec::with_capacity(8);
+        num_padded(&mut hms, h, 2);
+        hms.push(b':');
+        num_padded(&mut hms, mi, 2);
+        hms.push(b':');
+        num_padded(&mut hms, se, 2);
+        iso.extend_from_slice(&hms);
+        self.iso.copy_from_slice(&iso);
+        const MONTHS: [&[u8; 3]; 12] = [
+            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+            b"Dec",
+        ];
+        let mut clf = Vec::with_capacity(26);
+        num_padded(&mut clf, d as u64, 2);
+        clf.push(b'/');
+        clf.extend_from_slice(MONTHS[(mo - 1) as usize]);
+        clf.push(b'/');
+        num_padded(&mut clf, y as u64, 4);
+        clf.push(b':');
+        clf.extend_from_slice(&hms);
+        clf.extend_from_slice(b" +0000");
+        self.clf.copy_from_slice(&clf);
+    }
+}
+
+/// (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (the proleptic Gregorian
+/// calendar; Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Append `n` in decimal.
+fn num(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Append `n` in decimal, zero-padded to `width` digits.
+fn num_padded(out: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut m = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len() - width);
+    out.extend_from_slice(&buf[start..]);
+}
+
+/// The client's address as text: an IPv4 address is written by hand (the usual case, and the
+/// standard formatter costs more than the rest of the line); a v4-mapped IPv6 address as IPv4.
+fn client(out: &mut Vec<u8>, ex: &Exchange) {
+    match ex.client.0.ip().to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            for (i, b) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                num(out, u64::from(*b));
+            }
+        }
+        ip @ std::net::IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
+    }
+}
+
+fn protocol(v: Version) -> &'static [u8] {
+    match v {
+        Version::HTTP_09 => b"HTTP/0.9",
+        Version::HTTP_10 => b"HTTP/1.0",
+        Version::HTTP_11 => b"HTTP/1.1",
+        Version::HTTP_2 => b"HTTP/2.0",
+        Version::HTTP_3 => b"HTTP/3.0",
+        _ => b"HTTP/?",
+    }
+}
+
+/// When the request's head arrived, from the time it finished (now) and its duration.
+fn start_time(ex: &Exchange) -> (u64, u32) {
+    let now = SystemTime::now();
+    let t = now.checked_sub(ex.duration).unwrap_or(now);
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_millis())
+}
+
+/// Append `v` as JSON string content, at most `budget` bytes of it (then `...`).
+fn json_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
+    let limit = out.len() + budget;
+    let utf8 = std::str::from_utf8(v).is_ok();
+    let mut i = 0;
+    while i < v.len() {
+        let b = v[i];
+        // How many bytes of `v` this step consumes, and their escaped form's length.
+        let (take, esc_len) = match b {
+            b'"' | b'\\' => (1, 2),
+            0..0x20 | 0x7f => (1, 6),
+            0x80.. if !utf8 => (1, 6),
+            0x80.. => (utf8_len(b), utf8_len(b)),
+            _ => (1, 1),
+        };
+        if out.len() + esc_len > limit {
+            out.extend_from_slice(b"...");
+            return;
+        }
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            0..0x20 | 0x7f => hex_escape(out, b"\\u00", b),
+            0x80.. if !utf8 => hex_escape(out, b"\\u00", b),
+            _ => out.extend_from_slice(&v[i..i + take]),
+        }
+        i += take;
+    }
+}
+
+/// The length of the UTF-8 sequence a (valid) leading byte starts.
+fn utf8_len(b: u8) -> usize {
+    match b {
+        0xf0.. => 4,
+        0xe0.. => 3,
+        _ => 2,
+    }
+}
+
+fn hex_escape(out: &mut Vec<u8>, prefix: &[u8], b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(prefix);
+    out.push(HEX[(b >> 4) as usize]);
+    out.push(HEX[(b & 0xf) as usize]);
+}
+
+/// Append `v` as nginx writes a value in a quoted log field, at most `budget` bytes of it.
+fn clf_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
+    let limit = out.len() + budget;
+    for &b in v {
+        let plain = (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
+        if out.len() + if plain { 1 } else { 4 } > limit {
+            out.extend_from_slice(b"...");
+            return;
+        }
+        if plain {
+            out.push(b);
+        } else {
+            hex_escape(out, b"\\x", b);
+        }
+    }
+}
+
+fn path_bytes(ex: &Exchange) -> &[u8] {
+    match ex.uri.path_and_query() {
+        Some(pq) => pq.as_str().as_bytes(),
+        None => b"/",
+    }
+}
+
+/// Append the JSON line for `ex` (with its newline).
+pub(crate) fn json(out: &mut Vec<u8>, ex: &Exchange, generation: u64, cache: &mut TimeCache) {
+    let (sec, ms) = start_time(ex);
+    cache.set(sec);
+    out.extend_from_slice(b"{\"time\":\"");
+    out.extend_from_slice(&cache.iso);
+    out.push(b'.');
+    num_padded(out, u64::from(ms), 3);
+    out.extend_from_slice(b"Z\",\"client\":\"");
+    client(out, ex);
+    out.extend_from_slice(b"\",\"method\":\"");
+    json_str(out, ex.method.as_str().as_bytes(), METHOD_BUDGET);
+    out.extend_from_slice(b"\",\"path\":\"");
+    json_str(out, path_bytes(ex), PATH_BUDGET);
+    out.extend_from_slice(b"\",\"status\":");
+    num(out, u64::from(ex.status.as_u16()));
+    out.extend_from_slice(b",\"bytes\":");
+    num(out, ex.bytes);
+    out.extend_from_slice(b",\"duration_ms\":");
+    let us = ex.duration.as_micros().min(u128::from(u64::MAX)) as u64;
+    num(out, us / 1000);
+    out.push(b'.');
+    num_padded(out, us % 1000, 3);
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(ex.version));
+    out.extend_from_slice(b"\",\"user_agent\":");
+    json_opt(out, ex.user_agent.as_ref(), HEADER_BUDGET);
+    out.extend_from_slice(b",\"request_id\":");
+    json_opt(out, ex.request_id.as_ref(), HEADER_BUDGET);
+    out.extend_from_slice(b",\"generation\":");
+    num(out, generation);
+    out.extend_from_slice(b"}\n");
+}
+
+fn json_opt(out: &mut Vec<u8>, v: Option<&http::HeaderValue>, budget: usize) {
+    match v {
+        Some(v) => {
+            out.push(b'"');
+            json_str(out, v.as_bytes(), budget);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Append the combined-format line for `ex` (with its newline).
+pub(crate) fn combined(out: &mut Vec<u8>, ex: &Exchange, cache: &mut TimeCache) {
+    let (sec, _) = start_time(ex);
+    cache.set(sec);
+    client(out, ex);
+    out.extend_from_slice(b" - - [");
+    out.extend_from_slice(&cache.clf);
+    out.extend_from_slice(b"] \"");
+    clf_str(out, ex.method.as_str().as_bytes(), METHOD_BUDGET);
+    out.push(b' ');
+    clf_str(out, path_bytes(ex), PATH_BUDGET);
+    out.push(b' ');
+    out.extend_from_slice(protocol(ex.version));
+    out.extend_from_slice(b"\" ");
+    num(out, u64::from(ex.status.as_u16()));
+    out.push(b' ');
+    num(out, ex.bytes);
+    for h in [&ex.referer, &ex.user_agent] {
+        out.extend_from_slice(b" \"");
+        match h {
+            Some(v) => clf_str(out, v.as_bytes(), HEADER_BUDGET),
+            None => out.push(b'-'),
+        }
+        out.push(b'"');
+    }
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use http::{HeaderValue, Method, StatusCode};
+
+    use super::*;
+    use crate::handler::ClientAddr;
+    use crate::serve::exchange::Outcome;
+
+    fn ex(uri: &str, ua: Option<HeaderValue>) -> Exchange {
+        Exchange {
+            started: Instant::now(),
+            duration: Duration::from_micros(1_234_567),
+            method: Method::GET,
+            uri: uri.parse().unwrap(),
+            version: Version::HTTP_11,
+            client: ClientAddr("[::ffff:10.1.2.3]:5000".parse().unwrap()),
+            status: StatusCode::NOT_FOUND,
+            bytes: 19,
+            outcome: Outcome::Written,
+            request_id: Some(HeaderValue::from_static("abc-1")),
+            user_agent: ua,
+            referer: None,
+        }
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        let mut c = TimeCache::default();
+        c.set(1_795_966_406);
+        assert_eq!(&c.iso, b"2026-11-29T15:33:26");
+        assert_eq!(&c.clf, b"29/Nov/2026:15:33:26 +0000");
+    }
+
+    #[test]
+    fn json_line_parses_with_every_field() {
+        let mut out = Vec::new();
+        let ua = HeaderValue::from_bytes(b"bad \"agent\"\t \xff").unwrap();
+        json(
+            &mut out,
+            &ex("/a?b=1", Some(ua)),
+            7,
+            &mut TimeCache::default(),
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["client"], "10.1.2.3");
+        assert_eq!(v["method"], "GET");
+        assert_eq!(v["path"], "/a?b=1");
+        assert_eq!(v["status"], 404);
+        assert_eq!(v["bytes"], 19);
+        assert_eq!(v["duration_ms"], 1234.567);
+        assert_eq!(v["protocol"], "HTTP/1.1");
+        assert_eq!(v["user_agent"], "bad \"agent\"\t \u{ff}");
+        assert_eq!(v["request_id"], "abc-1");
+        assert_eq!(v["generation"], 7);
+        let t = v["time"].as_str().unwrap();
+        assert_eq!((t.len(), &t[10..11], &t[23..]), (24, "T", "Z"), "{t}");
+        let mut out = Vec::new();
+        json(&mut out, &ex("/", None), 1, &mut TimeCache::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v["user_agent"].is_null());
+    }
+
+    #[test]
+    fn hostile_values_are_cut_to_a_bounded_line() {
+        let long_path = format!("/{}", "%22".repeat(5000));
+        let ua = HeaderValue::from_bytes(&[0xfe; 9000]).unwrap();
+        let mut out = Vec::new();
+        json(
+            &mut out,
+            &ex(&long_path, Some(ua.clone())),
+            1,
+            &mut TimeCache::default(),
+        );
+        assert!(out.len() <= MAX_LINE, "{}", out.len());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v["path"].as_str().unwrap().ends_with("..."));
+        let mut out = Vec::new();
+        combined(
+            &mut out,
+            &ex(&long_path, Some(ua)),
+            &mut TimeCache::default(),
+        );
+        assert!(out.len() <= MAX_LINE, "{}", out.len());
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+    }
+
+    #[test]
+    fn combined_line_shape() {
+        let mut out = Vec::new();
+        let mut e = ex("/x", Some(HeaderValue::from_static("curl/8")));
+        e.uri = "/p?q=1".parse().unwrap();
+        e.referer = Some(HeaderValue::from_static("http://a/\"b\""));
+        combined(&mut out, &e, &mut TimeCache::default());
+        let s = String::from_utf8(out).unwrap();
+        let (head, rest) = s.split_once(" [").unwrap();
+        assert_eq!(head, "10.1.2.3 - -");
+        let (_, rest) = rest.split_once("] ").unwrap();
+        assert_eq!(
+            rest,
+            "\"GET /p?q=1 HTTP/1.1\" 404 19 \"http://a/\\x22b\\x22\" \"curl/8\"\n"
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! Where access log lines go: a bounded buffer filled by requests and a writer thread that
+//! empties it into a file, stdout or stderr, off the request path.
+//!
+//! # Several generations, one file, whole lines
+//! Every worker process opens the target itself (a file with `O_APPEND`; stdout and stderr as
+//! inherited) and writes only whole lines, each batch with one `write`:
+//! - to a regular file, `O_APPEND` makes the kernel move to the end and write as one step, and
+//!   Linux holds the file's lock for a whole `write`, so the batches of two generations (or two
+//!   servers) never interleave and nothing is overwritten. A batch is at most [`MAX_BUFFER`].
+//! - to a pipe (stdout under a container runtime or systemd) only writes of at most `PIPE_BUF`
+//!   (4096) bytes are atomic, so batches are cut, at line ends, into writes of at most that; a
+//!   line is never longer ([`super::line::MAX_LINE`]).
+//!
+//! So nothing is lost, doubled or interleaved across restarts, with no coordination between
+//! processes. (A short write, which a regular file gives only when the disk is full, is
+//! completed by a second `write`, which another process's batch could precede; the lines it held
+//! are then at worst split, never lost or doubled.)
+//!
+//! # Bounded, and never in a request's way
+//! A request formats its line and appends it to the buffer under a lock held only for that copy.
+//! The writer thread takes the whole buffer (swapping in an empty one), writes it without the
+//! lock, and waits again: at most [`FLUSH_EVERY`], or until the buffer passes [`WAKE_AT`]. If the
+//! output does not keep up — a stdout pipe nobody reads, a full disk, a file on a hung NFS
+//! mount — the writer is stuck in its `write`, the buffer fills to [`MAX_BUFFER`], and lines
+//! that do not fit are **dropped and counted**: memory stays bounded and no request ever waits
+//! on the output. The count is reported (a warning on stderr naming the target) at most once a
+//! second once the writer gets going again. A write that fails (`ENOSPC`, `EPIPE`) drops its
+//! batch, counted the same way.
+//!
+//! # Reopening, and the end
+//! [`Sink::reopen`] (`apphost reopen-logs`) has the writer write what it holds to the old file,
+//! then open the path anew (creating it), for logrotate's rename-then-reopen: the lines before go
+//! to the renamed file, the lines after to the new one, none is lost. [`Sink::close`] (a worker
+//! exiting, after its drain) has the writer write everything and stop, waiting for it at most
+//! [`CLOSE_WAIT`]: an output that is stuck then cannot hold the worker's exit.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::config::LogTarget;
+
+/// The most bytes of lines held (in each of the two buffers: the one filling, the one written).
+pub(crate) const MAX_BUFFER: usize = 1 << 20;
+/// The writer is woken early when this much waits.
+const WAKE_AT: usize = 64 << 10;
+/// Lines wait at most this long for the writer.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long closing waits for the writer to write what it holds.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// Writes to anything but a regular file are at most this (Linux's `PIPE_BUF`).
+const PIPE_BUF: usize = 4096;
+
+/// One output and its writer thread.
+#[derive(Debug)]
+pub(crate) struct Sink {
+    target: LogTarget,
+    shared: Mutex<Shared>,
+    /// Wakes the writer.
+    wake: Condvar,
+    /// Wakes `close` when the writer has finished.
+    finished: Condvar,
+    /// Lines dropped and not yet reported.
+    dropped: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    lines: Vec<u8>,
+    /// The writer was woken for `lines` already.
+    woken: bool,
+    reopen: bool,
+    closing: bool,
+    /// The writer has stopped.
+    done: bool,
+}
+
+impl Sink {
+    /// Open `target` and start its writer thread.
+    pub(crate) fn open(target: LogTarget) -> std::io::Result<Arc<Sink>> {
+        let out = Output::open(&target)?;
+        let sink = Arc::new(Sink {
+            target,
+            shared: Mutex::new(Shared {
+                lines: Vec::with_capacity(WAKE_AT),
+                ..Default::default()
+            }),
+            wake: Condvar::new(),
+            finished: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        });
+        let s = sink.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || s.writer(out))?;
+        Ok(sink)
+    }
+
+    /// Where it writes.
+    pub(crate) fn target(&self) -> &LogTarget {
+        &self.target
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue one line (with its newline): dropped, and counted, if the buffer is full.
+    pub(crate) fn append(&self, line: &[u8]) {
+        let mut s = self.lock();
+        if s.lines.len() + line.len() > MAX_BUFFER || s.closing {
+            drop(s);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        s.lines.extend_from_slice(line);
+        if s.lines.len() >= WAKE_AT && !s.woken {
+            s.woken = true;
+            drop(s);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Have the writer write what it holds, then open the file anew (nothing for stdout and
+    /// stderr).
+    pub(crate) fn reopen(&self) {
+        self.lock().reopen = true;
+        self.wake.notify_one();
+    }
+
+    /// Write everything queued and stop the writer; waits for it at most [`CLOSE_WAIT`]. Lines
+    /// appended afterwards are dropped.
+    pub(crate) fn close(&self) {
+        let mut s = self.lock();
+        s.closing = true;
+        self.wake.notify_one();
+        let deadline = Instant::now() + CLOSE_WAIT;
+        while !s.done {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let lost = s.lines.iter().filter(|&&b| b == b'\n').count();
+                tracing::warn!(
+                    "access log {}: output blocked for {} s at exit; {lost} line(s) not written",
+                    self.target,
+                    CLOSE_WAIT.as_secs()
+                );
+                return;
+            }
+            s = self
+                .finished
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The writer thread's loop.
+    fn writer(&self, mut out: Output) {
+        let mut batch = Vec::with_capacity(WAKE_AT);
+        let mut reported = Instant::now() - FLUSH_EVERY;
+        loop {
+            let (reopen, closing) = {
+                let s = self.lock();
+                let (mut s, _) = self
+                    .wake
+                    .wait_timeout_while(s, FLUSH_EVERY, |s| !s.woken && !s.reopen && !s.closing)
+                    .unwrap_or_else(|p| p.into_inner());
+                std::mem::swap(&mut s.lines, &mut batch);
+                s.woken = false;
+                (std::mem::take(&mut s.reopen), s.closing)
+            };
+            if !batch.is_empty() {
+                if let Err(e) = out.write_lines(&batch) {
+                    let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+                    self.dropped.fetch_add(lines, Ordering::Relaxed);
+                    tracing::warn!("access log {}: write failed: {e}", self.target);
+                }
+                batch.clear();
+                if batch.capacity() > 4 * WAKE_AT {
+                    batch.shrink_to(WAKE_AT);
+                }
+            }
+            if reopen && let LogTarget::File(p) = &self.target {
+                match Output::open(&self.target) {
+                    Ok(o) => {
+                        out = o;
+                        tracing::info!("access log {} reopened", p.display());
+                    }
+                    Err(e) => tracing::warn!(
+                        "access log {}: cannot reopen: {e}; writing to the file already open",
+                        p.display()
+                    ),
+                }
+            }
+            if self.dropped.load(Ordering::Relaxed) > 0
+                && (closing || reported.elapsed() >= FLUSH_EVERY)
+            {
+                reported = Instant::now();
+                let n = self.dropped.swap(0, Ordering::Relaxed);
+                tracing::warn!(
+                    "access log {}: {n} line(s) dropped: the output did not keep up (buffer of {} KiB full) or failed",
+                    self.target,
+                    MAX_BUFFER >> 10
+                );
+            }
+            if closing {
+                // Whatever came in while this batch was written goes too.
+                let rest = std::mem::take(&mut self.lock().lines);
+                if !rest.is_empty() {
+                    let _ = out.write_lines(&rest);
+                }
+                let mut s = self.lock();
+                s.done = true;
+                self.finished.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+/// The writer's open output.
+struct Output {
+    file: File,
+    /// The most bytes one `write` may carry without splitting a line from another process's.
+    max_write: usize,
+}
+
+impl Output {
+    fn open(target: &LogTarget) -> std::io::Result<Output> {
+        let file = match target {
+            LogTarget::File(p) => std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+                .open(p)?,
+            LogTarget::Stdout => File::from(rustix::io::dup(rustix::stdio::stdout())?),
+            LogTarget::Stderr => File::from(rustix::io::dup(rustix::stdio::stderr())?),
+        };
+        // A regular file takes a batch in one write; a pipe, a terminal or a socket only
+        // PIPE_BUF bytes atomically.
+        let regular = file.metadata()?.file_type().is_file();
+        Ok(Output {
+            file,
+            max_write: if regular { MAX_BUFFER } else { PIPE_BUF },
+        })
+    }
+
+    /// Write `batch` (whole lines) in writes of at most `max_write` bytes, each ending at a line
+    /// end.
+    fn write_lines(&mut self, mut batch: &[u8]) -> std::io::Result<()> {
+        while !batch.is_empty() {
+            let n = if batch.len() <= self.max_write {
+                batch.len()
+            } else {
+                batch[..self.max_write]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(self.max_write, |i| i + 1)
+            };
+            self.file.write_all(&batch[..n])?;
+            batch = &batch[n..];
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_reach_the_file_by_close_and_reopen_follows_a_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let sink = Sink::open(LogTarget::File(path.clone())).unwrap();
+        sink.append(b"one\n");
+        std::fs::rename(&path, dir.path().join("a.log.1")).unwrap();
+        sink.reopen();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "not reopened");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sink.append(b"two\n");
+        sink.close();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.log.1")).unwrap(),
+            "one\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        sink.append(b"late\n");
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_stuck_pipe_drops_and_counts_instead_of_growing_or_blocking() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let out = Output {
+            file: File::from(w),
+            max_write: PIPE_BUF,
+        };
+        let sink = Arc::new(Sink {
+            target: LogTarget::Stdout,
+            shared: Mutex::new(Shared::default()),
+            wake: Condvar::new(),
+            finished: Condvar::new(),
+            dropped: AtomicU64::new(0),
+        });
+        let s = sink.clone();
+        std::thread::spawn(move || s.writer(out));
+        // Nobody reads `r`: the pipe fills (64 KiB), the writer blocks, the buffer fills.
+        let line = [b'x'; 99];
+        let mut line = line.to_vec();
+        line.push(b'\n');
+        let start = Instant::now();
+        for _ in 0..40_000 {
+            sink.append(&line);
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "appends blocked");
+        assert!(sink.lock().lines.len() <= MAX_BUFFER);
+        assert!(sink.dropped.load(Ordering::Relaxed) > 0);
+        drop(r);
+    }
+}
