@@ -4,6 +4,10 @@
 //! Text: `2026-11-24T13:55:03.123456Z  INFO pid[1234]: message key=value`.
 //! JSON: `{"time":"…","level":"INFO","pid":1234,"msg":"message","key":"value"}`.
 //!
+//! A line logged inside a span carries the span's fields after its own: a handler's lines carry
+//! their request's id (`… message key=value request_id=3f…-1a`; in JSON a `"request_id"` key),
+//! from the `request` span serving gives each request when its server has an access log.
+//!
 //! The level comes from `log.level` in the config; `APPHOST_LOG` (a tracing filter such as
 //! `apphost=debug`, checked like `log.level`; an invalid one is ignored with a warning)
 //! overrides it. Errors are printed whatever the level. Worker processes write to a pipe the supervisor reads, so their
@@ -92,8 +96,30 @@ where
         SystemTime.format_time(&mut w)?;
         write!(w, " {:>5} pid[{}]: ", event.metadata().level(), self.pid)?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
+        for (_, fields) in span_fields::<S, N>(ctx) {
+            write!(w, " {fields}")?;
+        }
         writeln!(w)
     }
+}
+
+/// The formatted fields (`key=value key2=value2`) of each span the event is in, root first.
+fn span_fields<S, N>(ctx: &FmtContext<'_, S, N>) -> Vec<(&'static str, String)>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let Some(scope) = ctx.event_scope() else {
+        return Vec::new();
+    };
+    scope
+        .from_root()
+        .filter_map(|span| {
+            let ext = span.extensions();
+            let f = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>()?;
+            (!f.fields.is_empty()).then(|| (span.name(), f.fields.clone()))
+        })
+        .collect()
 }
 
 struct JsonFormat {
@@ -141,7 +167,7 @@ where
 {
     fn format_event(
         &self,
-        _ctx: &FmtContext<'_, S, N>,
+        ctx: &FmtContext<'_, S, N>,
         mut w: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
@@ -152,6 +178,14 @@ where
         v.0.insert("level".into(), event.metadata().level().as_str().into());
         v.0.insert("pid".into(), self.pid.into());
         event.record(&mut v);
+        // Span fields as formatted (`key=value`, space-separated: the request id's characters
+        // never include a space or a quote), each a string; the event's own fields win.
+        for (_, fields) in span_fields::<S, N>(ctx) {
+            for (k, val) in fields.split(' ').filter_map(|kv| kv.split_once('=')) {
+                v.0.entry(k.to_string())
+                    .or_insert_with(|| val.trim_matches('"').into());
+            }
+        }
         let line = serde_json::to_string(&v.0).map_err(|_| fmt::Error)?;
         writeln!(w, "{line}")
     }

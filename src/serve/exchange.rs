@@ -153,7 +153,7 @@ impl Recording {
     /// id.
     pub(crate) fn span(&self) -> Option<tracing::Span> {
         let id = self.ex.request_id.as_ref()?.to_str().ok()?;
-        Some(tracing::info_span!("request", request_id = id))
+        Some(tracing::info_span!("request", request_id = %id))
     }
 
     /// The handler answered with `status`.

@@ -629,11 +629,17 @@ impl Driver {
         }
     }
 
-    /// Tell every live worker (serving, draining, starting) to reopen its access log files;
-    /// how many were told. Not a restart: the machine is not involved, nothing waits.
+    /// Tell every live worker (serving, draining, starting; not the warm standby, which has
+    /// opened nothing yet) to reopen its access log files; how many were told. Not a restart:
+    /// the machine is not involved, nothing waits.
     fn reopen_logs(&self) -> u32 {
+        let standby = self.standby_file.as_ref().map(|(id, _)| *id);
         let mut told = 0;
-        for g in self.workers.values().filter(|g| !g.exited) {
+        for (_, g) in self
+            .workers
+            .iter()
+            .filter(|(id, g)| !g.exited && Some(**id) != standby)
+        {
             let chan = g.chan.clone();
             told += 1;
             tokio::spawn(async move {
