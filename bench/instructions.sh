@@ -16,6 +16,10 @@
 #
 # bare_hello variants: `bare` (hyper http1), `bare-auto` (hyper-util's auto builder), and
 # `bare-auto-timer` (auto builder + header-read timer: what apphost's connections use).
+# apphost variants: `apphost` (bench/bench-no-standby.yaml: nothing observed), `apphost-accesslog`
+# (bench/bench-access-log.yaml: a JSON access log to a file, request ids; log level warn, so the
+# request's tracing span is disabled), `apphost-accesslog-info` (the same at log level info,
+# where the span is recorded).
 #
 # Binaries come from $BIN (default: the release build in $CARGO_TARGET_DIR, /work/target-bench).
 # 127.0.0.1 only; everything started is stopped on exit.
@@ -37,15 +41,21 @@ port=18490
 for v in $VARIANTS; do
     port=$((port + 1))
     case $v in
-    apphost)
-        sed "s/127.0.0.1:18480/127.0.0.1:$port/" bench/bench-no-standby.yaml >"$OUT/bench.yaml"
+    apphost | apphost-accesslog | apphost-accesslog-info)
+        case $v in
+        apphost) cfg=bench/bench-no-standby.yaml ;;
+        *) cfg=bench/bench-access-log.yaml ;;
+        esac
+        sed "s/127.0.0.1:18480/127.0.0.1:$port/" "$cfg" >"$OUT/$v.yaml"
+        [[ $v == *-info ]] && sed -i 's/level: "warn,apphost::supervisor=info"/level: info/' "$OUT/$v.yaml"
+        sed -i "s|path: access.log|path: $OUT/$v.access.log|" "$OUT/$v.yaml"
         valgrind --tool=callgrind --trace-children=yes \
-            --callgrind-out-file="$OUT/apphost.cg.%p" \
-            "$BIN/apphost" run -c "$OUT/bench.yaml" >"$OUT/apphost.log" 2>&1 &
+            --callgrind-out-file="$OUT/$v.cg.%p" \
+            "$BIN/apphost" run -c "$OUT/$v.yaml" >"$OUT/$v.log" 2>&1 &
         bench_track $!
         wait_http "http://127.0.0.1:$port/pid"
         worker=$(curl -fsS "http://127.0.0.1:$port/pid")
-        measure apphost "$OUT/apphost.cg.$worker" "$worker" "http://127.0.0.1:$port/" ;;
+        measure "$v" "$OUT/$v.cg.$worker" "$worker" "http://127.0.0.1:$port/" ;;
     bare | bare-auto | bare-auto-timer)
         flags=()
         [[ $v == bare-auto* ]] && flags+=(--auto)

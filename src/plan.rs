@@ -145,6 +145,18 @@ impl Plan {
             if let Some(a) = &s.admin {
                 let _ = writeln!(out, "  {a}");
             }
+            if let Some(a) = config
+                .servers
+                .iter()
+                .find(|c| c.name == s.name)
+                .and_then(|c| c.access_log.as_ref())
+            {
+                let format = match a.format {
+                    crate::config::AccessLogFormat::Combined => "combined",
+                    crate::config::AccessLogFormat::Json => "json",
+                };
+                let _ = writeln!(out, "  access_log {} ({format})", a.target);
+            }
             for (pattern, handler) in s.routes.routes() {
                 let _ = writeln!(out, "  route {pattern} -> {handler}");
             }

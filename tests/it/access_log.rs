@@ -415,3 +415,34 @@ fn check_reports_a_bad_access_log_with_file_line_and_column() {
         out.stderr
     );
 }
+
+#[test]
+fn check_lists_the_access_log() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("server.yaml"),
+        "servers:\n  s1:\n    address: \"127.0.0.1:1\"\n    access_log: { path: logs/a.log, format: json }\n",
+    )
+    .unwrap();
+    let out = run_cli(dir.path(), &["check", "-c", "server.yaml"], &[], T);
+    assert_eq!(
+        out.code(),
+        Some(2),
+        "the directory is missing: {}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("server.yaml:4:25: servers.s1.access_log.path: the directory"),
+        "{}",
+        out.stderr
+    );
+    std::fs::create_dir(dir.path().join("logs")).unwrap();
+    let out = run_cli(dir.path(), &["check", "-c", "server.yaml"], &[], T);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let want = format!(
+        "  access_log {} (json)",
+        dir.path().join("logs/a.log").display()
+    );
+    assert!(out.stdout.contains(&want), "{}", out.stdout);
+}
