@@ -18,6 +18,22 @@
 //! Add `--json` for one JSON object on stdout instead of the table, `--json-out FILE` to write it
 //! to a file as well.
 //!
+//! **HTTP/2** (`--h2`, in `h2client.rs`): the same load and phases over `--conns` HTTP/2
+//! connections shared by the clients (h2c with prior knowledge for `http://`, TLS with ALPN
+//! `h2` for `https://` with `--ca`); a connection that receives GOAWAY is replaced by a new one,
+//! and a stream the server did not process (above the GOAWAY's last stream id, or reset with
+//! `REFUSED_STREAM`) is sent again and counted under `retried_goaway` / `retried_refused`, not as
+//! a failure. A failure there is any other end of a stream (`read_err`: a reset, or the
+//! connection closed under a stream the server had taken), or a connect or handshake error
+//! (`conn_err`).
+//!
+//! ```sh
+//! target/release/examples/load_harness --h2 --conns 4 -c 50 --url http://127.0.0.1:18480/ \
+//!     --warmup 5 --duration 25 --cooldown 5 --restart-pid $SUP --restart-every 500ms
+//! target/release/examples/load_harness --h2 --conns 4 -c 50 --url https://127.0.0.1:18482/ \
+//!     --ca ca.crt ...
+//! ```
+//!
 //! **Load.** `--mode keepalive`: each client keeps one connection and sends requests back to back;
 //! when a response carries `Connection: close` (or is HTTP/1.0 without keep-alive) the client
 //! reconnects for the next request — that is not a failure. `--mode close`: a new connection for
@@ -61,6 +77,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+mod h2client;
+
 const MAX_CLIENTS: usize = 1000;
 const MAX_TOTAL: Duration = Duration::from_secs(600);
 const MAX_HANDOFFS: u32 = 1000;
@@ -79,12 +97,21 @@ enum Mode {
 #[derive(Debug, Parser)]
 #[command(name = "load_harness")]
 struct Args {
-    /// The URL: http://127.0.0.1:PORT/PATH (only 127.0.0.1 or localhost).
+    /// The URL: http://127.0.0.1:PORT/PATH (only 127.0.0.1 or localhost; https:// with --h2).
     #[arg(long, default_value = "http://127.0.0.1:8199/")]
     url: String,
-    /// How clients use connections.
+    /// How clients use connections (HTTP/1.1).
     #[arg(long, value_enum, default_value_t = Mode::Keepalive)]
     mode: Mode,
+    /// HTTP/2 instead of HTTP/1.1: h2c with prior knowledge (http://) or TLS with ALPN (https://).
+    #[arg(long)]
+    h2: bool,
+    /// HTTP/2: how many connections the clients' streams share.
+    #[arg(long, default_value_t = 4)]
+    conns: usize,
+    /// HTTP/2 over TLS: the PEM certificate (a CA, or the server's own) to trust.
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
     /// Concurrent clients.
     #[arg(short = 'c', long, default_value_t = 50)]
     clients: usize,
@@ -151,15 +178,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Where requests go.
 #[derive(Debug, Clone)]
 struct Target {
+    /// `https://`: TLS (HTTP/2 only).
+    tls: bool,
     addr: std::net::SocketAddr,
     host_header: String,
     path: String,
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?}: only http:// URLs"))?;
+    let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(format!("{url:?}: only http:// and https:// URLs")),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -174,6 +205,7 @@ fn parse_url(url: &str) -> Result<Target, String> {
         .parse()
         .map_err(|_| format!("{url:?}: bad port {port:?}"))?;
     Ok(Target {
+        tls,
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         host_header: format!("127.0.0.1:{port}"),
         path: path.to_string(),
@@ -466,6 +498,9 @@ struct Stats {
     ok: u64,
     fails: [u64; FAILS.len()],
     connects: u64,
+    /// HTTP/2: streams sent again because the server did not process them.
+    retried_goaway: u64,
+    retried_refused: u64,
     lat_us: Vec<u32>,
 }
 
@@ -476,6 +511,8 @@ impl Stats {
             *a += b;
         }
         self.connects += other.connects;
+        self.retried_goaway += other.retried_goaway;
+        self.retried_refused += other.retried_refused;
         self.lat_us.extend(other.lat_us);
     }
 
@@ -514,6 +551,8 @@ struct Shared {
     clock: Clock,
     names: [&'static str; 3],
     samples: Mutex<Vec<Sample>>,
+    /// HTTP/2's connections (`--h2`).
+    pool: Option<Arc<h2client::Pool>>,
 }
 
 impl Shared {
@@ -528,6 +567,49 @@ impl Shared {
             });
         }
     }
+}
+
+/// An HTTP/2 client: requests back to back on its slot's connection (see `h2client`).
+async fn h2_client(sh: Arc<Shared>, pool: Arc<h2client::Pool>, slot: usize) -> [Stats; 3] {
+    let mut stats: [Stats; 3] = Default::default();
+    loop {
+        let start = Instant::now();
+        let Some(phase) = sh.clock.phase(start) else {
+            break;
+        };
+        let outcome = tokio::time::timeout(sh.timeout, pool.request(slot)).await;
+        let done = Instant::now();
+        let st = &mut stats[phase];
+        let result = match outcome {
+            Ok(d) => {
+                st.connects += d.connects;
+                for r in d.retries {
+                    match r {
+                        h2client::Retry::GoAway => st.retried_goaway += 1,
+                        h2client::Retry::Refused => st.retried_refused += 1,
+                    }
+                }
+                d.result
+            }
+            Err(_) => Err(failure(
+                Fail::Timeout,
+                format!("no complete response in {:?}", sh.timeout),
+            )),
+        };
+        let f = match result {
+            Ok((status, _)) if (200..300).contains(&status) => {
+                st.ok += 1;
+                let us = done.duration_since(start).as_micros();
+                st.lat_us.push(us.min(u128::from(u32::MAX)) as u32);
+                continue;
+            }
+            Ok((status, _)) => failure(Fail::Non2xx, format!("status {status}")),
+            Err(f) => f,
+        };
+        st.fails[f.kind as usize] += 1;
+        sh.sample(start, phase, &f);
+    }
+    stats
 }
 
 async fn client(sh: Arc<Shared>) -> [Stats; 3] {
@@ -645,6 +727,8 @@ impl PhaseReport {
             "failed": self.stats.failed(),
             "failures": fails,
             "connects": self.stats.connects,
+            "retried_goaway": self.stats.retried_goaway,
+            "retried_refused": self.stats.retried_refused,
             "rps": self.rps(),
             "p50_us": percentile(l, 0.50),
             "p99_us": percentile(l, 0.99),
@@ -671,8 +755,18 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
     } else {
         ["warmup", "load", "cooldown"]
     };
+    let pool = if args.h2 {
+        Some(h2client::Pool::new(
+            target.clone(),
+            args.conns,
+            args.ca.as_deref(),
+        )?)
+    } else {
+        None
+    };
     let sh = Arc::new(Shared {
         request: request_bytes(&target, args.mode == Mode::Close),
+        pool,
         target,
         mode: args.mode,
         timeout: args.timeout,
@@ -689,8 +783,11 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
     });
     tokio::time::sleep_until(start.into()).await;
     let mut tasks = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
-        tasks.push(tokio::spawn(client(sh.clone())));
+    for i in 0..args.clients {
+        tasks.push(match &sh.pool {
+            Some(p) => tokio::spawn(h2_client(sh.clone(), p.clone(), i)),
+            None => tokio::spawn(client(sh.clone())),
+        });
     }
     let mut total: [Stats; 3] = Default::default();
     for t in tasks {
@@ -719,14 +816,17 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
         .collect();
     let samples = sh.samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let any_failed = phases.iter().any(|p| p.stats.failed() > 0);
-    let mode = match args.mode {
-        Mode::Keepalive => "keepalive",
-        Mode::Close => "close",
+    let mode = match (args.h2, sh.target.tls, args.mode) {
+        (true, false, _) => "h2c",
+        (true, true, _) => "h2-tls",
+        (false, _, Mode::Keepalive) => "keepalive",
+        (false, _, Mode::Close) => "close",
     };
     let out = json!({
         "url": args.url,
         "mode": mode,
         "clients": args.clients,
+        "h2_conns": args.h2.then_some(args.conns),
         "restart_pid": args.restart_pid,
         "restart_every_ms": args.restart_pid.map(|_| args.restart_every.as_millis() as u64),
         "restarts_sent": sent,
@@ -742,8 +842,15 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
     emit_json(args, &out)?;
     if !args.json {
         println!(
-            "load_harness: {} mode={mode} clients={} timeout={:?}",
-            args.url, args.clients, args.timeout
+            "load_harness: {} mode={mode} clients={}{} timeout={:?}",
+            args.url,
+            args.clients,
+            if args.h2 {
+                format!(" connections={}", args.conns)
+            } else {
+                String::new()
+            },
+            args.timeout
         );
         if let Some(pid) = args.restart_pid {
             println!(
@@ -765,8 +872,8 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
             print!(" {:>w$}", k.name(), w = k.name().len().max(4));
         }
         println!(
-            " {:>8} {:>8} {:>8} {:>8} {:>8}",
-            "conns", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+            " {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "conns", "retried", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
         );
         for p in &phases {
             let s = &p.stats;
@@ -782,8 +889,9 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
                 print!(" {:>w$}", n, w = k.name().len().max(4));
             }
             println!(
-                " {:>8} {:>8} {:>8} {:>8} {:>8}",
+                " {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
                 s.connects,
+                s.retried_goaway + s.retried_refused,
                 ms(percentile(&s.lat_us, 0.5)),
                 ms(percentile(&s.lat_us, 0.99)),
                 ms(percentile(&s.lat_us, 0.999)),
@@ -989,6 +1097,14 @@ fn main() -> ExitCode {
             "--threads must be 1..=64",
         ),
         (args.timeout.is_zero(), "--timeout must be positive"),
+        (
+            args.conns == 0 || args.conns > MAX_CLIENTS,
+            "--conns must be 1..=1000",
+        ),
+        (
+            target.tls && (!args.h2 || args.handoff),
+            "https:// URLs need --h2 (and no --handoff)",
+        ),
     ];
     for (bad, msg) in checks {
         if bad {
@@ -1051,7 +1167,9 @@ mod tests {
         assert_eq!(t.path, "/pid");
         assert_eq!(parse_url("http://localhost:80").unwrap().path, "/");
         assert!(parse_url("http://10.0.0.1:80/").is_err());
-        assert!(parse_url("https://127.0.0.1:80/").is_err());
+        assert!(parse_url("https://127.0.0.1:80/").unwrap().tls);
+        assert!(!parse_url("http://127.0.0.1:80/").unwrap().tls);
+        assert!(parse_url("ftp://127.0.0.1:80/").is_err());
     }
 
     fn complete(buf: &[u8]) -> Resp {
