@@ -9,6 +9,8 @@
 //! curl --data-binary @some.file localhost:8300/api/echo   # the body, back
 //! curl -N 'localhost:8300/api/ticks?n=5'      # a streaming response
 //! curl localhost:8300/v2/api/users/1          # the same router, mounted again under /v2
+//! websocat ws://localhost:8300/api/ws          # a WebSocket echo (closed with 1001 on a restart)
+//! curl -N localhost:8300/api/events            # server-sent events (end with `retry:` on a restart)
 //! cargo run --release --example axum_app -- serve restart -c examples/axum_app.yaml
 //! cargo run --release --example axum_app -- --motd 'hi there' serve run -c examples/axum_app.yaml
 //! cargo run --release --example axum_app -- standalone --addr 127.0.0.1:8301  # plain axum::serve
@@ -19,6 +21,10 @@
 //!   program was started with), JSON and path extractors, a POST that reads its body, a
 //!   streaming response, the router's own fallback, and tower-http's trace and compression
 //!   layers;
+//! - long-lived connections across restarts: a WebSocket echo that sends close 1001 ("going
+//!   away") when its worker begins draining ([`apphost::draining`]), and a server-sent-events
+//!   stream that then ends with a `retry:` hint; either way the client reconnects, lands on the
+//!   new worker, and (SSE: `Last-Event-ID`) resumes where it was;
 //! - the program's own CLI (clap) with apphost's `run`/`check`/`restart`/`status`/`shutdown`
 //!   nested as `serve …` ([`Host::command`], [`Host::run_with`]). Every worker is this program
 //!   started again with the same arguments, so `--motd` reaches every generation.
@@ -31,8 +37,10 @@ use std::time::Duration;
 
 use apphost::{ClientAddr, Host};
 use axum::body::{Body, Bytes};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
@@ -80,6 +88,8 @@ fn router(motd: String) -> Router {
         .route("/api/users/{id}", get(get_user))
         .route("/api/echo", post(echo))
         .route("/api/ticks", get(ticks))
+        .route("/api/ws", get(ws))
+        .route("/api/events", get(events))
         .route(
             "/pid",
             get(|| async { format!("{}\n", std::process::id()) }),
@@ -166,6 +176,105 @@ async fn ticks(Query(q): Query<TicksQuery>) -> Response {
     ([("content-type", "text/plain")], Body::from_stream(lines)).into_response()
 }
 
+#[derive(Deserialize)]
+struct WsQuery {
+    /// `ignore`: do not watch for the drain (the host then closes the socket at
+    /// `stream_grace`, if configured, with the same close code 1001).
+    drain: Option<String>,
+}
+
+/// `GET /api/ws`: a WebSocket. It greets with `hello pid PID`, then echoes every text message.
+/// When this worker begins draining it says goodbye itself: a close frame 1001 ("going away"),
+/// after which the client reconnects and lands on the new worker. An echo is sent whole before
+/// the close (the loop handles one event at a time), so a client that re-sends what was not
+/// echoed loses nothing.
+async fn ws(upgrade: WebSocketUpgrade, Query(q): Query<WsQuery>) -> Response {
+    let watch_drain = q.drain.as_deref() != Some("ignore");
+    upgrade.on_upgrade(move |socket| echo_socket(socket, watch_drain))
+}
+
+async fn echo_socket(mut socket: WebSocket, watch_drain: bool) {
+    let hello = format!("hello pid {}", std::process::id());
+    if socket.send(Message::Text(hello.into())).await.is_err() {
+        return;
+    }
+    let drain = async {
+        if watch_drain {
+            apphost::draining().await
+        } else {
+            std::future::pending().await
+        }
+    };
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if socket.send(Message::Text(t)).await.is_err() {
+                        return;
+                    }
+                }
+                // Pings are answered by axum; binary is not part of this echo.
+                Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+            },
+            () = &mut drain => {
+                let bye = CloseFrame { code: close_code::AWAY, reason: "restarting".into() };
+                let _ = socket.send(Message::Close(Some(bye))).await;
+                // Read until the client's own close frame (or the end), as the closing
+                // handshake asks; the host's stream_grace bounds a client that never answers.
+                while let Some(Ok(m)) = socket.recv().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Milliseconds between events (default 200).
+    ms: Option<u64>,
+}
+
+/// `GET /api/events`: server-sent events, `id: N` and `data: tick N pid PID` every `ms`,
+/// starting after the `Last-Event-ID` the client sends when it reconnects. When this worker
+/// begins draining, the stream ends with an event carrying `retry: 100` (the client reconnects
+/// after 100 ms, to the new worker, and resumes from its last id).
+async fn events(headers: HeaderMap, Query(q): Query<EventsQuery>) -> impl IntoResponse {
+    let every = Duration::from_millis(q.ms.unwrap_or(200));
+    let first = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(0, |last| last + 1);
+    let pid = std::process::id();
+    // The state: the next id, or None once the goodbye has been sent.
+    let stream = futures_util::stream::unfold(Some(first), move |next| async move {
+        let n = next?;
+        if n > first {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = apphost::draining() => {
+                    let bye = Event::default()
+                        .event("bye")
+                        .retry(Duration::from_millis(100))
+                        .data("this worker is going away; reconnect");
+                    return Some((Ok::<_, std::convert::Infallible>(bye), None));
+                }
+            }
+        }
+        let tick = Event::default()
+            .id(n.to_string())
+            .data(format!("tick {n} pid {pid}"));
+        Some((Ok(tick), Some(n + 1)))
+    });
+    Sse::new(stream)
+}
+
 /// Anything else: the router's own 404, in JSON.
 async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
     (
@@ -219,6 +328,8 @@ fn main() -> ExitCode {
                 "GET /api/users/{id}",
                 "POST /api/echo",
                 "GET /api/ticks",
+                "GET /api/ws",
+                "GET /api/events",
                 "GET /pid",
             ] {
                 println!("{r}");

@@ -35,11 +35,11 @@
 //! | product | `admin` (admin routes), `observe` (access log, request ids), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
 //! | serving | `serve` (listeners, TLS, connections, watchdog; `serve::exchange`: the one point where a finished request is recorded) | bytes in, bytes out |
 //! | app | `routes` (route table), `handlers` (built-ins), `service` (tower services and axum routers as handlers) | which code answers |
-//! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `control` (where the control socket is), `clock`, `fnv`, `logging`, `watch`, `sys` | shared vocabulary |
+//! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `drain` ([`draining`]: the drain as handlers see it), `control` (where the control socket is), `clock`, `fnv`, `logging`, `watch`, `sys` | shared vocabulary |
 //!
 //! The public API is what an application needs: [`Host`], [`Handler`] and its helpers,
 //! [`Body`], [`Request`]/[`Response`], [`Params`], [`ConfigError`], [`ClientAddr`],
-//! [`RouteMatch`], and [`ops`]. Everything else is crate-private.
+//! [`RouteMatch`], [`draining`], and [`ops`]. Everything else is crate-private.
 
 // The library's own items only: the integration tests' and examples' helpers are `pub` in
 // their own binaries, which this lint would flag.
@@ -52,6 +52,7 @@ mod cli;
 mod clock;
 mod config;
 mod control;
+mod drain;
 mod fnv;
 mod handler;
 mod handlers;
@@ -71,6 +72,7 @@ mod worker;
 
 pub use body::{Body, BodyError, BodySender, BoxError};
 pub use config::{ConfigError, ParamType, Params, Pos};
+pub use drain::draining;
 pub use handler::{
     BoxFuture, ClientAddr, FnHandler, Handler, Request, Response, RouteMatch, Wants, text,
 };

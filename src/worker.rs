@@ -329,6 +329,7 @@ async fn run(
             idle_timeout: config.idle_timeout,
             keepalive_grace: config.keepalive_grace,
             send_timeout: config.send_timeout,
+            stream_grace: config.stream_grace,
         },
         config.http2_max_concurrent_streams,
     );
@@ -468,6 +469,7 @@ async fn run(
         tracing::info!("server reloading");
     }
     serving.start_drain();
+    crate::drain::begin();
     // A loop may be handing over a connection it has just accepted: count it before waiting for
     // the connections to finish.
     for l in accept_loops {

@@ -109,6 +109,11 @@ pub(crate) struct Config {
     /// this long (the client stopped reading, or keeps an HTTP/2 window shut) is cut and its
     /// connection closed. Default 60s.
     pub send_timeout: Duration,
+    /// `stream_grace`: when draining, how long the host leaves upgraded connections
+    /// (WebSockets) to the application before it closes them itself (a WebSocket gets a close
+    /// frame 1001, "going away"). Shorter than `shutdown_timeout`. Default: none (they are left
+    /// to the application until `shutdown_timeout`).
+    pub stream_grace: Option<Duration>,
     /// `http2_max_concurrent_streams`: the most streams one HTTP/2 connection may have open at
     /// once (nginx's name and default). Default 128.
     pub http2_max_concurrent_streams: u32,

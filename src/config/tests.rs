@@ -389,6 +389,29 @@ fn send_timeout_and_stream_cap() {
 }
 
 #[test]
+fn stream_grace_is_optional_and_shorter_than_shutdown_timeout() {
+    let srv = "servers: { s: { address: \":80\" } }\n";
+    assert_eq!(ok(yaml(srv)).stream_grace, None);
+    let c = ok(yaml(&format!("stream_grace: 5s\n{srv}")));
+    assert_eq!(c.stream_grace, Some(Duration::from_secs(5)));
+    let c = ok(toml(
+        "stream_grace = \"500ms\"\nshutdown_timeout = \"1s\"\n[servers.s]\naddress = \":80\"\n",
+    ));
+    assert_eq!(c.stream_grace, Some(Duration::from_millis(500)));
+    assert_eq!(
+        err(yaml(&format!(
+            "shutdown_timeout: 10s\nstream_grace: 10s\n{srv}"
+        ))),
+        "<embedded default>:2:15: stream_grace: must be shorter than shutdown_timeout (10s), or \
+         the drain ends before the host closes the streams left open"
+    );
+    // Against the default shutdown_timeout (60s) too.
+    assert!(err(yaml(&format!("stream_grace: 2m\n{srv}"))).starts_with(
+        "<embedded default>:1:15: stream_grace: must be shorter than shutdown_timeout (1m)"
+    ));
+}
+
+#[test]
 fn unknown_keys() {
     assert_eq!(
         err(yaml(

@@ -37,6 +37,7 @@ const TOP_KEYS: &[&str] = &[
     "header_read_timeout",
     "idle_timeout",
     "send_timeout",
+    "stream_grace",
     "http2_max_concurrent_streams",
     "warm_standby",
     "log",
@@ -331,6 +332,24 @@ impl Walker<'_> {
             self.duration_or(&top, "header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT)?;
         let idle_timeout = self.duration_or(&top, "idle_timeout", DEFAULT_IDLE_TIMEOUT)?;
         let send_timeout = self.duration_or(&top, "send_timeout", DEFAULT_SEND_TIMEOUT)?;
+        let stream_grace = match top.get("stream_grace") {
+            Some((n, p)) => {
+                let grace = expect_duration(self.file, n, &p)?;
+                if grace >= shutdown_timeout {
+                    return Err(self.err(
+                        n.pos,
+                        &p,
+                        format!(
+                            "must be shorter than shutdown_timeout ({}), or the drain ends before \
+                             the host closes the streams left open",
+                            super::duration::format_duration(shutdown_timeout)
+                        ),
+                    ));
+                }
+                Some(grace)
+            }
+            None => None,
+        };
         let http2_max_concurrent_streams = match top.get("http2_max_concurrent_streams") {
             Some((n, p)) => n
                 .as_int()
@@ -392,6 +411,7 @@ impl Walker<'_> {
             keepalive_grace,
             idle_timeout,
             send_timeout,
+            stream_grace,
             http2_max_concurrent_streams,
             header_read_timeout,
             warm_standby,

@@ -164,6 +164,14 @@ pub(super) async fn serve_io<I>(
         service_fn(move |req: http::Request<Incoming>| {
             let busy = state.request_started();
             let http1 = req.version() < http::Version::HTTP_2;
+            // hyper puts an `OnUpgrade` in the extensions of a request asking for an upgrade
+            // (an empty map costs one test to look in): a `101` answer hands the connection to
+            // the application (see `super::upgrade`).
+            let upgrade = req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some()
+                .then(|| is_websocket(req.headers()));
             if !http1 {
                 state.mark_h2();
             }
@@ -203,7 +211,12 @@ pub(super) async fn serve_io<I>(
                 // Once draining, every HTTP/1 response closes its connection: the client learns
                 // it before sending another request, so none is lost. (The generation's flag,
                 // reached through the connection's state: no reference count is touched.)
-                let close = http1 && (timed_out || busy.generation_draining());
+                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if let (Some(websocket), true) = (upgrade, switching) {
+                    busy.upgrading(websocket);
+                }
+                // (Not on a `101`: its `Connection: upgrade` is what makes it one.)
+                let close = http1 && !switching && (timed_out || busy.generation_draining());
                 let mut resp = resp.map(|b| TrackedBody::new(b, busy, rec.take()));
                 if close {
                     resp.headers_mut()
@@ -220,7 +233,7 @@ pub(super) async fn serve_io<I>(
     // allocation per HTTP/2 connection, which is long-lived and multiplexed anyway.
     match proto {
         Proto::Http1 => {
-            let conn = pin!(b.http1.serve_connection(io, svc));
+            let conn = pin!(b.http1.serve_connection(io, svc).with_upgrades());
             drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
         Proto::Http2 => {
@@ -228,10 +241,30 @@ pub(super) async fn serve_io<I>(
             drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
         Proto::Auto => {
-            let conn = Box::pin(b.auto.serve_connection(io, svc));
+            let conn = Box::pin(b.auto.serve_connection_with_upgrades(io, svc));
             drive(conn, |c| c.graceful_shutdown(), &ep, &serving, &state).await
         }
     }
+    // Handed to the application (a WebSocket): still this connection, counted until the
+    // application drops it or the host closes it (`super::upgrade`).
+    if state.upgraded() {
+        poll_fn(|_| {
+            if state.stream_ended() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// True when the request asks for `Upgrade: websocket`.
+fn is_websocket(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 /// The handler's answer, or `408` (and true) if its request body stalls first: the watchdog

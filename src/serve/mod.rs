@@ -8,6 +8,8 @@
 //! - [`probe`]: the readiness request a new generation sends through its own serving path.
 //! - [`exchange`]: one request as recorded, and the [`exchange::Observer`] (access log, metrics)
 //!   told when it has finished: its last byte written.
+//! - [`upgrade`]: upgraded connections (WebSockets): counted while the application holds them,
+//!   closed with a close frame 1001 at `stream_grace` during a drain.
 //! - [`progress`]: the wrappers around a connection's I/O and its response bodies that tell the
 //!   watchdog a response is still being written (until its last byte reaches the socket).
 //!
@@ -24,7 +26,9 @@
 //!    Instead every response finished from now on carries `Connection: close`, and a connection
 //!    that stays idle for `keepalive_grace` (from the drain's start or its last response) is
 //!    closed by the watchdog;
-//! 4. when every connection is gone, or `shutdown_timeout` passes, the generation exits.
+//! 4. upgraded connections (WebSockets) are the application's, which learns of the drain from
+//!    [`crate::draining`]; those still open at `stream_grace` are closed by the host;
+//! 5. when every connection is gone, or `shutdown_timeout` passes, the generation exits.
 
 pub(crate) mod conn;
 pub(crate) mod exchange;
@@ -32,6 +36,7 @@ pub(crate) mod listen;
 pub(crate) mod probe;
 pub(crate) mod progress;
 pub(crate) mod tls;
+pub(crate) mod upgrade;
 pub(crate) mod watchdog;
 
 use std::future::poll_fn;

@@ -41,6 +41,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::exchange::Recording;
+use super::upgrade::{self, Stream};
 use super::watchdog::{BLOCKED, ConnState, coarse_now_ms};
 use crate::body::{Body, BodyError};
 
@@ -49,12 +50,19 @@ use crate::body::{Body, BodyError};
 pub(crate) struct TrackedIo<I> {
     io: I,
     state: Arc<ConnState>,
+    /// Once the connection is upgraded, the application's stream, watched by
+    /// [`super::upgrade`] instead of the HTTP write tracking.
+    stream: Option<Box<Stream>>,
 }
 
 impl<I> TrackedIo<I> {
     /// Wrap `io`, the connection registered as `state`.
     pub(crate) fn new(io: I, state: Arc<ConnState>) -> TrackedIo<I> {
-        TrackedIo { io, state }
+        TrackedIo {
+            io,
+            state,
+            stream: None,
+        }
     }
 
     /// Note the outcome of a write.
@@ -70,13 +78,25 @@ impl<I> TrackedIo<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
+impl<I> Drop for TrackedIo<I> {
+    fn drop(&mut self) {
+        if self.stream.is_some() {
+            upgrade::dropped(&self.state);
+        }
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for TrackedIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(s) = this.stream.as_deref_mut() {
+            return upgrade::poll_read(&mut this.io, &this.state, s, cx, buf);
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
@@ -87,6 +107,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(s) = this.stream.as_deref_mut() {
+            return upgrade::poll_write(&mut this.io, &this.state, s, cx, buf);
+        }
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
         this.wrote(&r);
         r
@@ -98,18 +121,33 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(s) = this.stream.as_deref_mut() {
+            // Frame by frame, one buffer at a time (the frames' bytes must be seen in order).
+            let buf = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return upgrade::poll_write(&mut this.io, &this.state, s, cx, buf);
+        }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.wrote(&r);
         r
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        self.stream.is_none() && self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if let Some(s) = this.stream.as_deref_mut() {
+            return upgrade::poll_flush(&mut this.io, &this.state, s, cx);
+        }
         let r = Pin::new(&mut this.io).poll_flush(cx);
+        if r.is_ready() {
+            // A `101` just flushed: the connection is the application's from now on.
+            this.stream = upgrade::handed_over(&this.state);
+        }
         match r {
             Poll::Ready(Ok(())) if this.state.flag(BLOCKED) => {
                 // Stamp before clearing, so the sweeper never sees "not blocked" with an old
@@ -163,6 +201,11 @@ impl Busy {
     /// True once the connection's generation has started draining.
     pub(crate) fn generation_draining(&self) -> bool {
         self.0.generation_draining()
+    }
+
+    /// This request's `101` hands the connection to the application ([`super::upgrade`]).
+    pub(super) fn upgrading(&self, websocket: bool) {
+        self.0.upgrading(websocket);
     }
 }
 
@@ -275,6 +318,7 @@ mod tests {
             idle_timeout: Duration::from_millis(50),
             keepalive_grace: Duration::from_millis(50),
             send_timeout: Duration::from_millis(send_ms),
+            stream_grace: None,
         }
     }
 

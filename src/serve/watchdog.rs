@@ -31,6 +31,9 @@
 //!   open and idle `idle_timeout` later: its client never answered the GOAWAY's PING (see
 //!   [`h2_told_at`] for why it is not cut after `keepalive_grace`).
 //!
+//! An upgraded connection (a WebSocket) is the application's: none of these deadlines apply to
+//! it; during a drain, `stream_grace` closes it (see [`super::upgrade`]).
+//!
 //! Request bodies: a handler waiting for a request body that has delivered nothing for
 //! `idle_timeout` (reported through [`crate::body::BodyWatch`]) is not left to wait forever: the
 //! requests of that connection still waiting for their answer are told, and answer `408` with
@@ -50,6 +53,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use super::progress::Busy;
+use super::upgrade::{self, UPGRADED};
 
 /// `ConnState::flags`: a request has been seen.
 const SEEN: u8 = 1;
@@ -108,6 +112,9 @@ pub(crate) struct Limits {
     /// How long a response may wait on its client (no write progress) before the connection is
     /// cut.
     pub send_timeout: Duration,
+    /// Draining: how long upgraded connections are left to the application before the host
+    /// closes them (see [`super::upgrade`]); `None`: until `shutdown_timeout`.
+    pub stream_grace: Option<Duration>,
 }
 
 impl Limits {
@@ -122,7 +129,10 @@ impl Limits {
 
     /// The sweeper's period while draining.
     fn drain_tick(&self) -> Duration {
-        self.tick().min((self.keepalive_grace / 8).max(MIN_TICK))
+        let shortest = self
+            .stream_grace
+            .map_or(self.keepalive_grace, |g| g.min(self.keepalive_grace));
+        self.tick().min((shortest / 8).max(MIN_TICK))
     }
 }
 
@@ -154,6 +164,11 @@ pub(crate) struct ConnState {
     /// Recorded responses whose bodies ended, waiting for the flush that writes them (see
     /// [`super::exchange`]).
     pub(super) unflushed: super::exchange::Unflushed,
+    /// An upgraded connection's state: `UPGRADING | WEBSOCKET | UPGRADED | CLOSING | CLOSED |
+    /// GONE` (see [`super::upgrade`]); 0 for every other connection.
+    pub(super) stream: AtomicU8,
+    /// An upgraded connection's reader and writer tasks, woken when the host closes it.
+    pub(super) stream_wakers: Mutex<[Option<Waker>; 2]>,
 }
 
 impl ConnState {
@@ -204,7 +219,7 @@ impl ConnState {
         Busy::new(self.clone())
     }
 
-    fn wake(&self) {
+    pub(super) fn wake(&self) {
         if let Some(w) = &*self.waker.lock().unwrap_or_else(|p| p.into_inner()) {
             w.wake_by_ref();
         }
@@ -296,6 +311,8 @@ impl Watchdog {
             waker: Mutex::new(None),
             generation_draining: self.draining.clone(),
             unflushed: Default::default(),
+            stream: AtomicU8::new(0),
+            stream_wakers: Mutex::new([None, None]),
         });
         let (slot, first, restart_sweeper) = {
             let mut s = self.lock();
@@ -374,9 +391,21 @@ impl Watchdog {
             .is_draining()
             .then(|| self.drain_at_ms.load(Ordering::Acquire));
         let (mut doomed, mut goaway, mut body_stalled) = (Vec::new(), Vec::new(), Vec::new());
+        let mut streams_to_close: Vec<Arc<ConnState>> = Vec::new();
         for s in self.lock().entries.iter().flatten() {
             let flags = s.flags.load(Ordering::Acquire);
             if flags & KILLED != 0 {
+                continue;
+            }
+            // An upgraded connection is the application's: no HTTP deadline applies; during a
+            // drain, `stream_grace` closes it (see `super::upgrade`).
+            let stream = s.stream.load(Ordering::Acquire);
+            if stream & UPGRADED != 0 {
+                match upgrade::sweep(s, stream, drain_at, l.stream_grace, now, tick) {
+                    upgrade::Sweep::Close => streams_to_close.push(s.clone()),
+                    upgrade::Sweep::GiveUp => doomed.push(s.clone()),
+                    upgrade::Sweep::Leave => {}
+                }
                 continue;
             }
             // A handler waiting for a request body that makes no progress for idle_timeout.
@@ -444,6 +473,10 @@ impl Watchdog {
             if expired || drained {
                 doomed.push(s.clone());
             }
+        }
+        for s in streams_to_close {
+            s.since_ms.store(now, Ordering::Release);
+            s.close_stream();
         }
         for s in body_stalled {
             s.flags.fetch_or(BODY_TIMEOUT, Ordering::AcqRel);

@@ -23,7 +23,7 @@ use crate::support::{
 
 /// An example program. `cargo test` builds the examples into `target/<profile>/examples/`, next
 /// to the directory holding the apphost binary (`CARGO_BIN_EXE_*` names only `[[bin]]`s).
-fn example_bin(name: &str) -> PathBuf {
+pub(crate) fn example_bin(name: &str) -> PathBuf {
     let dir = Path::new(BIN).parent().expect("the binary's directory");
     let p = dir.join("examples").join(name);
     assert!(
@@ -50,7 +50,7 @@ fn config(port: u16, prefix: &str, watch_config: bool) -> String {
 }
 
 /// `axum_app --motd MOTD serve run -c DIR/server.yaml`, serving.
-fn start(config: &str, motd: &str, port: u16) -> Apphost {
+pub(crate) fn start(config: &str, motd: &str, port: u16) -> Apphost {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.yaml");
     std::fs::write(&path, config).unwrap();

@@ -27,3 +27,4 @@ mod smoke;
 mod standby;
 mod systemd;
 mod watch;
+mod websocket;

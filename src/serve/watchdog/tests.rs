@@ -8,6 +8,7 @@ fn limits(header: u64, idle: u64, grace: u64) -> Limits {
         idle_timeout: Duration::from_millis(idle),
         keepalive_grace: Duration::from_millis(grace),
         send_timeout: Duration::from_secs(3600),
+        stream_grace: None,
     }
 }
 
