@@ -181,6 +181,9 @@ struct WsQuery {
     /// `ignore`: do not watch for the drain (the host then closes the socket at
     /// `stream_grace`, if configured, with the same close code 1001).
     drain: Option<String>,
+    /// Instead of the echo: send binary messages of this many bytes as fast as the client takes
+    /// them, never reading and never watching the drain (the host's `stream_grace` ends it).
+    firehose: Option<usize>,
 }
 
 /// `GET /api/ws`: a WebSocket. It greets with `hello pid PID`, then echoes every text message.
@@ -189,8 +192,22 @@ struct WsQuery {
 /// the close (the loop handles one event at a time), so a client that re-sends what was not
 /// echoed loses nothing.
 async fn ws(upgrade: WebSocketUpgrade, Query(q): Query<WsQuery>) -> Response {
+    if let Some(size) = q.firehose {
+        return upgrade.on_upgrade(move |socket| firehose(socket, size));
+    }
     let watch_drain = q.drain.as_deref() != Some("ignore");
     upgrade.on_upgrade(move |socket| echo_socket(socket, watch_drain))
+}
+
+/// Binary messages of `size` bytes, message `i` filled with `i % 256`, until a send fails. Each
+/// `send` waits until its message is written, so a client that reads nothing holds one message.
+async fn firehose(mut socket: WebSocket, size: usize) {
+    for i in 0u64.. {
+        let m = vec![i as u8; size];
+        if socket.send(Message::Binary(m.into())).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn echo_socket(mut socket: WebSocket, watch_drain: bool) {

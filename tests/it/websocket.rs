@@ -76,7 +76,10 @@ enum Event {
     End(String),
 }
 
-async fn next(ws: &mut Ws) -> Event {
+async fn next<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Event
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     loop {
         let m = tokio::time::timeout(T, ws.next()).await;
         return match m {
@@ -93,7 +96,10 @@ async fn next(ws: &mut Ws) -> Event {
 }
 
 /// After a close frame: read to the end (tungstenite answers the close meanwhile).
-async fn finish(mut ws: Ws) {
+async fn finish<S>(mut ws: tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let _ = tokio::time::timeout(T, async { while ws.next().await.is_some() {} }).await;
 }
 
@@ -445,4 +451,167 @@ fn an_event_stream_ends_with_a_retry_hint_at_the_drain_and_resumes_on_the_new_wo
         "{text}"
     );
     wait_gone(old, T, "the old worker");
+}
+
+/// The resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn stream_grace_closes_a_busy_websocket_between_two_frames() {
+    let port = low_port();
+    let host = start(
+        &config(port, "stream_grace: 1s\nshutdown_timeout: 30s\n"),
+        "frames",
+        port,
+    );
+    const SIZE: usize = 100_000;
+    runtime().block_on(async {
+        let old = pid_at(port).unwrap();
+        let url = format!("ws://127.0.0.1:{port}/api/ws?firehose={SIZE}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        // A client slower than the server: the server's writes wait on it, mostly mid-frame,
+        // when stream_grace comes.
+        let mut got = 0u64;
+        let signalled = Instant::now();
+        host.signal(Signal::USR1);
+        let close = loop {
+            match tokio::time::timeout(T, ws.next()).await.expect("no message for 15 s") {
+                Some(Ok(Message::Binary(b))) => {
+                    assert_eq!(b.len(), SIZE, "message {got} cut");
+                    assert!(b.iter().all(|&x| x == got as u8), "message {got} garbled");
+                    got += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Some(Ok(Message::Close(c))) => break c,
+                other => panic!("after {got} whole messages: {other:?}"),
+            }
+        };
+        let c = close.expect("a close frame with a code");
+        assert_eq!((u16::from(c.code), c.reason.as_str()), (1001, ""));
+        let closed_after = signalled.elapsed();
+        finish(ws).await;
+        wait_gone(old, Duration::from_secs(30), "the old worker");
+        eprintln!(
+            "{got} whole messages of {SIZE} bytes, then close 1001 after {closed_after:?}; old worker gone after {:?}",
+            signalled.elapsed()
+        );
+        assert!(closed_after >= Duration::from_secs(1), "{closed_after:?}");
+        assert!(got > 10, "only {got} messages: the writes were never under way");
+    });
+}
+
+#[test]
+fn a_websocket_client_that_never_reads_holds_bounded_memory_and_is_let_go_at_stream_grace() {
+    let port = low_port();
+    let host = start(
+        &config(port, "stream_grace: 1s\nshutdown_timeout: 30s\n"),
+        "noread",
+        port,
+    );
+    runtime().block_on(async {
+        let old = pid_at(port).unwrap();
+        let before = rss_kib(old);
+        let url = format!("ws://127.0.0.1:{port}/api/ws?firehose=1000000");
+        // Connected, then never read: the socket buffers fill, the application's send waits.
+        let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let early = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let filled = rss_kib(old);
+        // Two more seconds of a sender that would send at memory speed if nothing held it back.
+        while early.elapsed() < Duration::from_millis(2500) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let later = rss_kib(old);
+        eprintln!("worker RSS: {before} KiB before, {filled} KiB filled, {later} KiB 2 s later");
+        assert!(
+            later <= filled + 4096,
+            "RSS grew by {} KiB while the client read nothing",
+            later - filled
+        );
+        // A restart: the application's write is stuck mid-frame, so no close frame can be
+        // written; the host stops waiting a second after stream_grace and the worker exits.
+        let signalled = Instant::now();
+        host.signal(Signal::USR1);
+        wait_gone(old, Duration::from_secs(30), "the old worker");
+        let gone_after = signalled.elapsed();
+        eprintln!("never-reading client: old worker gone {gone_after:?} after the restart");
+        assert!(
+            gone_after >= Duration::from_secs(2),
+            "{gone_after:?}: before stream_grace + 1 s"
+        );
+        assert!(
+            gone_after < Duration::from_secs(10),
+            "{gone_after:?}: not at stream_grace"
+        );
+        drop(ws);
+    });
+}
+
+#[test]
+fn over_tls_messages_flow_and_stream_grace_closes_with_1001() {
+    use rustls_pki_types::pem::PemObject;
+    let (port, tls_port) = (low_port(), low_port());
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = crate::support::make_pki(pki_dir.path(), 1);
+    let https = format!(
+        "https: {{ address: \"127.0.0.1:{tls_port}\", cert: {}, key: {} }}\n    ",
+        pki.cert_path.display(),
+        pki.key_path.display()
+    );
+    let cfg = config(port, "stream_grace: 1s\nshutdown_timeout: 30s\n")
+        .replace("admin:", &format!("{https}admin:"));
+    let host = start(&cfg, "tls", port);
+    runtime().block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        // What browsers offer for a WebSocket: HTTP/1.1.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let url = format!("wss://localhost:{tls_port}/api/ws?drain=ignore");
+        let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let old = pid_at(port).unwrap();
+        assert_eq!(next(&mut ws).await, Event::Text(format!("hello pid {old}")));
+        for i in 0..5 {
+            let m = format!("over tls {i}");
+            ws.send(Message::Text(m.clone().into())).await.unwrap();
+            assert_eq!(next(&mut ws).await, Event::Text(m));
+        }
+        let signalled = Instant::now();
+        host.signal(Signal::USR1);
+        assert_eq!(
+            next(&mut ws).await,
+            Event::Close(Some((1001, String::new())))
+        );
+        let closed_after = signalled.elapsed();
+        finish(ws).await;
+        wait_gone(old, Duration::from_secs(30), "the old worker");
+        assert!(closed_after >= Duration::from_secs(1), "{closed_after:?}");
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            signalled.elapsed()
+        );
+    });
 }
