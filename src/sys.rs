@@ -8,13 +8,20 @@
 //! - [`cloexec_from`]: at supervisor start, mark every descriptor it was started with
 //!   close-on-exec, so workers inherit only what is passed to them.
 //! - [`adopt_fd`]: turn a descriptor number read from the environment (`APPHOST_LISTEN_FDS`,
-//!   `APPHOST_CHANNEL_FD`, systemd's `LISTEN_FDS`) into an [`OwnedFd`], after checking that it is
-//!   open.
+//!   `APPHOST_CHANNEL_FD`, systemd's `LISTEN_FDS`, a re-executed supervisor's handover) into an
+//!   [`OwnedFd`], after checking that it is open; [`fd_is_open`] checks without adopting.
+//! - [`exec`], [`exec_fd`]: the supervisor re-executing itself in place (same PID) from a new
+//!   executable's path, or back into the previous image through a kept descriptor.
+//! - [`block_stop_signals`], [`unblock_stop_signals`]: the supervisor's signals are held
+//!   pending across that exec, until the new image has its handlers.
 #![allow(unsafe_code)]
 
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 /// Arrange for `cmd`'s child to inherit `fds` (same numbers) and to get `SIGTERM` when its parent
@@ -56,6 +63,152 @@ pub(crate) fn adopt_fd(raw: RawFd) -> io::Result<OwnedFd> {
     // variable it came from, owned by nobody else in this process: the start-up code reads each
     // number once.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Whether `raw` is an open descriptor (nothing about it changes).
+pub(crate) fn fd_is_open(raw: RawFd) -> bool {
+    // SAFETY: a borrow for one fcntl call, which fails with EBADF if the number is not open and
+    // changes nothing.
+    raw >= 0 && rustix::io::fcntl_getfd(unsafe { BorrowedFd::borrow_raw(raw) }).is_ok()
+}
+
+/// Read up to `max` bytes from the start of descriptor `raw` without taking it over or moving
+/// its offset (a re-executed supervisor reads its handover this way: it may have to pass the
+/// same descriptor on untouched).
+pub(crate) fn pread_all(raw: RawFd, max: usize) -> io::Result<Vec<u8>> {
+    if !fd_is_open(raw) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: open (checked above); borrowed only for the reads below, nobody closes it meanwhile
+    // (this runs before the process has any other thread that could).
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    let mut out = vec![0u8; max + 1];
+    let mut n = 0;
+    while n < out.len() {
+        match rustix::io::pread(fd, &mut out[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if n > max {
+        return Err(io::Error::other(format!("longer than {max} bytes")));
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
+fn cstring(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::other("a NUL byte in an argument"))
+}
+
+/// `argv` and `envp` as the C arrays `execve` takes (the `CString`s own the bytes the
+/// pointers point to, so they must outlive the call).
+type CArgs = (Vec<CString>, Vec<*const libc::c_char>);
+
+fn c_array(items: impl Iterator<Item = io::Result<CString>>) -> io::Result<CArgs> {
+    let owned: Vec<CString> = items.collect::<io::Result<_>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = owned.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    Ok((owned, ptrs))
+}
+
+fn exec_args(argv: &[OsString], env: &[(OsString, OsString)]) -> io::Result<(CArgs, CArgs)> {
+    let a = c_array(argv.iter().map(|a| cstring(a)))?;
+    let e = c_array(env.iter().map(|(k, v)| {
+        let mut kv = k.clone();
+        kv.push("=");
+        kv.push(v);
+        cstring(&kv)
+    }))?;
+    Ok((a, e))
+}
+
+/// Replace this process's image with the program at `path` (`execve`: same PID, same children,
+/// the descriptors without close-on-exec kept). Returns only if that failed, with why.
+pub(crate) fn exec(path: &Path, argv: &[OsString], env: &[(OsString, OsString)]) -> io::Error {
+    let p = match cstring(path.as_os_str()) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    let ((_a, argv), (_e, envp)) = match exec_args(argv, env) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    // SAFETY: `p`, `argv` and `envp` are NUL-terminated strings and NULL-terminated arrays of
+    // pointers into `CString`s (`_a`, `_e`) that live until after the call. On success the call
+    // does not return; on failure nothing changed.
+    unsafe { libc::execve(p.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Replace this process's image with the program open at `fd` (`fexecve`): the way back to the
+/// previous supervisor image, whose file may have been replaced or deleted since. Returns only
+/// if that failed.
+pub(crate) fn exec_fd(fd: RawFd, argv: &[OsString], env: &[(OsString, OsString)]) -> io::Error {
+    let ((_a, argv), (_e, envp)) = match exec_args(argv, env) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    // SAFETY: as in `exec`. `fd` is only a number to the kernel: a closed one fails with EBADF.
+    unsafe { libc::fexecve(fd, argv.as_ptr(), envp.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Set or clear close-on-exec on descriptor `raw`, which this process holds open (an
+/// `OwnedFd` of the caller's, named by number because a handover lists them so).
+pub(crate) fn set_cloexec(raw: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: a borrow for two fcntl calls, which fail with EBADF if the number is not open and
+    // change only the descriptor's close-on-exec flag.
+    let b = unsafe { BorrowedFd::borrow_raw(raw) };
+    let flags = rustix::io::fcntl_getfd(b)?;
+    let flags = if on {
+        flags | rustix::io::FdFlags::CLOEXEC
+    } else {
+        flags - rustix::io::FdFlags::CLOEXEC
+    };
+    rustix::io::fcntl_setfd(b, flags)?;
+    Ok(())
+}
+
+/// The signals the supervisor handles (stop signals, SIGUSR1, SIGCHLD).
+const SUPERVISOR_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGQUIT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGCHLD,
+];
+
+fn mask_supervisor_signals(how: libc::c_int) -> io::Result<()> {
+    // SAFETY: `set` is a local sigset_t initialised by sigemptyset before use; sigaddset and
+    // pthread_sigmask only read and write it and this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in SUPERVISOR_SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        let r = libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
+/// Hold the supervisor's signals pending (this thread's mask, which `execve` keeps): a signal
+/// that arrives while the image is being replaced is delivered once the new image has its
+/// handlers, instead of killing it with the default action (SIGUSR1, SIGTERM) in between.
+pub(crate) fn block_stop_signals() -> io::Result<()> {
+    mask_supervisor_signals(libc::SIG_BLOCK)
+}
+
+/// Let the supervisor's signals through again (its handlers are installed).
+pub(crate) fn unblock_stop_signals() -> io::Result<()> {
+    mask_supervisor_signals(libc::SIG_UNBLOCK)
 }
 
 /// Register an owned descriptor with tokio's reactor.

@@ -26,12 +26,19 @@ use tokio::sync::mpsc;
 pub(crate) const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What makes a file "the same file": if none of these changed, nothing happened.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct FileId {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i128,
+}
+
+impl FileId {
+    /// Its device and inode (the file, whatever its size and times).
+    pub(crate) fn dev_ino(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
 }
 
 /// The identity of the file at `path` now (following symlinks), `None` if it does not exist.

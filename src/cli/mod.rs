@@ -188,6 +188,10 @@ fn dispatch(registry: &Registry, command: Command, launch: Launch) -> ExitCode {
 }
 
 fn run(registry: &Registry, explicit: Option<&Path>, launch: Launch) -> ExitCode {
+    // A supervisor that has just re-executed itself takes over its previous image's state.
+    if let Some(code) = crate::supervisor::resume_from_env() {
+        return code;
+    }
     let config = match Config::find(explicit) {
         Ok(c) => c,
         Err(e) => {
@@ -234,6 +238,10 @@ fn run(registry: &Registry, explicit: Option<&Path>, launch: Launch) -> ExitCode
 }
 
 fn check(registry: &Registry, explicit: Option<&Path>) -> ExitCode {
+    // The preflight of a supervisor upgrade: can this build take over the running one's state?
+    if let Some(code) = crate::supervisor::check_handover_from_env() {
+        return code;
+    }
     let config = match Config::find(explicit) {
         Ok(c) => c,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! protocol): it accepts one request per connection, hands it to the supervisor's state
 //! machine as an operation, exactly like a signal or the admin page, and writes the answer back.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +32,8 @@ pub(crate) struct ControlServer {
     id: (u64, u64),
     accept: tokio::task::JoinHandle<()>,
     tasks: TaskTracker,
+    /// A second descriptor of the listening socket, for a re-executed supervisor.
+    listener_fd: OwnedFd,
 }
 
 impl ControlServer {
@@ -47,14 +50,7 @@ impl ControlServer {
         match bind(&path, derived) {
             Ok((listener, id)) => {
                 tracing::info!("control socket at {}", path.display());
-                let tasks = TaskTracker::new();
-                let accept = tokio::spawn(accept_loop(listener, events, tasks.clone()));
-                Some(ControlServer {
-                    path,
-                    id,
-                    accept,
-                    tasks,
-                })
+                Self::serve(listener, path, id, events).ok()
             }
             Err(e) => {
                 tracing::warn!(
@@ -64,6 +60,44 @@ impl ControlServer {
                 None
             }
         }
+    }
+
+    /// Serve a control socket a previous supervisor image bound (a re-executed supervisor):
+    /// `fd` listens on `path`, whose file is `id` (device, inode).
+    pub(crate) fn adopt(
+        fd: OwnedFd,
+        path: PathBuf,
+        id: (u64, u64),
+        events: mpsc::UnboundedSender<Event>,
+    ) -> std::io::Result<ControlServer> {
+        let l = std::os::unix::net::UnixListener::from(fd);
+        l.set_nonblocking(true)?;
+        let l = tokio::net::UnixListener::from_std(l)?;
+        Self::serve(l, path, id, events)
+    }
+
+    fn serve(
+        listener: tokio::net::UnixListener,
+        path: PathBuf,
+        id: (u64, u64),
+        events: mpsc::UnboundedSender<Event>,
+    ) -> std::io::Result<ControlServer> {
+        let listener_fd = listener.as_fd().try_clone_to_owned()?;
+        let tasks = TaskTracker::new();
+        let accept = tokio::spawn(accept_loop(listener, events, tasks.clone()));
+        Ok(ControlServer {
+            path,
+            id,
+            accept,
+            tasks,
+            listener_fd,
+        })
+    }
+
+    /// What a re-executed supervisor needs to serve this socket on: its listening descriptor,
+    /// its path and the file's identity.
+    pub(crate) fn handover(&self) -> (std::os::fd::BorrowedFd<'_>, &Path, (u64, u64)) {
+        (self.listener_fd.as_fd(), &self.path, self.id)
     }
 
     /// The socket's path.
@@ -161,6 +195,8 @@ async fn serve_conn(stream: tokio::net::UnixStream, events: mpsc::UnboundedSende
     let peer = cred
         .and_then(|c| c.pid())
         .map_or_else(|| "?".to_string(), |p| p.to_string());
+    // The connection again, for a supervisor that re-executes itself before it answers.
+    let conn = stream.as_fd().try_clone_to_owned().ok();
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(r.take(MAX_LINE));
@@ -168,7 +204,7 @@ async fn serve_conn(stream: tokio::net::UnixStream, events: mpsc::UnboundedSende
         Ok(Ok(0)) | Err(_) => return,
         Ok(Ok(_)) => match serde_json::from_str::<Op>(line.trim()) {
             Ok(op) => {
-                let r = ask(op, &events, &peer).await;
+                let r = ask(op, &events, &peer, conn).await;
                 serde_json::to_string(&r).unwrap_or_else(|e| bad_request(&e.to_string()))
             }
             Err(e) => bad_request(&format!("not an operation: {e}")),
@@ -184,8 +220,36 @@ fn bad_request(reason: &str) -> String {
     serde_json::json!({ "Err": { "error": "bad_request", "reason": reason } }).to_string()
 }
 
+/// Write `r` to a control client whose request a previous supervisor image received (a
+/// re-executed supervisor answers on the connection it was handed).
+pub(crate) fn answer_handed_over(conn: OwnedFd, r: OpResult) {
+    tokio::spawn(async move {
+        let s = std::os::unix::net::UnixStream::from(conn);
+        if s.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(mut s) = tokio::net::UnixStream::from_std(s) else {
+            return;
+        };
+        let answer = serde_json::to_string(&r).unwrap_or_else(|e| bad_request(&e.to_string()));
+        let write = async {
+            s.write_all(answer.as_bytes()).await?;
+            s.write_all(b"\n").await?;
+            s.shutdown().await
+        };
+        if tokio::time::timeout(READ_TIMEOUT, write).await.is_err() {
+            tracing::debug!("control socket: a client did not take its answer");
+        }
+    });
+}
+
 /// Hand `op` to the supervisor's state machine and wait for its answer.
-async fn ask(mut op: Op, events: &mpsc::UnboundedSender<Event>, peer: &str) -> OpResult {
+async fn ask(
+    mut op: Op,
+    events: &mpsc::UnboundedSender<Event>,
+    peer: &str,
+    conn: Option<OwnedFd>,
+) -> OpResult {
     if let Op::Restart { via, .. } = &mut op {
         via.get_or_insert_with(|| "cli".into());
     }
@@ -200,7 +264,11 @@ async fn ask(mut op: Op, events: &mpsc::UnboundedSender<Event>, peer: &str) -> O
         Op::ReopenLogs => tracing::info!(peer_pid = %peer, "control: reopen-logs requested"),
     }
     let (tx, rx) = oneshot::channel();
-    if events.send(Event::Op(op, Reply::Local(tx))).is_err() {
+    let reply = match conn {
+        Some(conn) => Reply::Client { tx, conn },
+        None => Reply::Local(tx),
+    };
+    if events.send(Event::Op(op, reply)).is_err() {
         return Err(OpError::Unavailable("the supervisor is exiting".into()));
     }
     rx.await.unwrap_or_else(|_| {
@@ -252,7 +320,7 @@ mod tests {
         // A stand-in supervisor.
         tokio::spawn(async move {
             while let Some(ev) = rx.recv().await {
-                if let Event::Op(op, Reply::Local(tx)) = ev {
+                if let Event::Op(op, Reply::Local(tx) | Reply::Client { tx, .. }) = ev {
                     let r = match op {
                         Op::Status => Ok(OpReply::Status(Status::default())),
                         Op::Restart { exe, via } => Err(OpError::BadExecutable(format!(

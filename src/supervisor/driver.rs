@@ -3,6 +3,9 @@
 //! events, and performs the actions the machine returns: it starts and signals worker
 //! processes, holds the listening sockets, arms timers, answers askers, announces to systemd,
 //! and runs the preflight checks and the file watch. It decides nothing about restarts.
+//!
+//! `preflight`: the `check` runs of a new executable or config; `reexec`: the supervisor
+//! re-executing itself in place from a new executable, and resuming from a handover.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::fd::OwnedFd;
@@ -12,14 +15,19 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::events::{Event, PreflightResult, Reply};
+use super::events::{Event, Reply};
 use super::generation::{self, Generation};
 use super::machine::{self, Action, KillReason, Machine, Notify, Timer, Trigger, WorkerId};
 use super::{control, exe, systemd, watchers};
 use crate::channel::{Msg, Op, OpReply, OpResult, Status};
 use crate::config::Config;
+
+mod preflight;
+mod reexec;
+
+pub(crate) use reexec::{check_handover_from_env, resume_from_env};
 
 /// What the supervisor needs to start.
 #[derive(Debug, Clone)]
@@ -47,15 +55,16 @@ struct Driver {
     standby_file: Option<(WorkerId, Option<crate::watch::FileId>)>,
     started: Instant,
     exit: Option<ExitCode>,
-    preflights: BTreeMap<i32, Preflight>,
+    preflights: BTreeMap<i32, preflight::Preflight>,
     watch: Option<(watchers::WatchSpec, tokio::task::AbortHandle)>,
-}
-
-/// A preflight run under way: who waits for it, and its stderr.
-struct Preflight {
-    reply: oneshot::Sender<PreflightResult>,
-    output: std::sync::Arc<std::sync::Mutex<String>>,
-    timed_out: bool,
+    /// The control socket's server.
+    control: Option<control::ControlServer>,
+    /// The supervisor's own image: the file it runs (what a restart's executable is compared
+    /// with) and a descriptor of it (to come back to if a new image cannot take over).
+    image: reexec::Image,
+    /// An `execve` of the supervisor asked for by the machine, done once the current event is
+    /// handled.
+    reexec: Option<PathBuf>,
 }
 
 /// Run the supervisor until the host shuts down. Returns the process exit code.
@@ -64,6 +73,44 @@ pub(crate) fn run(opts: Options) -> ExitCode {
     if let Err(e) = crate::sys::cloexec_from(3) {
         tracing::warn!("cannot mark inherited descriptors close-on-exec: {e}");
     }
+    drive(move |tx| {
+        let settings = machine::Settings {
+            graceful: opts.config.graceful,
+            graceful_timeout: opts.config.graceful_timeout,
+            shutdown_timeout: opts.config.shutdown_timeout,
+            shutdown_delay: opts.config.shutdown_delay,
+            warm_standby: false,
+        };
+        let mut d = Driver::new(
+            Machine::new(opts.exe.clone(), settings, crate::clock::now_unix),
+            opts,
+            tx,
+            reexec::Image::running(),
+        );
+        d.listeners = systemd::activated_sockets();
+        tracing::info!(
+            exe = %d.opts.exe.display(),
+            config = %d.opts.config.source,
+            graceful = d.machine.settings().graceful,
+            "supervisor started"
+        );
+        // The control socket for `apphost status|restart|shutdown`.
+        d.control = control::ControlServer::start(&d.opts.config, d.events.clone());
+        Some((
+            d,
+            machine::Event::Start {
+                now: Instant::now(),
+            },
+        ))
+    })
+}
+
+/// Build the driver with `build` (on the runtime, with the events' sender; `None`: it could not
+/// be built, exit 1), feed it its first event, and run it until the host shuts down.
+fn drive(
+    build: impl FnOnce(mpsc::UnboundedSender<Event>) -> Option<(Driver, machine::Event<Reply>)>,
+) -> ExitCode {
+    // Set again after a re-exec: `execve` keeps it, but nothing is lost by saying so twice.
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         tracing::debug!("cannot become a child subreaper: {e}");
     }
@@ -79,27 +126,10 @@ pub(crate) fn run(opts: Options) -> ExitCode {
     };
     rt.block_on(async move {
         let (tx, rx) = mpsc::unbounded_channel();
-        let settings = machine::Settings {
-            graceful: opts.config.graceful,
-            graceful_timeout: opts.config.graceful_timeout,
-            shutdown_timeout: opts.config.shutdown_timeout,
-            shutdown_delay: opts.config.shutdown_delay,
-            warm_standby: false,
+        let Some((mut d, first)) = build(tx) else {
+            return ExitCode::from(1);
         };
-        let mut d = Driver {
-            machine: Machine::new(opts.exe.clone(), settings, crate::clock::now_unix),
-            listeners: systemd::activated_sockets(),
-            opts,
-            events: tx,
-            workers: BTreeMap::new(),
-            fail_reasons: BTreeMap::new(),
-            standby_file: None,
-            started: Instant::now(),
-            exit: None,
-            preflights: BTreeMap::new(),
-            watch: None,
-        };
-        d.main_loop(rx).await
+        d.main_loop(rx, first).await
     })
 }
 
@@ -117,25 +147,51 @@ fn describe_status(st: WaitStatus) -> String {
 }
 
 impl Driver {
-    async fn main_loop(&mut self, mut rx: mpsc::UnboundedReceiver<Event>) -> ExitCode {
+    fn new(
+        machine: Machine<Reply>,
+        opts: Options,
+        events: mpsc::UnboundedSender<Event>,
+        image: reexec::Image,
+    ) -> Driver {
+        Driver {
+            machine,
+            listeners: BTreeMap::new(),
+            opts,
+            events,
+            workers: BTreeMap::new(),
+            fail_reasons: BTreeMap::new(),
+            standby_file: None,
+            started: Instant::now(),
+            exit: None,
+            preflights: BTreeMap::new(),
+            watch: None,
+            control: None,
+            image,
+            reexec: None,
+        }
+    }
+
+    async fn main_loop(
+        &mut self,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+        first: machine::Event<Reply>,
+    ) -> ExitCode {
         self.spawn_signal_tasks();
-        tracing::info!(
-            exe = %self.opts.exe.display(),
-            config = %self.opts.config.source,
-            graceful = self.machine.settings().graceful,
-            "supervisor started"
-        );
-        // The control socket for `apphost status|restart|shutdown`.
-        let control = control::ControlServer::start(&self.opts.config, self.events.clone());
-        self.feed(machine::Event::Start {
-            now: Instant::now(),
-        });
+        // Signals held across a re-exec (or blocked by whatever started us) come through now
+        // that they have handlers.
+        if let Err(e) = crate::sys::unblock_stop_signals() {
+            tracing::warn!("cannot unblock signals: {e}");
+        }
+        self.feed(first);
         self.update_watch();
         while self.exit.is_none() {
             let Some(ev) = rx.recv().await else { break };
             self.handle(ev);
+            if let Some(exe) = self.reexec.take() {
+                self.reexec(&exe, &mut rx);
+            }
         }
-        if let Some(c) = control {
+        if let Some(c) = self.control.take() {
             c.close().await;
         }
         self.exit.take().unwrap_or(ExitCode::SUCCESS)
@@ -218,12 +274,7 @@ impl Driver {
             Event::ForceExit => self.feed(machine::Event::ForceExit),
             Event::ShutdownDelayOver => self.feed(machine::Event::ShutdownDelayOver),
             Event::Preflight(reply) => self.start_preflight(reply),
-            Event::PreflightDeadline(pid) => {
-                if let Some(p) = self.preflights.get_mut(&pid.as_raw_nonzero().get()) {
-                    p.timed_out = true;
-                    let _ = rustix::process::kill_process(pid, Signal::KILL);
-                }
-            }
+            Event::PreflightDeadline(pid) => self.preflight_deadline(pid),
         }
     }
 
@@ -311,6 +362,8 @@ impl Driver {
                 self.listeners.clear();
             }
             Action::SettingsChanged => self.update_watch(),
+            Action::CheckUpgrade { exe } => self.start_upgrade_check(&exe),
+            Action::Reexec { exe } => self.reexec = Some(exe),
             Action::Notify(n) => match n {
                 Notify::FirstReady => {
                     systemd::notify(&format!("READY=1\nMAINPID={}", std::process::id()))
@@ -437,26 +490,7 @@ impl Driver {
 
     fn on_exit(&mut self, pid: Pid, st: WaitStatus) {
         if let Some(p) = self.preflights.remove(&pid.as_raw_nonzero().get()) {
-            let out = p
-                .output
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .trim()
-                .to_string();
-            let r = if p.timed_out {
-                Err(format!(
-                    "preflight `check` did not finish within {} s",
-                    crate::watch::PREFLIGHT_TIMEOUT.as_secs()
-                ))
-            } else if st.exit_status() == Some(0) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "preflight `check` failed ({}): {out}",
-                    describe_status(st)
-                ))
-            };
-            let _ = p.reply.send(r);
+            self.preflight_done(p, st);
             return;
         }
         let Some((&id, g)) = self
@@ -470,17 +504,19 @@ impl Driver {
         // Judge the exit only once its last stderr lines and channel messages (a `failed`
         // reason) are in: they may still be in flight behind the SIGCHLD.
         g.exited = true;
+        let status = describe_status(st);
+        g.exit_status = Some(status.clone());
         let tasks = std::mem::take(&mut g.tasks);
         let events = self.events.clone();
         tokio::spawn(async move {
             for t in tasks {
                 let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
             }
-            let _ = events.send(Event::Reaped(id, st));
+            let _ = events.send(Event::Reaped(id, status));
         });
     }
 
-    fn on_reaped(&mut self, worker: WorkerId, st: WaitStatus) {
+    fn on_reaped(&mut self, worker: WorkerId, status: String) {
         let Some(g) = self.workers.remove(&worker) else {
             return;
         };
@@ -491,7 +527,6 @@ impl Driver {
         {
             self.standby_file = None;
         }
-        let status = describe_status(st);
         let reported = self.fail_reasons.remove(&worker);
         let tail = g.stderr_tail();
         let reason = match reported {
@@ -533,66 +568,17 @@ impl Driver {
                     && self.standby_file.as_ref().is_some_and(|(_, file)| {
                         file.is_some() && crate::watch::file_id(&recorded) == *file
                     });
+                let upgrade = checked.as_ref().is_ok_and(|e| self.image.differs_from(e));
                 self.feed(machine::Event::Restart {
                     trigger,
                     exe: checked,
                     standby_fits,
+                    upgrade,
                     reply,
                     now: Instant::now(),
                 });
             }
         }
-    }
-
-    /// Run `EXE check [-c CONFIG]`; the answer goes to `reply` when it exits.
-    fn start_preflight(&mut self, reply: oneshot::Sender<PreflightResult>) {
-        let mut cmd = self.opts.launch.command(
-            self.machine.recorded_exe(),
-            crate::launch::Role::Check,
-            self.opts.config_path.as_deref(),
-        );
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .env_remove("NOTIFY_SOCKET");
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = reply.send(Err(format!(
-                    "cannot run {}: {e}",
-                    self.machine.recorded_exe().display()
-                )));
-                return;
-            }
-        };
-        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        if let Some(err) = child.stderr.take() {
-            let out = output.clone();
-            let fd: OwnedFd = err.into();
-            if let Ok(rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
-                tokio::spawn(async move {
-                    use tokio::io::AsyncReadExt;
-                    let mut buf = Vec::new();
-                    let _ = rx.take(16 * 1024).read_to_end(&mut buf).await;
-                    *out.lock().unwrap_or_else(|e| e.into_inner()) =
-                        String::from_utf8_lossy(&buf).into_owned();
-                });
-            }
-        }
-        let pid = child.id() as i32;
-        // Reaped by the supervisor's own loop, like every child.
-        drop(child);
-        if let Some(p) = Pid::from_raw(pid) {
-            self.after(crate::watch::PREFLIGHT_TIMEOUT, Event::PreflightDeadline(p));
-        }
-        self.preflights.insert(
-            pid,
-            Preflight {
-                reply,
-                output,
-                timed_out: false,
-            },
-        );
     }
 
     /// (Re)start the file watch to match the serving generation's `watch` settings.
@@ -678,9 +664,10 @@ impl Driver {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("{e}"),
             },
-            Reply::Local(tx) => {
+            Reply::Local(tx) | Reply::Client { tx, .. } => {
                 let _ = tx.send(r);
             }
+            Reply::HandedOver(conn) => control::answer_handed_over(conn, r),
             Reply::Worker { worker, id } => {
                 let Some(g) = self.workers.get(&worker) else {
                     return;

@@ -22,8 +22,9 @@ pub(crate) enum Event {
     ChannelClosed(WorkerId),
     /// A child exited.
     Exited(Pid, WaitStatus),
-    /// Worker `id` exited and its stderr and channel have been read to the end.
-    Reaped(WorkerId, WaitStatus),
+    /// Worker `id` exited (how: `exit status 1`, …) and its stderr and channel have been read
+    /// to the end.
+    Reaped(WorkerId, String),
     /// An operation asked for from outside the workers (signal, control socket, watcher).
     Op(Op, Reply),
     /// A signal to the supervisor.
@@ -49,8 +50,19 @@ pub(crate) enum Event {
 pub(crate) enum Reply {
     /// Nobody waits: log it.
     Log,
-    /// A task in the supervisor (control socket, watcher).
+    /// A task in the supervisor (a watcher, the control socket).
     Local(oneshot::Sender<OpResult>),
+    /// A control socket client: the task serving it waits on `tx`; `conn` is its connection,
+    /// kept so that a re-executed supervisor can answer it.
+    Client {
+        /// The serving task's end.
+        tx: oneshot::Sender<OpResult>,
+        /// The client's connection.
+        conn: OwnedFd,
+    },
+    /// A control socket client whose request a previous supervisor image received: the answer
+    /// is written to this connection.
+    HandedOver(OwnedFd),
     /// A request from a worker: answer on its channel.
     Worker {
         /// The worker that asked.

@@ -101,6 +101,16 @@ pub(crate) fn check(path: &Path) -> Result<PathBuf, String> {
     Ok(abs)
 }
 
+/// Whether `path` is an ELF binary (not a `#!` script): only such a file is a program the
+/// supervisor re-executes itself from. A script may run anything, differently each time; as a
+/// worker that is harmless (a failing worker leaves the old one serving), as the supervisor it
+/// would take the host's PID with it.
+pub(crate) fn is_elf(path: &Path) -> bool {
+    let Ok(fd) = open(path) else { return false };
+    let mut head = [0u8; 4];
+    matches!(rustix::io::read(&fd, &mut head), Ok(4)) && &head == b"\x7fELF"
+}
+
 /// ELF machine number of this build's target.
 fn our_machine() -> Option<u16> {
     match std::env::consts::ARCH {
@@ -179,6 +189,16 @@ mod tests {
         std::fs::write(&s, b"#!/bin/sh\nexit 1\n").unwrap();
         std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(check(&s).is_ok());
+    }
+
+    #[test]
+    fn only_elf_binaries_count_as_programs() {
+        assert!(is_elf(&std::env::current_exe().unwrap()));
+        let d = tempfile::tempdir().unwrap();
+        let s = d.path().join("script");
+        std::fs::write(&s, b"#!/bin/sh\nexit 1\n").unwrap();
+        assert!(!is_elf(&s));
+        assert!(!is_elf(&d.path().join("missing")));
     }
 
     #[test]

@@ -46,12 +46,22 @@ pub(crate) struct Generation {
     pub(crate) bound: Vec<(String, OwnedFd)>,
     /// True once reaped: its pid may belong to another process now, so it is never signalled.
     pub(crate) exited: bool,
+    /// Once reaped: how it ended (`exit status 1`, …), until that is judged.
+    pub(crate) exit_status: Option<String>,
     /// The tasks copying its stderr and reading its channel; waited for when it exits, so its
     /// last words are in hand before its exit is judged.
     pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// A second descriptor of its stderr pipe's read end, handed to a re-executed supervisor.
+    pub(crate) stderr_fd: Option<OwnedFd>,
 }
 
 impl Generation {
+    /// The last lines of its stderr.
+    pub(crate) fn tail_lines(&self) -> Vec<String> {
+        let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        t.iter().cloned().collect()
+    }
+
     /// The end of its stderr, one line per entry, for error reports.
     pub(crate) fn stderr_tail(&self) -> String {
         let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,19 +139,50 @@ pub(crate) fn spawn(
     if host_serving {
         cmd.env(channel::ENV_HOST_SERVING, "1");
     }
+    for v in super::handover::ALL_ENV {
+        cmd.env_remove(v);
+    }
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     crate::sys::prepare_child(&mut cmd, fds);
     let mut child = cmd.spawn()?;
     drop(theirs);
     let pid =
         Pid::from_raw(child.id() as i32).ok_or_else(|| std::io::Error::other("child pid 0"))?;
-    let chan = Arc::new(Channel::new(ours)?);
-    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr: Option<OwnedFd> = child.stderr.take().map(Into::into);
+    // The std Child is not waited on: the supervisor reaps every child itself (it may be PID 1).
+    drop(child);
+    follow(worker, pid, ours, stderr, Vec::new(), events)
+}
 
+/// Take over a worker a previous supervisor image started (a re-executed supervisor): its
+/// channel and stderr pipe were handed over as descriptors, with the last lines of its stderr.
+pub(crate) fn adopt(
+    worker: WorkerId,
+    pid: Pid,
+    chan: OwnedFd,
+    stderr: Option<OwnedFd>,
+    tail: Vec<String>,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<Generation> {
+    follow(worker, pid, chan, stderr, tail, events)
+}
+
+/// Start following a worker: read its channel and copy its stderr.
+fn follow(
+    worker: WorkerId,
+    pid: Pid,
+    ours: OwnedFd,
+    stderr: Option<OwnedFd>,
+    tail: Vec<String>,
+    events: mpsc::UnboundedSender<Event>,
+) -> std::io::Result<Generation> {
+    let chan = Arc::new(Channel::new(ours)?);
+    let tail = Arc::new(Mutex::new(VecDeque::from(tail)));
     let mut tasks = Vec::new();
-    if let Some(err) = child.stderr.take() {
+    let mut stderr_fd = None;
+    if let Some(fd) = stderr {
+        stderr_fd = fd.try_clone().ok();
         let tail = tail.clone();
-        let fd: OwnedFd = err.into();
         match tokio::net::unix::pipe::Receiver::from_owned_fd(fd) {
             Ok(rx) => {
                 tasks.push(tokio::spawn(copy_stderr(rx, tail)));
@@ -167,15 +208,15 @@ pub(crate) fn spawn(
             }
         }));
     }
-    // The std Child is not waited on: the supervisor reaps every child itself (it may be PID 1).
-    drop(child);
     Ok(Generation {
         pid,
         chan,
         tail,
         bound: Vec::new(),
         exited: false,
+        exit_status: None,
         tasks,
+        stderr_fd,
     })
 }
 

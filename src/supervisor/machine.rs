@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use crate::channel::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, WorkerSettings};
 
 mod shutdown;
+mod upgrade;
 mod vocab;
 
 use vocab::BACKOFF_RESET_AFTER;
@@ -64,6 +65,8 @@ struct Worker {
     pid: Option<u32>,
     ready_at: Option<Instant>,
     draining: bool,
+    /// When it was told to drain (its deadline is re-armed from it after a re-exec).
+    drain_since: Option<Instant>,
 }
 
 /// The restart state machine (see the module doc). `R` is where an answer goes.
@@ -169,9 +172,10 @@ impl<R> Machine<R> {
                 trigger,
                 exe,
                 standby_fits,
+                upgrade,
                 reply,
                 now,
-            } => self.on_restart(trigger, exe, standby_fits, reply, now),
+            } => self.on_restart(trigger, exe, standby_fits, upgrade, reply, now),
             Event::Shutdown { reply } => {
                 self.reply(reply, Ok(OpReply::ShuttingDown));
                 self.begin_shutdown("request");
@@ -212,6 +216,12 @@ impl<R> Machine<R> {
                 self.out.push(Action::Exit(1));
             }
             Event::ShutdownDelayOver => self.end_shutdown_delay(),
+            Event::UpgradeChecked { result } => self.on_upgrade_checked(result),
+            Event::ReexecFailed { reason } => self.upgrade_skipped(&reason),
+            Event::Resumed {
+                takeover_failed,
+                now,
+            } => self.on_resumed(takeover_failed, now),
         }
         std::mem::take(&mut self.out)
     }
@@ -244,6 +254,7 @@ impl<R> Machine<R> {
                 pid: None,
                 ready_at: None,
                 draining: false,
+                drain_since: None,
             },
         );
         id
@@ -305,6 +316,7 @@ impl<R> Machine<R> {
             return;
         }
         w.draining = true;
+        w.drain_since = Some(Instant::now());
         self.out.push(Action::Drain { worker, shutdown });
         self.arm(
             self.settings.shutdown_timeout + DRAIN_KILL_MARGIN,
@@ -317,6 +329,7 @@ impl<R> Machine<R> {
         trigger: Trigger,
         exe: Result<PathBuf, String>,
         standby_fits: bool,
+        upgrade: bool,
         reply: R,
         now: Instant,
     ) {
@@ -331,6 +344,10 @@ impl<R> Machine<R> {
             Phase::Stopping { old, .. } => Some(OpError::Busy(format!(
                 "generation {} is draining for a full restart",
                 self.generation_of(*old).unwrap_or(0)
+            ))),
+            Phase::Upgrading { pending, .. } => Some(OpError::Busy(format!(
+                "the supervisor is being upgraded to {}",
+                pending.exe.display()
             ))),
             Phase::Serving { .. } | Phase::Down => None,
         };
@@ -353,26 +370,37 @@ impl<R> Machine<R> {
             old_pid,
         };
         match self.phase {
-            Phase::Serving { current } if !self.settings.graceful => {
-                self.drain(current, false);
-                self.phase = Phase::Stopping {
-                    old: current,
-                    pending,
-                };
+            Phase::Serving { current } if upgrade => {
+                self.out.push(Action::CheckUpgrade {
+                    exe: pending.exe.clone(),
+                });
+                self.phase = Phase::Upgrading { current, pending };
             }
-            Phase::Serving { current } => {
-                let new = match self.take_standby(standby_fits) {
-                    Some(new) => new,
-                    None => self.spawn_generation(pending.exe.clone()),
-                };
-                self.phase = Phase::Starting {
-                    current,
-                    new,
-                    pending,
-                };
-            }
+            Phase::Serving { current } => self.continue_restart(current, pending, standby_fits),
             _ => self.restart_with_nothing_serving(pending),
         }
+    }
+
+    /// Go on with `pending` while `current` serves: a graceful restart starts the new
+    /// generation (the standby if it fits), a full one drains `current` first.
+    fn continue_restart(&mut self, current: WorkerId, pending: Pending<R>, standby_fits: bool) {
+        if !self.settings.graceful {
+            self.drain(current, false);
+            self.phase = Phase::Stopping {
+                old: current,
+                pending,
+            };
+            return;
+        }
+        let new = match self.take_standby(standby_fits) {
+            Some(new) => new,
+            None => self.spawn_generation(pending.exe.clone()),
+        };
+        self.phase = Phase::Starting {
+            current,
+            new,
+            pending,
+        };
     }
 
     /// Start `pending`'s executable with nothing serving (a full restart whose old generation
@@ -658,7 +686,18 @@ impl<R> Machine<R> {
                 {
                     self.backoff = BACKOFF_MIN;
                 }
-                if let Phase::Starting { new, pending, .. } = other {
+                if let Phase::Upgrading { pending, .. } = other {
+                    // The upgrade is dropped: the machine recovers first.
+                    let why = OpError::Failed(format!(
+                        "the serving worker died while the supervisor was being upgraded: {reason}"
+                    ));
+                    self.record(false, &pending.trigger, why.to_string());
+                    for w in pending.waiters {
+                        self.reply(w, Err(why.clone()));
+                    }
+                    self.phase = Phase::Down;
+                    self.schedule_respawn();
+                } else if let Phase::Starting { new, pending, .. } = other {
                     // A graceful restart was under way: its new worker takes over as a recovery
                     // (it becomes current when ready).
                     self.phase = Phase::Recovering {

@@ -35,8 +35,9 @@ mod driver;
 mod events;
 mod exe;
 mod generation;
+mod handover;
 mod machine;
 mod systemd;
 mod watchers;
 
-pub(crate) use driver::{Options, run};
+pub(crate) use driver::{Options, check_handover_from_env, resume_from_env, run};

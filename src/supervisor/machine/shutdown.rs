@@ -52,7 +52,8 @@ impl<R> Machine<R> {
         let waiters = match phase {
             Phase::Starting { pending, .. }
             | Phase::Stopping { pending, .. }
-            | Phase::Recovering { pending, .. } => pending.waiters,
+            | Phase::Recovering { pending, .. }
+            | Phase::Upgrading { pending, .. } => pending.waiters,
             _ => Vec::new(),
         };
         for w in waiters {

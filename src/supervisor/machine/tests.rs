@@ -84,6 +84,7 @@ fn restart(to: u32, now: Instant) -> Event<u32> {
         trigger: Trigger::Cli,
         exe: Ok(exe()),
         standby_fits: false,
+        upgrade: false,
         reply: to,
         now,
     }
@@ -172,6 +173,7 @@ fn a_restart_to_another_executable_records_it() {
         trigger: Trigger::Cli,
         exe: Ok(v2.clone()),
         standby_fits: false,
+        upgrade: false,
         reply: 7,
         now: t,
     }))[0];
@@ -195,6 +197,7 @@ fn a_restart_to_another_executable_records_it() {
         trigger: Trigger::Cli,
         exe: Ok(v2.clone()),
         standby_fits: false,
+        upgrade: false,
         reply: 7,
         now: t,
     }))[0];
@@ -328,6 +331,7 @@ fn second_restart_is_refused() {
         trigger: Trigger::Admin,
         exe: Err("nope".into()),
         standby_fits: false,
+        upgrade: false,
         reply: 9,
         now: t,
     });
@@ -341,6 +345,7 @@ fn bad_executable_is_refused_and_recorded() {
         trigger: Trigger::Admin,
         exe: Err("/x: not a regular file".into()),
         standby_fits: false,
+        upgrade: false,
         reply: 7,
         now: t,
     });
@@ -417,6 +422,7 @@ fn standby_is_activated_instead_of_spawning() {
         trigger: Trigger::Signal,
         exe: Ok(exe()),
         standby_fits: true,
+        upgrade: false,
         reply: 7,
         now: t,
     });
@@ -545,6 +551,7 @@ fn old_generation_never_drains_before_the_new_one_is_ready() {
             trigger: Trigger::Watch,
             exe: Ok(exe()),
             standby_fits: warm,
+            upgrade: false,
             reply: 1,
             now: t,
         });

@@ -130,6 +130,15 @@ pub(crate) enum Phase<R> {
         /// The host's first start: failing it ends the host.
         first: bool,
     },
+    /// A restart to another executable: first the supervisor re-executes itself from it
+    /// (preflight, then `execve`), while `current` serves; then the restart goes on as
+    /// `Starting` or `Stopping` (see `upgrade`).
+    Upgrading {
+        /// The serving worker.
+        current: WorkerId,
+        /// The restart.
+        pending: Pending<R>,
+    },
     /// Nothing serves; a replacement is due after the backoff.
     Down,
     /// Shutting down: first, for `shutdown_delay` (`delaying`), every worker keeps serving while
@@ -147,7 +156,9 @@ impl<R> Phase<R> {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Phase::Serving { .. } | Phase::Down => "serving",
-            Phase::Starting { .. } | Phase::Stopping { .. } => "restarting",
+            Phase::Starting { .. } | Phase::Stopping { .. } | Phase::Upgrading { .. } => {
+                "restarting"
+            }
             Phase::Recovering { .. } => "recovering",
             Phase::ShuttingDown { delaying: true, .. } => "going_away",
             Phase::ShuttingDown { .. } => "shutting_down",
@@ -157,7 +168,9 @@ impl<R> Phase<R> {
     /// The worker whose generation serves (or drains for a full restart).
     pub(crate) fn current(&self) -> Option<WorkerId> {
         match self {
-            Phase::Serving { current } | Phase::Starting { current, .. } => Some(*current),
+            Phase::Serving { current }
+            | Phase::Starting { current, .. }
+            | Phase::Upgrading { current, .. } => Some(*current),
             Phase::Stopping { old, .. } => Some(*old),
             Phase::ShuttingDown { current, .. } => *current,
             Phase::Recovering { .. } | Phase::Down => None,
@@ -271,6 +284,19 @@ pub(crate) enum Action<R> {
     CloseListeners,
     /// The serving generation's settings changed (the file watch may need to follow).
     SettingsChanged,
+    /// Check that the supervisor can re-execute itself from `exe` (a preflight that reads the
+    /// state it would hand over); feed back [`Event::UpgradeChecked`].
+    CheckUpgrade {
+        /// The new executable.
+        exe: PathBuf,
+    },
+    /// Re-execute the supervisor from `exe`, handing its state over (the machine's included,
+    /// in [`Phase::Upgrading`]). Returns only if `execve` failed: feed back
+    /// [`Event::ReexecFailed`].
+    Reexec {
+        /// The new executable.
+        exe: PathBuf,
+    },
     /// Announce to systemd.
     Notify(Notify),
     /// Exit the supervisor with this code.
@@ -294,6 +320,9 @@ pub(crate) enum Event<R> {
         /// Whether the warm standby runs that very executable (the recorded one, unchanged on
         /// disk since the standby started, and no other executable was asked for).
         standby_fits: bool,
+        /// The executable is not the file the supervisor runs: re-execute the supervisor from
+        /// it first (when something serves meanwhile).
+        upgrade: bool,
         /// Where the answer goes.
         reply: R,
         /// Now.
@@ -361,6 +390,26 @@ pub(crate) enum Event<R> {
     ForceExit,
     /// [`Timer::ShutdownDelay`] fired.
     ShutdownDelayOver,
+    /// The preflight of [`Action::CheckUpgrade`] ended: `Err` says why the new executable cannot
+    /// take over the supervisor (the restart then goes on with this supervisor).
+    UpgradeChecked {
+        /// The outcome.
+        result: Result<(), String>,
+    },
+    /// [`Action::Reexec`]'s `execve` failed (the restart goes on with this supervisor).
+    ReexecFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The supervisor was re-executed with a handover and resumes (a machine from
+    /// [`Machine::restore`]): `None` when the new image has taken over; `Some(why)` when it
+    /// could not and this is the previous image again (the restart fails, the old code serves).
+    Resumed {
+        /// Why the new image could not take over.
+        takeover_failed: Option<String>,
+        /// Now.
+        now: Instant,
+    },
 }
 
 /// The restart settings in force (the first config's, then each ready generation's).
