@@ -2,8 +2,9 @@
 //! packet, optionally carrying file descriptors (SCM_RIGHTS).
 //!
 //! Every message has `"v": 1` (the protocol version) and a `"type"`. Unknown fields are ignored
-//! and an unknown `type` is logged and skipped, so an old supervisor and a new worker (after a
-//! binary upgrade the supervisor is still the old code) keep understanding each other.
+//! and an unknown `type` is logged and skipped, so an old supervisor and a new worker keep
+//! understanding each other (the supervisor upgrades itself only when the new executable can
+//! take over its state; otherwise it stays the old code while workers run the new one).
 //!
 //! Worker → supervisor: `bound` (with the listening socket it had to bind, so later generations
 //! inherit it), `ready` (with the settings the supervisor needs from the worker's config),

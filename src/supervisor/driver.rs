@@ -664,8 +664,11 @@ impl Driver {
                 Ok(_) => {}
                 Err(e) => tracing::warn!("{e}"),
             },
-            Reply::Local(tx) | Reply::Client { tx, .. } => {
+            Reply::Local(tx) | Reply::Client { tx, .. } | Reply::Watcher { tx, .. } => {
                 let _ = tx.send(r);
+            }
+            Reply::WatcherHandedOver(what) => {
+                watchers::log_outcome(&what, &r.map(|_| ()));
             }
             Reply::HandedOver(conn) => control::answer_handed_over(conn, r),
             Reply::Worker { worker, id } => {

@@ -63,6 +63,16 @@ pub(crate) enum Reply {
     /// A control socket client whose request a previous supervisor image received: the answer
     /// is written to this connection.
     HandedOver(OwnedFd),
+    /// The file watch, after a change of `what` (`executable`, `config`).
+    Watcher {
+        /// The watch task's end.
+        tx: oneshot::Sender<OpResult>,
+        /// What changed.
+        what: &'static str,
+    },
+    /// The file watch of a previous supervisor image, after a change of `what`: the outcome is
+    /// logged as that watch would have.
+    WatcherHandedOver(String),
     /// A request from a worker: answer on its channel.
     Worker {
         /// The worker that asked.

@@ -243,6 +243,11 @@ pub(crate) enum Waiter {
         /// The connection's descriptor.
         fd: i32,
     },
+    /// The file watch, after a change of `what`: the outcome is logged as the watch does.
+    Watcher {
+        /// `executable` or `config`.
+        what: String,
+    },
     /// A worker's request (the admin page, `ops::restart`): answered on its channel.
     Worker {
         /// The worker.

@@ -8,7 +8,9 @@
 //!   replies) and feeds it events; `events` is its one queue's vocabulary;
 //! - `generation`: starting one worker process and following its channel and stderr;
 //! - `control`: the control socket's server; `watchers`: restart when the executable or config
-//!   changes; `exe`: checks on an executable; `systemd`: notify and socket activation.
+//!   changes; `exe`: checks on an executable; `systemd`: notify and socket activation;
+//! - `handover`: the versioned state a supervisor hands to its re-executed image (the driver's
+//!   `reexec` does the exec, the takeover and the way back; the machine's `upgrade` its part).
 //!
 //! Warm standby (`warm_standby`, on by default with `graceful`): right after each restart the
 //! supervisor starts the next worker and leaves it waiting on its channel with its runtime up;

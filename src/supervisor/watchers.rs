@@ -83,7 +83,7 @@ pub(crate) fn spawn(
     Some(task.abort_handle())
 }
 
-async fn ask_restart(events: &mpsc::UnboundedSender<Event>, what: &str) {
+async fn ask_restart(events: &mpsc::UnboundedSender<Event>, what: &'static str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let (tx, rx) = oneshot::channel();
@@ -91,22 +91,34 @@ async fn ask_restart(events: &mpsc::UnboundedSender<Event>, what: &str) {
             exe: None,
             via: Some("watch".into()),
         };
-        if events.send(Event::Op(op, Reply::Local(tx))).is_err() {
+        if events
+            .send(Event::Op(op, Reply::Watcher { tx, what }))
+            .is_err()
+        {
             return;
         }
         match rx.await {
             Ok(Ok(_)) => {
-                tracing::info!("restarted after the {what} change");
+                log_outcome(what, &Ok(()));
                 return;
             }
             Ok(Err(OpError::Busy(_))) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(Err(e)) => {
-                tracing::warn!("restart after the {what} change failed: {e}");
+                log_outcome(what, &Err(e));
                 return;
             }
             Err(_) => return,
         }
+    }
+}
+
+/// Log how a restart asked for by the watch ended (also by a re-executed supervisor, for the
+/// watch of its previous image).
+pub(crate) fn log_outcome(what: &str, r: &Result<(), OpError>) {
+    match r {
+        Ok(()) => tracing::info!("restarted after the {what} change"),
+        Err(e) => tracing::warn!("restart after the {what} change failed: {e}"),
     }
 }

@@ -249,6 +249,16 @@ impl Host {
 
     /// `EXE run -c DIR/server.yaml`; returns once the supervisor is ready.
     pub(crate) fn start_in(dir: tempfile::TempDir, config: &str, exe: &Path) -> Host {
+        Self::start_in_with_env(dir, config, exe, &[])
+    }
+
+    /// The same, with `env` added to the supervisor's environment.
+    pub(crate) fn start_in_with_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        exe: &Path,
+        env: &[(&str, &str)],
+    ) -> Host {
         let path = dir.path().join("server.yaml");
         std::fs::write(&path, config).unwrap();
         let sock_path = dir.path().join("notify.sock");
@@ -278,6 +288,9 @@ impl Host {
             .arg(&path)
             .current_dir(dir.path())
             .env("NOTIFY_SOCKET", &sock_path);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let host = Host {
             app: Apphost::spawn(cmd, dir, path),
             notes,

@@ -20,6 +20,7 @@ mod netns;
 mod newcomer;
 mod recorded_exe;
 mod recovery;
+mod reexec;
 mod restart;
 mod rollout;
 mod slow_clients;

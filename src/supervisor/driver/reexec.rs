@@ -109,7 +109,7 @@ fn ms(d: Duration) -> u64 {
 
 fn waiter(r: &Reply) -> Waiter {
     match r {
-        // A task of this image (a watcher) dies with it; the outcome is logged.
+        // A task of this image dies with it; the outcome is logged.
         Reply::Log | Reply::Local(_) => Waiter::Log,
         Reply::Client { conn, .. } | Reply::HandedOver(conn) => Waiter::Control {
             fd: conn.as_raw_fd(),
@@ -118,6 +118,10 @@ fn waiter(r: &Reply) -> Waiter {
             worker: *worker,
             id: *id,
         },
+        Reply::Watcher { what, .. } => Waiter::Watcher {
+            what: what.to_string(),
+        },
+        Reply::WatcherHandedOver(what) => Waiter::Watcher { what: what.clone() },
     }
 }
 
@@ -400,6 +404,7 @@ fn reply_for(w: Waiter) -> Reply {
             Err(_) => Reply::Log,
         },
         Waiter::Worker { worker, id } => Reply::Worker { worker, id },
+        Waiter::Watcher { what } => Reply::WatcherHandedOver(what),
     }
 }
 
