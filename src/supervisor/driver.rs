@@ -188,7 +188,8 @@ impl Driver {
             let Some(ev) = rx.recv().await else { break };
             self.handle(ev);
             if let Some(exe) = self.reexec.take() {
-                self.reexec(&exe, &mut rx);
+                self.settle_before_exec(&mut rx).await;
+                self.reexec(&exe);
             }
         }
         if let Some(c) = self.control.take() {

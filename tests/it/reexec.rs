@@ -265,3 +265,36 @@ fn a_broken_new_executable_never_becomes_the_supervisor() {
     assert_supervised_by(&mut host, old);
     status(&host);
 }
+
+/// The admin page's restart with `newExeFilePath`: the worker that took the request asks the
+/// supervisor over its channel; the supervisor re-executes itself, and the new image answers on
+/// that channel with the new worker's pid.
+#[test]
+fn the_admin_restart_to_a_new_executable_upgrades_the_supervisor_and_answers() {
+    let port = low_port();
+    let config = cfg(port, false).replace("routes:\n", "admin: true\n    routes:\n");
+    let mut host = Host::start(&config);
+    let sup = host.pid();
+    let old = host.wait_serving(port);
+    let v2 = host.dir.path().join("apphost-v2");
+    copy_binary(&v2);
+    let r = request(
+        port,
+        "POST",
+        "/debug/admin/restart",
+        &[
+            ("accept", "application/json"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        format!("newExeFilePath={}", v2.display()).as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}\nlog:\n{}", r.body_str(), host.log());
+    let v: serde_json::Value = serde_json::from_str(&r.body_str()).unwrap();
+    assert_eq!(v["exe"], v2.display().to_string());
+    assert_eq!(v["old_pid"], old);
+    let new = v["pid"].as_u64().unwrap() as u32;
+    assert_eq!(running_file(sup), file(&v2));
+    assert!(host.log().contains("supervisor re-executed in place"));
+    assert_supervised_by(&mut host, new);
+}

@@ -204,14 +204,26 @@ impl Driver {
         Ok(fd)
     }
 
-    /// Re-execute the supervisor from `exe` (the machine asked for it). Returns only if that
-    /// could not be done; the machine has then heard why and goes on with this image.
-    pub(super) fn reexec(&mut self, exe: &Path, rx: &mut mpsc::UnboundedReceiver<Event>) {
-        // What is already queued is handled first (a child reaped, a worker's message): the
-        // next image could not know of it.
+    /// Before the exec: handle what is already queued (a child reaped, a worker's message: the
+    /// next image could not know of it), and let the tasks run a turn, so that answers already
+    /// decided (a control client's `status`, a refusal) are written before their connections
+    /// close with this image. Two rounds: an answer written in the first may let a task queue
+    /// one more event.
+    pub(super) async fn settle_before_exec(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>) {
+        for _ in 0..2 {
+            while let Ok(ev) = rx.try_recv() {
+                self.handle(ev);
+            }
+            tokio::task::yield_now().await;
+        }
         while let Ok(ev) = rx.try_recv() {
             self.handle(ev);
         }
+    }
+
+    /// Re-execute the supervisor from `exe` (the machine asked for it). Returns only if that
+    /// could not be done; the machine has then heard why and goes on with this image.
+    pub(super) fn reexec(&mut self, exe: &Path) {
         if !matches!(self.machine.phase(), Phase::Upgrading { .. }) {
             // A shutdown or a worker's death overtook the upgrade.
             return;
