@@ -417,6 +417,74 @@ mod tests {
         assert!(Url::parse("https://u:p@h/").unwrap_err().contains("token"));
     }
 
+    /// A server on 127.0.0.1 that answers every connection with `answer` (then keeps writing
+    /// `forever` if set, or else holds the connection open without a word).
+    async fn hostile(answer: &'static [u8], forever: bool) -> Url {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(answer).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while forever && s.write_all(&chunk).await.is_ok() {}
+                    // Hold it: the client must give up by itself.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                });
+            }
+        });
+        Url::parse(&format!("http://127.0.0.1:{port}/metrics")).unwrap()
+    }
+
+    fn call(url: &Url, timeout: Duration) -> Call<'_> {
+        Call {
+            method: Method::GET,
+            url,
+            bearer: Some("t"),
+            accept: "*/*",
+            form: None,
+            limit: 256 * 1024,
+            timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_stops_sending_is_cut_at_the_cap() {
+        let url = hostile(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n", true).await;
+        let e = Client::plain()
+            .send(call(&url, Duration::from_secs(20)))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("larger than 262144 bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_says_nothing_is_given_up_on_at_the_deadline() {
+        // Not a byte; or a head, then a body that never comes.
+        for answer in [
+            &b""[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            let url = hostile(answer, false).await;
+            let started = std::time::Instant::now();
+            let e = Client::plain()
+                .send(call(&url, Duration::from_millis(200)))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, HttpError::Timeout { .. }), "{e}");
+            assert!(started.elapsed() >= Duration::from_millis(200));
+        }
+        let url = hostile(b"", false).await;
+        // And a plain client asked for HTTPS says so rather than sending in clear text.
+        let tls = Url::parse(&url.to_string().replace("http://", "https://")).unwrap();
+        let e = Client::plain()
+            .send(call(&tls, Duration::from_secs(5)))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("HTTPS is not set up"), "{e}");
+    }
+
     #[test]
     fn form_fields_are_percent_encoded() {
         assert_eq!(

@@ -33,6 +33,7 @@ mod http;
 mod metrics;
 mod plan;
 mod probes;
+mod report;
 mod target;
 
 use std::path::PathBuf;
@@ -40,13 +41,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
 use tokio::task::JoinSet;
 
 use crate::channel::RestartOutcome;
-use plan::{Outcome, Restarted, Rollout, Shape, Step};
+use plan::{Restarted, Rollout, Shape, Step};
 use probes::Probes;
-use target::{Ctx, Facts, Target};
+use report::Row;
+use target::{Ctx, Target};
 
 /// How long a restarted target's `ready` route has to answer 2xx.
 const READY_WAIT: Duration = Duration::from_secs(10);
@@ -111,20 +112,6 @@ fn parse_parallel(s: &str) -> Result<usize, String> {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("{s:?}: a number of targets, at least 1")),
     }
-}
-
-/// What the rollout learned about one target.
-#[derive(Debug, Default)]
-struct Row {
-    /// The status before anything was done.
-    before: Option<Facts>,
-    probes: Option<Probes>,
-    /// The restart to the new executable.
-    restart: Option<RestartOutcome>,
-    /// The restart back.
-    rollback: Option<RestartOutcome>,
-    /// Why it could not be asked before the rollout (the preflight).
-    refused: Option<String>,
 }
 
 /// Run `apphost rollout`.
@@ -211,9 +198,15 @@ pub(crate) fn run(args: Args) -> ExitCode {
         eprintln!("apphost: rollout halted{at}: {}", h.reason);
     }
     if args.json {
-        println!("{}", driver.json(&rollout, &rows));
+        println!(
+            "{}",
+            report::json(&driver.targets, driver.exe.as_deref(), &rollout, &rows)
+        );
     } else {
-        print!("{}", driver.table(&rollout, &rows));
+        print!(
+            "{}",
+            report::table(&driver.targets, driver.exe.is_some(), &rollout, &rows)
+        );
     }
     if rollout.succeeded() {
         ExitCode::SUCCESS
@@ -371,7 +364,7 @@ impl Driver {
                     t.label,
                     o.pid,
                     o.old_pid.map_or_else(|| "none".into(), |p| p.to_string()),
-                    human_ms(o.handoff_ms)
+                    report::human_ms(o.handoff_ms)
                 );
                 let deadline = Instant::now() + READY_WAIT;
                 loop {
@@ -445,92 +438,6 @@ impl Driver {
             }
         }
     }
-
-    /// The summary table.
-    fn table(&self, rollout: &Rollout, rows: &[Row]) -> String {
-        let mut lines = vec![[
-            "TARGET".to_string(),
-            "PID".to_string(),
-            "HANDOFF".to_string(),
-            "OUTCOME".to_string(),
-        ]];
-        for (i, (t, r)) in self.targets.iter().zip(rows).enumerate() {
-            let old = r
-                .before
-                .as_ref()
-                .and_then(|f| f.worker_pid)
-                .map_or_else(|| "-".to_string(), |p| p.to_string());
-            let pid = match &r.restart {
-                Some(o) => format!("{old} → {}", o.pid),
-                None => old,
-            };
-            let handoff = r
-                .restart
-                .as_ref()
-                .map_or_else(|| "-".to_string(), |o| human_ms(o.handoff_ms));
-            let outcome = one_line(&describe(rollout.outcome(i), r, self.exe.is_some()));
-            lines.push([t.label.clone(), pid, handoff, outcome]);
-        }
-        let mut widths = [0usize; 3];
-        for l in &lines {
-            for (w, cell) in widths.iter_mut().zip(l.iter()) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for l in lines {
-            for (w, cell) in widths.iter().zip(l.iter()) {
-                let pad = w - cell.chars().count();
-                out.push_str(cell);
-                out.push_str(&" ".repeat(pad + 2));
-            }
-            out.push_str(&l[3]);
-            out.push('\n');
-        }
-        out
-    }
-
-    /// The `--json` object.
-    fn json(&self, rollout: &Rollout, rows: &[Row]) -> serde_json::Value {
-        let targets: Vec<serde_json::Value> = self
-            .targets
-            .iter()
-            .zip(rows)
-            .enumerate()
-            .map(|(i, (t, r))| {
-                let o = rollout.outcome(i);
-                let reason = match o {
-                    Outcome::Failed { reason, .. } | Outcome::RollbackFailed(reason) => {
-                        Some(reason.clone())
-                    }
-                    _ => r.refused.clone(),
-                };
-                json!({
-                    "target": t.label,
-                    "outcome": o.word(),
-                    "reason": reason,
-                    "old_pid": r.before.as_ref().and_then(|f| f.worker_pid),
-                    "old_exe": r.before.as_ref().map(|f| &f.exe),
-                    "new_pid": r.restart.as_ref().map(|o| o.pid),
-                    "exe": r.restart.as_ref().map(|o| &o.exe),
-                    "handoff_ms": r.restart.as_ref().map(|o| o.handoff_ms),
-                    "rollback": r.rollback.as_ref().map(|o| json!({
-                        "pid": o.pid, "exe": o.exe, "handoff_ms": o.handoff_ms,
-                    })),
-                })
-            })
-            .collect();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "ok": rollout.succeeded(),
-            "exe": self.exe,
-            "halted": rollout.halted().map(|h| json!({
-                "target": h.target.map(|i| &self.targets[i].label),
-                "reason": h.reason,
-            })),
-            "targets": targets,
-        })
-    }
 }
 
 /// A target's probes (present for every target that passed the preflight).
@@ -539,71 +446,4 @@ fn probes(rows: &[Row], i: usize) -> Result<&Probes, (usize, String)> {
         .probes
         .as_ref()
         .ok_or((i, "not asked before the rollout".to_string()))
-}
-
-/// The table's outcome cell.
-fn describe(o: &Outcome, r: &Row, new_exe: bool) -> String {
-    match o {
-        Outcome::Untouched => match &r.refused {
-            Some(why) => format!("untouched: {why}"),
-            None => "untouched".into(),
-        },
-        Outcome::Upgraded if new_exe => "upgraded".into(),
-        Outcome::Upgraded => "restarted".into(),
-        Outcome::Failed { reason, moved } => {
-            let state = if *moved {
-                "runs the new executable"
-            } else {
-                "runs what it ran before"
-            };
-            format!("failed ({state}): {reason}")
-        }
-        Outcome::RolledBack => match (&r.rollback, &r.before) {
-            (Some(b), Some(f)) => format!("rolled back to {} (pid {})", f.exe, b.pid),
-            _ => "rolled back".into(),
-        },
-        Outcome::RollbackFailed(why) => {
-            format!("roll-back failed (runs the new executable): {why}")
-        }
-    }
-}
-
-/// The most characters of an outcome the table shows (the whole reason is on stderr and in
-/// the JSON).
-const CELL_MAX: usize = 160;
-
-/// `s` on one line (a reason may carry the end of a process's output), cut to [`CELL_MAX`].
-fn one_line(s: &str) -> String {
-    let flat = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if flat.chars().count() > CELL_MAX {
-        let cut: String = flat.chars().take(CELL_MAX - 1).collect();
-        format!("{cut}…")
-    } else {
-        flat
-    }
-}
-
-/// Milliseconds as people read them (as `apphost restart` prints them).
-fn human_ms(ms: f64) -> String {
-    if ms < 1000.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{:.2} s", ms / 1000.0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_cells_are_one_line_and_bounded() {
-        assert_eq!(
-            one_line("failed: exit status 3; last output:\nthis build\n  is broken\n"),
-            "failed: exit status 3; last output: this build is broken"
-        );
-        let long = one_line(&"x ".repeat(500));
-        assert_eq!(long.chars().count(), CELL_MAX);
-        assert!(long.ends_with('…'));
-    }
 }

@@ -459,6 +459,26 @@ mod tests {
         assert!(Target::parse("https://a/x?y", false).is_err());
     }
 
+    #[tokio::test]
+    async fn a_control_socket_that_never_ends_its_line_is_cut_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            while s.write_all(&chunk).await.is_ok() {}
+        });
+        let e = socket_request(&path, &Op::Status, Duration::from_secs(20))
+            .await
+            .unwrap_err();
+        assert!(e.contains("no whole answer"), "{e}");
+        let e = socket_request(&dir.path().join("none.sock"), &Op::Status, QUICK)
+            .await
+            .unwrap_err();
+        assert!(e.contains("no apphost is running"), "{e}");
+    }
+
     #[test]
     fn status_objects_are_read_leniently() {
         let f = facts(&serde_json::json!({
