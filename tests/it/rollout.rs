@@ -299,3 +299,46 @@ fn bad_arguments_and_unreachable_targets_touch_nothing() {
     assert_eq!(a["halted"]["target"], dead.to_str().unwrap());
     assert_eq!(live.worker(), pid);
 }
+
+#[test]
+fn a_host_with_full_restarts_answers_202_and_the_rollout_waits_for_its_new_generation() {
+    // `graceful: false`: the admin restart answers 202 before the old worker drains; the
+    // rollout polls the status until a newer generation serves. Plain HTTP on loopback, no
+    // token (a loopback-only admin).
+    let dir = tempfile::tempdir().unwrap();
+    let port = low_port();
+    let config = format!(
+        "graceful: false\nshutdown_timeout: 10s\n\
+         servers:\n  web:\n    address: \"127.0.0.1:{port}\"\n    admin: true\n    \
+         routes:\n      \"/pid\": pid\n      \"/ready\": ready\n"
+    );
+    let host = Host::start_in(dir, &config, BIN.as_ref());
+    host.wait_serving(port);
+    let before: u32 = get(port, "/pid").body_str().trim().parse().unwrap();
+    let v2 = host.dir.path().join("apphost-v2");
+    place_real_binary(&v2);
+    let target = format!("http://127.0.0.1:{port}/debug/admin");
+    let out = run_cli(
+        host.dir.path(),
+        &[
+            "rollout",
+            "--exe",
+            v2.to_str().unwrap(),
+            "--bake",
+            "0s",
+            "--json",
+            &target,
+        ],
+        &[],
+        T * 2,
+    );
+    assert_eq!(out.code(), Some(0), "{out:?}\n{}", host.log());
+    let a = answer(&out);
+    let t = &a["targets"][0];
+    assert_eq!(t["outcome"], "upgraded", "{a}");
+    assert_eq!(t["mode"], "full", "{a}");
+    assert_eq!(t["exe"], v2.to_str().unwrap(), "{a}");
+    let now: u32 = get(port, "/pid").body_str().trim().parse().unwrap();
+    assert_ne!(now, before);
+    assert_eq!(t["new_pid"], now, "{a}");
+}

@@ -94,6 +94,7 @@ pub(super) fn json(
                 "new_pid": r.restart.as_ref().map(|o| o.pid),
                 "exe": r.restart.as_ref().map(|o| &o.exe),
                 "handoff_ms": r.restart.as_ref().map(|o| o.handoff_ms),
+                "mode": r.restart.as_ref().map(|o| &o.mode),
                 "rollback": r.rollback.as_ref().map(|o| json!({
                     "pid": o.pid, "exe": o.exe, "handoff_ms": o.handoff_ms,
                 })),
