@@ -9,13 +9,72 @@
 //! - An executable that serves 500s (`examples/bad_release`) starts and is ready, and is caught
 //!   by the bake; with `--rollback` the canary runs its old executable again.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use serde_json::Value;
 
-use crate::harness::{Hammer, Host, T, low_port, place_real_binary};
+use crate::harness::{Host, T, low_port, place_real_binary};
 use crate::support::*;
+
+/// A client doing `GET /pid` on fresh connections in a loop until stopped, recording every
+/// failure and every pid that answered, which the test can look at while it runs (to know that
+/// it has reached a new worker before stopping it).
+struct Load {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    handle: JoinHandle<()>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    ok: usize,
+    failures: Vec<String>,
+    pids: BTreeSet<u32>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (s, out) = (stop.clone(), seen.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let r = try_get(port, "/pid");
+                let mut seen = out.lock().unwrap();
+                match r {
+                    Ok(r) if r.status == 200 => match r.body_str().trim().parse::<u32>() {
+                        Ok(p) => {
+                            seen.ok += 1;
+                            seen.pids.insert(p);
+                        }
+                        Err(_) => seen.failures.push(format!("bad body {:?}", r.body_str())),
+                    },
+                    Ok(r) => seen.failures.push(format!("status {}", r.status)),
+                    Err(e) => seen.failures.push(format!("{:?}: {e}", e.kind())),
+                }
+            }
+        });
+        Load { stop, seen, handle }
+    }
+
+    /// Wait until an answer from `pid` has come.
+    fn wait_for(&self, pid: u32) {
+        wait_until(T, &format!("the load to reach worker {pid}"), || {
+            self.seen.lock().unwrap().pids.contains(&pid).then_some(())
+        });
+    }
+
+    fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap();
+        self.seen.lock().unwrap().clone()
+    }
+}
 
 /// The admin token of the hosts reached over HTTPS.
 const TOKEN: &str = "rollout-test-token";
@@ -163,7 +222,10 @@ fn a_good_executable_rolls_all_three_and_no_request_fails() {
     let v2 = fleet.path("apphost-v2");
     place_real_binary(&v2);
     let before = fleet.workers();
-    let hammers: Vec<Hammer> = fleet.hosts.iter().map(|h| Hammer::start(h.port)).collect();
+    let loads: Vec<Load> = fleet.hosts.iter().map(|h| Load::start(h.port)).collect();
+    for (l, pid) in loads.iter().zip(&before) {
+        l.wait_for(*pid);
+    }
 
     let out = fleet.rollout(&[
         "--exe",
@@ -176,8 +238,12 @@ fn a_good_executable_rolls_all_three_and_no_request_fails() {
         "2",
         "--json",
     ]);
-    let reports: Vec<_> = hammers.into_iter().map(Hammer::finish).collect();
     assert_eq!(out.code(), Some(0), "{out:?}");
+    let after = fleet.workers();
+    for (l, pid) in loads.iter().zip(&after) {
+        l.wait_for(*pid);
+    }
+    let reports: Vec<Seen> = loads.into_iter().map(Load::finish).collect();
     let a = answer(&out);
     assert_eq!(a["ok"], true, "{a}");
     assert!(a["halted"].is_null(), "{a}");
@@ -186,7 +252,7 @@ fn a_good_executable_rolls_all_three_and_no_request_fails() {
         assert_eq!(t["target"], h.target());
         assert_eq!(t["outcome"], "upgraded", "{t}");
         assert_eq!(t["old_pid"], before[i], "{t}");
-        let new = h.worker();
+        let new = after[i];
         assert_ne!(new, before[i], "host {i} still runs its old worker");
         assert_eq!(t["new_pid"], new, "{t}");
         assert_eq!(t["exe"], v2.to_str().unwrap(), "{t}");
@@ -200,9 +266,10 @@ fn a_good_executable_rolls_all_three_and_no_request_fails() {
             r.ok + r.failures.len(),
             &r.failures[..r.failures.len().min(5)]
         );
+        // Both workers answered it: the load ran across the restart.
         assert!(
-            r.pids.len() >= 2,
-            "host {i}: the hammer saw pids {:?}",
+            r.pids.contains(&before[i]) && r.pids.contains(&after[i]),
+            "host {i}: the load saw pids {:?}",
             r.pids
         );
     }
@@ -265,6 +332,10 @@ fn bad_arguments_and_unreachable_targets_touch_nothing() {
     let out = run(&["rollout", "http://192.0.2.1:8199/debug/admin"]);
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("--insecure"), "{}", out.stderr);
+    // The same host twice.
+    let out = run(&["rollout", "/a/ctl.sock", "/b.sock", "/a//ctl.sock"]);
+    assert_eq!(out.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("given twice"), "{}", out.stderr);
     // --rollback needs --exe.
     let out = run(&["rollout", "--rollback", "/nowhere.sock"]);
     assert_eq!(out.code(), Some(2), "{out:?}");

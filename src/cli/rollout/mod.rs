@@ -129,6 +129,16 @@ pub(crate) fn run(args: Args) -> ExitCode {
         Ok(t) => t,
         Err(e) => return usage(e),
     };
+    if let Some(dup) = targets
+        .iter()
+        .enumerate()
+        .find_map(|(i, t)| targets[..i].iter().any(|o| o.same_as(t)).then_some(t))
+    {
+        return usage(format!(
+            "{} is given twice (a host would be asked to restart while it restarts)",
+            dup.label
+        ));
+    }
     let exe = match &args.exe {
         None => None,
         Some(p) if p.is_absolute() => Some(p.to_string_lossy().into_owned()),

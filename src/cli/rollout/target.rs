@@ -109,6 +109,20 @@ impl Target {
         }
     }
 
+    /// Whether the two name the same host: the same socket path, or the same URL.
+    pub(crate) fn same_as(&self, other: &Target) -> bool {
+        match (&self.kind, &other.kind) {
+            (Kind::Socket(a), Kind::Socket(b)) => a == b,
+            (Kind::Admin(a), Kind::Admin(b)) => {
+                a.https == b.https
+                    && a.port == b.port
+                    && a.host.eq_ignore_ascii_case(&b.host)
+                    && a.path == b.path
+            }
+            _ => false,
+        }
+    }
+
     /// Whether this target is an admin URL over HTTPS.
     pub(crate) fn is_https(&self) -> bool {
         matches!(&self.kind, Kind::Admin(u) if u.https)
