@@ -44,6 +44,8 @@ pub struct Apphost {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     log: Arc<Mutex<String>>,
+    /// Set when the stderr reader has read to the end (every process holding it has exited).
+    log_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Apphost {
@@ -76,8 +78,9 @@ impl Apphost {
             .env("APPHOST_LOG", "info");
         let mut child = cmd.spawn().expect("start apphost");
         let log = Arc::new(Mutex::new(String::new()));
+        let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stderr = child.stderr.take().unwrap();
-        let l = log.clone();
+        let (l, done) = (log.clone(), log_done.clone());
         std::thread::spawn(move || {
             let mut r = BufReader::new(stderr);
             let mut line = String::new();
@@ -88,12 +91,14 @@ impl Apphost {
                 l.lock().unwrap().push_str(&line);
                 line.clear();
             }
+            done.store(true, std::sync::atomic::Ordering::Release);
         });
         Apphost {
             child,
             dir,
             config,
             log,
+            log_done,
         }
     }
 
@@ -156,11 +161,20 @@ impl Apphost {
         signal(self.pid(), sig);
     }
 
-    /// Wait for the supervisor to exit.
+    /// Wait for the supervisor to exit, and for its log to be read to the end: its last lines
+    /// are read by a thread, which may still be behind when the process has exited. (A worker
+    /// that outlives the supervisor, draining after a SIGKILL, keeps stderr open: then this
+    /// returns with what was read after at most 2 s more.)
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
+                let read_by = deadline.min(Instant::now() + Duration::from_secs(2));
+                while !self.log_done.load(std::sync::atomic::Ordering::Acquire)
+                    && Instant::now() < read_by
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return st;
             }
             if Instant::now() > deadline {
