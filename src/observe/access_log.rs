@@ -44,11 +44,19 @@ thread_local! {
 
 impl Observer for AccessLog {
     fn started(&self, headers: &HeaderMap, ex: &mut Exchange) {
-        ex.request_id = Some(self.ids.for_request(headers.get(&X_REQUEST_ID)));
-        ex.user_agent = headers.get(USER_AGENT).cloned();
-        if self.format == AccessLogFormat::Combined {
-            ex.referer = headers.get(REFERER).cloned();
+        // One pass over the (few) headers costs less than hashing a name per lookup.
+        let combined = self.format == AccessLogFormat::Combined;
+        let mut given = None;
+        for (name, value) in headers {
+            if *name == USER_AGENT {
+                ex.user_agent.get_or_insert_with(|| value.clone());
+            } else if *name == X_REQUEST_ID {
+                given.get_or_insert(value);
+            } else if combined && *name == REFERER {
+                ex.referer.get_or_insert_with(|| value.clone());
+            }
         }
+        ex.request_id = Some(self.ids.for_request(given));
     }
 
     fn finished(&self, ex: &Exchange) {

@@ -99,19 +99,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Append `n` in decimal.
+/// Append `n` in decimal. (Byte by byte: a copy of a few bytes of variable length is a call
+/// to `memcpy`, which costs more than the digits.)
 fn num(out: &mut Vec<u8>, mut n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+        return;
+    }
     let mut buf = [0u8; 20];
     let mut i = buf.len();
-    loop {
+    while n > 0 {
         i -= 1;
         buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
-    out.extend_from_slice(&buf[i..]);
+    for &b in &buf[i..] {
+        out.push(b);
+    }
 }
 
 /// Append `n` in decimal, zero-padded to `width` digits.
@@ -128,7 +132,9 @@ fn num_padded(out: &mut Vec<u8>, n: u64, width: usize) {
         }
     }
     let start = i.min(buf.len() - width);
-    out.extend_from_slice(&buf[start..]);
+    for &b in &buf[start..] {
+        out.push(b);
+    }
 }
 
 /// The client's address as text: an IPv4 address is written by hand (the usual case, and the
@@ -169,6 +175,15 @@ fn start_time(ex: &Exchange) -> (u64, u32) {
 
 /// Append `v` as JSON string content, at most `budget` bytes of it (then `...`).
 fn json_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
+    // The usual value: printable ASCII with nothing to escape, within its budget: one copy.
+    if v.len() <= budget
+        && !v
+            .iter()
+            .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+    {
+        out.extend_from_slice(v);
+        return;
+    }
     let limit = out.len() + budget;
     let utf8 = std::str::from_utf8(v).is_ok();
     let mut i = 0;
@@ -214,6 +229,14 @@ fn hex_escape(out: &mut Vec<u8>, prefix: &[u8], b: u8) {
 
 /// Append `v` as nginx writes a value in a quoted log field, at most `budget` bytes of it.
 fn clf_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
+    if v.len() <= budget
+        && !v
+            .iter()
+            .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
+    {
+        out.extend_from_slice(v);
+        return;
+    }
     let limit = out.len() + budget;
     for &b in v {
         let plain = (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\';
@@ -238,6 +261,7 @@ fn path_bytes(ex: &Exchange) -> &[u8] {
 
 /// Append the JSON line for `ex` (with its newline).
 pub(crate) fn json(out: &mut Vec<u8>, ex: &Exchange, generation: u64, cache: &mut TimeCache) {
+    out.reserve(512);
     let (sec, ms) = start_time(ex);
     cache.set(sec);
     out.extend_from_slice(b"{\"time\":\"");
@@ -264,7 +288,14 @@ pub(crate) fn json(out: &mut Vec<u8>, ex: &Exchange, generation: u64, cache: &mu
     out.extend_from_slice(b"\",\"user_agent\":");
     json_opt(out, ex.user_agent.as_ref(), HEADER_BUDGET);
     out.extend_from_slice(b",\"request_id\":");
-    json_opt(out, ex.request_id.as_ref(), HEADER_BUDGET);
+    match &ex.request_id {
+        Some(id) => {
+            out.push(b'"');
+            json_str(out, id.as_bytes(), HEADER_BUDGET);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"generation\":");
     num(out, generation);
     out.extend_from_slice(b"}\n");
@@ -283,6 +314,7 @@ fn json_opt(out: &mut Vec<u8>, v: Option<&http::HeaderValue>, budget: usize) {
 
 /// Append the combined-format line for `ex` (with its newline).
 pub(crate) fn combined(out: &mut Vec<u8>, ex: &Exchange, cache: &mut TimeCache) {
+    out.reserve(512);
     let (sec, _) = start_time(ex);
     cache.set(sec);
     client(out, ex);
@@ -317,7 +349,7 @@ mod tests {
 
     use super::*;
     use crate::handler::ClientAddr;
-    use crate::serve::exchange::Outcome;
+    use crate::serve::exchange::{Outcome, RequestId};
 
     fn ex(uri: &str, ua: Option<HeaderValue>) -> Exchange {
         Exchange {
@@ -330,7 +362,7 @@ mod tests {
             status: StatusCode::NOT_FOUND,
             bytes: 19,
             outcome: Outcome::Written,
-            request_id: Some(HeaderValue::from_static("abc-1")),
+            request_id: Some(RequestId::Given(HeaderValue::from_static("abc-1"))),
             user_agent: ua,
             referer: None,
         }

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderValue;
 
+use crate::serve::exchange::RequestId;
+
 /// The longest id taken from a request.
 pub(crate) const MAX_LEN: usize = 128;
 
@@ -55,24 +57,26 @@ impl RequestIds {
     }
 
     /// The id of a request that came with `given` (its `x-request-id`, if any).
-    pub(crate) fn for_request(&self, given: Option<&HeaderValue>) -> HeaderValue {
+    pub(crate) fn for_request(&self, given: Option<&HeaderValue>) -> RequestId {
         match given {
-            Some(v) if acceptable(v.as_bytes()) => v.clone(),
+            Some(v) if acceptable(v.as_bytes()) => RequestId::Given(v.clone()),
             _ => self.generate(),
         }
     }
 
-    /// A new id.
-    fn generate(&self) -> HeaderValue {
+    /// A new id (17 + at most 16 bytes: within [`RequestId::MADE_MAX`]).
+    fn generate(&self) -> RequestId {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut buf = [0u8; 17 + 16];
+        let mut buf = [0u8; RequestId::MADE_MAX];
         buf[..17].copy_from_slice(&self.prefix);
         let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
         for i in 0..digits {
             buf[17 + i] = HEX[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf[..17 + digits])
-            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        RequestId::Made {
+            buf,
+            len: (17 + digits) as u8,
+        }
     }
 }
 
@@ -91,22 +95,31 @@ mod tests {
     #[test]
     fn generated_ids_are_unique_and_well_formed() {
         let ids = RequestIds::with_seed(0x0123_4567_89ab_cdef);
-        assert_eq!(ids.for_request(None), "0123456789abcdef-1");
+        assert_eq!(ids.for_request(None).as_bytes(), b"0123456789abcdef-1");
         for _ in 2..16 {
             ids.for_request(None);
         }
-        assert_eq!(ids.for_request(None), "0123456789abcdef-10");
+        let id = ids.for_request(None);
+        assert_eq!(id.as_bytes(), b"0123456789abcdef-10");
+        assert_eq!(id.header().unwrap(), "0123456789abcdef-10");
         let a = RequestIds::new().for_request(None);
         let b = RequestIds::new().for_request(None);
-        assert_ne!(a, b, "two workers drew the same prefix");
+        assert_ne!(
+            a.as_bytes(),
+            b.as_bytes(),
+            "two workers drew the same prefix"
+        );
         assert!(acceptable(a.as_bytes()));
+        let last = RequestIds::with_seed(u64::MAX);
+        last.next.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(last.for_request(None).as_bytes().len(), 33);
     }
 
     #[test]
     fn a_clients_id_is_kept_only_when_bounded_and_plain() {
         let ids = RequestIds::with_seed(1);
         let uuid = HeaderValue::from_static("3f2b8c1e-7d4a-4e5f-9a0b-1c2d3e4f5a6b");
-        assert_eq!(ids.for_request(Some(&uuid)), uuid);
+        assert_eq!(ids.for_request(Some(&uuid)).as_bytes(), uuid.as_bytes());
         for bad in [
             "".to_string(),
             "a b".into(),
@@ -122,7 +135,7 @@ mod tests {
             );
         }
         let v = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
-        assert_ne!(ids.for_request(Some(&v)), v);
+        assert_ne!(ids.for_request(Some(&v)).as_bytes(), v.as_bytes());
         assert!(acceptable("x".repeat(MAX_LEN).as_bytes()));
     }
 }

@@ -204,8 +204,8 @@ pub(super) async fn serve_io<I>(
                 };
                 if let Some(r) = &mut rec {
                     r.answered(resp.status());
-                    if let Some(id) = r.request_id() {
-                        resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+                    if let Some(id) = r.request_id().and_then(|id| id.header()) {
+                        resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
                     }
                 }
                 // Once draining, every HTTP/1 response closes its connection: the client learns

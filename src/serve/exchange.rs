@@ -93,11 +93,54 @@ pub(crate) struct Exchange {
     /// How it ended.
     pub outcome: Outcome,
     /// The request's id, if the observer gives ids.
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<RequestId>,
     /// The `User-Agent` header, if the observer kept it.
     pub user_agent: Option<HeaderValue>,
     /// The `Referer` header, if the observer kept it.
     pub referer: Option<HeaderValue>,
+}
+
+/// A request's id: the one it came with, or one made for it (kept inline: no allocation until
+/// it is put in the response).
+#[derive(Debug, Clone)]
+pub(crate) enum RequestId {
+    /// Its own `x-request-id` (a reference to the request head's bytes).
+    Given(HeaderValue),
+    /// Made for it: `buf[..len]`.
+    Made {
+        /// The id's bytes (visible ASCII).
+        buf: [u8; RequestId::MADE_MAX],
+        /// How many of them.
+        len: u8,
+    },
+}
+
+impl RequestId {
+    /// The longest id [`RequestId::Made`] holds.
+    pub(crate) const MADE_MAX: usize = 40;
+
+    /// The id's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Given(v) => v.as_bytes(),
+            RequestId::Made { buf, len } => &buf[..usize::from(*len)],
+        }
+    }
+
+    /// The id as a header value, for the response.
+    pub(crate) fn header(&self) -> Option<HeaderValue> {
+        match self {
+            RequestId::Given(v) => Some(v.clone()),
+            RequestId::Made { .. } => HeaderValue::from_bytes(self.as_bytes()).ok(),
+        }
+    }
+}
+
+/// The id as text (its bytes are visible ASCII, whichever kind it is).
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 /// nginx's status for a request whose client closed the connection before the answer.
@@ -145,15 +188,17 @@ impl Recording {
     }
 
     /// The request's id, if it has one.
-    pub(crate) fn request_id(&self) -> Option<&HeaderValue> {
+    pub(crate) fn request_id(&self) -> Option<&RequestId> {
         self.ex.request_id.as_ref()
     }
 
     /// The tracing span the handler runs in: `request{request_id=…}`, when the request has an
-    /// id.
+    /// id. (When the `request` span's level is off, this is a disabled span: no cost beyond a
+    /// check.)
     pub(crate) fn span(&self) -> Option<tracing::Span> {
-        let id = self.ex.request_id.as_ref()?.to_str().ok()?;
-        Some(tracing::info_span!("request", request_id = %id))
+        let id = self.ex.request_id.as_ref()?;
+        let span = tracing::info_span!("request", request_id = %id);
+        (!span.is_disabled()).then_some(span)
     }
 
     /// The handler answered with `status`.
@@ -221,14 +266,24 @@ impl Unflushed {
         }
     }
 
+    /// Finish what the list holds, one at a time (the list keeps its allocation: one push and
+    /// one pop per response, no allocation once the connection has had a response).
     fn finish_all(&self) {
-        let taken = {
-            let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-            self.any.store(false, Ordering::Release);
-            std::mem::take(&mut *list)
-        };
-        for r in taken {
+        loop {
+            let (r, more) = {
+                let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+                let r = list.pop();
+                if list.is_empty() {
+                    self.any.store(false, Ordering::Release);
+                }
+                (r, !list.is_empty())
+            };
+            let Some(r) = r else { return };
+            // Outside the lock: the observer formats and queues the line.
             r.written();
+            if !more {
+                return;
+            }
         }
     }
 }
