@@ -191,13 +191,12 @@ pub(super) async fn serve_io<I>(
                 )
             };
             let fut = routes.dispatch_from(req, peer);
+            // Boxed again only when the span is on: the future hyper holds stays small.
+            let fut: crate::handler::BoxFuture = match span {
+                None => fut,
+                Some(span) => Box::pin(fut.instrument(span)),
+            };
             async move {
-                let fut = async move {
-                    match span {
-                        None => fut.await,
-                        Some(span) => fut.instrument(span).await,
-                    }
-                };
                 let (mut resp, timed_out) = match watched {
                     None => (fut.await, false),
                     Some(st) => answer_unless_body_stalls(fut, &st).await,

@@ -147,15 +147,18 @@ impl fmt::Display for RequestId {
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A request being recorded: finished exactly once, by [`Recording::written`] or, failing that,
-/// when dropped (see the module doc).
-pub(crate) struct Recording {
+/// when dropped (see the module doc). One pointer wide, so the futures and bodies that carry it
+/// grow by a word only (hyper moves them).
+pub(crate) struct Recording(Box<Recorded>);
+
+struct Recorded {
     observer: Arc<dyn Observer>,
-    ex: Box<Exchange>,
+    ex: Exchange,
 }
 
 impl fmt::Debug for Recording {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.ex.fmt(f)
+        self.0.ex.fmt(f)
     }
 }
 
@@ -166,66 +169,66 @@ impl Recording {
         req: &http::Request<B>,
         client: ClientAddr,
     ) -> Recording {
-        let mut ex = Box::new(Exchange {
-            started: Instant::now(),
-            duration: Duration::ZERO,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            client,
-            status: StatusCode::OK,
-            bytes: 0,
-            outcome: Outcome::Open,
-            request_id: None,
-            user_agent: None,
-            referer: None,
-        });
-        observer.started(req.headers(), &mut ex);
-        Recording {
+        let mut r = Box::new(Recorded {
             observer: observer.clone(),
-            ex,
-        }
+            ex: Exchange {
+                started: Instant::now(),
+                duration: Duration::ZERO,
+                method: req.method().clone(),
+                uri: req.uri().clone(),
+                version: req.version(),
+                client,
+                status: StatusCode::OK,
+                bytes: 0,
+                outcome: Outcome::Open,
+                request_id: None,
+                user_agent: None,
+                referer: None,
+            },
+        });
+        observer.started(req.headers(), &mut r.ex);
+        Recording(r)
     }
 
     /// The request's id, if it has one.
     pub(crate) fn request_id(&self) -> Option<&RequestId> {
-        self.ex.request_id.as_ref()
+        self.0.ex.request_id.as_ref()
     }
 
     /// The tracing span the handler runs in: `request{request_id=…}`, when the request has an
     /// id. (When the `request` span's level is off, this is a disabled span: no cost beyond a
     /// check.)
     pub(crate) fn span(&self) -> Option<tracing::Span> {
-        let id = self.ex.request_id.as_ref()?;
+        let id = self.0.ex.request_id.as_ref()?;
         let span = tracing::info_span!("request", request_id = %id);
         (!span.is_disabled()).then_some(span)
     }
 
     /// The handler answered with `status`.
     pub(crate) fn answered(&mut self, status: StatusCode) {
-        self.ex.status = status;
-        self.ex.outcome = Outcome::Cut;
+        self.0.ex.status = status;
+        self.0.ex.outcome = Outcome::Cut;
     }
 
     /// The connection took `n` more body bytes.
     pub(crate) fn took(&mut self, n: usize) {
-        self.ex.bytes += n as u64;
+        self.0.ex.bytes += n as u64;
     }
 
     /// The response's last byte was written.
     fn written(mut self) {
-        self.ex.outcome = Outcome::Written;
+        self.0.ex.outcome = Outcome::Written;
         self.finish();
     }
 
     fn finish(&mut self) {
-        let ex = &mut self.ex;
+        let Recorded { observer, ex } = &mut *self.0;
         ex.duration = ex.started.elapsed();
         if ex.outcome == Outcome::Open {
             ex.outcome = Outcome::Abandoned;
             ex.status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(ex.status);
         }
-        self.observer.finished(ex);
+        observer.finished(ex);
     }
 }
 
@@ -233,7 +236,7 @@ impl Drop for Recording {
     /// Not written: cut after its answer, or abandoned before one (`written` finishes the
     /// others, then marks them so this does nothing).
     fn drop(&mut self) {
-        match self.ex.outcome {
+        match self.0.ex.outcome {
             Outcome::Written => {}
             _ => self.finish(),
         }
