@@ -446,3 +446,101 @@ fn check_lists_the_access_log() {
     );
     assert!(out.stdout.contains(&want), "{}", out.stdout);
 }
+
+/// stdout is a pipe nobody reads: the log's writer blocks on it, its buffer fills, and lines
+/// are dropped and counted, while every request is still answered at once; once the pipe is
+/// read again, the count is reported.
+#[test]
+fn a_stuck_stdout_drops_and_counts_lines_without_holding_requests() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let port = low_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("server.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "watch: {{ executable: false, config: false }}\n\
+             servers:\n  s1:\n    address: \"127.0.0.1:{port}\"\n    \
+             access_log: {{ path: stdout, format: json }}\n    routes: {{ \"/pid\": pid }}\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("APPHOST_CONFIG")
+        .env("APPHOST_LOG", "info")
+        .spawn()
+        .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let (l, err) = (log.clone(), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            l.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    wait_until(T, "the worker to serve", || {
+        try_get(port, "/pid").ok().filter(|r| r.status == 200)
+    });
+    // Lines of about 2.2 KiB (a 2 KiB path, answered 404): 64 KiB fill the pipe, 1 MiB the
+    // buffer; 800 requests are well past both.
+    let path = format!("/{}", "p".repeat(2047));
+    // Nobody reads the pipe yet: a request whose line waited on it would never be answered.
+    for _ in 0..800 {
+        let r = try_get(port, &path).unwrap();
+        assert_eq!(r.status, 404);
+    }
+    // Read the pipe again: the writer gets going and reports what it dropped.
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = out.read_to_end(&mut all);
+        String::from_utf8(all).unwrap()
+    });
+    wait_until(T, "the dropped lines to be reported", || {
+        log.lock()
+            .unwrap()
+            .contains("line(s) dropped")
+            .then_some(())
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    let written = reader
+        .join()
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("pppp"))
+        .inspect(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+        })
+        .count();
+    let text = log.lock().unwrap().clone();
+    let dropped: usize = text
+        .lines()
+        .filter(|l| l.contains("line(s) dropped"))
+        .map(|l| {
+            l.split("stdout: ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or_else(|| panic!("no count in {l:?}"))
+        })
+        .sum();
+    assert!(dropped > 0, "nothing dropped: {text}");
+    // Each request is written or counted as dropped, exactly once.
+    assert_eq!(
+        written + dropped,
+        800,
+        "{written} written, {dropped} dropped"
+    );
+}
