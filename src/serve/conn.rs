@@ -201,19 +201,16 @@ pub(super) async fn serve_io<I>(
                     None => (fut.await, false),
                     Some(st) => answer_unless_body_stalls(fut, &st).await,
                 };
-                if let Some(r) = &mut rec {
-                    r.answered(resp.status());
-                    if let Some(id) = r.request_id().and_then(|id| id.header()) {
-                        resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
-                    }
+                if rec.is_some() {
+                    answered(&mut rec, &mut resp);
                 }
-                // Once draining, every HTTP/1 response closes its connection: the client learns
-                // it before sending another request, so none is lost. (The generation's flag,
-                // reached through the connection's state: no reference count is touched.)
                 let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                 if let (Some(websocket), true) = (upgrade, switching) {
                     busy.upgrading(websocket);
                 }
+                // Once draining, every HTTP/1 response closes its connection: the client learns
+                // it before sending another request, so none is lost. (The generation's flag,
+                // reached through the connection's state: no reference count is touched.)
                 // (Not on a `101`: its `Connection: upgrade` is what makes it one.)
                 let close = http1 && !switching && (timed_out || busy.generation_draining());
                 let mut resp = resp.map(|b| TrackedBody::new(b, busy, rec.take()));
@@ -264,6 +261,18 @@ fn is_websocket(headers: &http::HeaderMap) -> bool {
         .get_all(http::header::UPGRADE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// The handler answered: note its status and give the response the request's id. Out of line,
+/// so the response is passed by reference and the path without a recording moves nothing more.
+#[inline(never)]
+fn answered(rec: &mut Option<Recording>, resp: &mut crate::Response) {
+    if let Some(r) = rec {
+        r.answered(resp.status());
+        if let Some(id) = r.request_id().and_then(|id| id.header()) {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        }
+    }
 }
 
 /// The handler's answer, or `408` (and true) if its request body stalls first: the watchdog
