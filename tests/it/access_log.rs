@@ -544,3 +544,28 @@ fn a_stuck_stdout_drops_and_counts_lines_without_holding_requests() {
         "{written} written, {dropped} dropped"
     );
 }
+
+/// HTTP/2 streams are recorded like HTTP/1 requests: one line each, with their protocol, the
+/// path from the `:path` pseudo-header, and the body bytes.
+#[test]
+fn http2_streams_are_logged_one_line_each() {
+    let port = low_port();
+    let mut host = Host::start(&config(port, "json", "1s"));
+    let pid = host.wait_serving(port);
+    for _ in 0..3 {
+        let r = h2c_get(port, "/pid?h2=1").unwrap();
+        assert_eq!((r.status, r.version), (200, http::Version::HTTP_2));
+    }
+    stop(&mut host);
+    let lines = json_lines(&host.dir.path().join("access.log"));
+    let h2: Vec<&Value> = lines.iter().filter(|v| v["path"] == "/pid?h2=1").collect();
+    assert_eq!(h2.len(), 3, "{lines:?}");
+    for v in h2 {
+        assert_eq!(v["protocol"], "HTTP/2.0");
+        assert_eq!(v["status"], 200);
+        assert_eq!(
+            v["bytes"].as_u64().unwrap(),
+            pid.to_string().len() as u64 + 1
+        );
+    }
+}
