@@ -21,7 +21,7 @@ PORT=18480
 TLS_PORT=18482
 GRPC_PORT=18483
 REPS=${REPS:-1}
-ONLY=${ONLY:-graceful full}
+ONLY=${ONLY:-graceful full grpc}
 TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 OUT=${OUT:-$ROOT/bench/out/h2-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT/bin"

@@ -10,6 +10,7 @@ mod docker;
 mod drain;
 mod fleet;
 mod going_away;
+mod grpc;
 mod harness;
 mod host;
 mod hostile_ops;
