@@ -146,7 +146,11 @@ fn restart_exe_to_another_file_upgrades_the_supervisor_and_answers_the_asker() {
     let load = Hammer::start(port);
     let out = restart_exe(&host, &v2);
     assert_eq!(out.code(), Some(0), "{out:?}\nlog:\n{}", host.log());
-    let new = pid_at(port).unwrap();
+    // The old worker may accept for a moment after the answer (it reads its drain a few ms
+    // late under load), so wait for the new one to answer a fresh connection.
+    let new = wait_until(T, "the new worker answers /pid", || {
+        pid_at(port).filter(|p| *p != old)
+    });
     assert!(
         out.stdout.contains(&format!("pid {new} (was {old})")),
         "the asker hears the outcome from the new image: {}",
