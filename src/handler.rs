@@ -82,7 +82,11 @@ pub struct RouteMatch {
     pub rest: Option<String>,
 }
 
-/// The client's address (the TCP peer), set in every request's extensions by the connection.
+/// The client's address, set in every request's extensions by the connection: the TCP peer;
+/// on a server with `proxy_protocol: true`, the source address the PROXY header names (the
+/// client of the proxy in front); for a client on a Unix-domain socket (without a PROXY header
+/// naming an IP source), [`ClientAddr::UNIX`]: `127.0.0.1` port 0, a process on this machine
+/// (port 0 never comes from a TCP peer, so it tells the two apart).
 ///
 /// ```
 /// fn peer(req: &apphost::Request) -> Option<std::net::SocketAddr> {
@@ -91,6 +95,50 @@ pub struct RouteMatch {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub SocketAddr);
+
+impl ClientAddr {
+    /// What a client on a Unix-domain socket is given: `127.0.0.1:0`.
+    pub const UNIX: ClientAddr = ClientAddr(SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        0,
+    )));
+}
+
+/// Who a connection serves: the [`ClientAddr`] handlers see and, when a PROXY header named it,
+/// the address the connection really came from (the proxy's). Decisions about trust (the admin
+/// routes' loopback check) use the real one: see [`real_peer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peer {
+    /// What handlers see.
+    pub(crate) client: ClientAddr,
+    /// The connection's own peer, when `client` came from a PROXY header.
+    pub(crate) proxied_by: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// A connection whose client is its own peer.
+    pub(crate) fn direct(addr: ClientAddr) -> Peer {
+        Peer {
+            client: addr,
+            proxied_by: None,
+        }
+    }
+}
+
+/// In a request's extensions when its [`ClientAddr`] came from a PROXY header: the address the
+/// connection really came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProxiedBy(pub(crate) SocketAddr);
+
+/// The address a request's connection really came from, whatever a PROXY header claimed: the
+/// one to trust for "is this client on this machine". `None` when the router put no
+/// [`ClientAddr`] in (a handler that does not [want](Handler::wants) it).
+pub(crate) fn real_peer(req: &Request) -> Option<SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<ProxiedBy>()
+        .map(|p| p.0)
+        .or_else(|| ext.get::<ClientAddr>().map(|c| c.0))
+}
 
 /// Adapts an `async fn(Request) -> Response` closure into a [`Handler`].
 pub struct FnHandler<F>(pub F);

@@ -45,6 +45,10 @@ pub(crate) struct ServerPlan {
     admin: Option<String>,
     /// Its readiness request, answered before the worker reports ready.
     pub(crate) readiness: Option<ReadinessConfig>,
+    /// The permission bits of its Unix sockets.
+    pub(crate) unix_mode: Option<u32>,
+    /// Whether its connections start with a PROXY protocol header.
+    pub(crate) proxy_protocol: bool,
 }
 
 /// The HTTPS side of a server.
@@ -104,6 +108,8 @@ impl Plan {
                 https,
                 admin,
                 readiness: server.readiness.clone(),
+                unix_mode: server.unix_mode,
+                proxy_protocol: server.proxy_protocol,
             });
         }
         Ok(Plan { servers })
@@ -134,6 +140,12 @@ impl Plan {
         );
         for s in &self.servers {
             let _ = writeln!(out, "server {}:", s.name);
+            if s.proxy_protocol {
+                let _ = writeln!(
+                    out,
+                    "  proxy_protocol: on (every connection starts with a PROXY header)"
+                );
+            }
             for a in &s.http {
                 let _ = writeln!(out, "  listen http://{a}");
             }

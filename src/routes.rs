@@ -39,7 +39,7 @@ use http::{HeaderValue, Method};
 use crate::config::tree::Value;
 use crate::config::{ConfigError, Params, RoutePattern, ServerConfig};
 use crate::fnv::Fnv1a;
-use crate::handler::{BoxFuture, ClientAddr, Handler, Request, RouteMatch, Wants};
+use crate::handler::{BoxFuture, Handler, Peer, ProxiedBy, Request, RouteMatch, Wants};
 use crate::handler::{Registry, method_not_allowed, not_found};
 
 /// A server's routes: built from its config by [`RouteTable::build`], extended by the admin
@@ -275,12 +275,14 @@ impl RouteTable {
     }
 
     /// Route one request from `client`: as `RouteTable::dispatch`, and the handler also gets
-    /// a [`ClientAddr`] if it [wants](Handler::wants) one.
-    pub(crate) fn dispatch_from(&self, req: Request, client: ClientAddr) -> BoxFuture {
+    /// a [`crate::ClientAddr`] if it [wants](Handler::wants) one.
+    /// When a PROXY header named the client, the connection's own peer goes in too (as
+    /// `ProxiedBy`, for [`crate::handler::real_peer`]), always together with the client.
+    pub(crate) fn dispatch_from(&self, req: Request, client: Peer) -> BoxFuture {
         self.route(req, Some(client))
     }
 
-    fn route(&self, mut req: Request, client: Option<ClientAddr>) -> BoxFuture {
+    fn route(&self, mut req: Request, client: Option<Peer>) -> BoxFuture {
         let (route, rest, stripped) = match self.lookup(req.method(), req.uri().path()) {
             Lookup::Found { route, rest } => (
                 route,
@@ -306,7 +308,10 @@ impl RouteTable {
         if route.wants.client_addr
             && let Some(c) = client
         {
-            req.extensions_mut().insert(c);
+            req.extensions_mut().insert(c.client);
+            if let Some(real) = c.proxied_by {
+                req.extensions_mut().insert(ProxiedBy(real));
+            }
         }
         route.handler.call(req)
     }

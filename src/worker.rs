@@ -18,7 +18,7 @@
 //! a restart; SIGINT, SIGTERM, SIGQUIT and SIGHUP ask for a shutdown.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -182,6 +182,14 @@ enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A `systemd:NAME` address names no socket systemd passed.
+    #[error("{key}: systemd passed no socket with that name ({activated})")]
+    NotActivated {
+        /// Its listener key.
+        key: String,
+        /// What systemd did pass.
+        activated: String,
+    },
     /// A new address cannot be bound.
     #[error("cannot listen on {key}: {source}")]
     Listen {
@@ -210,11 +218,17 @@ fn inherited_listeners() -> Result<HashMap<String, OwnedFd>, StartError> {
             .rsplit_once('=')
             .ok_or_else(|| StartError::MalformedEntry(item.into()))?;
         let n: i32 = fd.parse().map_err(|_| StartError::BadFd(item.into()))?;
-        let fd = crate::sys::adopt_fd(n).map_err(|source| StartError::Inherited {
+        let inherited = |source| StartError::Inherited {
             key: key.into(),
             fd: n,
             source,
-        })?;
+        };
+        // One descriptor may come under two keys (a systemd socket's address and its name):
+        // it is adopted once, and the second key gets a duplicate.
+        let fd = match out.values().find(|f: &&OwnedFd| f.as_raw_fd() == n) {
+            Some(first) => first.try_clone().map_err(inherited)?,
+            None => crate::sys::adopt_fd(n).map_err(inherited)?,
+        };
         out.insert(key.to_string(), fd);
     }
     Ok(out)
@@ -222,7 +236,7 @@ fn inherited_listeners() -> Result<HashMap<String, OwnedFd>, StartError> {
 
 /// The plan's listeners, adopted or bound, ready to serve.
 struct Prepared {
-    listeners: Vec<(tokio::net::TcpListener, Endpoint)>,
+    listeners: Vec<(serve::listen::Listener, Endpoint)>,
     /// Each server's readiness request, with an endpoint serving its routes.
     gates: Vec<(crate::config::ReadinessConfig, Endpoint)>,
     newly_bound: Vec<(String, OwnedFd)>,
@@ -242,6 +256,20 @@ fn prepare(
     let mut newly_bound = Vec::new();
     let mut tls_files = Vec::new();
     let mut certs = Vec::new();
+    // What systemd passed by name, for the error when a `systemd:NAME` is not among them.
+    let mut activated: Vec<&str> = inherited
+        .keys()
+        .filter(|k| k.starts_with("systemd:"))
+        .map(String::as_str)
+        .collect();
+    activated.sort_unstable();
+    let activated = if activated.is_empty() {
+        "it passed no named sockets: set FileDescriptorName= in the socket unit, or use the \
+         address the socket is bound to"
+            .to_string()
+    } else {
+        format!("it passed {}", activated.join(", "))
+    };
     for server in plan.servers {
         let mut addrs: Vec<(ListenAddr, Option<TlsAcceptor>)> =
             server.http.into_iter().map(|a| (a, None)).collect();
@@ -265,6 +293,7 @@ fn prepare(
                     routes: server.routes.clone(),
                     tls: None,
                     observer: None,
+                    proxy_protocol: false,
                 },
             ));
         }
@@ -274,24 +303,36 @@ fn prepare(
                 key: key.clone(),
                 source,
             };
-            let std_listener = match inherited.remove(&key) {
+            let listen_error = |source| StartError::Listen {
+                key: key.clone(),
+                source,
+            };
+            let bound = match inherited.remove(&key) {
                 Some(fd) => {
-                    serve::listen::adopt(fd).map_err(|source| StartError::NotListening {
-                        key: key.clone(),
-                        source,
-                    })?
+                    let b =
+                        serve::listen::adopt(fd).map_err(|source| StartError::NotListening {
+                            key: key.clone(),
+                            source,
+                        })?;
+                    if let (Some(path), Some(mode)) = (addr.unix_path(), server.unix_mode) {
+                        serve::listen::set_unix_mode(path, mode).map_err(listen_error)?;
+                    }
+                    b
+                }
+                None if addr.systemd_name().is_some() => {
+                    return Err(StartError::NotActivated {
+                        key,
+                        activated: activated.clone(),
+                    });
                 }
                 None => {
-                    let l = serve::listen::bind(&addr).map_err(|source| StartError::Listen {
-                        key: key.clone(),
-                        source,
-                    })?;
-                    let dup = l.as_fd().try_clone_to_owned().map_err(socket_error)?;
+                    let b = serve::listen::bind(&addr, server.unix_mode).map_err(listen_error)?;
+                    let dup = b.as_fd().try_clone_to_owned().map_err(socket_error)?;
                     newly_bound.push((key.clone(), dup));
-                    l
+                    b
                 }
             };
-            let l = tokio::net::TcpListener::from_std(std_listener).map_err(socket_error)?;
+            let l = bound.into_tokio().map_err(socket_error)?;
             listeners.push((
                 l,
                 Endpoint {
@@ -299,6 +340,7 @@ fn prepare(
                     routes: server.routes.clone(),
                     tls,
                     observer: observer.clone(),
+                    proxy_protocol: server.proxy_protocol,
                 },
             ));
         }

@@ -144,12 +144,11 @@ pub(crate) fn install(
     table.insert(&wildcard, HANDLER_NAME, h, None);
 }
 
-/// `http://127.0.0.1:8199`, `https://*:8443` (every interface).
+/// `http://127.0.0.1:8199`, `https://*:8443` (every interface), `http://unix:/run/app.sock`.
 fn listener_label(scheme: &str, a: &ListenAddr) -> String {
-    if a.is_all_interfaces() {
-        format!("{scheme}://*:{}", a.port())
-    } else {
-        format!("{scheme}://{}", a.key())
+    match a.port() {
+        Some(port) if a.is_all_interfaces() => format!("{scheme}://*:{port}"),
+        _ => format!("{scheme}://{}", a.key()),
     }
 }
 
@@ -407,8 +406,15 @@ struct Asked {
 
 impl Admin {
     async fn handle(&self, req: Request) -> Response {
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
-        let who = client.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        // Trust is decided on the address the connection really came from, never on one a
+        // PROXY header claims; the log names both.
+        let client = crate::handler::real_peer(&req);
+        let shown = req.extensions().get::<ClientAddr>().map(|c| c.0);
+        let who = match (shown, client) {
+            (Some(c), Some(real)) if c != real => format!("{c} (via {real})"),
+            (_, Some(real)) => real.to_string(),
+            _ => "unknown".to_string(),
+        };
         let query = form::parse(req.uri().query().unwrap_or("").as_bytes());
         let fmt = negotiate(
             req.headers(),

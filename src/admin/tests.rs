@@ -39,6 +39,37 @@ fn serve_admin(token: Option<&str>, peer: &str) -> Direct {
     })
 }
 
+/// As `serve_admin`, for connections whose PROXY header named `client` while the connection
+/// really came from `real`.
+fn serve_admin_proxied(client: &str, real: &str) -> Direct {
+    let cfg = crate::config::Config::embedded().unwrap();
+    let server = &cfg.servers[0];
+    let mut table = RouteTable::new();
+    install(&mut table, &cfg, server, &admin_config(None, vec![]), None);
+    let table = Arc::new(table);
+    let peer = crate::handler::Peer {
+        client: ClientAddr(client.parse().unwrap()),
+        proxied_by: Some(real.parse().unwrap()),
+    };
+    direct(move |req| table.dispatch_from(req, peer))
+}
+
+#[tokio::test]
+async fn the_loopback_check_uses_the_real_peer_not_the_proxied_one() {
+    // A PROXY header claiming loopback from a connection that came from elsewhere: refused.
+    let app = serve_admin_proxied("127.0.0.1:5000", "192.0.2.9:4000");
+    let r = fetch(&app, Method::GET, "/debug/admin/nope", &[]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(
+        String::from_utf8_lossy(r.body()).contains("192.0.2.9"),
+        "the refusal names the real peer"
+    );
+    // A proxy on this machine forwarding a distant client: the real peer is loopback, served.
+    let app = serve_admin_proxied("192.0.2.9:5000", "127.0.0.1:4000");
+    let r = fetch(&app, Method::GET, "/debug/admin/nope", &[]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
 #[test]
 fn paths_name_actions() {
     let a = admin(None, vec![]);

@@ -280,10 +280,24 @@ fn addresses_in_use(config: &Config) -> Vec<String> {
             .map(|a| ("http", a))
             .chain(https.map(|a| ("https", a)));
         for (scheme, a) in all {
-            if a.socket_addrs().port() == 0 {
+            // Port 0 binds anything; systemd's sockets are not ours to bind; a Unix path is
+            // only looked at (binding it would replace a stale file).
+            if a.port() == Some(0) || a.systemd_name().is_some() {
                 continue;
             }
-            if let Err(e) = crate::serve::listen::bind(a) {
+            let usable = match a.unix_path() {
+                Some(p) => match crate::control::probe(p) {
+                    Ok(crate::control::Probe::Alive) => {
+                        Err("another running process listens on it".to_string())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => crate::serve::listen::bind(a, None)
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = usable {
                 out.push(format!(
                     "servers.{}: {scheme}://{a} cannot be bound now ({e}); `run` fails on it \
                      unless whatever holds it lets go (fine if it is this config's own running \

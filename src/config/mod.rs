@@ -187,6 +187,11 @@ pub(crate) struct ServerConfig {
     pub access_log: Option<AccessLogConfig>,
     /// `routes`, in file order.
     pub routes: Vec<RouteConfig>,
+    /// `unix_mode`: the permission bits of the server's Unix sockets (default: what the umask
+    /// leaves).
+    pub unix_mode: Option<u32>,
+    /// `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
 /// `readiness: { path, timeout }` (or `readiness: /path`, timeout 5s).

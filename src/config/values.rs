@@ -147,6 +147,32 @@ pub(super) fn expect_bool(
         .ok_or_else(|| type_error(file, node, key_path, "a boolean"))
 }
 
+/// Permission bits (`unix_mode: "0660"`): an octal string, quoted (YAML would read `0660` as a
+/// number, and not always an octal one).
+pub(super) fn expect_mode(
+    file: Option<&Path>,
+    node: &Node,
+    key_path: &str,
+) -> Result<u32, ConfigError> {
+    let Value::Str(s) = &node.value else {
+        return Err(type_error(
+            file,
+            node,
+            key_path,
+            "an octal mode in quotes, e.g. \"0660\"",
+        ));
+    };
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    (!digits.is_empty() && digits.len() <= 4)
+        .then(|| u32::from_str_radix(digits, 8).ok())
+        .flatten()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| {
+            let m = format!("invalid mode {s:?} (expected octal permission bits, e.g. \"0660\")");
+            ConfigError::new(file, Some(node.pos), key_path, m)
+        })
+}
+
 /// A duration: a string such as `10s`. A bare number gets the duration message, which says a
 /// unit is needed.
 pub(super) fn expect_duration(

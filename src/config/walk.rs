@@ -13,7 +13,8 @@ use super::file;
 use super::pattern::RoutePattern;
 use super::tree::{self, Key, Node, Value};
 use super::values::{
-    expect_bool, expect_duration, expect_path, expect_str, join, log_level, type_error, unknown_key,
+    expect_bool, expect_duration, expect_mode, expect_path, expect_str, join, log_level,
+    type_error, unknown_key,
 };
 use super::{
     AdminConfig, Config, ConfigSource, ControlConfig, Format, HttpsConfig, LogConfig, LogFormat,
@@ -52,6 +53,8 @@ const SERVER_KEYS: &[&str] = &[
     "readiness",
     "access_log",
     "routes",
+    "unix_mode",
+    "proxy_protocol",
 ];
 const READINESS_KEYS: &[&str] = &["path", "timeout"];
 const HTTPS_KEYS: &[&str] = &["address", "cert", "key"];
@@ -531,6 +534,22 @@ impl Walker<'_> {
             Some((n, p)) => self.routes(n, &p)?,
             None => Vec::new(),
         };
+        let has_unix = http
+            .iter()
+            .chain(https.iter().flat_map(|h| &h.addresses))
+            .any(|a| a.unix_path().is_some());
+        let unix_mode = match f.get("unix_mode") {
+            Some((n, p)) if !has_unix => {
+                return Err(self.err(
+                    n.pos,
+                    &p,
+                    "unix_mode is set but the server has no unix: address",
+                ));
+            }
+            Some((n, p)) => Some(expect_mode(self.file, n, &p)?),
+            None => None,
+        };
+        let proxy_protocol = self.bool_or(&f, "proxy_protocol", false)?;
         if let Some(a) = &admin
             && let Some(r) = routes
                 .iter()
@@ -554,6 +573,8 @@ impl Walker<'_> {
             readiness,
             access_log,
             routes,
+            unix_mode,
+            proxy_protocol,
         })
     }
 
@@ -618,7 +639,8 @@ impl Walker<'_> {
         let mut out = Vec::with_capacity(items.len());
         for (n, p) in items {
             let s = expect_str(self.file, n, &p)?;
-            let addr = ListenAddr::parse(s).map_err(|m| self.err(n.pos, &p, m))?;
+            let addr =
+                ListenAddr::parse_in(s, self.base_dir).map_err(|m| self.err(n.pos, &p, m))?;
             listeners.push(Listener {
                 addr: addr.clone(),
                 key_path: p,

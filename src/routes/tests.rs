@@ -9,7 +9,7 @@ fn p(pattern: &str) -> RoutePattern {
     RoutePattern::parse(pattern).unwrap()
 }
 use crate::config::{Node, Pos, RouteConfig};
-use crate::handler::FnHandler;
+use crate::handler::{ClientAddr, FnHandler};
 use crate::handler::{NOT_FOUND_BODY, text};
 use crate::handlers::test_util::{direct, fetch, params, s};
 use http::StatusCode;
@@ -140,6 +140,8 @@ fn server(routes: Vec<RouteConfig>) -> ServerConfig {
         readiness: None,
         access_log: None,
         routes,
+        unix_mode: None,
+        proxy_protocol: false,
     }
 }
 
@@ -318,7 +320,7 @@ async fn extensions_follow_what_the_handler_wants() {
     };
     t.insert(&p("/route"), "probe", Arc::new(Probe(route_only)), None);
     let t = Arc::new(t);
-    let client = ClientAddr(([127, 0, 0, 1], 4321).into());
+    let client = Peer::direct(ClientAddr(([127, 0, 0, 1], 4321).into()));
     let app = direct(move |req| t.dispatch_from(req, client));
 
     let r = fetch(&app, Method::GET, "/all/a/b", &[]).await;
@@ -330,6 +332,42 @@ async fn extensions_follow_what_the_handler_wants() {
     assert_eq!(r.body(), "route=None client=None");
     let r = fetch(&app, Method::GET, "/route", &[]).await;
     assert_eq!(r.body(), "route=Some((\"/route\", None)) client=None");
+}
+
+/// Answers the client address and the real peer it found.
+struct PeerEcho;
+
+impl Handler for PeerEcho {
+    fn call(&self, req: Request) -> BoxFuture {
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+        let body = format!(
+            "client={client:?} real={:?}",
+            crate::handler::real_peer(&req)
+        );
+        Box::pin(ready(text(StatusCode::OK, body)))
+    }
+}
+
+#[tokio::test]
+async fn a_proxied_client_keeps_the_real_peer_beside_it() {
+    let mut t = RouteTable::new();
+    t.insert(&p("/"), "echo", Arc::new(PeerEcho), None);
+    let t = Arc::new(t);
+    let proxied = Peer {
+        client: ClientAddr(([203, 0, 113, 7], 5000).into()),
+        proxied_by: Some(([127, 0, 0, 1], 4321).into()),
+    };
+    let t2 = t.clone();
+    let app = direct(move |req| t2.dispatch_from(req, proxied));
+    let r = fetch(&app, Method::GET, "/", &[]).await;
+    assert_eq!(
+        r.body(),
+        "client=Some(203.0.113.7:5000) real=Some(127.0.0.1:4321)"
+    );
+    let plain = Peer::direct(ClientAddr(([10, 0, 0, 1], 80).into()));
+    let app = direct(move |req| t.dispatch_from(req, plain));
+    let r = fetch(&app, Method::GET, "/", &[]).await;
+    assert_eq!(r.body(), "client=Some(10.0.0.1:80) real=Some(10.0.0.1:80)");
 }
 
 fn b(v: bool) -> Node {

@@ -6,8 +6,11 @@
 //! hyper connection then reads the socket itself (one `recv(MSG_PEEK)` per connection, instead
 //! of hyper-util's auto connection re-reading through a buffer for the connection's life).
 //!
-//! The peer's address (from `accept`) goes to the router, which puts it in the request's
-//! extensions as [`ClientAddr`] for handlers that want it.
+//! The peer's address (from `accept`; [`ClientAddr::UNIX`] on a Unix socket) goes to the
+//! router, which puts it in the request's extensions as [`ClientAddr`] for handlers that want
+//! it. On a server with `proxy_protocol: true` the connection's PROXY header is read first
+//! ([`super::proxy`]): the client it names becomes the `ClientAddr`, and the real peer travels
+//! beside it for the admin's loopback check; a connection without a valid header is closed.
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -21,16 +24,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use super::exchange::{Recording, X_REQUEST_ID};
 use super::progress::{TrackedBody, TrackedIo};
+use super::proxy::{self, Peek, Source};
 use super::watchdog::ConnState;
 use super::{Endpoint, Serving};
 use crate::body::{Body, BodyWatch};
-use crate::handler::ClientAddr;
 use crate::handler::text;
+use crate::handler::{ClientAddr, Peer};
 use http::StatusCode;
 use hyper::body::Incoming;
 
@@ -43,21 +46,52 @@ pub(crate) enum Proto {
     Http2,
 }
 
-/// Serve one accepted plain-TCP connection to the end (HTTP/1.1, or h2c with prior knowledge).
+/// An accepted connection's socket: TCP or Unix.
+pub(crate) trait Stream:
+    AsyncRead + AsyncWrite + Peek + Unpin + Send + Sync + 'static
+{
+}
+
+impl<T: AsyncRead + AsyncWrite + Peek + Unpin + Send + Sync + 'static> Stream for T {}
+
+/// Serve one accepted plain connection to the end (HTTP/1.1, or h2c with prior knowledge).
 /// Its deadlines (first request head, keep-alive idle, drain grace) are enforced from outside by
 /// the [`super::watchdog`], which drops this future when one passes; `state` is this
 /// connection's entry there.
-pub(crate) async fn serve_plain(
-    stream: TcpStream,
-    peer: std::net::SocketAddr,
+pub(crate) async fn serve_plain<S: Stream>(
+    mut stream: S,
+    peer: ClientAddr,
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
     state: Arc<ConnState>,
 ) {
+    let Some(peer) = client_of(&mut stream, peer, &ep).await else {
+        return;
+    };
     let Some(proto) = sniff(&stream).await else {
         return;
     };
-    serve_io(stream, ClientAddr(peer), proto, ep, serving, state).await
+    serve_io(stream, peer, proto, ep, serving, state).await
+}
+
+/// Whom the connection serves: its peer, or on a `proxy_protocol` server the client its PROXY
+/// header names (`None`: no valid header; the connection is to be closed). Within the header
+/// deadline, like everything before the first request.
+async fn client_of<S: Stream>(stream: &mut S, peer: ClientAddr, ep: &Endpoint) -> Option<Peer> {
+    if !ep.proxy_protocol {
+        return Some(Peer::direct(peer));
+    }
+    match proxy::read_header(stream).await {
+        Ok(Source::Client(c)) => Some(Peer {
+            client: ClientAddr(c),
+            proxied_by: Some(peer.0),
+        }),
+        Ok(Source::Own) => Some(Peer::direct(peer)),
+        Err(e) => {
+            tracing::debug!(listener = %ep.key, peer = %peer.0, error = %e, "connection closed");
+            None
+        }
+    }
 }
 
 /// HTTP/2 with prior knowledge (h2c) starts with this preface.
@@ -67,7 +101,7 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// the chosen hyper connection reads the socket directly. `None` when the client closed or the
 /// socket failed before sending anything. A client whose first segment is a strict prefix of the
 /// preface (rare) gets hyper-util's auto connection, which reads until it can tell.
-async fn sniff(stream: &TcpStream) -> Option<Proto> {
+async fn sniff<S: Peek>(stream: &S) -> Option<Proto> {
     let mut buf = [0u8; H2_PREFACE.len()];
     let n = stream.peek(&mut buf).await.ok()?;
     if n == 0 {
@@ -83,14 +117,18 @@ async fn sniff(stream: &TcpStream) -> Option<Proto> {
 
 /// Serve one accepted connection on an HTTPS listener to the end: the TLS handshake (bounded by
 /// `header_read_timeout` through the watchdog), then HTTP/2 or HTTP/1.1 as ALPN chose.
-pub(crate) async fn serve_tls(
-    stream: TcpStream,
-    peer: std::net::SocketAddr,
+pub(crate) async fn serve_tls<S: Stream>(
+    mut stream: S,
+    peer: ClientAddr,
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
     state: Arc<ConnState>,
 ) {
     let Some(acceptor) = ep.tls.clone() else {
+        return;
+    };
+    // The PROXY header comes before the TLS handshake.
+    let Some(peer) = client_of(&mut stream, peer, &ep).await else {
         return;
     };
     // A handshake under way when the drain starts is completed (bounded by the watchdog): the
@@ -101,7 +139,7 @@ pub(crate) async fn serve_tls(
                 Some(b"h2") => Proto::Http2,
                 _ => Proto::Http1,
             };
-            serve_io(tls, ClientAddr(peer), proto, ep, serving, state).await
+            serve_io(tls, peer, proto, ep, serving, state).await
         }
         Err(e) => tracing::debug!(listener = %ep.key, error = %e, "TLS handshake failed"),
     }
@@ -146,7 +184,7 @@ impl Builders {
 
 pub(super) async fn serve_io<I>(
     io: I,
-    peer: ClientAddr,
+    peer: Peer,
     proto: Proto,
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
@@ -177,7 +215,9 @@ pub(super) async fn serve_io<I>(
             }
             // Recorded from here until its last byte is written (see `exchange`); dropped
             // unanswered (the client left), it is recorded as abandoned.
-            let mut rec = observer.as_ref().map(|o| Recording::start(o, &req, peer));
+            let mut rec = observer
+                .as_ref()
+                .map(|o| Recording::start(o, &req, peer.client));
             let span = rec.as_ref().and_then(Recording::span);
             // A body still to come is watched (see `progress`): if the handler waits for it
             // and nothing arrives for `idle_timeout`, the answer is 408.

@@ -1,24 +1,109 @@
 //! Listening sockets: bind one for a config address, or adopt one that was handed in (by the
-//! supervisor, or by systemd socket activation).
+//! supervisor, or by systemd socket activation). TCP and Unix-domain stream sockets alike.
 //!
 //! `:PORT` (all interfaces) binds a dual-stack `[::]:PORT` socket, falling back to
 //! `0.0.0.0:PORT` where IPv6 is unavailable. Sockets get `SO_REUSEADDR` (so a restart of the
 //! whole host can rebind while old connections sit in TIME_WAIT) but never `SO_REUSEPORT`: one
 //! socket per address, passed from generation to generation.
+//!
+//! `unix:PATH`: a socket file already at the path is looked at first, without blocking (a
+//! non-blocking connect): one nobody listens on (`ECONNREFUSED`: left by a host that crashed)
+//! is removed and the path bound anew; one that answers is another running process's, and the
+//! bind fails saying so; anything that is not a socket is never touched. The mode
+//! (`unix_mode`) is set between `bind` and `listen`, so no client connects before it holds.
+//! Workers never remove the file: the supervisor does, when the address leaves the config or the
+//! host shuts down (see `supervisor::driver`).
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::ListenAddr;
+use crate::control::Probe;
 
 /// Accept queue length asked for (the kernel caps it at `net.core.somaxconn`).
 pub(crate) const BACKLOG: i32 = 4096;
 
-/// Bind and listen on `addr`.
-pub(crate) fn bind(addr: &ListenAddr) -> io::Result<TcpListener> {
-    let sa = addr.socket_addrs();
+/// A listening socket, bound or adopted, not yet registered with the runtime.
+#[derive(Debug)]
+pub(crate) enum Bound {
+    /// TCP (IPv4 or IPv6).
+    Tcp(TcpListener),
+    /// Unix-domain stream.
+    Unix(UnixListener),
+}
+
+impl Bound {
+    /// The descriptor (to duplicate it for the supervisor).
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Bound::Tcp(l) => l.as_fd(),
+            Bound::Unix(l) => l.as_fd(),
+        }
+    }
+
+    /// Register with the current tokio runtime.
+    pub(crate) fn into_tokio(self) -> io::Result<Listener> {
+        Ok(match self {
+            Bound::Tcp(l) => Listener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            Bound::Unix(l) => Listener::Unix(tokio::net::UnixListener::from_std(l)?),
+        })
+    }
+}
+
+/// A listening socket registered with the runtime.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    /// TCP.
+    Tcp(tokio::net::TcpListener),
+    /// Unix-domain stream.
+    Unix(tokio::net::UnixListener),
+}
+
+/// An accepted connection.
+pub(crate) enum Accepted {
+    /// A TCP connection and its peer.
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    /// A Unix-domain connection (its peer has no address worth keeping).
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    /// Accept one connection, or register the waker.
+    pub(crate) fn poll_accept(
+        &self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<Accepted>> {
+        match self {
+            Listener::Tcp(l) => l
+                .poll_accept(cx)
+                .map(|r| r.map(|(s, a)| Accepted::Tcp(s, a))),
+            Listener::Unix(l) => l.poll_accept(cx).map(|r| r.map(|(s, _)| Accepted::Unix(s))),
+        }
+    }
+}
+
+/// Bind and listen on `addr` (TCP or `unix:`); `unix_mode` sets a Unix socket's permission bits.
+/// A `systemd:` address cannot be bound (only adopted): an error.
+pub(crate) fn bind(addr: &ListenAddr, unix_mode: Option<u32>) -> io::Result<Bound> {
+    if let Some(path) = addr.unix_path() {
+        return bind_unix(path, unix_mode).map(Bound::Unix);
+    }
+    bind_tcp(addr).map(Bound::Tcp)
+}
+
+fn bind_tcp(addr: &ListenAddr) -> io::Result<TcpListener> {
+    let Some(sa) = addr.socket_addrs() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "only systemd can open this socket",
+        ));
+    };
     if addr.is_all_interfaces() {
         match bind_one(sa, true) {
             Ok(l) => Ok(l),
@@ -50,8 +135,53 @@ fn bind_one(sa: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// Check that an adopted descriptor is a listening TCP socket, and make it non-blocking.
-pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
+/// What is at a Unix socket path before it is bound: nothing, a stale socket file (removed),
+/// or a live socket (an error).
+fn clear_stale(path: &Path) -> io::Result<()> {
+    match crate::control::probe(path).map_err(|e| io::Error::other(e.to_string()))? {
+        Probe::Absent => Ok(()),
+        Probe::Stale => {
+            tracing::info!(
+                "removing the stale socket file {} (nothing listens on it)",
+                path.display()
+            );
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        }
+        Probe::Alive => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another running process listens on this socket (a connection to it succeeded)",
+        )),
+    }
+}
+
+fn bind_unix(path: &Path, mode: Option<u32>) -> io::Result<UnixListener> {
+    clear_stale(path)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    if let Some(m) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(m))?;
+    }
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Set the permission bits of an adopted Unix socket's file to `mode` (a config whose
+/// `unix_mode` changed applies at the next generation, on the same socket).
+pub(crate) fn set_unix_mode(path: &Path, mode: u32) -> io::Result<()> {
+    let m = std::fs::symlink_metadata(path)?;
+    if m.permissions().mode() & 0o777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Check that an adopted descriptor is a listening stream socket (TCP or Unix), and make it
+/// non-blocking.
+pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Bound> {
     let socket = Socket::from(fd);
     if socket.r#type()? != Type::STREAM {
         return Err(io::Error::new(
@@ -66,5 +196,9 @@ pub(crate) fn adopt(fd: std::os::fd::OwnedFd) -> io::Result<TcpListener> {
         ));
     }
     socket.set_nonblocking(true)?;
-    Ok(socket.into())
+    if socket.local_addr()?.is_unix() {
+        Ok(Bound::Unix(socket.into()))
+    } else {
+        Ok(Bound::Tcp(socket.into()))
+    }
 }

@@ -1,6 +1,9 @@
 //! Serving: accept loops, connections and the drain of one generation.
 //!
-//! - [`listen`]: bind a listening socket for a config address, or adopt one handed in.
+//! - [`listen`]: bind a listening socket (TCP or Unix) for a config address, or adopt one handed
+//!   in.
+//! - [`proxy`]: the PROXY protocol header (v1, v2) a `proxy_protocol` server's connections start
+//!   with.
 //! - [`tls`]: rustls server config and the certificate store (swappable for renewal).
 //! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper, and how it drains.
 //! - [`watchdog`]: the registry of live connections and the one timer task that enforces their
@@ -35,6 +38,7 @@ pub(crate) mod exchange;
 pub(crate) mod listen;
 pub(crate) mod probe;
 pub(crate) mod progress;
+pub(crate) mod proxy;
 pub(crate) mod tls;
 pub(crate) mod upgrade;
 pub(crate) mod watchdog;
@@ -44,10 +48,11 @@ use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::handler::ClientAddr;
 use crate::routes::RouteTable;
+use listen::{Accepted, Listener};
 use watchdog::{Guard, Limits, Watchdog};
 
 /// Shared by all connections of one generation.
@@ -127,10 +132,12 @@ pub(crate) struct Endpoint {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Told about every request (its server's access log, metrics); `None` costs nothing.
     pub observer: Option<Arc<dyn exchange::Observer>>,
+    /// Whether connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Accept connections on `listener` until the drain starts, then drop the listener.
-pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, serving: Arc<Serving>) {
+pub(crate) async fn accept_loop(listener: Listener, endpoint: Endpoint, serving: Arc<Serving>) {
     let endpoint = Arc::new(endpoint);
     let mut registered: Option<Waker> = None;
     let mut backoff = AcceptBackoff::new();
@@ -151,20 +158,12 @@ pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, servi
         .await;
         let Some(accepted) = accepted else { break };
         match accepted {
-            Ok((stream, peer)) => {
+            Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                // Registered here, before the task runs, so a drain starting now counts it.
-                let (state, reg) = serving.watchdog.register();
-                let (ep, s) = (endpoint.clone(), serving.clone());
-                // Plain and TLS connections are separate futures: a plain one does not carry the
-                // (much larger) TLS state, and tokio copies the future when spawning it.
-                if ep.tls.is_some() {
-                    let conn = conn::serve_tls(stream, peer, ep, s, state.clone());
-                    tokio::spawn(Guard::new(state, reg, conn));
-                } else {
-                    let conn = conn::serve_plain(stream, peer, ep, s, state.clone());
-                    tokio::spawn(Guard::new(state, reg, conn));
-                }
+                spawn_conn(stream, ClientAddr(peer), &endpoint, &serving);
+            }
+            Ok(Accepted::Unix(stream)) => {
+                spawn_conn(stream, ClientAddr::UNIX, &endpoint, &serving);
             }
             Err(e) => {
                 // EMFILE/ENFILE/ECONNABORTED: keep the listener, pause (the connection stays in
@@ -180,6 +179,27 @@ pub(crate) async fn accept_loop(listener: TcpListener, endpoint: Endpoint, servi
         backoff.succeeded(&serving.accept_failures, &endpoint.key);
     }
     tracing::debug!(listener = %endpoint.key, "stopped accepting");
+}
+
+/// Start serving one accepted connection in its own task.
+fn spawn_conn<S: conn::Stream>(
+    stream: S,
+    peer: ClientAddr,
+    endpoint: &Arc<Endpoint>,
+    serving: &Arc<Serving>,
+) {
+    // Registered here, before the task runs, so a drain starting now counts it.
+    let (state, reg) = serving.watchdog.register();
+    let (ep, s) = (endpoint.clone(), serving.clone());
+    // Plain and TLS connections are separate futures: a plain one does not carry the (much
+    // larger) TLS state, and tokio copies the future when spawning it.
+    if ep.tls.is_some() {
+        let conn = conn::serve_tls(stream, peer, ep, s, state.clone());
+        tokio::spawn(Guard::new(state, reg, conn));
+    } else {
+        let conn = conn::serve_plain(stream, peer, ep, s, state.clone());
+        tokio::spawn(Guard::new(state, reg, conn));
+    }
 }
 
 /// An accept loop's failures: a pause that doubles while accepts keep failing (descriptors

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use super::conn::{Proto, serve_io};
 use super::watchdog::Guard;
 use super::{Endpoint, Serving};
-use crate::handler::ClientAddr;
+use crate::handler::{ClientAddr, Peer};
 
 /// How much of a failed answer's body is kept for the report.
 const BODY_START: usize = 512;
@@ -74,7 +74,7 @@ async fn ask(ep: Arc<Endpoint>, serving: Arc<Serving>, path: &str) -> Result<(),
     };
     let (client, server) = tokio::io::duplex(16 * 1024);
     let (state, reg) = serving.watchdog.register();
-    let peer = ClientAddr(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    let peer = Peer::direct(ClientAddr(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))));
     let conn = serve_io(server, peer, Proto::Http1, ep, serving, state.clone());
     tokio::spawn(Guard::new(state, reg, conn));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))

@@ -7,7 +7,7 @@
 //! `preflight`: the `check` runs of a new executable or config; `reexec`: the supervisor
 //! re-executing itself in place from a new executable, and resuming from a handover.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use super::events::{Event, Reply};
 use super::generation::{self, Generation};
 use super::machine::{self, Action, KillReason, Machine, Notify, Timer, Trigger, WorkerId};
+use super::sockets::ListenerSet;
 use super::{control, exe, systemd, watchers};
 use crate::channel::{Msg, Op, OpReply, OpResult, Status};
 use crate::config::Config;
@@ -46,7 +47,7 @@ struct Driver {
     opts: Options,
     events: mpsc::UnboundedSender<Event>,
     machine: Machine<Reply>,
-    listeners: BTreeMap<String, OwnedFd>,
+    listeners: ListenerSet,
     /// Worker processes by id, until reaped.
     workers: BTreeMap<WorkerId, Generation>,
     /// What a worker reported before failing, for the failure's reason.
@@ -87,7 +88,7 @@ pub(crate) fn run(opts: Options) -> ExitCode {
             tx,
             reexec::Image::running(),
         );
-        d.listeners = systemd::activated_sockets();
+        d.listeners = ListenerSet::from_systemd();
         tracing::info!(
             exe = %d.opts.exe.display(),
             config = %d.opts.config.source,
@@ -155,7 +156,7 @@ impl Driver {
     ) -> Driver {
         Driver {
             machine,
-            listeners: BTreeMap::new(),
+            listeners: ListenerSet::default(),
             opts,
             events,
             workers: BTreeMap::new(),
@@ -341,27 +342,10 @@ impl Driver {
                 self.after(after, ev);
             }
             Action::Reply { to, result } => self.reply(to, result),
-            Action::KeepListeners(keys) => {
-                // Sockets whose address left the config: the new generation never took them;
-                // the old one holds its own copy until it stops accepting.
-                let keep: BTreeSet<&String> = keys.iter().collect();
-                let gone: Vec<String> = self
-                    .listeners
-                    .keys()
-                    .filter(|k| !keep.contains(k))
-                    .cloned()
-                    .collect();
-                for k in gone {
-                    tracing::info!("listener [{k}] left the config; closing it");
-                    self.listeners.remove(&k);
-                }
-            }
-            Action::CloseListeners => {
-                if !self.listeners.is_empty() {
-                    tracing::info!("closing the listening sockets: new connections are refused");
-                }
-                self.listeners.clear();
-            }
+            // Sockets whose address left the config: the new generation never took them; the
+            // old one holds its own copy until it stops accepting.
+            Action::KeepListeners(keys) => self.listeners.keep(&keys),
+            Action::CloseListeners => self.listeners.close_all(),
             Action::SettingsChanged => self.update_watch(),
             Action::CheckUpgrade { exe } => self.start_upgrade_check(&exe),
             Action::Reexec { exe } => self.reexec = Some(exe),
@@ -384,8 +368,7 @@ impl Driver {
         generation: Option<u64>,
         exe: &Path,
     ) -> Option<machine::Event<Reply>> {
-        let fds: Vec<(String, &OwnedFd)> =
-            self.listeners.iter().map(|(k, v)| (k.clone(), v)).collect();
+        let fds = self.listeners.for_worker();
         // The machine has already moved: in a graceful restart `current` is the generation that
         // goes on serving while this one starts.
         let host_serving = self.machine.current().is_some();
@@ -471,7 +454,7 @@ impl Driver {
                     return;
                 };
                 for (key, fd) in std::mem::take(&mut g.bound) {
-                    self.listeners.entry(key).or_insert(fd);
+                    self.listeners.add_bound(key, fd);
                 }
                 self.feed(machine::Event::Ready {
                     worker,
@@ -518,9 +501,11 @@ impl Driver {
     }
 
     fn on_reaped(&mut self, worker: WorkerId, status: String) {
-        let Some(g) = self.workers.remove(&worker) else {
+        let Some(mut g) = self.workers.remove(&worker) else {
             return;
         };
+        self.listeners
+            .discard_unadopted(std::mem::take(&mut g.bound));
         if self
             .standby_file
             .as_ref()
@@ -652,7 +637,7 @@ impl Driver {
                 .map(|t| t.elapsed().as_secs_f64())
                 .unwrap_or(0.0),
             graceful: self.machine.settings().graceful,
-            listeners: self.listeners.keys().cloned().collect(),
+            listeners: self.listeners.keys(),
             phase: self.machine.phase().name().into(),
             restarts: self.machine.restarts(),
             last_restart: self.machine.last_restart().cloned(),

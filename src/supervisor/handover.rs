@@ -14,7 +14,7 @@
 //! (`NEW check` with the handover) is how the old image learns that before it executes
 //! anything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +90,12 @@ pub(crate) struct Handover {
     pub control: Option<ControlHandover>,
     /// Listening sockets by key: descriptor numbers.
     pub listeners: BTreeMap<String, i32>,
+    /// `systemd:NAME` → the key of the listener systemd passed with that name.
+    #[serde(default)]
+    pub listener_names: BTreeMap<String, String>,
+    /// The keys of the listeners systemd passed (their Unix socket files are systemd's).
+    #[serde(default)]
+    pub listeners_from_systemd: BTreeSet<String>,
     /// Worker processes (the supervisor's children), by worker id.
     pub workers: Vec<WorkerHandover>,
     /// The standby and the identity of the file it was started from.
@@ -325,6 +331,11 @@ mod tests {
                 ino: 2,
             }),
             listeners: BTreeMap::from([("127.0.0.1:8080".to_string(), 7)]),
+            listener_names: BTreeMap::from([(
+                "systemd:web".to_string(),
+                "127.0.0.1:8080".to_string(),
+            )]),
+            listeners_from_systemd: BTreeSet::from(["127.0.0.1:8080".to_string()]),
             workers: vec![WorkerHandover {
                 id: 1,
                 pid: 4242,

@@ -7,6 +7,7 @@
 //! - `driver`: the thin shell that performs the machine's actions (processes, sockets, timers,
 //!   replies) and feeds it events; `events` is its one queue's vocabulary;
 //! - `generation`: starting one worker process and following its channel and stderr;
+//! - `sockets`: the listening sockets it holds (and the Unix socket files it removes);
 //! - `control`: the control socket's server; `watchers`: restart when the executable or config
 //!   changes; `exe`: checks on an executable; `systemd`: notify and socket activation;
 //! - `handover`: the versioned state a supervisor hands to its re-executed image (the driver's
@@ -39,6 +40,7 @@ mod exe;
 mod generation;
 mod handover;
 mod machine;
+mod sockets;
 mod systemd;
 mod watchers;
 

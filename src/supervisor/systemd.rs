@@ -6,8 +6,12 @@
 //! with `@`). Workers never notify: the supervisor is systemd's main PID and speaks for them.
 //!
 //! Activation: when `LISTEN_PID` is our pid, descriptors 3 … 3+`LISTEN_FDS`-1 are listening
-//! sockets; each is keyed by the address it is bound to (`:8199` for a wildcard address) and
-//! used for the config address with the same key.
+//! sockets; each is keyed by the address it is bound to (`:8199` for a wildcard address,
+//! `unix:/run/app.sock` for a Unix socket) and used for the config address with the same key.
+//! `LISTEN_FDNAMES` (colon-separated, one name per descriptor: the unit's
+//! `FileDescriptorName=`, or `--fdname` of `systemd-socket-activate`) names them: a config
+//! address `systemd:NAME` takes the socket with that name, whatever it is bound to (see
+//! `sockets`). When several sockets share a name, `systemd:NAME` takes the first.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -38,9 +42,21 @@ pub(crate) fn notify(state: &str) {
     }
 }
 
-/// Take the sockets systemd passed, keyed by address. Empty when not socket-activated.
-pub(crate) fn activated_sockets() -> BTreeMap<String, OwnedFd> {
-    let mut out = BTreeMap::new();
+/// One socket systemd passed.
+#[derive(Debug)]
+pub(crate) struct Activated {
+    /// Its listener key: the address it is bound to (`:8199`, `unix:/run/app.sock`), or
+    /// `systemd:NAME` for a socket with no such address (an abstract Unix socket).
+    pub(crate) key: String,
+    /// Its name from `LISTEN_FDNAMES`, if systemd gave one.
+    pub(crate) name: Option<String>,
+    /// The descriptor.
+    pub(crate) fd: OwnedFd,
+}
+
+/// Take the sockets systemd passed, with their keys and names. Empty when not socket-activated.
+pub(crate) fn activated_sockets() -> Vec<Activated> {
+    let mut out = Vec::new();
     let pid_ok = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
@@ -52,7 +68,11 @@ pub(crate) fn activated_sockets() -> BTreeMap<String, OwnedFd> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
+    let mut keys = BTreeMap::new();
     for raw in 3..3 + n {
+        let name = names.next().filter(|n| !n.is_empty()).map(str::to_string);
         let fd = match crate::sys::adopt_fd(raw) {
             Ok(fd) => fd,
             Err(e) => {
@@ -61,15 +81,42 @@ pub(crate) fn activated_sockets() -> BTreeMap<String, OwnedFd> {
             }
         };
         let sock = socket2::Socket::from(fd);
-        let key = match sock.local_addr().ok().and_then(|a| a.as_socket()) {
-            Some(sa) => crate::config::addr::key_for(sa),
-            None => {
-                tracing::warn!("LISTEN_FDS: fd {raw} is not a TCP socket; ignored");
+        let local = sock.local_addr().ok();
+        // A key travels in a comma-separated list to the workers: a path with a comma can
+        // only be taken by name.
+        let bound = local
+            .as_ref()
+            .and_then(|a| match a.as_socket() {
+                Some(sa) => Some(crate::config::addr::key_for(sa)),
+                None => a.as_pathname().map(crate::config::addr::unix_key),
+            })
+            .filter(|k| !k.contains(','));
+        let key = match (bound, &name) {
+            (Some(k), _) => k,
+            (None, Some(n)) => format!("systemd:{n}"),
+            (None, None) => {
+                tracing::warn!(
+                    "LISTEN_FDS: fd {raw} is neither a TCP nor a named Unix socket, and has no \
+                     name; ignored"
+                );
                 continue;
             }
         };
-        tracing::info!("adopted socket-activated listener [{key}] (fd {raw})");
-        out.insert(key, sock.into());
+        if keys.insert(key.clone(), raw).is_some() {
+            tracing::warn!("LISTEN_FDS: fd {raw} is a second socket for [{key}]; ignored");
+            continue;
+        }
+        match &name {
+            Some(n) => {
+                tracing::info!("adopted socket-activated listener [{key}] named {n:?} (fd {raw})")
+            }
+            None => tracing::info!("adopted socket-activated listener [{key}] (fd {raw})"),
+        }
+        out.push(Activated {
+            key,
+            name,
+            fd: sock.into(),
+        });
     }
     out
 }

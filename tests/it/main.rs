@@ -17,6 +17,7 @@ mod hostile_ops;
 mod http2;
 mod kubernetes;
 mod limits;
+mod listeners;
 mod netns;
 mod newcomer;
 mod recorded_exe;

@@ -412,6 +412,46 @@ pub fn https_get(port: u16, path: &str, ca_pem: &str, h2: bool) -> Result<TlsRes
 }
 
 async fn https_get_async(port: u16, path: &str, ca_pem: &str, h2: bool) -> Result<TlsResp, String> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    https_over(tcp, &format!("localhost:{port}"), path, ca_pem, h2).await
+}
+
+/// As [`https_get`], over the Unix socket at `sock`, with `preamble` (a PROXY header) sent
+/// before the TLS handshake.
+pub fn https_get_unix(
+    sock: &Path,
+    preamble: &[u8],
+    path: &str,
+    ca_pem: &str,
+    h2: bool,
+) -> Result<TlsResp, String> {
+    use tokio::io::AsyncWriteExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut s = tokio::net::UnixStream::connect(sock)
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(preamble).await.map_err(|e| e.to_string())?;
+        https_over(s, "localhost", path, ca_pem, h2).await
+    })
+}
+
+/// `GET path` over TLS on `stream`, for the server name `localhost`.
+async fn https_over<S>(
+    stream: S,
+    authority: &str,
+    path: &str,
+    ca_pem: &str,
+    h2: bool,
+) -> Result<TlsResp, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -431,12 +471,9 @@ async fn https_get_async(port: u16, path: &str, ca_pem: &str, h2: bool) -> Resul
         vec![b"http/1.1".to_vec()]
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| e.to_string())?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tls = connector
-        .connect(name, tcp)
+        .connect(name, stream)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
     let peer_cert = tls
@@ -448,7 +485,7 @@ async fn https_get_async(port: u16, path: &str, ca_pem: &str, h2: bool) -> Resul
         .unwrap_or_default();
     let negotiated_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = hyper_util::rt::TokioIo::new(tls);
-    let req = http::Request::get(format!("https://localhost:{port}{path}"))
+    let req = http::Request::get(format!("https://{authority}{path}"))
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = if negotiated_h2 {

@@ -39,16 +39,16 @@ pub(crate) fn route_of(path: &str) -> String {
 }
 
 /// How to reach a listener from this machine, and whether it is TLS; `None` for a port chosen
-/// by the system (nobody can know it from the config).
+/// by the system (nobody can know it from the config), and for Unix and systemd addresses.
 fn reach(a: &ListenAddr, https: bool) -> Option<Url> {
-    if a.port() == 0 {
+    let sa = a.socket_addrs()?;
+    if sa.port() == 0 {
         return None;
     }
     let host = if a.is_all_interfaces() {
         "127.0.0.1".to_string()
     } else {
-        let ip = a.socket_addrs().ip();
-        match ip {
+        match sa.ip() {
             std::net::IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".into(),
             std::net::IpAddr::V6(v6) if v6.is_unspecified() => "::1".into(),
             ip => ip.to_string(),
@@ -57,7 +57,7 @@ fn reach(a: &ListenAddr, https: bool) -> Option<Url> {
     Some(Url {
         https,
         host,
-        port: a.port(),
+        port: sa.port(),
         path: "/".into(),
     })
 }

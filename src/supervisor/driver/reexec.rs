@@ -51,8 +51,10 @@ use crate::supervisor::handover::{
     HANDOVER_VERSION, Handover, MAX_HANDOVER, TAKEOVER_OK, Waiter, WorkerHandover,
 };
 use crate::supervisor::machine::{self, Machine, Phase};
+use crate::supervisor::sockets::ListenerSet;
 use crate::supervisor::{control, exe, generation};
 use crate::watch::{FileId, file_id};
+use std::collections::BTreeMap;
 
 /// Debug builds: makes a re-executed image's takeover fail (for the fallback's tests).
 const ENV_TEST_TAKEOVER_FAILS: &str = "APPHOST_TEST_TAKEOVER_FAILS";
@@ -170,11 +172,9 @@ impl Driver {
             log_level: self.opts.config.log.level.clone(),
             uptime_ms: ms(self.started.elapsed()),
             control,
-            listeners: self
-                .listeners
-                .iter()
-                .map(|(k, fd)| (k.clone(), fd.as_raw_fd()))
-                .collect(),
+            listeners: self.listeners.raw_fds(),
+            listener_names: self.listeners.names().clone(),
+            listeners_from_systemd: self.listeners.systemd_keys().clone(),
             workers,
             standby_file: self.standby_file.clone(),
             machine,
@@ -473,14 +473,20 @@ fn resume(mut h: Handover, opts: Options, arrival: Arrival) -> ExitCode {
         d.started = written
             .checked_sub(Duration::from_millis(h.uptime_ms))
             .unwrap_or(written);
+        let mut held = BTreeMap::new();
         for (key, fd) in &h.listeners {
             match crate::sys::adopt_fd(*fd) {
                 Ok(fd) => {
-                    d.listeners.insert(key.clone(), fd);
+                    held.insert(key.clone(), fd);
                 }
                 Err(e) => tracing::error!("listener [{key}] was not handed over: {e}"),
             }
         }
+        d.listeners = ListenerSet::restore(
+            held,
+            h.listener_names.clone(),
+            h.listeners_from_systemd.clone(),
+        );
         d.standby_file = h.standby_file.clone();
         for w in &h.workers {
             if let Err(e) = adopt_worker(&mut d, w, &tx) {
@@ -590,6 +596,8 @@ mod tests {
             uptime_ms: 1,
             control: None,
             listeners: Default::default(),
+            listener_names: Default::default(),
+            listeners_from_systemd: Default::default(),
             workers: Vec::new(),
             standby_file: None,
             machine: serde_json::from_value(serde_json::json!({
