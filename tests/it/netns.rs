@@ -4,7 +4,8 @@
 //! namespace whose only interface is its own `lo`, holding 127.0.0.1 and 192.0.2.1 (TEST-NET-1,
 //! reachable from nowhere). apphost listens on 127.0.0.1 only. The test's client thread joins that
 //! namespace (`setns`) and connects to 127.0.0.1, once from 127.0.0.1 and once with its source
-//! bound to 192.0.2.1: the same listener, the same route, two peers.
+//! bound to 192.0.2.1: the same listener, the same route, two peers. A third server takes the
+//! PROXY protocol: a header claiming 127.0.0.1 from 192.0.2.1 is still refused the admin.
 //!
 //! Needs root (or CAP_SYS_ADMIN) and iproute2's `ip`; outside CI a machine without them skips
 //! with a message, in CI (`CI=true`) that is a failure.
@@ -23,6 +24,7 @@ const T: Duration = Duration::from_secs(20);
 /// In the private namespace every port is free.
 const OPEN: u16 = 8080;
 const TOKEN: u16 = 8081;
+const PROXIED: u16 = 8082;
 
 fn config() -> String {
     format!(
@@ -38,7 +40,11 @@ fn config() -> String {
              address: \"127.0.0.1:{TOKEN}\"\n    \
              admin: {{ token: s3cret-token }}\n    \
              routes:\n      \
-               \"/pid\": pid\n"
+               \"/pid\": pid\n  \
+           proxied:\n    \
+             address: \"127.0.0.1:{PROXIED}\"\n    \
+             proxy_protocol: true\n    \
+             admin: {{}}\n"
     )
 }
 
@@ -62,6 +68,17 @@ fn namespaces_usable() -> bool {
 /// One `GET path` over HTTP/1.1 to 127.0.0.1:`port`, from `source` (port 0), with `headers`.
 /// Returns the status code.
 fn get_from(source: Ipv4Addr, port: u16, path: &str, headers: &[(&str, &str)]) -> Resp {
+    get_after(source, port, b"", path, headers)
+}
+
+/// As [`get_from`], with `preamble` (a PROXY header) sent first.
+fn get_after(
+    source: Ipv4Addr,
+    port: u16,
+    preamble: &[u8],
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Resp {
     let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     s.bind(&SocketAddr::from((source, 0)).into())
         .unwrap_or_else(|e| panic!("bind {source}: {e}"));
@@ -75,6 +92,7 @@ fn get_from(source: Ipv4Addr, port: u16, path: &str, headers: &[(&str, &str)]) -
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    s.write_all(preamble).unwrap();
     s.write_all(req.as_bytes()).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
@@ -129,6 +147,7 @@ fn admin_refuses_a_client_beyond_loopback_and_a_token_admits_it() {
             (r.status == 200).then_some(())
         });
         let bearer = [("authorization", "Bearer s3cret-token")];
+        let claim_loopback = b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 8082\r\n";
         [
             // The ordinary route answers anyone.
             (
@@ -153,13 +172,19 @@ fn admin_refuses_a_client_beyond_loopback_and_a_token_admits_it() {
                 "token admin, beyond, token",
                 get_from(beyond, TOKEN, "/debug/admin/status", &bearer),
             ),
+            // A PROXY header claiming loopback does not make a client beyond it loopback: the
+            // check uses the address the connection came from.
+            (
+                "proxied admin, beyond, header claiming loopback",
+                get_after(beyond, PROXIED, claim_loopback, "/debug/admin/status", &[]),
+            ),
         ]
         .map(|(what, r)| (what, r.status, r.body_str()))
     })
     .join()
     .unwrap_or_else(|_| panic!("client thread failed; log:\n{}", host.log()));
 
-    let want = [200, 200, 403, 401, 200];
+    let want = [200, 200, 403, 401, 200, 403];
     for ((what, status, body), want) in verdicts.iter().zip(want) {
         assert_eq!(*status, want, "{what}: {body}\nlog:\n{}", host.log());
     }
@@ -169,6 +194,12 @@ fn admin_refuses_a_client_beyond_loopback_and_a_token_admits_it() {
         "the 403 says why and names the client: {refused}"
     );
     host.wait_log("client=192.0.2.1:");
+    assert!(
+        verdicts[5].2.contains("192.0.2.1"),
+        "the proxied 403 names the real peer: {}",
+        verdicts[5].2
+    );
+    host.wait_log("client=127.0.0.1:40000 (via 192.0.2.1:");
     host.signal(rustix::process::Signal::TERM);
     assert!(host.wait_exit(T).success(), "log:\n{}", host.log());
 }
