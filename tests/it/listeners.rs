@@ -365,13 +365,15 @@ fn a_systemd_name_that_was_not_passed_is_an_error_naming_what_was() {
     );
 }
 
-/// A config with `proxy_protocol: true` on `port`: `/pid`, and the token-less admin (loopback
-/// clients only) whose log lines name the client.
+/// A config with `proxy_protocol: true` on `port`: `/pid`, the token-less admin (loopback
+/// clients only) whose log lines name the client, and a JSON access log `access.log` in the
+/// config's directory.
 fn proxied_config(port: u16) -> String {
     format!(
         "header_read_timeout: 1s\n\
          servers:\n  s1:\n    address: \"127.0.0.1:{port}\"\n    proxy_protocol: true\n    \
-         admin: true\n    routes: {{ \"/pid\": pid }}\n"
+         admin: true\n    access_log: {{ path: access.log, format: json }}\n    \
+         routes: {{ \"/pid\": pid }}\n"
     )
 }
 
@@ -419,6 +421,15 @@ fn proxy_protocol_v1_and_v2_name_the_client_and_the_admin_trusts_the_real_peer()
     let r = proxied_get(port, &v2, "/debug/admin/status?format=json").unwrap();
     assert_eq!(r.status, 200, "{}", r.body_str());
     host.wait_log("client=198.51.100.9:6000 (via 127.0.0.1:");
+    // The access log's client is the one the header named.
+    let access = host.dir.path().join("access.log");
+    for client in ["203.0.113.7", "198.51.100.9"] {
+        wait_until(T, &format!("{client} in the access log"), || {
+            let text = std::fs::read_to_string(&access).ok()?;
+            text.contains(&format!("\"client\":\"{client}"))
+                .then_some(())
+        });
+    }
 
     // v2 LOCAL (a proxy's own health check): the connection's own peer.
     let local = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
