@@ -389,17 +389,19 @@ fn https_keeps_serving_across_a_restart() {
     // the restart: handshakes and requests the old worker took as its drain began included.
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let client = {
         let (stop, ca, ok) = (stop.clone(), pki.ca_pem.clone(), served.clone());
+        let pids = seen.clone();
         std::thread::spawn(move || {
-            let (mut failures, mut pids) = (Vec::new(), BTreeSet::new());
+            let mut failures = Vec::new();
             let mut h2 = true;
             while !stop.load(Ordering::Relaxed) {
                 match https_get(port, "/pid", &ca, h2) {
                     Ok(r) if r.status == 200 => match r.body.trim().parse::<u32>() {
                         Ok(p) => {
                             ok.fetch_add(1, Ordering::Relaxed);
-                            pids.insert(p);
+                            pids.lock().unwrap().insert(p);
                         }
                         Err(_) => failures.push(format!("bad body {:?}", r.body)),
                     },
@@ -408,7 +410,7 @@ fn https_keeps_serving_across_a_restart() {
                 }
                 h2 = !h2;
             }
-            (failures, pids)
+            failures
         })
     };
     // Some requests on the old worker first.
@@ -424,8 +426,14 @@ fn https_keeps_serving_across_a_restart() {
     assert_supervised_by(&mut host, new);
     host.wait_log("restart done (graceful)");
     wait_gone(old, T, "the drained old worker");
+    // Under load the client may not have been answered by the new worker yet: it runs until it
+    // has.
+    wait_until(T, "the client answered by the new worker", || {
+        seen.lock().unwrap().contains(&new).then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
-    let (failures, pids) = client.join().unwrap();
+    let failures = client.join().unwrap();
+    let pids = seen.lock().unwrap().clone();
     let ok = served.load(Ordering::Relaxed);
     assert!(
         failures.is_empty(),
