@@ -19,7 +19,8 @@
 # apphost variants: `apphost` (bench/bench-no-standby.yaml: nothing observed), `apphost-accesslog`
 # (bench/bench-access-log.yaml: a JSON access log to a file, request ids; log level warn, so the
 # request's tracing span is disabled), `apphost-accesslog-info` (the same at log level info,
-# where the span is recorded).
+# where the span is recorded), `apphost-metrics` (bench/bench-metrics.yaml: a `metrics` route, so
+# every request is counted), `apphost-both` (the JSON access log and metrics).
 #
 # Binaries come from $BIN (default: the release build in $CARGO_TARGET_DIR, /work/target-bench).
 # 127.0.0.1 only; everything started is stopped on exit.
@@ -37,13 +38,15 @@ command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
 # measure NAME FILE PID URL: keep-alive and close figures for one server (bench/common.sh).
 measure() { callgrind_measure "$@" "$CONNS" "$SECS" | tee -a "$OUT/results"; }
 
-port=18490
+port=${PORT:-18490}
 for v in $VARIANTS; do
     port=$((port + 1))
     case $v in
-    apphost | apphost-accesslog | apphost-accesslog-info)
+    apphost | apphost-accesslog | apphost-accesslog-info | apphost-metrics | apphost-both)
         case $v in
         apphost) cfg=bench/bench-no-standby.yaml ;;
+        apphost-metrics) cfg=bench/bench-metrics.yaml ;;
+        apphost-both) cfg=bench/bench-both.yaml ;;
         *) cfg=bench/bench-access-log.yaml ;;
         esac
         sed "s/127.0.0.1:18480/127.0.0.1:$port/" "$cfg" >"$OUT/$v.yaml"

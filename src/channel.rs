@@ -259,6 +259,25 @@ pub(crate) enum Msg {
         /// The result.
         result: serde_json::Value,
     },
+    /// Worker → supervisor: my request counters since I started (cumulative: each report
+    /// replaces the previous one), sent before each `metrics_request`, every second while
+    /// draining, and a last time when the drain is over. See `observe` for the whole design.
+    Counts {
+        /// The counters and gauges.
+        counts: crate::tally::Counts,
+    },
+    /// Worker → supervisor: answer with `metrics` and the same id (a scrape).
+    MetricsRequest {
+        /// Correlation id.
+        id: u64,
+    },
+    /// Supervisor → worker: the host's metrics, the answer to `metrics_request` `id`.
+    Metrics {
+        /// Correlation id.
+        id: u64,
+        /// The host's counters and the supervisor's facts.
+        metrics: Box<crate::tally::HostMetrics>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]

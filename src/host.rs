@@ -38,10 +38,15 @@ impl Host {
         Host::default()
     }
 
-    /// A host with the built-in handlers (`hello`, `pid`, `sleep`, `static`, `health`, `ready`).
+    /// A host with the built-in handlers (`hello`, `pid`, `sleep`, `static`, `health`, `ready`,
+    /// `metrics`).
     pub fn with_builtins() -> Host {
         let mut h = Host::new();
         crate::handlers::register_builtins(&mut h.registry);
+        // `metrics` is the product layer's (it reads the host's counters); a worker registers
+        // its own, with its link to the supervisor, over this one.
+        h.registry
+            .insert(crate::observe::HANDLER_NAME, crate::observe::factory(None));
         h
     }
 

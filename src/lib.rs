@@ -67,6 +67,7 @@ mod serve;
 mod service;
 mod supervisor;
 mod sys;
+mod tally;
 mod watch;
 mod worker;
 

@@ -18,11 +18,19 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::channel::Op;
 use crate::serve::Serving;
+use crate::tally::{Counts, HostMetrics, WorkerTally};
 
 pub use crate::channel::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, Status};
 
-/// An operation waiting to go to the supervisor, and where its answer goes.
-pub(crate) type Pending = (Op, oneshot::Sender<OpResult>);
+/// Something asked of the supervisor through a [`Link`], waiting to go, and where its answer
+/// goes.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// An operation.
+    Op(Op, oneshot::Sender<OpResult>),
+    /// The host's metrics (a scrape).
+    Metrics(oneshot::Sender<HostMetrics>),
+}
 
 /// A worker's handle to its supervisor: asks for operations (relayed over the channel by the
 /// worker's loop) and knows the worker's own facts (generation, connections, drain).
@@ -36,22 +44,48 @@ struct LinkInner {
     requests: mpsc::UnboundedSender<Pending>,
     generation: u64,
     serving: Arc<Serving>,
+    /// This worker's request counters, when its config asks for metrics.
+    tally: Option<Arc<WorkerTally>>,
 }
 
 impl Link {
-    /// A link for generation `generation` serving through `serving`, and the queue of the
-    /// operations asked through it (the worker's loop relays them to the supervisor).
+    /// A link for generation `generation` serving through `serving` (counting its requests in
+    /// `tally`, if given), and the queue of what is asked through it (the worker's loop relays
+    /// it to the supervisor).
     pub(crate) fn new(
         generation: u64,
         serving: Arc<Serving>,
+        tally: Option<Arc<WorkerTally>>,
     ) -> (Link, mpsc::UnboundedReceiver<Pending>) {
         let (requests, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(LinkInner {
             requests,
             generation,
             serving,
+            tally,
         });
         (Link { inner }, rx)
+    }
+
+    /// This worker's request counters, when its config asks for metrics.
+    pub(crate) fn tally(&self) -> Option<&Arc<WorkerTally>> {
+        self.inner.tally.as_ref()
+    }
+
+    /// This worker's counts since it started, gauges as of now (empty when it does not count).
+    pub(crate) fn counts(&self) -> Counts {
+        match &self.inner.tally {
+            Some(t) => t.snapshot(&self.inner.serving.gauges()),
+            None => Counts::default(),
+        }
+    }
+
+    /// Ask the supervisor for the host's metrics; `None` when it does not answer (gone, or an
+    /// older supervisor that does not know the request) within `wait`.
+    pub(crate) async fn metrics(&self, wait: std::time::Duration) -> Option<HostMetrics> {
+        let (rtx, rrx) = oneshot::channel();
+        self.inner.requests.send(Pending::Metrics(rtx)).ok()?;
+        tokio::time::timeout(wait, rrx).await.ok()?.ok()
     }
 
     /// Ask the supervisor for an operation and wait for the answer.
@@ -59,7 +93,7 @@ impl Link {
         let (rtx, rrx) = oneshot::channel();
         self.inner
             .requests
-            .send((op, rtx))
+            .send(Pending::Op(op, rtx))
             .map_err(|_| OpError::Unavailable("the worker is stopping".into()))?;
         rrx.await
             .unwrap_or_else(|_| Err(OpError::Unavailable("the supervisor did not answer".into())))

@@ -88,6 +88,10 @@ impl Plan {
                 };
                 format!("admin {}  ({auth})", a.path)
             });
+            // Metrics: every route of every server counts, in the worker's tally.
+            if let Some(t) = link.and_then(Link::tally) {
+                table.count_into(t.server(&server.name));
+            }
             let https = match (&server.https, tls::load_for_server(config, server)?) {
                 (Some(h), Some(store)) => {
                     let acceptor = TlsAcceptor::from(store.server_config()?);

@@ -32,7 +32,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::ready;
 use std::hash::BuildHasherDefault;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::{HeaderValue, Method};
 
@@ -41,6 +41,7 @@ use crate::config::{ConfigError, Params, RoutePattern, ServerConfig};
 use crate::fnv::Fnv1a;
 use crate::handler::{BoxFuture, Handler, Peer, ProxiedBy, Request, RouteMatch, Wants};
 use crate::handler::{Registry, method_not_allowed, not_found};
+use crate::tally::{RouteTally, ServerTally};
 
 /// A server's routes: built from its config by [`RouteTable::build`], extended by the admin
 /// module with [`RouteTable::insert`], and used for every request by [`RouteTable::dispatch_from`].
@@ -55,6 +56,8 @@ pub(crate) struct RouteTable {
     wildcard_max: usize,
     /// Every route, in the order added (for [`RouteTable::routes`]).
     list: Vec<Arc<Route>>,
+    /// Where requests are counted, when the config asks for metrics ([`RouteTable::count_into`]).
+    tally: Option<Arc<ServerTally>>,
 }
 
 /// Routes by path, hashed with FNV-1a: the keys come from the config and lookups never insert,
@@ -77,6 +80,8 @@ struct Route {
     /// `strip_prefix: true` (wildcard routes only): the handler sees the path without the
     /// route's prefix.
     strip_prefix: bool,
+    /// Its counters, once the table counts ([`RouteTable::count_into`]).
+    tally: OnceLock<Arc<RouteTally>>,
 }
 
 /// A route's `methods`, and the `Allow` header value listing them.
@@ -124,8 +129,8 @@ enum Lookup<'t, 'p> {
         route: &'t Route,
         rest: Option<&'p str>,
     },
-    /// A route matched but does not allow the method; the `Allow` value.
-    MethodNotAllowed(&'t HeaderValue),
+    /// A route matched but does not allow the method; the route and its `Allow` value.
+    MethodNotAllowed(&'t Route, &'t HeaderValue),
     /// No route matched.
     NotFound,
 }
@@ -236,7 +241,11 @@ impl RouteTable {
             handler,
             methods: methods.map(Allowed::new),
             strip_prefix,
+            tally: OnceLock::new(),
         });
+        if let Some(t) = &self.tally {
+            let _ = route.tally.set(t.route(&route.pattern));
+        }
         let map = match pattern.wildcard_prefix() {
             None => &mut self.exact,
             Some(key) => {
@@ -267,22 +276,54 @@ impl RouteTable {
             .collect()
     }
 
+    /// Count this server's requests from now on into `tally`: every route, present and added
+    /// later, gets its own counters there, and requests no route matches count as
+    /// [`crate::tally::UNMATCHED`].
+    pub(crate) fn count_into(&mut self, tally: Arc<ServerTally>) {
+        for r in &self.list {
+            let _ = r.tally.set(tally.route(&r.pattern));
+        }
+        self.tally = Some(tally);
+    }
+
+    /// True when requests are counted ([`RouteTable::count_into`]).
+    #[inline]
+    pub(crate) fn counts(&self) -> bool {
+        self.tally.is_some()
+    }
+
+    /// The index of this table's server among the worker's counted servers (0 when not
+    /// counted).
+    pub(crate) fn server_index(&self) -> u16 {
+        self.tally.as_ref().map_or(0, |t| t.index())
+    }
+
     /// Route one request: `404`, `405`, or the matched handler's answer (with a [`RouteMatch`]
     /// in the request's extensions).
     #[cfg(test)]
     pub(crate) fn dispatch(&self, req: Request) -> BoxFuture {
-        self.route(req, None)
+        self.route(req, None).0
     }
 
     /// Route one request from `client`: as `RouteTable::dispatch`, and the handler also gets
     /// a [`crate::ClientAddr`] if it [wants](Handler::wants) one.
     /// When a PROXY header named the client, the connection's own peer goes in too (as
     /// `ProxiedBy`, for [`crate::handler::real_peer`]), always together with the client.
-    pub(crate) fn dispatch_from(&self, req: Request, client: Peer) -> BoxFuture {
+    /// Also the tally the request counts in, when the table counts (the matched route's, or the
+    /// unmatched one's).
+    pub(crate) fn dispatch_from(
+        &self,
+        req: Request,
+        client: Peer,
+    ) -> (BoxFuture, Option<&Arc<RouteTally>>) {
         self.route(req, Some(client))
     }
 
-    fn route(&self, mut req: Request, client: Option<Peer>) -> BoxFuture {
+    fn route(
+        &self,
+        mut req: Request,
+        client: Option<Peer>,
+    ) -> (BoxFuture, Option<&Arc<RouteTally>>) {
         let (route, rest, stripped) = match self.lookup(req.method(), req.uri().path()) {
             Lookup::Found { route, rest } => (
                 route,
@@ -291,10 +332,18 @@ impl RouteTable {
                 rest.filter(|_| route.strip_prefix)
                     .and_then(|r| strip_prefix(req.uri(), r)),
             ),
-            Lookup::MethodNotAllowed(allow) => {
-                return Box::pin(ready(method_not_allowed(allow.clone())));
+            Lookup::MethodNotAllowed(route, allow) => {
+                return (
+                    Box::pin(ready(method_not_allowed(allow.clone()))),
+                    route.tally.get(),
+                );
             }
-            Lookup::NotFound => return Box::pin(ready(not_found())),
+            Lookup::NotFound => {
+                return (
+                    Box::pin(ready(not_found())),
+                    self.tally.as_ref().map(|t| t.unmatched()),
+                );
+            }
         };
         if let Some(uri) = stripped {
             *req.uri_mut() = uri;
@@ -313,7 +362,7 @@ impl RouteTable {
                 req.extensions_mut().insert(ProxiedBy(real));
             }
         }
-        route.handler.call(req)
+        (route.handler.call(req), route.tally.get())
     }
 
     /// Find the route for `path` and check `method` against it.
@@ -326,7 +375,7 @@ impl RouteTable {
             },
         };
         match &route.methods {
-            Some(a) if !a.allows(method) => Lookup::MethodNotAllowed(&a.allow),
+            Some(a) if !a.allows(method) => Lookup::MethodNotAllowed(route, &a.allow),
             _ => Lookup::Found { route, rest },
         }
     }

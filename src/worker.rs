@@ -36,9 +36,10 @@ use crate::config::ListenAddr;
 use crate::handler::Registry;
 use crate::handlers::ready::{self, Readiness, ReadyState};
 use crate::observe::access_log::AccessLogs;
-use crate::ops::{Link, OpError, OpResult};
+use crate::ops::{Link, OpError, OpResult, Pending};
 use crate::plan::{Plan, PlanError};
 use crate::serve::{self, Endpoint, Serving, tls::CertStore};
+use crate::tally::WorkerTally;
 use tokio_rustls::TlsAcceptor;
 
 /// How a worker was asked to start.
@@ -283,7 +284,12 @@ fn prepare(
                     .map(|a| (a, Some(h.acceptor.clone()))),
             );
         }
-        let observer = logs.observer(&server.name);
+        // Its access log, and the metrics' counting when its routes count.
+        let count = server
+            .routes
+            .counts()
+            .then(|| Arc::new(crate::observe::Count) as Arc<dyn crate::serve::exchange::Observer>);
+        let observer = crate::observe::both(logs.observer(&server.name), count);
         if let Some(r) = &server.readiness {
             // The readiness request is the worker's own, not a client's: not logged.
             gates.push((
@@ -378,7 +384,9 @@ async fn run(
     // Made before the first connection is accepted: a handler asking for an operation (the
     // admin page) must find it. Requests made before `ready` wait in the queue until the loop
     // below relays them.
-    let (link, mut req_rx) = Link::new(generation, serving.clone());
+    // Requests are counted when the config asks for metrics anywhere (see `observe`).
+    let tally = crate::observe::wanted(&config).then(|| Arc::new(WorkerTally::default()));
+    let (link, mut req_rx) = Link::new(generation, serving.clone(), tally);
     link.register_for_library();
     let readiness = Readiness::new(if std::env::var_os(ENV_HOST_SERVING).is_some() {
         ReadyState::Serving
@@ -389,6 +397,13 @@ async fn run(
     let mut registry = registry.clone();
     if registry.get("ready").is_some() {
         registry.insert("ready", ready::factory(readiness.clone()));
+    }
+    // ... and its `metrics` routes from the host's counters, through its link.
+    if registry.get(crate::observe::HANDLER_NAME).is_some() {
+        registry.insert(
+            crate::observe::HANDLER_NAME,
+            crate::observe::factory(Some(link.clone())),
+        );
     }
     let prepared = match Plan::build(&config, &registry, Some(&link))
         .map_err(StartError::from)
@@ -468,7 +483,7 @@ async fn run(
     }
     watch_certs(prepared.certs, config.watch.settle);
 
-    let mut relay = Relay::new(chan.clone());
+    let mut relay = Relay::new(chan.clone(), link.clone());
     // Stop signals this worker has had. The kernel sends one (SIGTERM, the parent-death signal)
     // when the supervisor is killed, together with the channel closing: whichever is seen first,
     // that one signal must not count as a second one during the drain, which would cut the
@@ -485,13 +500,14 @@ async fn run(
                 }
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
                 Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(logs),
+                Ok(Some((Msg::Metrics { id, metrics }, _))) => relay.deliver_metrics(id, *metrics),
                 Ok(Some((other, _))) => tracing::debug!(?other, "unexpected message ignored"),
                 Ok(None) | Err(_) => {
                     tracing::warn!("lost the supervisor; draining");
                     break true;
                 }
             },
-            Some((op, tx)) = req_rx.recv() => relay.forward(op, Some(tx)).await,
+            Some(asked) = req_rx.recv() => relay.ask(asked).await,
             s = sigs.next() => {
                 let op = match s {
                     WorkerSignal::Restart => Op::Restart { exe: None, via: Some("signal".into()) },
@@ -519,7 +535,10 @@ async fn run(
     }
     let deadline = tokio::time::sleep(config.shutdown_timeout);
     tokio::pin!(deadline);
-    loop {
+    // While draining, the supervisor hears this worker's counts every second (the serving
+    // generation's scrapes include them), and a last time when the drain is over.
+    let mut report = tokio::time::interval(COUNTS_WHILE_DRAINING);
+    let code = loop {
         tokio::select! {
             _ = serving.wait_idle() => {
                 tracing::info!("all servers shutdown");
@@ -534,12 +553,14 @@ async fn run(
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
                 // A draining worker still writes lines: it follows a rotation too.
                 Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(logs),
+                Ok(Some((Msg::Metrics { id, metrics }, _))) => relay.deliver_metrics(id, *metrics),
                 Ok(Some(_)) => {}
                 // The supervisor is gone; keep draining to the deadline.
                 Ok(None) | Err(_) => relay.close(),
             },
             // A handler still running may ask for an operation (status, …): pass it on.
-            Some((op, tx)) = req_rx.recv() => relay.forward(op, Some(tx)).await,
+            Some(asked) = req_rx.recv() => relay.ask(asked).await,
+            _ = report.tick(), if relay.open && link.tally().is_some() => relay.report_counts().await,
             s = sigs.next() => {
                 if s == WorkerSignal::Stop {
                     stops += 1;
@@ -550,7 +571,13 @@ async fn run(
                 }
             }
         }
+    };
+    // The final counts: every request this generation finished (the connections still open
+    // past `shutdown_timeout` are cut, their requests unfinished).
+    if relay.open && link.tally().is_some() {
+        relay.report_counts().await;
     }
+    code
 }
 
 /// `apphost reopen-logs` reached this worker.
@@ -558,6 +585,8 @@ fn reopen_logs(logs: &AccessLogs) {
     let files = logs.reopen();
     tracing::debug!(files, "reopening the access log files");
 }
+/// How often a draining worker reports its counts to the supervisor.
+const COUNTS_WHILE_DRAINING: Duration = Duration::from_secs(1);
 
 /// Run the application's start-up checks ([`crate::Host::on_start`]), then every server's
 /// readiness request; the first failure, as the reason the start failed.
@@ -580,23 +609,74 @@ async fn start_checks(
 }
 
 /// Relays the operations asked inside this worker (through its [`Link`], or by a signal) to
-/// the supervisor, and the answers back.
+/// the supervisor, and the answers back; and this worker's counts.
 struct Relay {
     chan: Arc<Channel>,
+    link: Link,
     /// Answers awaited, by request id.
     pending: HashMap<u64, oneshot::Sender<OpResult>>,
+    /// Metrics awaited, by request id.
+    pending_metrics: HashMap<u64, oneshot::Sender<crate::tally::HostMetrics>>,
     next_id: u64,
     /// False once the supervisor is gone.
     open: bool,
 }
 
 impl Relay {
-    fn new(chan: Arc<Channel>) -> Relay {
+    fn new(chan: Arc<Channel>, link: Link) -> Relay {
         Relay {
             chan,
+            link,
             pending: HashMap::new(),
+            pending_metrics: HashMap::new(),
             next_id: 1,
             open: true,
+        }
+    }
+
+    /// Pass on what was asked through the link.
+    async fn ask(&mut self, asked: Pending) {
+        match asked {
+            Pending::Op(op, tx) => self.forward(op, Some(tx)).await,
+            Pending::Metrics(tx) => self.metrics(tx).await,
+        }
+    }
+
+    /// Send this worker's counts as of now. Sent from this one task, so the supervisor gets
+    /// them in the order they were taken: each report it keeps is at least the one before.
+    async fn report_counts(&mut self) {
+        let counts = self.link.counts();
+        if let Err(e) = self.chan.send(&Msg::Counts { counts }, &[]).await {
+            tracing::warn!("cannot report the request counts to the supervisor: {e}");
+        }
+    }
+
+    /// A scrape: this worker's counts as of now, then the request for the host's metrics
+    /// (which therefore include them). Without a supervisor, `tx` is dropped: the asker
+    /// answers from this worker's counts alone.
+    async fn metrics(&mut self, tx: oneshot::Sender<crate::tally::HostMetrics>) {
+        if !self.open {
+            return;
+        }
+        if self.link.tally().is_some() {
+            self.report_counts().await;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        if self
+            .chan
+            .send(&Msg::MetricsRequest { id }, &[])
+            .await
+            .is_ok()
+        {
+            self.pending_metrics.insert(id, tx);
+        }
+    }
+
+    /// The supervisor answered metrics request `id`.
+    fn deliver_metrics(&mut self, id: u64, metrics: crate::tally::HostMetrics) {
+        if let Some(tx) = self.pending_metrics.remove(&id) {
+            let _ = tx.send(metrics);
         }
     }
 
@@ -637,6 +717,7 @@ impl Relay {
     fn close(&mut self) {
         self.open = false;
         self.pending.clear();
+        self.pending_metrics.clear();
     }
 }
 

@@ -20,6 +20,7 @@
 //! | --- | --- | --- |
 //! | `{path}` (and `{path}/`) | `GET`, `HEAD` | HTML page: supervisor and worker pids, executable, generation, uptime, servers and listeners, in-flight connections, the last restart; Restart (with an optional new executable) and Shutdown forms |
 //! | `{path}/status` | `GET`, `HEAD` | the same facts as JSON: `{"version": "0.1.0", "supervisor": Status, "worker": {...}, "servers": [...], "admin": {...}}` (`apphost status --json` prints the `version` and `supervisor` part) |
+//! | `{path}/metrics` | `GET`, `HEAD` | the host's metrics, Prometheus text or OpenMetrics, as the `metrics` handler answers (see `crate::observe`) |
 //! | `{path}/restart` | `POST`, `GET` | restart, wait for the outcome; optional `newExeFilePath` (query or urlencoded form body) |
 //! | `{path}/reload` | `POST`, `GET` | alias of `restart` |
 //! | `{path}/shutdown` | `POST` | answer, then the host drains every worker and the supervisor exits 0 |
@@ -46,7 +47,8 @@
 //!   (canonicalised, symlinks followed) to a file inside one of them, else `403`. Either way the
 //!   supervisor then checks that it is an executable it can run.
 //!
-//! Every request is logged with the client's address (refusals as warnings).
+//! Every request is logged with the client's address (refusals as warnings; metrics scrapes at
+//! debug level, as they come every few seconds).
 //!
 //! # Answers
 //! Format: JSON when `?format=json` or `Accept` mentions `application/json`; HTML when
@@ -272,6 +274,7 @@ impl Admin {
         match rest {
             "" | "/" => Some(Action::Page),
             "/status" => Some(Action::Status),
+            "/metrics" => Some(Action::Metrics),
             "/restart" | "/reload" => Some(Action::Restart),
             "/shutdown" => Some(Action::Shutdown),
             "/reopen-logs" => Some(Action::ReopenLogs),
@@ -285,6 +288,7 @@ impl Admin {
 enum Action {
     Page,
     Status,
+    Metrics,
     Restart,
     Shutdown,
     ReopenLogs,
@@ -295,6 +299,7 @@ impl Action {
         match self {
             Action::Page => "page",
             Action::Status => "status",
+            Action::Metrics => "metrics",
             Action::Restart => "restart",
             Action::Shutdown => "shutdown",
             Action::ReopenLogs => "reopen-logs",
@@ -304,7 +309,7 @@ impl Action {
     /// The `Allow` value.
     fn allow(self) -> &'static str {
         match self {
-            Action::Page | Action::Status => "GET, HEAD",
+            Action::Page | Action::Status | Action::Metrics => "GET, HEAD",
             Action::Restart => "POST, GET",
             Action::Shutdown | Action::ReopenLogs => "POST",
         }
@@ -312,7 +317,9 @@ impl Action {
 
     fn allows(self, m: &Method) -> bool {
         match self {
-            Action::Page | Action::Status => m == Method::GET || m == Method::HEAD,
+            Action::Page | Action::Status | Action::Metrics => {
+                m == Method::GET || m == Method::HEAD
+            }
             Action::Restart => m == Method::POST || m == Method::GET,
             Action::Shutdown | Action::ReopenLogs => m == Method::POST,
         }
@@ -475,6 +482,12 @@ impl Admin {
             Action::Status => {
                 tracing::info!(client = %asked.client, server = %self.server, "admin: status");
                 Ok(self.status_response(&snapshot(self.link.as_ref()).await))
+            }
+            Action::Metrics => {
+                // Scrapes come every few seconds: logged at debug, not info.
+                tracing::debug!(client = %asked.client, server = %self.server, "admin: metrics");
+                let (m, h) = (req.method(), req.headers());
+                Ok(crate::observe::answer(self.link.as_ref(), m, h).await)
             }
             Action::Restart => self.restart(req, &query, asked).await,
             Action::Shutdown => self.shutdown(req, asked).await,

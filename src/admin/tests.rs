@@ -51,7 +51,7 @@ fn serve_admin_proxied(client: &str, real: &str) -> Direct {
         client: ClientAddr(client.parse().unwrap()),
         proxied_by: Some(real.parse().unwrap()),
     };
-    direct(move |req| table.dispatch_from(req, peer))
+    direct(move |req| table.dispatch_from(req, peer).0)
 }
 
 #[tokio::test]

@@ -361,6 +361,7 @@ mod tests {
             request_id: Some(RequestId::Given(HeaderValue::from_static("abc-1"))),
             user_agent: ua,
             referer: None,
+            tally: None,
         }
     }
 

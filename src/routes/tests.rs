@@ -44,7 +44,7 @@ fn table(patterns: &[&str]) -> RouteTable {
 fn find<'p>(t: &RouteTable, path: &'p str) -> Option<(String, Option<&'p str>)> {
     match t.lookup(&Method::GET, path) {
         Lookup::Found { route, rest } => Some((route.pattern.to_string(), rest)),
-        Lookup::MethodNotAllowed(_) => panic!("no methods configured"),
+        Lookup::MethodNotAllowed(_, _) => panic!("no methods configured"),
         Lookup::NotFound => None,
     }
 }
@@ -122,11 +122,11 @@ fn methods_give_405_with_allow() {
         assert!(matches!(t.lookup(&m, "/w"), Lookup::Found { .. }), "{m}");
     }
     match t.lookup(&Method::PUT, "/w") {
-        Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "POST, GET, HEAD"),
+        Lookup::MethodNotAllowed(_, allow) => assert_eq!(allow, "POST, GET, HEAD"),
         _ => panic!("PUT allowed"),
     }
     match t.lookup(&Method::GET, "/d/x") {
-        Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "DELETE"),
+        Lookup::MethodNotAllowed(_, allow) => assert_eq!(allow, "DELETE"),
         _ => panic!("GET allowed"),
     }
 }
@@ -176,7 +176,7 @@ fn build_from_config() {
             .map(|(a, b)| (a.to_string(), b.to_string()))
     );
     match t.lookup(&Method::POST, "/pid") {
-        Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "GET, HEAD"),
+        Lookup::MethodNotAllowed(_, allow) => assert_eq!(allow, "GET, HEAD"),
         _ => panic!("POST allowed"),
     }
 }
@@ -235,7 +235,7 @@ fn bad_methods() {
     )]);
     let t = RouteTable::build(&s, &builtins()).unwrap();
     match t.lookup(&Method::PUT, "/x") {
-        Lookup::MethodNotAllowed(allow) => assert_eq!(allow, "GET, HEAD, POST"),
+        Lookup::MethodNotAllowed(_, allow) => assert_eq!(allow, "GET, HEAD, POST"),
         _ => panic!("PUT allowed"),
     }
 }
@@ -321,7 +321,7 @@ async fn extensions_follow_what_the_handler_wants() {
     t.insert(&p("/route"), "probe", Arc::new(Probe(route_only)), None);
     let t = Arc::new(t);
     let client = Peer::direct(ClientAddr(([127, 0, 0, 1], 4321).into()));
-    let app = direct(move |req| t.dispatch_from(req, client));
+    let app = direct(move |req| t.dispatch_from(req, client).0);
 
     let r = fetch(&app, Method::GET, "/all/a/b", &[]).await;
     assert_eq!(
@@ -358,14 +358,14 @@ async fn a_proxied_client_keeps_the_real_peer_beside_it() {
         proxied_by: Some(([127, 0, 0, 1], 4321).into()),
     };
     let t2 = t.clone();
-    let app = direct(move |req| t2.dispatch_from(req, proxied));
+    let app = direct(move |req| t2.dispatch_from(req, proxied).0);
     let r = fetch(&app, Method::GET, "/", &[]).await;
     assert_eq!(
         r.body(),
         "client=Some(203.0.113.7:5000) real=Some(127.0.0.1:4321)"
     );
     let plain = Peer::direct(ClientAddr(([10, 0, 0, 1], 80).into()));
-    let app = direct(move |req| t.dispatch_from(req, plain));
+    let app = direct(move |req| t.dispatch_from(req, plain).0);
     let r = fetch(&app, Method::GET, "/", &[]).await;
     assert_eq!(r.body(), "client=Some(10.0.0.1:80) real=Some(10.0.0.1:80)");
 }

@@ -230,7 +230,10 @@ pub(super) async fn serve_io<I>(
                     Some(state.clone()),
                 )
             };
-            let fut = routes.dispatch_from(req, peer);
+            let (fut, tally) = routes.dispatch_from(req, peer);
+            if let Some(r) = &mut rec {
+                r.routed(tally);
+            }
             // Boxed again only when the span is on: the future hyper holds stays small.
             let fut: crate::handler::BoxFuture = match span {
                 None => fut,

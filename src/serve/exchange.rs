@@ -40,6 +40,7 @@ use http::header::HeaderValue;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::handler::ClientAddr;
+use crate::tally::RouteTally;
 
 /// `x-request-id`: a request's id, taken from the request or given to it, and returned in the
 /// response.
@@ -98,6 +99,8 @@ pub(crate) struct Exchange {
     pub user_agent: Option<HeaderValue>,
     /// The `Referer` header, if the observer kept it.
     pub referer: Option<HeaderValue>,
+    /// The matched route's counters, when its server counts requests (metrics).
+    pub tally: Option<Arc<RouteTally>>,
 }
 
 /// A request's id: the one it came with, or one made for it (kept inline: no allocation until
@@ -184,6 +187,7 @@ impl Recording {
                 request_id: None,
                 user_agent: None,
                 referer: None,
+                tally: None,
             },
         });
         observer.started(req.headers(), &mut r.ex);
@@ -202,6 +206,11 @@ impl Recording {
         let id = self.0.ex.request_id.as_ref()?;
         let span = tracing::info_span!("request", request_id = %id);
         (!span.is_disabled()).then_some(span)
+    }
+
+    /// The route table routed the request: it counts in `tally` (when its server counts).
+    pub(crate) fn routed(&mut self, tally: Option<&Arc<RouteTally>>) {
+        self.0.ex.tally = tally.cloned();
     }
 
     /// The handler answered with `status`.

@@ -114,6 +114,12 @@ impl Serving {
         self.watchdog.len()
     }
 
+    /// Per server index: live HTTP/1 and HTTP/2 connections and requests in flight (see
+    /// [`crate::tally::Gauges`]).
+    pub(crate) fn gauges(&self) -> crate::tally::Gauges {
+        self.watchdog.gauges()
+    }
+
     /// Resolves when the drain has started and every connection has finished.
     pub(crate) async fn wait_idle(&self) {
         self.drained_signal().await;
@@ -189,7 +195,9 @@ fn spawn_conn<S: conn::Stream>(
     serving: &Arc<Serving>,
 ) {
     // Registered here, before the task runs, so a drain starting now counts it.
-    let (state, reg) = serving.watchdog.register();
+    let (state, reg) = serving
+        .watchdog
+        .register_for(endpoint.routes.server_index());
     let (ep, s) = (endpoint.clone(), serving.clone());
     // Plain and TLS connections are separate futures: a plain one does not carry the (much
     // larger) TLS state, and tokio copies the future when spawning it.

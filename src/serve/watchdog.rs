@@ -169,6 +169,8 @@ pub(crate) struct ConnState {
     pub(super) stream: AtomicU8,
     /// An upgraded connection's reader and writer tasks, woken when the host closes it.
     pub(super) stream_wakers: Mutex<[Option<Waker>; 2]>,
+    /// The index of the server whose listener accepted it (for the metrics' gauges).
+    server: u16,
 }
 
 impl ConnState {
@@ -296,8 +298,14 @@ impl Watchdog {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register a connection accepted now.
+    /// Register a connection accepted now (of server 0, as far as the gauges go).
     pub(crate) fn register(self: &Arc<Self>) -> (Arc<ConnState>, Registration) {
+        self.register_for(0)
+    }
+
+    /// Register a connection accepted now by a listener of server `server` (its index among
+    /// the worker's counted servers).
+    pub(crate) fn register_for(self: &Arc<Self>, server: u16) -> (Arc<ConnState>, Registration) {
         let now = precise_now_ms();
         let state = Arc::new(ConnState {
             since_ms: AtomicU64::new(now),
@@ -313,6 +321,7 @@ impl Watchdog {
             unflushed: Default::default(),
             stream: AtomicU8::new(0),
             stream_wakers: Mutex::new([None, None]),
+            server,
         });
         let (slot, first, restart_sweeper) = {
             let mut s = self.lock();
@@ -349,6 +358,26 @@ impl Watchdog {
     /// Live connections.
     pub(crate) fn len(&self) -> usize {
         self.lock().len
+    }
+
+    /// Per server index: live connections speaking HTTP/1 and HTTP/2, and requests in flight
+    /// (whose response body has not ended). Read at a scrape, never on the request path.
+    pub(crate) fn gauges(&self) -> crate::tally::Gauges {
+        let mut out: crate::tally::Gauges = Vec::new();
+        for s in self.lock().entries.iter().flatten() {
+            let i = usize::from(s.server);
+            if out.len() <= i {
+                out.resize(i + 1, (0, 0, 0));
+            }
+            let g = &mut out[i];
+            if s.flag(H2) {
+                g.1 += 1;
+            } else {
+                g.0 += 1;
+            }
+            g.2 += u64::from(s.busy.load(Ordering::Acquire));
+        }
+        out
     }
 
     /// True when no connection is live.

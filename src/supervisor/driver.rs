@@ -66,6 +66,8 @@ struct Driver {
     /// An `execve` of the supervisor asked for by the machine, done once the current event is
     /// handled.
     reexec: Option<PathBuf>,
+    /// The host's request counters (see `observe`).
+    totals: crate::observe::host::HostTotals,
 }
 
 /// Run the supervisor until the host shuts down. Returns the process exit code.
@@ -169,6 +171,7 @@ impl Driver {
             control: None,
             image,
             reexec: None,
+            totals: Default::default(),
         }
     }
 
@@ -409,6 +412,7 @@ impl Driver {
             }
         }
         self.workers.insert(worker, g);
+        self.machine.worker_started(generation);
         None
     }
 
@@ -468,6 +472,8 @@ impl Driver {
                 self.fail_reasons.insert(worker, reason);
             }
             Msg::Request { id, op } => self.on_op(op, Reply::Worker { worker, id }),
+            Msg::Counts { counts } => self.totals.report(worker, counts),
+            Msg::MetricsRequest { id } => self.answer_metrics(worker, id),
             other => tracing::debug!(?other, "unexpected message from a worker"),
         }
     }
@@ -513,6 +519,8 @@ impl Driver {
         {
             self.standby_file = None;
         }
+        // Its channel has been read to the end: its last counts are final.
+        self.totals.retire(worker);
         let reported = self.fail_reasons.remove(&worker);
         let tail = g.stderr_tail();
         let reason = match reported {
@@ -642,6 +650,32 @@ impl Driver {
             restarts: self.machine.restarts(),
             last_restart: self.machine.last_restart().cloned(),
         }
+    }
+
+    /// Answer worker `worker`'s metrics request `id`: the host's counts and the supervisor's
+    /// facts.
+    fn answer_metrics(&self, worker: WorkerId, id: u64) {
+        let Some(g) = self.workers.get(&worker) else {
+            return;
+        };
+        let cur = self.machine.current();
+        let generation = cur.and_then(|w| self.machine.generation_of(w)).unwrap_or(0);
+        let pids = self
+            .workers
+            .values()
+            .filter(|g| !g.exited)
+            .map(Generation::pid_u32);
+        let metrics = self.totals.metrics(generation, self.machine.stats(), pids);
+        let chan = g.chan.clone();
+        tokio::spawn(async move {
+            let msg = Msg::Metrics {
+                id,
+                metrics: Box::new(metrics),
+            };
+            if let Err(e) = chan.send(&msg, &[]).await {
+                tracing::warn!("cannot send the metrics to the worker: {e}");
+            }
+        });
     }
 
     fn reply(&self, to: Reply, r: OpResult) {

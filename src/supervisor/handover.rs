@@ -117,6 +117,9 @@ pub(crate) struct Handover {
     /// the "… ago" durations above are as of then, so the time the exec took is counted.
     #[serde(default)]
     pub written_mono_ns: Option<u64>,
+    /// The host's request counters (the metrics' totals), which go on in the next image.
+    #[serde(default)]
+    pub totals: crate::observe::host::HostTotals,
 }
 
 /// `CLOCK_MONOTONIC` now, in nanoseconds.
@@ -201,6 +204,9 @@ pub(crate) struct MachineHandover {
     /// How the last restart ended.
     #[serde(default)]
     pub last_restart: Option<LastRestart>,
+    /// Restarts by trigger and outcome, worker starts, the last handoff (the metrics').
+    #[serde(default)]
+    pub stats: crate::tally::RestartStats,
 }
 
 /// One worker as the machine knows it.
@@ -379,11 +385,28 @@ mod tests {
                 backoff_ms: 100,
                 restarts: 0,
                 last_restart: None,
+                stats: {
+                    let mut s = crate::tally::RestartStats::default();
+                    s.restart("cli", "ok");
+                    s.worker_started("start");
+                    s.last_handoff_s = Some(0.002);
+                    s
+                },
             },
             image_before: None,
             image_after: None,
             checked_program: Some((3, 4)),
             written_mono_ns: Some(1_000_000),
+            totals: {
+                let mut c = crate::tally::Counts::default();
+                c.requests
+                    .insert(("web".into(), "/".into(), "GET".into(), 200), 41);
+                let mut t = crate::observe::host::HostTotals::default();
+                t.report(1, c.clone());
+                t.report(2, c);
+                t.retire(2);
+                t
+            },
         }
     }
 

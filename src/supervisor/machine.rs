@@ -45,6 +45,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::channel::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, WorkerSettings};
+use crate::tally::RestartStats;
 
 mod shutdown;
 mod upgrade;
@@ -84,6 +85,8 @@ pub(crate) struct Machine<R> {
     backoff: Duration,
     restarts: u64,
     last_restart: Option<LastRestart>,
+    /// Restarts by trigger and outcome, worker starts, the last handoff (for the metrics).
+    stats: RestartStats,
     /// The unix time now, for the record of a restart (a function, so tests fix it).
     clock: fn() -> u64,
     out: Vec<Action<R>>,
@@ -105,6 +108,7 @@ impl<R> Machine<R> {
             backoff: BACKOFF_MIN,
             restarts: 0,
             last_restart: None,
+            stats: RestartStats::default(),
             clock,
             out: Vec::new(),
         }
@@ -159,6 +163,25 @@ impl<R> Machine<R> {
     /// How the last restart ended.
     pub(crate) fn last_restart(&self) -> Option<&LastRestart> {
         self.last_restart.as_ref()
+    }
+
+    /// Restarts by trigger and outcome, worker starts, the last handoff.
+    pub(crate) fn stats(&self) -> &RestartStats {
+        &self.stats
+    }
+
+    /// The driver started the process of [`Action::Spawn`] for `generation` (`None`: a
+    /// standby): count it, by why it was started.
+    pub(crate) fn worker_started(&mut self, generation: Option<u64>) {
+        let reason = match (&self.phase, generation) {
+            (_, None) => "standby",
+            (Phase::Recovering { pending, .. }, _) if pending.trigger == Trigger::Start => "start",
+            (Phase::Recovering { pending, .. }, _) if pending.trigger == Trigger::Recovery => {
+                "recovery"
+            }
+            _ => "restart",
+        };
+        self.stats.worker_started(reason);
     }
 
     /// Decide on `ev`; returns what to do, in order.
@@ -234,7 +257,16 @@ impl<R> Machine<R> {
         self.out.push(Action::Arm { after, timer });
     }
 
+    /// Record a restart's outcome: the last restart, and the count by trigger (its name,
+    /// [`Trigger::as_str`], is the label) and outcome.
     fn record(&mut self, ok: bool, trigger: &Trigger, detail: String) {
+        self.stats
+            .restart(trigger.as_str(), if ok { "ok" } else { "failed" });
+        self.note(ok, trigger, detail);
+    }
+
+    /// Record the last restart's outcome, without counting it.
+    fn note(&mut self, ok: bool, trigger: &Trigger, detail: String) {
         self.last_restart = Some(LastRestart {
             at_unix: (self.clock)(),
             ok,
@@ -417,8 +449,9 @@ impl<R> Machine<R> {
 
     fn refuse(&mut self, trigger: &Trigger, reply: R, e: OpError) {
         tracing::warn!(via = %trigger, "restart refused: {e}");
+        self.stats.restart(trigger.as_str(), "refused");
         if !matches!(e, OpError::Busy(_) | OpError::ShuttingDown) {
-            self.record(false, trigger, e.to_string());
+            self.note(false, trigger, e.to_string());
         }
         self.reply(reply, Err(e));
     }
@@ -558,6 +591,7 @@ impl<R> Machine<R> {
                 via = %pending.trigger,
                 "restart done ({mode})"
             );
+            self.stats.last_handoff_s = Some(outcome.handoff_ms / 1000.0);
             self.record(
                 true,
                 &pending.trigger,

@@ -18,6 +18,7 @@ mod http2;
 mod kubernetes;
 mod limits;
 mod listeners;
+mod metrics;
 mod netns;
 mod newcomer;
 mod recorded_exe;

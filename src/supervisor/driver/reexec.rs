@@ -182,6 +182,7 @@ impl Driver {
             image_after,
             checked_program: self.image.checked_program,
             written_mono_ns: Some(handover::monotonic_ns()),
+            totals: self.totals.clone(),
         })
     }
 
@@ -470,6 +471,7 @@ fn resume(mut h: Handover, opts: Options, arrival: Arrival) -> ExitCode {
             .collect();
         let m = Machine::restore(h.machine.clone(), waiters, crate::clock::now_unix, written);
         let mut d = Driver::new(m, opts, tx.clone(), image);
+        d.totals = std::mem::take(&mut h.totals);
         d.started = written
             .checked_sub(Duration::from_millis(h.uptime_ms))
             .unwrap_or(written);
@@ -600,6 +602,7 @@ mod tests {
             listeners_from_systemd: Default::default(),
             workers: Vec::new(),
             standby_file: None,
+            totals: Default::default(),
             machine: serde_json::from_value(serde_json::json!({
                 "current": 1,
                 "pending": {"asked_ms_ago": 0, "waiters": [], "trigger": "cli", "exe": "/v2"},

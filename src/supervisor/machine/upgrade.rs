@@ -138,6 +138,7 @@ impl<R> Machine<R> {
             backoff_ms: ms(self.backoff),
             restarts: self.restarts,
             last_restart: self.last_restart.clone(),
+            stats: self.stats.clone(),
         })
     }
 
@@ -197,6 +198,7 @@ impl<R> Machine<R> {
             backoff: Duration::from_millis(h.backoff_ms),
             restarts: h.restarts,
             last_restart: h.last_restart,
+            stats: h.stats,
             clock,
             out: Vec::new(),
         }
