@@ -47,6 +47,10 @@ pub(crate) const ENV_GENERATION: &str = "APPHOST_GENERATION";
 pub(crate) const ENV_HOST_SERVING: &str = "APPHOST_HOST_SERVING";
 /// Set for a standby worker: it starts up to its runtime, then waits for `activate`.
 pub(crate) const ENV_STANDBY: &str = "APPHOST_STANDBY";
+/// Set (to `1`) by a supervisor that keeps the host's metrics (it understands `counts` and
+/// answers `metrics_request`). A worker under an older supervisor, after a binary upgrade,
+/// sends neither and answers scrapes from its own counts.
+pub(crate) const ENV_SUPERVISOR_METRICS: &str = "APPHOST_SUPERVISOR_METRICS";
 
 /// Settings a worker reports with `ready`, taken from the config it loaded.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -301,11 +305,19 @@ pub(crate) fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
 
 fn encode(msg: &Msg) -> io::Result<Vec<u8>> {
     let value = serde_json::to_value(msg).map_err(io::Error::other)?;
-    serde_json::to_vec(&Envelope {
+    let bytes = serde_json::to_vec(&Envelope {
         v: VERSION,
         msg: value,
     })
-    .map_err(io::Error::other)
+    .map_err(io::Error::other)?;
+    // The receiver would get it cut: refused here, so the channel itself stays usable.
+    if bytes.len() > MAX_MSG {
+        return Err(io::Error::other(format!(
+            "channel message of {} bytes is over the {MAX_MSG}-byte limit",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Decode a packet. `Ok(None)`: a message of a type or version this code does not know.
@@ -502,6 +514,19 @@ mod tests {
         assert_eq!(a.recv().await.unwrap().unwrap().0, req);
         drop(b);
         assert!(a.recv().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_message_is_refused_and_the_channel_goes_on() {
+        let (a, b) = pair().unwrap();
+        let a = Channel::new(a).unwrap();
+        let b = Channel::new(b).unwrap();
+        let huge = Msg::Failed {
+            reason: "x".repeat(MAX_MSG),
+        };
+        assert!(a.send(&huge, &[]).await.is_err());
+        a.send(&Msg::GoingAway, &[]).await.unwrap();
+        assert_eq!(b.recv().await.unwrap().unwrap().0, Msg::GoingAway);
     }
 
     #[test]

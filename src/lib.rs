@@ -32,10 +32,10 @@
 //! | --- | --- | --- |
 //! | front | `host` ([`Host`]), `cli` (the command line), `cli::client` (the control client), `cli::rollout` (`apphost rollout`: many hosts by admin URL or control socket) | start the program, parse the command line, print answers |
 //! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, `sockets` it holds, watchers, re-exec and its `handover`), `worker`, `plan` (config → what a generation serves; `check` prints it) | who runs, who restarts |
-//! | product | `admin` (admin routes), `observe` (access log, request ids), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
+//! | product | `admin` (admin routes), `observe` (access log, request ids, the `metrics` handler and the supervisor's host-wide totals), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
 //! | serving | `serve` (listeners: TCP and Unix; the PROXY protocol; TLS, connections, watchdog; `serve::exchange`: the one point where a finished request is recorded) | bytes in, bytes out |
 //! | app | `routes` (route table), `handlers` (built-ins), `service` (tower services and axum routers as handlers) | which code answers |
-//! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `drain` ([`draining`]: the drain as handlers see it), `control` (where the control socket is), `clock`, `fnv`, `logging`, `watch`, `sys` | shared vocabulary |
+//! | base | `config`, `handler` (trait, helpers, registry), `body`, `launch` (how a worker or a check is started: apphost's own command line, or the program's with apphost nested), `channel` (supervisor–worker protocol: `Msg`, `Op*`, `Status`, `ENV_*`), `drain` ([`draining`]: the drain as handlers see it), `tally` (request counters: per-route atomics, and the snapshots that travel), `control` (where the control socket is), `clock`, `fnv`, `logging`, `watch`, `sys` | shared vocabulary |
 //!
 //! The public API is what an application needs: [`Host`], [`Handler`] and its helpers,
 //! [`Body`], [`Request`]/[`Response`], [`Params`], [`ConfigError`], [`ClientAddr`],

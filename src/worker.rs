@@ -28,8 +28,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use crate::channel::{
-    Channel, ENV_CHANNEL_FD, ENV_GENERATION, ENV_HOST_SERVING, ENV_LISTEN_FDS, ENV_STANDBY, Msg,
-    Op, WorkerSettings,
+    Channel, ENV_CHANNEL_FD, ENV_GENERATION, ENV_HOST_SERVING, ENV_LISTEN_FDS, ENV_STANDBY,
+    ENV_SUPERVISOR_METRICS, Msg, Op, WorkerSettings,
 };
 use crate::config::Config;
 use crate::config::ListenAddr;
@@ -484,6 +484,7 @@ async fn run(
     watch_certs(prepared.certs, config.watch.settle);
 
     let mut relay = Relay::new(chan.clone(), link.clone());
+    relay.metrics_supervisor = std::env::var_os(ENV_SUPERVISOR_METRICS).is_some();
     // Stop signals this worker has had. The kernel sends one (SIGTERM, the parent-death signal)
     // when the supervisor is killed, together with the channel closing: whichever is seen first,
     // that one signal must not count as a second one during the drain, which would cut the
@@ -620,6 +621,8 @@ struct Relay {
     next_id: u64,
     /// False once the supervisor is gone.
     open: bool,
+    /// The supervisor keeps the host's metrics ([`ENV_SUPERVISOR_METRICS`]).
+    metrics_supervisor: bool,
 }
 
 impl Relay {
@@ -631,6 +634,7 @@ impl Relay {
             pending_metrics: HashMap::new(),
             next_id: 1,
             open: true,
+            metrics_supervisor: false,
         }
     }
 
@@ -645,6 +649,9 @@ impl Relay {
     /// Send this worker's counts as of now. Sent from this one task, so the supervisor gets
     /// them in the order they were taken: each report it keeps is at least the one before.
     async fn report_counts(&mut self) {
+        if !self.metrics_supervisor {
+            return;
+        }
         let counts = self.link.counts();
         if let Err(e) = self.chan.send(&Msg::Counts { counts }, &[]).await {
             tracing::warn!("cannot report the request counts to the supervisor: {e}");
@@ -655,7 +662,7 @@ impl Relay {
     /// (which therefore include them). Without a supervisor, `tx` is dropped: the asker
     /// answers from this worker's counts alone.
     async fn metrics(&mut self, tx: oneshot::Sender<crate::tally::HostMetrics>) {
-        if !self.open {
+        if !self.open || !self.metrics_supervisor {
             return;
         }
         if self.link.tally().is_some() {

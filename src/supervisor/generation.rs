@@ -122,6 +122,7 @@ pub(crate) fn spawn(
     }
     cmd.env(channel::ENV_CHANNEL_FD, theirs.as_raw_fd().to_string())
         .env(channel::ENV_LISTEN_FDS, list)
+        .env(channel::ENV_SUPERVISOR_METRICS, "1")
         .env_remove(channel::ENV_GENERATION)
         .env_remove(channel::ENV_STANDBY)
         .env_remove(channel::ENV_HOST_SERVING)
