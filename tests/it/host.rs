@@ -668,7 +668,7 @@ fn unknown_handler_case() -> (tempfile::TempDir, PathBuf, usize, usize) {
 
 const UNKNOWN_HANDLER_WORDS: &[&str] = &[
     "unknown handler \"helo\"",
-    "registered: health, hello, pid, ready, sleep, static",
+    "registered: health, hello, metrics, pid, ready, sleep, static",
 ];
 
 #[test]
