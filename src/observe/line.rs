@@ -19,7 +19,7 @@
 //! agent and referer 512 each, method 32). The bound is what lets several processes share a
 //! pipe without their lines interleaving (see [`super::sink`]).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Version;
 
@@ -36,6 +36,7 @@ const METHOD_BUDGET: usize = 32;
 /// The wall-clock second last formatted, kept per formatting thread.
 #[derive(Debug, Default)]
 pub(crate) struct TimeCache {
+    anchor: Anchor,
     second: u64,
     /// `2026-11-29T17:33:26`.
     iso: [u8; 19],
@@ -81,6 +82,45 @@ impl TimeCache {
         clf.extend_from_slice(&hms);
         clf.extend_from_slice(b" +0000");
         self.clf.copy_from_slice(&clf);
+    }
+}
+
+/// Wall-clock time from a request's [`Instant`] without a clock read per request: the wall
+/// clock and the monotonic clock are read together at most once a second per formatting thread
+/// (the anchor), and a request's time is the anchor's plus its start's offset from the anchor's
+/// instant. A wall-clock step (NTP, an operator) shows in the lines within a second.
+#[derive(Debug, Default)]
+struct Anchor {
+    /// The monotonic and the wall-clock time read together (ns since the Unix epoch: a `u64`
+    /// holds them until 2554, and divides by a constant without a library call).
+    at: Option<(Instant, u64)>,
+}
+
+/// How long an anchor is used.
+const ANCHOR_FOR: Duration = Duration::from_secs(1);
+
+impl Anchor {
+    /// (seconds since the Unix epoch, milliseconds) of `t`.
+    fn wall(&mut self, t: Instant) -> (u64, u32) {
+        let (at, unix) = match self.at {
+            // `t` is at most ANCHOR_FOR after the anchor: the anchor serves.
+            Some((at, unix)) if t.saturating_duration_since(at) < ANCHOR_FOR => (at, unix),
+            _ => {
+                let at = Instant::now();
+                let unix = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as u64;
+                self.at = Some((at, unix));
+                (at, unix)
+            }
+        };
+        // `t` may precede the anchor (a long request, or one that started before a re-anchor).
+        let ns = match t.checked_duration_since(at) {
+            Some(d) => unix.saturating_add(d.as_nanos() as u64),
+            None => unix.saturating_sub(at.duration_since(t).as_nanos() as u64),
+        };
+        (ns / 1_000_000_000, (ns / 1_000_000 % 1000) as u32)
     }
 }
 
@@ -133,21 +173,53 @@ fn num_padded(out: &mut Vec<u8>, n: u64, width: usize) {
     }
 }
 
-/// The client's address as text: an IPv4 address is written by hand (the usual case, and the
-/// standard formatter costs more than the rest of the line); a v4-mapped IPv6 address as IPv4.
+/// The client's address as text: an IPv4 address (the usual case, and a v4-mapped IPv6 one) is
+/// written from a table of the 256 octets, one copy per octet; other IPv6 addresses with the
+/// standard formatter.
 fn client(out: &mut Vec<u8>, ex: &Exchange) {
-    match ex.client.0.ip().to_canonical() {
-        std::net::IpAddr::V4(v4) => {
-            let o = v4.octets();
-            for (i, b) in o.iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                num(out, u64::from(*b));
+    let v4 = match ex.client.0 {
+        std::net::SocketAddr::V4(a) => *a.ip(),
+        std::net::SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => {
+                out.extend_from_slice(a.ip().to_string().as_bytes());
+                return;
             }
+        },
+    };
+    // Each octet's three table bytes are copied whole; only its length counts (so 16 bytes).
+    let mut buf = [0u8; 16];
+    let mut n = 0;
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
         }
-        ip @ std::net::IpAddr::V6(_) => out.extend_from_slice(ip.to_string().as_bytes()),
+        let d = &OCTETS[usize::from(o)];
+        buf[n..n + 3].copy_from_slice(&d[..3]);
+        n += usize::from(d[3]);
     }
+    out.extend_from_slice(&buf[..n]);
+}
+
+/// Each octet's decimal digits (left-aligned, padded with `0`) and their count.
+static OCTETS: [[u8; 4]; 256] = octets();
+
+const fn octets() -> [[u8; 4]; 256] {
+    let mut t = [[b'0'; 4]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let n = i as u8;
+        t[i] = if n >= 100 {
+            [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10, 3]
+        } else if n >= 10 {
+            [b'0' + n / 10, b'0' + n % 10, b'0', 2]
+        } else {
+            [b'0' + n, b'0', b'0', 1]
+        };
+        i += 1;
+    }
+    t
 }
 
 fn protocol(v: Version) -> &'static [u8] {
@@ -161,22 +233,15 @@ fn protocol(v: Version) -> &'static [u8] {
     }
 }
 
-/// When the request's head arrived, from the time it finished (now) and its duration.
-fn start_time(ex: &Exchange) -> (u64, u32) {
-    let now = SystemTime::now();
-    let t = now.checked_sub(ex.duration).unwrap_or(now);
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs(), d.subsec_millis())
+/// When the request's head arrived (UTC seconds, milliseconds).
+fn start_time(ex: &Exchange, cache: &mut TimeCache) -> (u64, u32) {
+    cache.anchor.wall(ex.started)
 }
 
 /// Append `v` as JSON string content, at most `budget` bytes of it (then `...`).
 fn json_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
     // The usual value: printable ASCII with nothing to escape, within its budget: one copy.
-    if v.len() <= budget
-        && !v
-            .iter()
-            .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
-    {
+    if v.len() <= budget && v.iter().all(|&b| PLAIN[usize::from(b)]) {
         out.extend_from_slice(v);
         return;
     }
@@ -207,6 +272,18 @@ fn json_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
     }
 }
 
+/// The bytes written as they are in both formats: printable ASCII but `"` and `\\` (one table
+/// load per byte in the scan of a value).
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
 /// The length of the UTF-8 sequence a (valid) leading byte starts.
 fn utf8_len(b: u8) -> usize {
     match b {
@@ -225,11 +302,7 @@ fn hex_escape(out: &mut Vec<u8>, prefix: &[u8], b: u8) {
 
 /// Append `v` as nginx writes a value in a quoted log field, at most `budget` bytes of it.
 fn clf_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
-    if v.len() <= budget
-        && !v
-            .iter()
-            .any(|&b| !(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\')
-    {
+    if v.len() <= budget && v.iter().all(|&b| PLAIN[usize::from(b)]) {
         out.extend_from_slice(v);
         return;
     }
@@ -248,6 +321,18 @@ fn clf_str(out: &mut Vec<u8>, v: &[u8], budget: usize) {
     }
 }
 
+/// A method is an HTTP token (`http` checks each byte of an extension method), so it holds
+/// nothing to escape in either format: only its length is checked.
+fn method(out: &mut Vec<u8>, m: &[u8]) {
+    debug_assert!(m.iter().all(|&b| PLAIN[usize::from(b)]));
+    if m.len() <= METHOD_BUDGET {
+        out.extend_from_slice(m);
+    } else {
+        out.extend_from_slice(&m[..METHOD_BUDGET]);
+        out.extend_from_slice(b"...");
+    }
+}
+
 fn path_bytes(ex: &Exchange) -> &[u8] {
     match ex.uri.path_and_query() {
         Some(pq) => pq.as_str().as_bytes(),
@@ -258,7 +343,7 @@ fn path_bytes(ex: &Exchange) -> &[u8] {
 /// Append the JSON line for `ex` (with its newline).
 pub(crate) fn json(out: &mut Vec<u8>, ex: &Exchange, generation: u64, cache: &mut TimeCache) {
     out.reserve(512);
-    let (sec, ms) = start_time(ex);
+    let (sec, ms) = start_time(ex, cache);
     cache.set(sec);
     out.extend_from_slice(b"{\"time\":\"");
     out.extend_from_slice(&cache.iso);
@@ -267,11 +352,11 @@ pub(crate) fn json(out: &mut Vec<u8>, ex: &Exchange, generation: u64, cache: &mu
     out.extend_from_slice(b"Z\",\"client\":\"");
     client(out, ex);
     out.extend_from_slice(b"\",\"method\":\"");
-    json_str(out, ex.method.as_str().as_bytes(), METHOD_BUDGET);
+    method(out, ex.method.as_str().as_bytes());
     out.extend_from_slice(b"\",\"path\":\"");
     json_str(out, path_bytes(ex), PATH_BUDGET);
     out.extend_from_slice(b"\",\"status\":");
-    num(out, u64::from(ex.status.as_u16()));
+    three_digits(out, u64::from(ex.status.as_u16()));
     out.extend_from_slice(b",\"bytes\":");
     num(out, ex.bytes);
     out.extend_from_slice(b",\"duration_ms\":");
@@ -285,9 +370,12 @@ pub(crate) fn json(out: &mut Vec<u8>, ex: &Exchange, generation: u64, cache: &mu
     json_opt(out, ex.user_agent.as_ref(), HEADER_BUDGET);
     out.extend_from_slice(b",\"request_id\":");
     match &ex.request_id {
+        // Nothing to escape: a made id is hex and `-`, a given one passed
+        // `request_id::acceptable` (at most 128 bytes of `A-Z a-z 0-9 - _ . : + / = @`).
         Some(id) => {
+            debug_assert!(id.as_bytes().iter().all(|&b| PLAIN[usize::from(b)]));
             out.push(b'"');
-            json_str(out, id.as_bytes(), HEADER_BUDGET);
+            out.extend_from_slice(id.as_bytes());
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
@@ -311,13 +399,13 @@ fn json_opt(out: &mut Vec<u8>, v: Option<&http::HeaderValue>, budget: usize) {
 /// Append the combined-format line for `ex` (with its newline).
 pub(crate) fn combined(out: &mut Vec<u8>, ex: &Exchange, cache: &mut TimeCache) {
     out.reserve(512);
-    let (sec, _) = start_time(ex);
+    let (sec, _) = start_time(ex, cache);
     cache.set(sec);
     client(out, ex);
     out.extend_from_slice(b" - - [");
     out.extend_from_slice(&cache.clf);
     out.extend_from_slice(b"] \"");
-    clf_str(out, ex.method.as_str().as_bytes(), METHOD_BUDGET);
+    method(out, ex.method.as_str().as_bytes());
     out.push(b' ');
     clf_str(out, path_bytes(ex), PATH_BUDGET);
     out.push(b' ');
@@ -445,5 +533,93 @@ mod tests {
             rest,
             "\"GET /p?q=1 HTTP/1.1\" 404 19 \"http://a/\\x22b\\x22\" \"curl/8\"\n"
         );
+    }
+
+    #[test]
+    fn client_addresses_from_the_octet_table() {
+        for (addr, want) in [
+            ("0.0.0.0:1", "0.0.0.0"),
+            ("255.255.255.255:1", "255.255.255.255"),
+            ("10.100.9.199:1", "10.100.9.199"),
+            ("[::ffff:1.20.255.0]:1", "1.20.255.0"),
+            ("[2001:db8::1]:1", "2001:db8::1"),
+        ] {
+            let mut e = ex("/", None);
+            e.client = ClientAddr(addr.parse().unwrap());
+            let mut out = Vec::new();
+            client(&mut out, &e);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+        for o in 0..=255u8 {
+            let d = OCTETS[usize::from(o)];
+            assert_eq!(&d[..usize::from(d[3])], o.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn time_rolls_over_at_a_second_boundary() {
+        let mut c = TimeCache::default();
+        c.set(1_795_966_406);
+        c.set(1_795_966_407);
+        assert_eq!(&c.iso, b"2026-11-29T15:33:27");
+        // The last second of a year, then the first of the next.
+        c.set(1_798_761_599);
+        assert_eq!(&c.iso, b"2026-12-31T23:59:59");
+        assert_eq!(&c.clf, b"31/Dec/2026:23:59:59 +0000");
+        c.set(1_798_761_600);
+        assert_eq!(&c.iso, b"2027-01-01T00:00:00");
+        assert_eq!(&c.clf, b"01/Jan/2027:00:00:00 +0000");
+    }
+
+    #[test]
+    fn the_anchor_gives_the_wall_clock_of_an_instant() {
+        let ms = |d: Duration| d.as_millis() as i128;
+        let unix = |(s, m): (u64, u32)| i128::from(s) * 1000 + i128::from(m);
+        let mut a = Anchor::default();
+        let now = Instant::now();
+        let wall = ms(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
+        // Now, just before now (a request that started earlier), and 900 ms later (within the
+        // anchor's second): each within a few ms of the wall clock's reading.
+        for (t, want) in [
+            (now, wall),
+            (now - Duration::from_millis(5_000), wall - 5_000),
+            (now + Duration::from_millis(900), wall + 900),
+        ] {
+            let got = unix(a.wall(t));
+            assert!((got - want).abs() < 500, "{got} vs {want}");
+        }
+        // Past the anchor's second, a new anchor is read (it is later than the old one).
+        let old = a.at.unwrap().0;
+        a.wall(Instant::now() + Duration::from_millis(1_500));
+        assert!(a.at.unwrap().0 > old);
+    }
+
+    #[test]
+    fn json_escapes_and_cuts_at_character_boundaries() {
+        let esc = |v: &[u8], budget| {
+            let mut out = Vec::new();
+            json_str(&mut out, v, budget);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(esc(b"a\"b\\c", 64), "a\\\"b\\\\c");
+        assert_eq!(esc(b"\x00\x1f\x7f\n", 64), "\\u0000\\u001f\\u007f\\u000a");
+        // Valid UTF-8 is kept; a value with an invalid byte has every high byte escaped.
+        assert_eq!(esc("café".as_bytes(), 64), "café");
+        assert_eq!(esc(b"caf\xc3\xa9\xff", 64), "caf\\u00c3\\u00a9\\u00ff");
+        // A cut never splits a character or an escape.
+        assert_eq!(esc("ab€".as_bytes(), 4), "ab...");
+        assert_eq!(esc(b"ab\"", 3), "ab...");
+        assert_eq!(esc(b"abc", 3), "abc");
+        // A method is a token: copied, cut past its budget.
+        let mut out = Vec::new();
+        method(
+            &mut out,
+            Method::from_bytes(&[b'M'; 40]).unwrap().as_str().as_bytes(),
+        );
+        assert_eq!(out, [&[b'M'; 32][..], b"..."].concat());
+        for v in [esc("ab€".as_bytes(), 4), esc(b"\x01\x01", 7)] {
+            let line = format!("\"{v}\"");
+            serde_json::from_str::<String>(&line).unwrap();
+        }
     }
 }
