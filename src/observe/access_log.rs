@@ -21,7 +21,8 @@ use std::sync::Arc;
 use http::HeaderMap;
 use http::header::{REFERER, USER_AGENT};
 
-use super::line::{self, TimeCache};
+use super::clock::TimeCache;
+use super::line;
 use super::request_id::RequestIds;
 use super::sink::Sink;
 use crate::config::{AccessLogFormat, Config, LogTarget};

@@ -19,10 +19,9 @@
 //! agent and referer 512 each, method 32). The bound is what lets several processes share a
 //! pipe without their lines interleaving (see [`super::sink`]).
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
 use http::Version;
 
+use super::clock::TimeCache;
 use crate::serve::exchange::Exchange;
 
 /// The longest line (the budgets below and the fixed fields fit well within it); at most
@@ -32,112 +31,6 @@ pub(crate) const MAX_LINE: usize = 4096;
 const PATH_BUDGET: usize = 2048;
 const HEADER_BUDGET: usize = 512;
 const METHOD_BUDGET: usize = 32;
-
-/// The wall-clock second last formatted, kept per formatting thread.
-#[derive(Debug, Default)]
-pub(crate) struct TimeCache {
-    anchor: Anchor,
-    second: u64,
-    /// `2026-11-29T17:33:26`.
-    iso: [u8; 19],
-    /// `29/Nov/2026:17:33:26 +0000`.
-    clf: [u8; 26],
-}
-
-impl TimeCache {
-    fn set(&mut self, second: u64) {
-        if self.second == second && self.iso[0] != 0 {
-            return;
-        }
-        self.second = second;
-        let (y, mo, d) = civil_from_days((second / 86_400) as i64);
-        let s = second % 86_400;
-        let (h, mi, se) = (s / 3600, s / 60 % 60, s % 60);
-        let mut iso = Vec::with_capacity(19);
-        num_padded(&mut iso, y as u64, 4);
-        iso.push(b'-');
-        num_padded(&mut iso, mo as u64, 2);
-        iso.push(b'-');
-        num_padded(&mut iso, d as u64, 2);
-        iso.push(b'T');
-        let mut hms = Vec::with_capacity(8);
-        num_padded(&mut hms, h, 2);
-        hms.push(b':');
-        num_padded(&mut hms, mi, 2);
-        hms.push(b':');
-        num_padded(&mut hms, se, 2);
-        iso.extend_from_slice(&hms);
-        self.iso.copy_from_slice(&iso);
-        const MONTHS: [&[u8; 3]; 12] = [
-            b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-            b"Dec",
-        ];
-        let mut clf = Vec::with_capacity(26);
-        num_padded(&mut clf, d as u64, 2);
-        clf.push(b'/');
-        clf.extend_from_slice(MONTHS[(mo - 1) as usize]);
-        clf.push(b'/');
-        num_padded(&mut clf, y as u64, 4);
-        clf.push(b':');
-        clf.extend_from_slice(&hms);
-        clf.extend_from_slice(b" +0000");
-        self.clf.copy_from_slice(&clf);
-    }
-}
-
-/// Wall-clock time from a request's [`Instant`] without a clock read per request: the wall
-/// clock and the monotonic clock are read together at most once a second per formatting thread
-/// (the anchor), and a request's time is the anchor's plus its start's offset from the anchor's
-/// instant. A wall-clock step (NTP, an operator) shows in the lines within a second.
-#[derive(Debug, Default)]
-struct Anchor {
-    /// The monotonic and the wall-clock time read together (ns since the Unix epoch: a `u64`
-    /// holds them until 2554, and divides by a constant without a library call).
-    at: Option<(Instant, u64)>,
-}
-
-/// How long an anchor is used.
-const ANCHOR_FOR: Duration = Duration::from_secs(1);
-
-impl Anchor {
-    /// (seconds since the Unix epoch, milliseconds) of `t`.
-    fn wall(&mut self, t: Instant) -> (u64, u32) {
-        let (at, unix) = match self.at {
-            // `t` is at most ANCHOR_FOR after the anchor: the anchor serves.
-            Some((at, unix)) if t.saturating_duration_since(at) < ANCHOR_FOR => (at, unix),
-            _ => {
-                let at = Instant::now();
-                let unix = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos() as u64;
-                self.at = Some((at, unix));
-                (at, unix)
-            }
-        };
-        // `t` may precede the anchor (a long request, or one that started before a re-anchor).
-        let ns = match t.checked_duration_since(at) {
-            Some(d) => unix.saturating_add(d.as_nanos() as u64),
-            None => unix.saturating_sub(at.duration_since(t).as_nanos() as u64),
-        };
-        (ns / 1_000_000_000, (ns / 1_000_000 % 1000) as u32)
-    }
-}
-
-/// (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (the proleptic Gregorian
-/// calendar; Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
 
 /// Append `n` in decimal (`itoa`: two digits per step from a table, no formatting machinery).
 fn num(out: &mut Vec<u8>, n: u64) {
@@ -152,25 +45,6 @@ fn three_digits(out: &mut Vec<u8>, n: u64) {
         b'0' + (n / 10 % 10) as u8,
         b'0' + (n % 10) as u8,
     ]);
-}
-
-/// Append `n` in decimal, zero-padded to `width` digits.
-fn num_padded(out: &mut Vec<u8>, n: u64, width: usize) {
-    let mut buf = [b'0'; 20];
-    let mut i = buf.len();
-    let mut m = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (m % 10) as u8;
-        m /= 10;
-        if m == 0 {
-            break;
-        }
-    }
-    let start = i.min(buf.len() - width);
-    for &b in &buf[start..] {
-        out.push(b);
-    }
 }
 
 /// The client's address as text: an IPv4 address (the usual case, and a v4-mapped IPv6 one) is
@@ -231,11 +105,6 @@ fn protocol(v: Version) -> &'static [u8] {
         Version::HTTP_3 => b"HTTP/3.0",
         _ => b"HTTP/?",
     }
-}
-
-/// When the request's head arrived (UTC seconds, milliseconds).
-fn start_time(ex: &Exchange, cache: &mut TimeCache) -> (u64, u32) {
-    cache.anchor.wall(ex.started)
 }
 
 /// Append `v` as JSON string content, at most `budget` bytes of it (then `...`).
@@ -343,8 +212,7 @@ fn path_bytes(ex: &Exchange) -> &[u8] {
 /// Append the JSON line for `ex` (with its newline).
 pub(crate) fn json(out: &mut Vec<u8>, ex: &Exchange, generation: u64, cache: &mut TimeCache) {
     out.reserve(512);
-    let (sec, ms) = start_time(ex, cache);
-    cache.set(sec);
+    let ms = cache.start(ex.started);
     out.extend_from_slice(b"{\"time\":\"");
     out.extend_from_slice(&cache.iso);
     out.push(b'.');
@@ -399,8 +267,7 @@ fn json_opt(out: &mut Vec<u8>, v: Option<&http::HeaderValue>, budget: usize) {
 /// Append the combined-format line for `ex` (with its newline).
 pub(crate) fn combined(out: &mut Vec<u8>, ex: &Exchange, cache: &mut TimeCache) {
     out.reserve(512);
-    let (sec, _) = start_time(ex, cache);
-    cache.set(sec);
+    cache.start(ex.started);
     client(out, ex);
     out.extend_from_slice(b" - - [");
     out.extend_from_slice(&cache.clf);
@@ -451,17 +318,6 @@ mod tests {
             referer: None,
             tally: None,
         }
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        let mut c = TimeCache::default();
-        c.set(1_795_966_406);
-        assert_eq!(&c.iso, b"2026-11-29T15:33:26");
-        assert_eq!(&c.clf, b"29/Nov/2026:15:33:26 +0000");
     }
 
     #[test]
@@ -554,44 +410,6 @@ mod tests {
             let d = OCTETS[usize::from(o)];
             assert_eq!(&d[..usize::from(d[3])], o.to_string().as_bytes());
         }
-    }
-
-    #[test]
-    fn time_rolls_over_at_a_second_boundary() {
-        let mut c = TimeCache::default();
-        c.set(1_795_966_406);
-        c.set(1_795_966_407);
-        assert_eq!(&c.iso, b"2026-11-29T15:33:27");
-        // The last second of a year, then the first of the next.
-        c.set(1_798_761_599);
-        assert_eq!(&c.iso, b"2026-12-31T23:59:59");
-        assert_eq!(&c.clf, b"31/Dec/2026:23:59:59 +0000");
-        c.set(1_798_761_600);
-        assert_eq!(&c.iso, b"2027-01-01T00:00:00");
-        assert_eq!(&c.clf, b"01/Jan/2027:00:00:00 +0000");
-    }
-
-    #[test]
-    fn the_anchor_gives_the_wall_clock_of_an_instant() {
-        let ms = |d: Duration| d.as_millis() as i128;
-        let unix = |(s, m): (u64, u32)| i128::from(s) * 1000 + i128::from(m);
-        let mut a = Anchor::default();
-        let now = Instant::now();
-        let wall = ms(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
-        // Now, just before now (a request that started earlier), and 900 ms later (within the
-        // anchor's second): each within a few ms of the wall clock's reading.
-        for (t, want) in [
-            (now, wall),
-            (now - Duration::from_millis(5_000), wall - 5_000),
-            (now + Duration::from_millis(900), wall + 900),
-        ] {
-            let got = unix(a.wall(t));
-            assert!((got - want).abs() < 500, "{got} vs {want}");
-        }
-        // Past the anchor's second, a new anchor is read (it is later than the old one).
-        let old = a.at.unwrap().0;
-        a.wall(Instant::now() + Duration::from_millis(1_500));
-        assert!(a.at.unwrap().0 > old);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Observing a host: what it did, for operators (the product layer's `observe` room).
 //!
 //! - [`access_log`]: each server's access log, one line per request, in the combined or JSON
-//!   format; [`line`] formats a line, [`sink`] buffers lines and writes them from a thread of
-//!   its own (bounded; several generations append to one file without interleaving).
+//!   format; [`line`] formats a line (its time from [`clock`], formatted once a second),
+//!   [`sink`] buffers lines and writes them from a thread of its own (bounded; several
+//!   generations append to one file without interleaving).
 //! - [`request_id`]: the `x-request-id` each request gets (its own, if acceptable, or a new one).
 //! - Metrics: the `metrics` handler (this file: Prometheus text, or OpenMetrics when asked),
 //!   [`Count`] (the observer that counts each request), `render` (the text), [`host`] (the
@@ -61,6 +62,7 @@
 //! additions (see `crate::tally`).
 
 pub(crate) mod access_log;
+mod clock;
 pub(crate) mod host;
 pub(crate) mod line;
 mod render;
