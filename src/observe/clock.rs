@@ -80,26 +80,28 @@ const ANCHOR_FOR: Duration = Duration::from_secs(1);
 impl Anchor {
     /// (seconds since the Unix epoch, milliseconds) of `t`.
     fn wall(&mut self, t: Instant) -> (u64, u32) {
-        let (at, unix) = match self.at {
-            // `t` is at most ANCHOR_FOR after the anchor: the anchor serves.
-            Some((at, unix)) if t.saturating_duration_since(at) < ANCHOR_FOR => (at, unix),
-            _ => {
-                let at = Instant::now();
-                let unix = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos() as u64;
-                self.at = Some((at, unix));
-                (at, unix)
-            }
-        };
-        // `t` may precede the anchor (a long request, or one that started before a re-anchor).
-        let ns = match t.checked_duration_since(at) {
-            Some(d) => unix.saturating_add(d.as_nanos() as u64),
-            None => unix.saturating_sub(at.duration_since(t).as_nanos() as u64),
-        };
-        (ns / 1_000_000_000, (ns / 1_000_000 % 1000) as u32)
+        // The usual case: `t` within the anchor's second (one subtraction, no 128-bit step).
+        if let Some((at, unix)) = self.at
+            && let Some(d) = t.checked_duration_since(at)
+            && d < ANCHOR_FOR
+        {
+            return split(unix + u64::from(d.subsec_nanos()));
+        }
+        // `t` is before the anchor (a long request) or past its second: a new anchor, which
+        // `t` precedes.
+        let at = Instant::now();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        self.at = Some((at, unix));
+        split(unix.saturating_sub(at.saturating_duration_since(t).as_nanos() as u64))
     }
+}
+
+/// (seconds, milliseconds) of nanoseconds.
+fn split(ns: u64) -> (u64, u32) {
+    (ns / 1_000_000_000, (ns / 1_000_000 % 1000) as u32)
 }
 
 /// (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (the proleptic Gregorian
