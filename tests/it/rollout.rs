@@ -1,6 +1,7 @@
 //! `apphost rollout` across three real hosts on 127.0.0.1, each with its own config, ports and
 //! control socket; some are reached through their admin routes over HTTPS (a test CA, a bearer
-//! token), the others through their control sockets.
+//! token; the bake reads the admin's `{path}/metrics`), the others through their control
+//! sockets (the bake reads the `/metrics` route their config has).
 //!
 //! - A good executable rolls all three: each worker pid changes, each host records the new
 //!   executable, and clients hammering all three see no failed request.
@@ -117,7 +118,7 @@ impl Instance {
              watch: {{ executable: false, config: false }}\n\
              control: {{ socket: \"{}\" }}\n\
              servers:\n  web:\n    address: \"127.0.0.1:{port}\"\n{https}    readiness: /ready\n    \
-             routes:\n      \"/pid\": pid\n      \"/ready\": ready\n",
+             routes:\n      \"/pid\": pid\n      \"/ready\": ready\n      \"/metrics\": metrics\n",
             sock.display()
         );
         let host = Host::start_in(dir, &config, BIN.as_ref());
@@ -233,11 +234,19 @@ fn a_good_executable_rolls_all_three_and_no_request_fails() {
         "--canary",
         "1",
         "--bake",
-        "0s",
+        "2s",
         "--parallel",
         "2",
         "--json",
     ]);
+    // The canary was baked on the load's requests, none of which failed.
+    let passed = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("bake passed: "))
+        .unwrap_or_else(|| panic!("no bake:\n{}", out.stderr));
+    assert!(passed.contains(", 0 answered 5xx"), "{passed}");
+    assert!(!passed.contains("bake passed: 0 requests"), "{passed}");
     assert_eq!(out.code(), Some(0), "{out:?}");
     let after = fleet.workers();
     for (l, pid) in loads.iter().zip(&after) {
@@ -412,4 +421,70 @@ fn a_host_with_full_restarts_answers_202_and_the_rollout_waits_for_its_new_gener
     let now: u32 = get(port, "/pid").body_str().trim().parse().unwrap();
     assert_ne!(now, before);
     assert_eq!(t["new_pid"], now, "{a}");
+}
+
+/// An example program: `cargo test` builds the examples into `target/<profile>/examples/`, next
+/// to the directory of the apphost binary.
+fn example_bin(name: &str) -> PathBuf {
+    let p = Path::new(BIN).parent().unwrap().join("examples").join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: `cargo test` builds it (a filtered run needs `cargo build --examples` first)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn a_release_that_serves_500s_is_caught_by_the_bake_and_the_canary_rolled_back() {
+    // The canary by control socket (its `/metrics` route found in its config); one other host
+    // over HTTPS.
+    let fleet = Fleet::start(&[1]);
+    let bad = example_bin("bad_release");
+    let before = fleet.workers();
+    let canary = &fleet.hosts[0];
+    // Traffic for the bake to judge.
+    let load = Load::start(canary.port);
+    load.wait_for(before[0]);
+
+    // A bake far longer than the test's patience: only an early halt ends it in time.
+    let out = fleet.rollout(&[
+        "--exe",
+        bad.to_str().unwrap(),
+        "--bake",
+        "10m",
+        "--rollback",
+        "--json",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out:?}");
+    let a = answer(&out);
+    assert_eq!(a["halted"]["target"], canary.target(), "{a}");
+    let reason = a["halted"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("the bake: ") && reason.contains("answered 5xx"),
+        "{reason}"
+    );
+    assert!(out.stderr.contains(reason), "{}", out.stderr);
+    let t = &a["targets"][0];
+    assert_eq!(t["outcome"], "rolled_back", "{a}");
+    assert_eq!(t["exe"], bad.to_str().unwrap(), "{a}");
+    assert_eq!(t["rollback"]["exe"], BIN, "{a}");
+    // Back on the old executable, a new worker of it serving.
+    assert_eq!(canary.status()["exe"], BIN);
+    let now = canary.worker();
+    assert_eq!(t["rollback"]["pid"], now, "{a}");
+    assert_ne!(now, before[0]);
+    assert_ne!(Some(now), t["new_pid"].as_u64().map(|p| p as u32));
+    load.wait_for(now);
+    let seen = load.finish();
+    assert!(
+        seen.failures.iter().all(|f| f == "status 500"),
+        "only the bad release's answers may fail: {:?}",
+        &seen.failures[..seen.failures.len().min(5)]
+    );
+    // The others were never asked.
+    assert_eq!(&fleet.workers()[1..], &before[1..]);
+    for i in [1, 2] {
+        assert_eq!(a["targets"][i]["outcome"], "untouched", "{a}");
+    }
 }
