@@ -14,6 +14,10 @@
 //!   [`Body::channel`] hands back a [`BodySender`] to push chunks into from a task of your own;
 //!   the body ends when the sender is dropped.
 //!
+//! - **Limits**: a request body under `max_request_body` fails to read (a [`BodyError`] saying
+//!   so) once it has grown past the limit, whatever reads it (a handler, a hosted tower service);
+//!   the connection then answers `413` for the handler (see `serve::guarded`).
+//!
 //! Built-in handlers that produce data on demand (the `static` handler reads a file chunk by
 //! chunk as the body is polled) wrap their own [`http_body::Body`] (crate-internal).
 //!
@@ -22,8 +26,9 @@
 use std::any::Any;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
@@ -105,13 +110,21 @@ struct Watched {
     watch: Arc<dyn BodyWatch>,
     /// True while the last poll returned `Pending` (counted by the watch as waiting).
     waiting: bool,
+    /// `max_request_body`, if one applies ([`Body::limit`]): the bytes still allowed, and who
+    /// is told when the body grows past them.
+    limit: Option<(u64, Arc<Cutoff>)>,
 }
 
 impl Watched {
     fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some((_, cutoff)) = &self.limit
+            && cutoff.is(Cutoff::TOO_LARGE)
+        {
+            return Poll::Ready(Some(Err(BodyError::new(TooLarge))));
+        }
         let r = http_body::Body::poll_frame(Pin::new(&mut self.inner), cx);
         match (r.is_pending(), self.waiting) {
             (true, false) => self.watch.wait_started(),
@@ -119,7 +132,72 @@ impl Watched {
             _ => {}
         }
         self.waiting = r.is_pending();
-        r
+        if let (Poll::Ready(Some(Ok(f))), Some((left, cutoff))) = (&r, &mut self.limit)
+            && let Some(d) = f.data_ref()
+        {
+            match left.checked_sub(d.len() as u64) {
+                Some(l) => *left = l,
+                None => {
+                    cutoff.trip(Cutoff::TOO_LARGE);
+                    return Poll::Ready(Some(Err(BodyError::new(TooLarge))));
+                }
+            }
+        }
+        r.map_err(|e| BodyError(Box::new(e)))
+    }
+}
+
+/// The error a request body read returns once the body has grown past `max_request_body`.
+#[derive(Debug)]
+struct TooLarge;
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the request body is larger than max_request_body")
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// Why a request must be answered before its handler does: its body grew past
+/// `max_request_body` ([`Cutoff::TOO_LARGE`]) or its route's `timeout` passed
+/// ([`Cutoff::TIMED_OUT`]). Shared by the request's body, the watchdog's deadline list and the
+/// future that answers for the handler, which is woken when a reason is set.
+#[derive(Debug, Default)]
+pub(crate) struct Cutoff {
+    reasons: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Cutoff {
+    /// The request body grew past `max_request_body`.
+    pub(crate) const TOO_LARGE: u8 = 1;
+    /// The route's `timeout` passed before the handler answered.
+    pub(crate) const TIMED_OUT: u8 = 2;
+
+    /// Whether `reason` is set.
+    pub(crate) fn is(&self, reason: u8) -> bool {
+        self.reasons.load(Ordering::Acquire) & reason != 0
+    }
+
+    /// Set `reason` and wake the answering future.
+    pub(crate) fn trip(&self, reason: u8) {
+        self.reasons.fetch_or(reason, Ordering::AcqRel);
+        if let Some(w) = self.lock().take() {
+            w.wake();
+        }
+    }
+
+    /// Wake `waker` when a reason is set (call, then look at the reasons again).
+    pub(crate) fn register(&self, waker: &Waker) {
+        let mut slot = self.lock();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.waker.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -179,7 +257,21 @@ impl Body {
             inner: b,
             watch,
             waiting: false,
+            limit: None,
         })))
+    }
+
+    /// Apply `max_request_body` (`max` bytes) to a request body still to come from a
+    /// connection: a read that takes it past `max` fails, and `cutoff` is told. False for any
+    /// other body (nothing to limit).
+    pub(crate) fn limit(&mut self, max: u64, cutoff: Arc<Cutoff>) -> bool {
+        match &mut self.0 {
+            Kind::Watched(w) => {
+                w.limit = Some((max, cutoff));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A streaming body and the sender that feeds it. Chunks are sent as they are pushed; the
@@ -293,7 +385,7 @@ impl http_body::Body for Body {
             Kind::Incoming(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map_err(|e| BodyError(Box::new(e))),
-            Kind::Watched(w) => w.poll_frame(cx).map_err(|e| BodyError(Box::new(e))),
+            Kind::Watched(w) => w.poll_frame(cx),
             Kind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
             Kind::Stream(b) => b.as_mut().poll_frame(cx).map_err(|e| match e {}),
             Kind::Boxed(b) => b.as_mut().poll_frame(cx),

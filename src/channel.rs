@@ -9,7 +9,7 @@
 //! Worker → supervisor: `bound` (with the listening socket it had to bind, so later generations
 //! inherit it), `ready` (with the settings the supervisor needs from the worker's config),
 //! `failed` (it cannot start, and why), `request` (restart/shutdown/status asked for inside the
-//! worker: a signal, the admin page, the library call).
+//! worker: a signal, the admin page, the library call), `recycle` (it passed its `max_requests`).
 //! Supervisor → worker: `going_away` (a shutdown began: `ready` answers 503 while serving goes
 //! on), `drain` (stop accepting, finish, exit), `reply` (the answer to a request), `activate`,
 //! `reopen_logs` (reopen the access log files).
@@ -81,6 +81,24 @@ pub(crate) struct WorkerSettings {
     /// `shutdown_delay` in milliseconds.
     #[serde(default)]
     pub shutdown_delay_ms: u64,
+    /// `recycle`, as this worker applies it (its jitter drawn), for the supervisor's side of it:
+    /// the age and memory it watches. `None`: no recycling.
+    #[serde(default)]
+    pub recycle: Option<RecycleSettings>,
+}
+
+/// What a worker's `recycle` asks of the supervisor (the worker counts its own requests).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub(crate) struct RecycleSettings {
+    /// `max_age` with this worker's jitter, in milliseconds.
+    #[serde(default)]
+    pub max_age_ms: Option<u64>,
+    /// `max_memory` in bytes (resident).
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+    /// `max_requests` with this worker's jitter (for the log: the worker reports passing it).
+    #[serde(default)]
+    pub max_requests: Option<u64>,
 }
 
 /// An operation a worker (or the control socket) asks the supervisor for.
@@ -229,6 +247,12 @@ pub(crate) enum Msg {
     /// Worker → supervisor: I cannot start.
     Failed {
         /// Why.
+        reason: String,
+    },
+    /// Worker → supervisor: I have passed a `recycle` limit I watch myself (`max_requests`):
+    /// replace me when you can (sent once).
+    Recycle {
+        /// Which limit, for the log and the restart's record.
         reason: String,
     },
     /// Worker → supervisor: please do this, answer with `reply` and the same id.

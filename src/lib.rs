@@ -31,7 +31,7 @@
 //! | layer | modules | one job each |
 //! | --- | --- | --- |
 //! | front | `host` ([`Host`]), `cli` (the command line), `cli::client` (the control client), `cli::rollout` (`apphost rollout`: many hosts by admin URL or control socket) | start the program, parse the command line, print answers |
-//! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, `sockets` it holds, watchers, re-exec and its `handover`), `worker`, `plan` (config → what a generation serves; `check` prints it) | who runs, who restarts |
+//! | processes | `supervisor` (restart machine, driver, `control` server, `exe` checks, `systemd`, `sockets` it holds, watchers, re-exec and its `handover`), `worker`, `plan` (config → what a generation serves; `check` prints it), `recycle` (when a worker is replaced: its limits and jitter) | who runs, who restarts |
 //! | product | `admin` (admin routes), `observe` (access log, request ids, the `metrics` handler and the supervisor's host-wide totals), [`ops`] (operations; a worker's link to its supervisor) | what operators see and do |
 //! | serving | `serve` (listeners: TCP and Unix; the PROXY protocol; TLS, connections, watchdog; `serve::exchange`: the one point where a finished request is recorded) | bytes in, bytes out |
 //! | app | `routes` (route table), `handlers` (built-ins), `service` (tower services and axum routers as handlers) | which code answers |
@@ -62,6 +62,7 @@ mod logging;
 mod observe;
 pub mod ops;
 mod plan;
+mod recycle;
 mod routes;
 mod serve;
 mod service;

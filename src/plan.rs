@@ -49,6 +49,8 @@ pub(crate) struct ServerPlan {
     pub(crate) unix_mode: Option<u32>,
     /// Whether its connections start with a PROXY protocol header.
     pub(crate) proxy_protocol: bool,
+    /// Its `max_connections`.
+    pub(crate) max_connections: usize,
 }
 
 /// The HTTPS side of a server.
@@ -114,6 +116,7 @@ impl Plan {
                 readiness: server.readiness.clone(),
                 unix_mode: server.unix_mode,
                 proxy_protocol: server.proxy_protocol,
+                max_connections: server.max_connections,
             });
         }
         Ok(Plan { servers })
@@ -142,12 +145,40 @@ impl Plan {
             d(config.send_timeout),
             config.http2_max_concurrent_streams
         );
+        if let Some(r) = &config.recycle {
+            let mut parts = Vec::new();
+            if let Some(n) = r.max_requests {
+                parts.push(format!("max_requests: {n}"));
+            }
+            if let Some(m) = r.max_memory {
+                parts.push(format!("max_memory: {m} bytes"));
+            }
+            if let Some(a) = r.max_age {
+                parts.push(format!("max_age: {}", d(a)));
+            }
+            parts.push(format!("jitter: {}%", r.jitter * 100.0));
+            let _ = writeln!(out, "recycle: {}", parts.join("  "));
+        }
         for s in &self.servers {
             let _ = writeln!(out, "server {}:", s.name);
             if s.proxy_protocol {
                 let _ = writeln!(
                     out,
                     "  proxy_protocol: on (every connection starts with a PROXY header)"
+                );
+            }
+            let server = config.servers.iter().find(|c| c.name == s.name);
+            if let Some(c) = server.filter(|c| {
+                c.max_request_body.is_some()
+                    || c.max_connections != crate::config::guards::DEFAULT_MAX_CONNECTIONS
+            }) {
+                let body = c
+                    .max_request_body
+                    .map_or("none".to_string(), |b| format!("{b} bytes"));
+                let _ = writeln!(
+                    out,
+                    "  max_connections: {}  max_request_body: {body}",
+                    c.max_connections
                 );
             }
             for a in &s.http {
@@ -173,8 +204,27 @@ impl Plan {
                 };
                 let _ = writeln!(out, "  access_log {} ({format})", a.target);
             }
-            for (pattern, handler) in s.routes.routes() {
-                let _ = writeln!(out, "  route {pattern} -> {handler}");
+            let default_body = server.and_then(|c| c.max_request_body);
+            for (pattern, handler, g) in s.routes.routes_with_guards() {
+                let mut extra = Vec::new();
+                if let Some(t) = g.timeout {
+                    extra.push(format!("timeout {}", d(t)));
+                }
+                if g.max_body != default_body {
+                    let b = g
+                        .max_body
+                        .map_or("none".to_string(), |b| format!("{b} bytes"));
+                    extra.push(format!("max_request_body {b}"));
+                }
+                if extra.is_empty() {
+                    let _ = writeln!(out, "  route {pattern} -> {handler}");
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "  route {pattern} -> {handler}  ({})",
+                        extra.join(", ")
+                    );
+                }
             }
         }
         let _ = writeln!(out, "ok");

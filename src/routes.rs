@@ -33,14 +33,16 @@ use std::fmt;
 use std::future::ready;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use http::{HeaderValue, Method};
+use http::{HeaderValue, Method, StatusCode};
 
+use crate::body::Cutoff;
 use crate::config::tree::Value;
 use crate::config::{ConfigError, Params, RoutePattern, ServerConfig};
 use crate::fnv::Fnv1a;
 use crate::handler::{BoxFuture, Handler, Peer, ProxiedBy, Request, RouteMatch, Wants};
-use crate::handler::{Registry, method_not_allowed, not_found};
+use crate::handler::{Registry, method_not_allowed, not_found, text};
 use crate::tally::{RouteTally, ServerTally};
 
 /// A server's routes: built from its config by [`RouteTable::build`], extended by the admin
@@ -58,6 +60,10 @@ pub(crate) struct RouteTable {
     list: Vec<Arc<Route>>,
     /// Where requests are counted, when the config asks for metrics ([`RouteTable::count_into`]).
     tally: Option<Arc<ServerTally>>,
+    /// The server's `max_request_body`, for routes that do not say (and inserted ones).
+    default_max_body: Option<u64>,
+    /// Some route has a `timeout`.
+    has_timeouts: bool,
 }
 
 /// Routes by path, hashed with FNV-1a: the keys come from the config and lookups never insert,
@@ -82,6 +88,31 @@ struct Route {
     strip_prefix: bool,
     /// Its counters, once the table counts ([`RouteTable::count_into`]).
     tally: OnceLock<Arc<RouteTally>>,
+    /// The guards on its requests: `timeout`, and `max_request_body` (the route's, else the
+    /// server's).
+    guards: Guards,
+}
+
+/// A route's guards (issue #14; see `serve::guarded` for how they are enforced).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Guards {
+    /// `timeout`: how long the handler has to produce its response headers.
+    pub(crate) timeout: Option<Duration>,
+    /// `max_request_body` in bytes.
+    pub(crate) max_body: Option<u64>,
+}
+
+/// What a request's route asks of the connection besides the handler's answer: answer for the
+/// handler when the `cutoff` trips (its body grew past `max_request_body`, or its `timeout`
+/// passed). `cutoff` is `None` (the usual case) when neither applies.
+#[derive(Debug, Default)]
+pub(crate) struct RequestGuards {
+    /// The route's `timeout`.
+    pub(crate) timeout: Option<Duration>,
+    /// Set when a guard applies to this request.
+    pub(crate) cutoff: Option<Arc<Cutoff>>,
+    /// The route's `max_request_body`, for the `413`'s text.
+    pub(crate) max_body: Option<u64>,
 }
 
 /// A route's `methods`, and the `Allow` header value listing them.
@@ -151,6 +182,7 @@ impl RouteTable {
         registry: &Registry,
     ) -> Result<RouteTable, ConfigError> {
         let mut table = RouteTable::new();
+        table.default_max_body = server.max_request_body;
         for route in &server.routes {
             let params = &route.params;
             let route_error = |msg: String| {
@@ -197,6 +229,11 @@ impl RouteTable {
                     ),
                 ));
             }
+            let guards = Guards {
+                timeout: crate::config::guards::route_timeout(params)?,
+                max_body: crate::config::guards::route_body_limit(params)?
+                    .unwrap_or(server.max_request_body),
+            };
             let handler = factory(params)?;
             table.add(
                 &route.pattern,
@@ -204,6 +241,7 @@ impl RouteTable {
                 handler,
                 methods,
                 strip_prefix,
+                guards,
             );
         }
         Ok(table)
@@ -221,7 +259,11 @@ impl RouteTable {
         handler: Arc<dyn Handler>,
         methods: Option<Vec<Method>>,
     ) {
-        self.add(pattern, handler_name, handler, methods, false)
+        let guards = Guards {
+            timeout: None,
+            max_body: self.default_max_body,
+        };
+        self.add(pattern, handler_name, handler, methods, false, guards)
     }
 
     /// [`RouteTable::insert`], with `strip_prefix` (for a wildcard pattern).
@@ -232,7 +274,9 @@ impl RouteTable {
         handler: Arc<dyn Handler>,
         methods: Option<Vec<Method>>,
         strip_prefix: bool,
+        guards: Guards,
     ) {
+        self.has_timeouts |= guards.timeout.is_some();
         let route = Arc::new(Route {
             spec: pattern.clone(),
             pattern: Arc::from(pattern.as_str()),
@@ -242,6 +286,7 @@ impl RouteTable {
             methods: methods.map(Allowed::new),
             strip_prefix,
             tally: OnceLock::new(),
+            guards,
         });
         if let Some(t) = &self.tally {
             let _ = route.tally.set(t.route(&route.pattern));
@@ -269,6 +314,7 @@ impl RouteTable {
     }
 
     /// Every route as (pattern, handler name), in the order added.
+    #[cfg(test)]
     pub(crate) fn routes(&self) -> Vec<(String, String)> {
         self.list
             .iter()
@@ -298,6 +344,20 @@ impl RouteTable {
         self.tally.as_ref().map_or(0, |t| t.index())
     }
 
+    /// Every route as (pattern, handler name, guards), in the order added (for `check`).
+    pub(crate) fn routes_with_guards(&self) -> Vec<(String, String, Guards)> {
+        self.list
+            .iter()
+            .map(|r| (r.pattern.to_string(), r.handler_name.to_string(), r.guards))
+            .collect()
+    }
+
+    /// True when some route has a `timeout` (the connection then keeps the watchdog's deadline
+    /// list at hand).
+    pub(crate) fn has_timeouts(&self) -> bool {
+        self.has_timeouts
+    }
+
     /// Route one request: `404`, `405`, or the matched handler's answer (with a [`RouteMatch`]
     /// in the request's extensions).
     #[cfg(test)]
@@ -310,12 +370,15 @@ impl RouteTable {
     /// When a PROXY header named the client, the connection's own peer goes in too (as
     /// `ProxiedBy`, for [`crate::handler::real_peer`]), always together with the client.
     /// Also the tally the request counts in, when the table counts (the matched route's, or the
-    /// unmatched one's).
+    /// unmatched one's), and what the route's guards ask of the connection: a request whose
+    /// `Content-Length` is over `max_request_body` is answered `413` here, without calling the
+    /// handler (HTTP/1: with `Connection: close`, since its body is left unread); a body still to
+    /// come is limited ([`Body::limit`](crate::Body)).
     pub(crate) fn dispatch_from(
         &self,
         req: Request,
         client: Peer,
-    ) -> (BoxFuture, Option<&Arc<RouteTally>>) {
+    ) -> (BoxFuture, Option<&Arc<RouteTally>>, RequestGuards) {
         self.route(req, Some(client))
     }
 
@@ -323,7 +386,7 @@ impl RouteTable {
         &self,
         mut req: Request,
         client: Option<Peer>,
-    ) -> (BoxFuture, Option<&Arc<RouteTally>>) {
+    ) -> (BoxFuture, Option<&Arc<RouteTally>>, RequestGuards) {
         let (route, rest, stripped) = match self.lookup(req.method(), req.uri().path()) {
             Lookup::Found { route, rest } => (
                 route,
@@ -336,15 +399,38 @@ impl RouteTable {
                 return (
                     Box::pin(ready(method_not_allowed(allow.clone()))),
                     route.tally.get(),
+                    RequestGuards::default(),
                 );
             }
             Lookup::NotFound => {
                 return (
                     Box::pin(ready(not_found())),
                     self.tally.as_ref().map(|t| t.unmatched()),
+                    RequestGuards::default(),
                 );
             }
         };
+        let mut guards = RequestGuards {
+            timeout: route.guards.timeout,
+            cutoff: None,
+            max_body: route.guards.max_body,
+        };
+        if let Some(max) = route.guards.max_body {
+            if content_length(&req).is_some_and(|n| n > max) {
+                return (
+                    Box::pin(ready(too_large(max, req.version()))),
+                    route.tally.get(),
+                    RequestGuards::default(),
+                );
+            }
+            let cutoff = Arc::new(Cutoff::default());
+            if req.body_mut().limit(max, cutoff.clone()) {
+                guards.cutoff = Some(cutoff);
+            }
+        }
+        if guards.timeout.is_some() && guards.cutoff.is_none() {
+            guards.cutoff = Some(Arc::new(Cutoff::default()));
+        }
         if let Some(uri) = stripped {
             *req.uri_mut() = uri;
         }
@@ -362,7 +448,7 @@ impl RouteTable {
                 req.extensions_mut().insert(ProxiedBy(real));
             }
         }
-        (route.handler.call(req), route.tally.get())
+        (route.handler.call(req), route.tally.get(), guards)
     }
 
     /// Find the route for `path` and check `method` against it.
@@ -411,6 +497,30 @@ impl fmt::Debug for RouteTable {
             .entries(self.list.iter().map(|r| (&*r.pattern, &*r.handler_name)))
             .finish()
     }
+}
+
+/// The request's `Content-Length`, if it has a valid one.
+fn content_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The `413` answer for a body over `max` bytes. HTTP/1: the connection closes after it (the
+/// body is left unread, so the connection cannot carry another request).
+pub(crate) fn too_large(max: u64, version: http::Version) -> crate::Response {
+    let mut r = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("413 request body too large (max_request_body is {max} bytes)\n"),
+    );
+    if version < http::Version::HTTP_2 {
+        r.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
 }
 
 /// `uri` with its path replaced by `/` and `rest` (what a wildcard matched), the query kept:

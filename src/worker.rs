@@ -272,6 +272,7 @@ fn prepare(
         format!("it passed {}", activated.join(", "))
     };
     for server in plan.servers {
+        let limit = serve::conn_limit::ConnLimit::new(&server.name, server.max_connections);
         let mut addrs: Vec<(ListenAddr, Option<TlsAcceptor>)> =
             server.http.into_iter().map(|a| (a, None)).collect();
         if let Some(h) = server.https {
@@ -300,6 +301,7 @@ fn prepare(
                     tls: None,
                     observer: None,
                     proxy_protocol: false,
+                    limit: None,
                 },
             ));
         }
@@ -347,6 +349,7 @@ fn prepare(
                     tls,
                     observer: observer.clone(),
                     proxy_protocol: server.proxy_protocol,
+                    limit: Some(limit.clone()),
                 },
             ));
         }
@@ -371,6 +374,7 @@ async fn run(
     generation: u64,
     logs: &AccessLogs,
 ) -> ExitCode {
+    let (max_requests, recycle) = crate::recycle::for_worker(config.recycle.as_ref());
     let serving = Serving::new(
         crate::serve::watchdog::Limits {
             header_read_timeout: config.header_read_timeout,
@@ -378,8 +382,10 @@ async fn run(
             keepalive_grace: config.keepalive_grace,
             send_timeout: config.send_timeout,
             stream_grace: config.stream_grace,
+            route_timeout: crate::config::guards::shortest_route_timeout(&config),
         },
         config.http2_max_concurrent_streams,
+        max_requests,
     );
     // Made before the first connection is accepted: a handler asking for an operation (the
     // admin page) must find it. Requests made before `ready` wait in the queue until the loop
@@ -454,6 +460,7 @@ async fn run(
         tls_files: prepared.tls_files,
         warm_standby: config.warm_standby,
         shutdown_delay_ms: config.shutdown_delay.as_millis() as u64,
+        recycle,
     };
     // Before the ready report: once the supervisor has it, a signal to this worker must find
     // the handlers (SIGUSR1's default action would kill the worker).
@@ -490,9 +497,22 @@ async fn run(
     // that one signal must not count as a second one during the drain, which would cut the
     // requests in flight.
     let mut stops = 0u32;
+    // `recycle.max_requests`: told to the supervisor once, when passed.
+    let requests = serving.requests.clone();
+    let mut recycle_told = requests.is_none();
 
     let shutdown = loop {
         tokio::select! {
+            () = requests_reached(requests.as_deref()), if !recycle_told => {
+                recycle_told = true;
+                if let Some(r) = &requests {
+                    let reason = crate::recycle::requests_reason(r.get(), r.limit());
+                    tracing::info!("{reason}; asking to be recycled");
+                    if let Err(e) = chan.send(&Msg::Recycle { reason }, &[]).await {
+                        tracing::warn!("cannot ask the supervisor to recycle: {e}");
+                    }
+                }
+            }
             m = chan.recv() => match m {
                 Ok(Some((Msg::Drain { shutdown }, _))) => break shutdown,
                 Ok(Some((Msg::GoingAway, _))) => {
@@ -588,6 +608,14 @@ fn reopen_logs(logs: &AccessLogs) {
 }
 /// How often a draining worker reports its counts to the supervisor.
 const COUNTS_WHILE_DRAINING: Duration = Duration::from_secs(1);
+
+/// Resolves when `max_requests` is reached (never without it).
+async fn requests_reached(r: Option<&crate::serve::requests::RequestCount>) {
+    match r {
+        Some(r) => r.reached().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// Run the application's start-up checks ([`crate::Host::on_start`]), then every server's
 /// readiness request; the first failure, as the reason the start failed.

@@ -24,6 +24,7 @@ mod aliases;
 pub(crate) mod duration;
 pub(crate) mod error;
 pub(crate) mod file;
+pub(crate) mod guards;
 mod params;
 mod pattern;
 pub(crate) mod tree;
@@ -126,12 +127,32 @@ pub(crate) struct Config {
     pub control: ControlConfig,
     /// `watch`: restart by itself when the executable or config changes.
     pub watch: WatchConfig,
+    /// `recycle`: restart the serving worker when it passes one of these (none by default).
+    pub recycle: Option<RecycleConfig>,
     /// `servers`, in the order of their names.
     pub servers: Vec<ServerConfig>,
     /// Things that work but should be fixed (a token file others can read), each as
     /// `FILE:LINE:COL: KEYPATH: MESSAGE`; `run` logs them, `check` prints them.
     pub warnings: Vec<String>,
 }
+
+/// `recycle: { max_requests, max_memory, max_age, jitter }` (see `supervisor::recycle`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct RecycleConfig {
+    /// Requests a worker serves before it is replaced.
+    pub max_requests: Option<u64>,
+    /// Resident memory (bytes) past which a worker is replaced.
+    pub max_memory: Option<u64>,
+    /// How long a worker serves before it is replaced.
+    pub max_age: Option<Duration>,
+    /// Each worker's `max_requests` and `max_age` are raised by a random part of them up to this
+    /// fraction (0 to 1), drawn once per worker, so hosts started together do not recycle
+    /// together. Default 0.
+    pub jitter: f64,
+}
+
+/// A `max_request_body`: `Some(bytes)`, or `None` for no limit.
+pub(crate) type BodyLimit = Option<u64>;
 
 /// `log: { format, level }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +213,13 @@ pub(crate) struct ServerConfig {
     pub unix_mode: Option<u32>,
     /// `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// `max_connections`: connections this server's listeners hold open at once in one worker;
+    /// at the cap the listeners stop accepting (new connections wait in the kernel's queue).
+    /// Default [`guards::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
+    /// `max_request_body`: the largest request body its routes take (a route may say
+    /// otherwise). Default: no limit.
+    pub max_request_body: BodyLimit,
 }
 
 /// `readiness: { path, timeout }` (or `readiness: /path`, timeout 5s).

@@ -12,8 +12,9 @@ use super::values::{
 };
 use super::{Format, Params};
 
-/// The keys every route may have besides its handler's own (read by the route table).
-const ALWAYS_ALLOWED: &[&str] = &["methods", "strip_prefix"];
+/// The keys every route may have besides its handler's own (read by the route table; `timeout`
+/// and `max_request_body` are the guards of `super::guards`).
+const ALWAYS_ALLOWED: &[&str] = &["methods", "strip_prefix", "timeout", "max_request_body"];
 
 /// The type a route parameter must have, for [`Params::expect`] and
 /// [`crate::Host::handler_with_params`]: what the reader of the same name accepts.
@@ -181,6 +182,11 @@ impl Params {
     }
 
     fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The config file, for errors made outside this module.
+    pub(crate) fn file_path(&self) -> Option<&Path> {
         self.file.as_deref()
     }
 

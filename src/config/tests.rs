@@ -715,7 +715,7 @@ fn route_params_access() {
     );
     assert_eq!(
         p.deny_unknown(&[]).unwrap_err().message(),
-        "unknown key \"duration\" (valid keys: methods, strip_prefix)"
+        "unknown key \"duration\" (valid keys: methods, strip_prefix, timeout, max_request_body)"
     );
 }
 
@@ -730,7 +730,7 @@ fn params_helpers_for_tests() {
     assert_eq!(p.deny_unknown(&["root"]), Ok(()));
     assert_eq!(
         p.deny_unknown(&[]).unwrap_err().to_string(),
-        "<embedded default>:1:8: params.root: unknown key \"root\" (valid keys: methods, strip_prefix)"
+        "<embedded default>:1:8: params.root: unknown key \"root\" (valid keys: methods, strip_prefix, timeout, max_request_body)"
     );
     assert!(Params::parse("[1]", Format::Yaml).is_err());
 }

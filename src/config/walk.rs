@@ -44,6 +44,7 @@ const TOP_KEYS: &[&str] = &[
     "log",
     "control",
     "watch",
+    "recycle",
     "servers",
 ];
 const SERVER_KEYS: &[&str] = &[
@@ -55,6 +56,8 @@ const SERVER_KEYS: &[&str] = &[
     "routes",
     "unix_mode",
     "proxy_protocol",
+    "max_connections",
+    "max_request_body",
 ];
 const READINESS_KEYS: &[&str] = &["path", "timeout"];
 const HTTPS_KEYS: &[&str] = &["address", "cert", "key"];
@@ -396,6 +399,10 @@ impl Walker<'_> {
                 settle: DEFAULT_SETTLE,
             },
         };
+        let recycle = match top.get("recycle") {
+            Some((n, p)) => Some(super::guards::recycle(self.file, n, &p)?),
+            None => None,
+        };
         let Some((servers_node, servers_path)) = top.get("servers") else {
             return Err(ConfigError::new(
                 self.file,
@@ -421,6 +428,7 @@ impl Walker<'_> {
             log,
             control,
             watch,
+            recycle,
             servers,
             warnings: self.warnings.take(),
         })
@@ -565,6 +573,14 @@ impl Walker<'_> {
                 ),
             ));
         }
+        let max_connections = match f.get("max_connections") {
+            Some((n, p)) => super::guards::max_connections(self.file, n, &p)?,
+            None => super::guards::DEFAULT_MAX_CONNECTIONS,
+        };
+        let max_request_body = match f.get("max_request_body") {
+            Some((n, p)) => super::guards::body_limit(self.file, n, &p)?,
+            None => None,
+        };
         Ok(ServerConfig {
             name: name.to_string(),
             http,
@@ -575,6 +591,8 @@ impl Walker<'_> {
             routes,
             unix_mode,
             proxy_protocol,
+            max_connections,
+            max_request_body,
         })
     }
 

@@ -142,6 +142,8 @@ fn server(routes: Vec<RouteConfig>) -> ServerConfig {
         routes,
         unix_mode: None,
         proxy_protocol: false,
+        max_connections: crate::config::guards::DEFAULT_MAX_CONNECTIONS,
+        max_request_body: None,
     }
 }
 

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
 use super::exchange::{Recording, X_REQUEST_ID};
+use super::guarded::Guarded;
 use super::progress::{TrackedBody, TrackedIo};
 use super::proxy::{self, Peek, Source};
 use super::watchdog::ConnState;
@@ -199,8 +200,17 @@ pub(super) async fn serve_io<I>(
         let routes = ep.routes.clone();
         let observer = ep.observer.clone();
         let state = state.clone();
+        // Only a server with route timeouts holds the deadline list (a reference count per
+        // connection otherwise saved).
+        let deadlines = routes
+            .has_timeouts()
+            .then(|| serving.watchdog.deadlines.clone());
+        let requests = serving.requests.clone();
         service_fn(move |req: http::Request<Incoming>| {
             let busy = state.request_started();
+            if let Some(r) = &requests {
+                r.count();
+            }
             let http1 = req.version() < http::Version::HTTP_2;
             // hyper puts an `OnUpgrade` in the extensions of a request asking for an upgrade
             // (an empty map costs one test to look in): a `101` answer hands the connection to
@@ -230,7 +240,8 @@ pub(super) async fn serve_io<I>(
                     Some(state.clone()),
                 )
             };
-            let (fut, tally) = routes.dispatch_from(req, peer);
+            let version = req.version();
+            let (fut, tally, guards) = routes.dispatch_from(req, peer);
             if let Some(r) = &mut rec {
                 r.routed(tally);
             }
@@ -239,10 +250,19 @@ pub(super) async fn serve_io<I>(
                 None => fut,
                 Some(span) => Box::pin(fut.instrument(span)),
             };
+            // A route's timeout or body limit: answered for the handler when it trips.
+            let answer = match guards.cutoff.clone() {
+                None => Ok(fut),
+                Some(c) => Err(Guarded::new(fut, guards, c, deadlines.as_ref(), version)),
+            };
             async move {
-                let (mut resp, timed_out) = match watched {
-                    None => (fut.await, false),
-                    Some(st) => answer_unless_body_stalls(fut, &st).await,
+                let (mut resp, timed_out) = match (answer, watched) {
+                    (Ok(fut), None) => (fut.await, false),
+                    (Ok(fut), Some(st)) => {
+                        answer_unless_body_stalls(async move { (fut.await, false) }, &st).await
+                    }
+                    (Err(g), None) => g.await,
+                    (Err(g), Some(st)) => answer_unless_body_stalls(g, &st).await,
                 };
                 if rec.is_some() {
                     answered(&mut rec, &mut resp);
@@ -322,13 +342,13 @@ fn answered(rec: &mut Option<Recording>, resp: &mut crate::Response) {
 /// found the handler waiting for a body that made no progress for `idle_timeout`. The handler is
 /// dropped (its request body with it); the connection closes after the `408`.
 async fn answer_unless_body_stalls(
-    fut: impl Future<Output = crate::Response>,
+    fut: impl Future<Output = (crate::Response, bool)>,
     state: &ConnState,
 ) -> (crate::Response, bool) {
     let stalled = state.body_stalled();
     tokio::select! {
         biased;
-        r = fut => (r, false),
+        r = fut => r,
         () = stalled => (
             text(StatusCode::REQUEST_TIMEOUT, "408 request timeout: the request body stopped arriving\n"),
             true,

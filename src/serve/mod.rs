@@ -6,6 +6,9 @@
 //!   with.
 //! - [`tls`]: rustls server config and the certificate store (swappable for renewal).
 //! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper, and how it drains.
+//! - [`conn_limit`]: a server's `max_connections` (at the cap, accept loops stop accepting).
+//! - [`guarded`]: a route's `timeout` (`504`) and `max_request_body` (`413`), answered for the
+//!   handler.
 //! - [`watchdog`]: the registry of live connections and the one timer task that enforces their
 //!   deadlines (header read, keep-alive idle, drain grace, send timeout).
 //! - [`probe`]: the readiness request a new generation sends through its own serving path.
@@ -13,6 +16,7 @@
 //!   told when it has finished: its last byte written.
 //! - [`upgrade`]: upgraded connections (WebSockets): counted while the application holds them,
 //!   closed with a close frame 1001 at `stream_grace` during a drain.
+//! - [`requests`]: the generation's request count, for `recycle.max_requests`.
 //! - [`progress`]: the wrappers around a connection's I/O and its response bodies that tell the
 //!   watchdog a response is still being written (until its last byte reaches the socket).
 //!
@@ -34,11 +38,14 @@
 //! 5. when every connection is gone, or `shutdown_timeout` passes, the generation exits.
 
 pub(crate) mod conn;
+pub(crate) mod conn_limit;
 pub(crate) mod exchange;
+pub(crate) mod guarded;
 pub(crate) mod listen;
 pub(crate) mod probe;
 pub(crate) mod progress;
 pub(crate) mod proxy;
+pub(crate) mod requests;
 pub(crate) mod tls;
 pub(crate) mod upgrade;
 pub(crate) mod watchdog;
@@ -69,18 +76,26 @@ pub(crate) struct Serving {
     /// run out for the whole process, and each listener logging its own line a second would
     /// make as many lines a second as there are listeners.
     accept_failures: Mutex<FailureLog>,
+    /// Requests counted for `recycle.max_requests` (`None`: not counted).
+    pub(crate) requests: Option<Arc<requests::RequestCount>>,
 }
 
 impl Serving {
     /// A new, not draining, state; starts the watchdog's timer task on the current runtime.
     /// `http2_max_streams` caps the concurrent streams of each HTTP/2 connection.
-    pub(crate) fn new(limits: Limits, http2_max_streams: u32) -> Arc<Serving> {
+    /// `max_requests`: count requests and announce that many (`recycle`).
+    pub(crate) fn new(
+        limits: Limits,
+        http2_max_streams: u32,
+        max_requests: Option<u64>,
+    ) -> Arc<Serving> {
         Arc::new(Serving {
             drain_tx: watch::Sender::new(false),
             watchdog: Watchdog::start(limits),
             accept_wakers: Mutex::new(Vec::new()),
             builders: conn::Builders::new(http2_max_streams),
             accept_failures: Mutex::new(FailureLog::default()),
+            requests: max_requests.map(|n| Arc::new(requests::RequestCount::new(n))),
         })
     }
 
@@ -140,6 +155,9 @@ pub(crate) struct Endpoint {
     pub observer: Option<Arc<dyn exchange::Observer>>,
     /// Whether connections start with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// The server's `max_connections`, shared by its listeners (`None`: no cap, for the
+    /// readiness request's in-memory connection).
+    pub limit: Option<Arc<conn_limit::ConnLimit>>,
 }
 
 /// Accept connections on `listener` until the drain starts, then drop the listener.
@@ -159,17 +177,35 @@ pub(crate) async fn accept_loop(listener: Listener, endpoint: Endpoint, serving:
             if serving.is_draining() {
                 return Poll::Ready(None);
             }
-            listener.poll_accept(cx).map(Some)
+            // At `max_connections`, accept nothing: connections wait in the kernel's queue.
+            let permit = match &endpoint.limit {
+                Some(l) => match l.poll_acquire(cx) {
+                    Poll::Ready(p) => Some(p),
+                    Poll::Pending => return Poll::Pending,
+                },
+                None => None,
+            };
+            match listener.poll_accept(cx) {
+                Poll::Ready(r) => Poll::Ready(Some((r, permit))),
+                Poll::Pending => {
+                    if let Some(l) = &endpoint.limit {
+                        l.queue_empty();
+                    }
+                    Poll::Pending
+                }
+            }
         })
         .await;
-        let Some(accepted) = accepted else { break };
+        let Some((accepted, permit)) = accepted else {
+            break;
+        };
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                spawn_conn(stream, ClientAddr(peer), &endpoint, &serving);
+                spawn_conn(stream, ClientAddr(peer), permit, &endpoint, &serving);
             }
             Ok(Accepted::Unix(stream)) => {
-                spawn_conn(stream, ClientAddr::UNIX, &endpoint, &serving);
+                spawn_conn(stream, ClientAddr::UNIX, permit, &endpoint, &serving);
             }
             Err(e) => {
                 // EMFILE/ENFILE/ECONNABORTED: keep the listener, pause (the connection stays in
@@ -191,13 +227,14 @@ pub(crate) async fn accept_loop(listener: Listener, endpoint: Endpoint, serving:
 fn spawn_conn<S: conn::Stream>(
     stream: S,
     peer: ClientAddr,
+    permit: Option<conn_limit::Permit>,
     endpoint: &Arc<Endpoint>,
     serving: &Arc<Serving>,
 ) {
     // Registered here, before the task runs, so a drain starting now counts it.
     let (state, reg) = serving
         .watchdog
-        .register_for(endpoint.routes.server_index());
+        .register_for(endpoint.routes.server_index(), permit);
     let (ep, s) = (endpoint.clone(), serving.clone());
     // Plain and TLS connections are separate futures: a plain one does not carry the (much
     // larger) TLS state, and tokio copies the future when spawning it.

@@ -319,6 +319,7 @@ mod tests {
             keepalive_grace: Duration::from_millis(50),
             send_timeout: Duration::from_millis(send_ms),
             stream_grace: None,
+            route_timeout: None,
         }
     }
 

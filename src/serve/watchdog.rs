@@ -40,6 +40,10 @@
 //! `Connection: close`; if the body is still stalled at the next sweep (its response had already
 //! started), the connection is killed.
 //!
+//! Route timeouts: the requests of routes with a `timeout` wait on one list
+//! ([`super::guarded::Deadlines`]) that the sweeper also looks at on each tick, so they too arm
+//! no timer.
+//!
 //! A deadline fires up to one tick late, never early. Starting the drain wakes every
 //! connection's task, so HTTP/2 connections send GOAWAY at once.
 
@@ -86,7 +90,7 @@ fn epoch() -> Instant {
 }
 
 /// Milliseconds since the epoch, read from the clock; also refreshes the coarse clock.
-fn precise_now_ms() -> u64 {
+pub(super) fn precise_now_ms() -> u64 {
     let now = epoch().elapsed().as_millis() as u64;
     COARSE_NOW_MS.fetch_max(now, Ordering::Relaxed);
     now
@@ -115,6 +119,8 @@ pub(crate) struct Limits {
     /// Draining: how long upgraded connections are left to the application before the host
     /// closes them (see [`super::upgrade`]); `None`: until `shutdown_timeout`.
     pub stream_grace: Option<Duration>,
+    /// The shortest route `timeout`, if any route has one (see [`super::guarded`]).
+    pub route_timeout: Option<Duration>,
 }
 
 impl Limits {
@@ -123,7 +129,8 @@ impl Limits {
         let shortest = self
             .header_read_timeout
             .min(self.idle_timeout)
-            .min(self.send_timeout);
+            .min(self.send_timeout)
+            .min(self.route_timeout.unwrap_or(Duration::MAX));
         (shortest / 8).clamp(MIN_TICK, MAX_TICK)
     }
 
@@ -171,6 +178,9 @@ pub(crate) struct ConnState {
     pub(super) stream_wakers: Mutex<[Option<Waker>; 2]>,
     /// The index of the server whose listener accepted it (for the metrics' gauges).
     server: u16,
+    /// The connection's place under its server's `max_connections`, freed when the last of the
+    /// connection (its task, a response, an upgraded stream) is gone.
+    _permit: Option<super::conn_limit::Permit>,
 }
 
 impl ConnState {
@@ -242,6 +252,8 @@ pub(crate) struct Watchdog {
     wake_sweeper: Notify,
     /// Notified when the last connection is gone.
     empty: Notify,
+    /// Requests whose route has a `timeout`, until their handler answers.
+    pub(crate) deadlines: Arc<super::guarded::Deadlines>,
 }
 
 #[derive(Debug, Default)]
@@ -288,6 +300,7 @@ impl Watchdog {
             drain_at_ms: AtomicU64::new(0),
             wake_sweeper: Notify::new(),
             empty: Notify::new(),
+            deadlines: Arc::default(),
         });
         wd.lock().sweeper_running = true;
         tokio::spawn(sweeper(wd.clone()));
@@ -300,12 +313,17 @@ impl Watchdog {
 
     /// Register a connection accepted now (of server 0, as far as the gauges go).
     pub(crate) fn register(self: &Arc<Self>) -> (Arc<ConnState>, Registration) {
-        self.register_for(0)
+        self.register_for(0, None)
     }
 
     /// Register a connection accepted now by a listener of server `server` (its index among
-    /// the worker's counted servers).
-    pub(crate) fn register_for(self: &Arc<Self>, server: u16) -> (Arc<ConnState>, Registration) {
+    /// the worker's counted servers), holding `permit` (its place under `max_connections`) for
+    /// as long as the connection's state lives.
+    pub(crate) fn register_for(
+        self: &Arc<Self>,
+        server: u16,
+        permit: Option<super::conn_limit::Permit>,
+    ) -> (Arc<ConnState>, Registration) {
         let now = precise_now_ms();
         let state = Arc::new(ConnState {
             since_ms: AtomicU64::new(now),
@@ -322,6 +340,7 @@ impl Watchdog {
             stream: AtomicU8::new(0),
             stream_wakers: Mutex::new([None, None]),
             server,
+            _permit: permit,
         });
         let (slot, first, restart_sweeper) = {
             let mut s = self.lock();
@@ -572,7 +591,9 @@ async fn sweeper(w: Arc<Watchdog>) {
             _ = tokio::time::sleep(tick) => {}
             _ = w.wake_sweeper.notified() => {}
         }
-        w.sweep(precise_now_ms(), millis(tick));
+        let now = precise_now_ms();
+        w.sweep(now, millis(tick));
+        w.deadlines.sweep(now);
     }
 }
 

@@ -5,7 +5,8 @@
 //! and runs the preflight checks and the file watch. It decides nothing about restarts.
 //!
 //! `preflight`: the `check` runs of a new executable or config; `reexec`: the supervisor
-//! re-executing itself in place from a new executable, and resuming from a handover.
+//! re-executing itself in place from a new executable, and resuming from a handover; `recycle`:
+//! the look at the serving worker's `recycle` limits.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -26,6 +27,7 @@ use crate::channel::{Msg, Op, OpReply, OpResult, Status};
 use crate::config::Config;
 
 mod preflight;
+mod recycle;
 mod reexec;
 
 pub(crate) use reexec::{check_handover_from_env, resume_from_env};
@@ -68,6 +70,8 @@ struct Driver {
     reexec: Option<PathBuf>,
     /// The host's request counters (see `observe`).
     totals: crate::observe::host::HostTotals,
+    /// Recycling's look at the serving worker (see `recycle`).
+    recycle: recycle::RecycleWatch,
 }
 
 /// Run the supervisor until the host shuts down. Returns the process exit code.
@@ -172,6 +176,7 @@ impl Driver {
             image,
             reexec: None,
             totals: Default::default(),
+            recycle: recycle::RecycleWatch::default(),
         }
     }
 
@@ -188,6 +193,7 @@ impl Driver {
         }
         self.feed(first);
         self.update_watch();
+        self.update_recycle_watch();
         while self.exit.is_none() {
             let Some(ev) = rx.recv().await else { break };
             self.handle(ev);
@@ -279,6 +285,8 @@ impl Driver {
             Event::ForceExit => self.feed(machine::Event::ForceExit),
             Event::ShutdownDelayOver => self.feed(machine::Event::ShutdownDelayOver),
             Event::Preflight(reply) => self.start_preflight(reply),
+            Event::RecycleTick => self.on_recycle_tick(),
+            Event::RecycleMemory(worker, rss) => self.on_recycle_memory(worker, rss),
             Event::PreflightDeadline(pid) => self.preflight_deadline(pid),
         }
     }
@@ -349,7 +357,10 @@ impl Driver {
             // old one holds its own copy until it stops accepting.
             Action::KeepListeners(keys) => self.listeners.keep(&keys),
             Action::CloseListeners => self.listeners.close_all(),
-            Action::SettingsChanged => self.update_watch(),
+            Action::SettingsChanged => {
+                self.update_watch();
+                self.update_recycle_watch();
+            }
             Action::CheckUpgrade { exe } => self.start_upgrade_check(&exe),
             Action::Reexec { exe } => self.reexec = Some(exe),
             Action::Notify(n) => match n {
@@ -474,6 +485,7 @@ impl Driver {
             Msg::Request { id, op } => self.on_op(op, Reply::Worker { worker, id }),
             Msg::Counts { counts } => self.totals.report(worker, counts),
             Msg::MetricsRequest { id } => self.answer_metrics(worker, id),
+            Msg::Recycle { reason } => self.on_worker_recycle(worker, reason),
             other => tracing::debug!(?other, "unexpected message from a worker"),
         }
     }
@@ -550,18 +562,7 @@ impl Driver {
             }
             Op::Restart { exe, via } => {
                 let trigger = Trigger::from_via(via.as_deref());
-                let given = exe.filter(|s| !s.is_empty());
-                let recorded = self.machine.recorded_exe().clone();
-                let checked = match &given {
-                    Some(p) => exe::check(Path::new(p)),
-                    None => exe::check(&recorded),
-                };
-                // The standby runs the recorded executable as it was when the standby started.
-                let standby_fits = given.is_none()
-                    && checked.as_ref().is_ok_and(|e| *e == recorded)
-                    && self.standby_file.as_ref().is_some_and(|(_, file)| {
-                        file.is_some() && crate::watch::file_id(&recorded) == *file
-                    });
+                let (checked, standby_fits) = self.restart_exe(exe);
                 let upgrade = checked.as_ref().is_ok_and(|e| self.image.differs_from(e));
                 self.feed(machine::Event::Restart {
                     trigger,
@@ -573,6 +574,24 @@ impl Driver {
                 });
             }
         }
+    }
+
+    /// The executable a restart runs (`given`, else the recorded one), checked, and whether the
+    /// warm standby fits it.
+    fn restart_exe(&self, given: Option<String>) -> (Result<PathBuf, String>, bool) {
+        let given = given.filter(|s| !s.is_empty());
+        let recorded = self.machine.recorded_exe().clone();
+        let checked = match &given {
+            Some(p) => exe::check(Path::new(p)),
+            None => exe::check(&recorded),
+        };
+        // The standby runs the recorded executable as it was when the standby started.
+        let standby_fits = given.is_none()
+            && checked.as_ref().is_ok_and(|e| *e == recorded)
+            && self.standby_file.as_ref().is_some_and(|(_, file)| {
+                file.is_some() && crate::watch::file_id(&recorded) == *file
+            });
+        (checked, standby_fits)
     }
 
     /// (Re)start the file watch to match the serving generation's `watch` settings.

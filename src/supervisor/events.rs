@@ -43,6 +43,10 @@ pub(crate) enum Event {
     Preflight(oneshot::Sender<PreflightResult>),
     /// A preflight run has had its time.
     PreflightDeadline(Pid),
+    /// Time to look at the serving worker's `recycle` limits.
+    RecycleTick,
+    /// The resident memory of worker `id`, read for a recycle look.
+    RecycleMemory(WorkerId, Option<u64>),
 }
 
 /// Where the answer to an operation goes.

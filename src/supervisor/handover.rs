@@ -207,6 +207,13 @@ pub(crate) struct MachineHandover {
     /// Restarts by trigger and outcome, worker starts, the last handoff (the metrics').
     #[serde(default)]
     pub stats: crate::tally::RestartStats,
+    /// When the last recycle was started, in milliseconds ago (see `machine::recycle`).
+    #[serde(default)]
+    pub recycle_tried_ms_ago: Option<u64>,
+    /// How long after it the next recycle may start, in milliseconds (zero unless recycles
+    /// have failed), so a re-exec does not turn failing recycles into a loop.
+    #[serde(default)]
+    pub recycle_retry_ms: u64,
 }
 
 /// One worker as the machine knows it.
@@ -392,6 +399,8 @@ mod tests {
                     s.last_handoff_s = Some(0.002);
                     s
                 },
+                recycle_tried_ms_ago: Some(2500),
+                recycle_retry_ms: 20_000,
             },
             image_before: None,
             image_after: None,
@@ -448,6 +457,8 @@ mod tests {
         assert_eq!(h.workers[0].stderr_fd, None);
         assert_eq!(h.machine.pending.waiters, [Waiter::Log]);
         assert!(h.control.is_none() && h.nested_args.is_none());
+        assert_eq!(h.machine.recycle_tried_ms_ago, None);
+        assert_eq!(h.machine.recycle_retry_ms, 0);
     }
 
     /// A newer writer's additions (fields this build does not know) are ignored, as long as

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use crate::channel::{LastRestart, OpError, OpReply, OpResult, RestartOutcome, WorkerSettings};
 use crate::tally::RestartStats;
 
+mod recycle;
 mod shutdown;
 mod upgrade;
 mod vocab;
@@ -54,7 +55,7 @@ mod vocab;
 use vocab::BACKOFF_RESET_AFTER;
 pub(crate) use vocab::{
     Action, BACKOFF_MAX, BACKOFF_MIN, DRAIN_KILL_MARGIN, Event, KillReason, Notify, Pending, Phase,
-    SHUTDOWN_EXIT_MARGIN, Settings, Timer, Trigger, WorkerId,
+    RECYCLE_RETRY_MAX, RECYCLE_RETRY_MIN, SHUTDOWN_EXIT_MARGIN, Settings, Timer, Trigger, WorkerId,
 };
 
 /// What the machine knows of one worker process.
@@ -89,6 +90,10 @@ pub(crate) struct Machine<R> {
     stats: RestartStats,
     /// The unix time now, for the record of a restart (a function, so tests fix it).
     clock: fn() -> u64,
+    /// When the last recycle was started, and how long after it the next may start (zero
+    /// unless recycles have failed: see `recycle`).
+    recycle_tried_at: Option<Instant>,
+    recycle_retry: Duration,
     out: Vec<Action<R>>,
 }
 
@@ -110,6 +115,8 @@ impl<R> Machine<R> {
             last_restart: None,
             stats: RestartStats::default(),
             clock,
+            recycle_tried_at: None,
+            recycle_retry: Duration::ZERO,
             out: Vec::new(),
         }
     }
@@ -233,6 +240,15 @@ impl<R> Machine<R> {
                     self.start_recovering(exe, Vec::new(), Trigger::Recovery, false, now);
                 }
             }
+            Event::Recycle {
+                worker,
+                reason,
+                exe,
+                standby_fits,
+                upgrade,
+                reply,
+                now,
+            } => self.on_recycle(worker, reason, (exe, standby_fits, upgrade), reply, now),
             Event::ForceExit => {
                 tracing::error!("shutdown took longer than shutdown_timeout; killing the workers");
                 self.out.push(Action::KillAll);
@@ -267,6 +283,7 @@ impl<R> Machine<R> {
 
     /// Record the last restart's outcome, without counting it.
     fn note(&mut self, ok: bool, trigger: &Trigger, detail: String) {
+        self.recycle_ended(trigger, ok);
         self.last_restart = Some(LastRestart {
             at_unix: (self.clock)(),
             ok,

@@ -11,6 +11,7 @@ mod drain;
 mod fleet;
 mod going_away;
 mod grpc;
+mod guards;
 mod harness;
 mod host;
 mod hostile_ops;

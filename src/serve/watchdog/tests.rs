@@ -9,6 +9,7 @@ fn limits(header: u64, idle: u64, grace: u64) -> Limits {
         keepalive_grace: Duration::from_millis(grace),
         send_timeout: Duration::from_secs(3600),
         stream_grace: None,
+        route_timeout: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn reported(graceful: bool, warm_standby: bool) -> WorkerSettings {
         tls_files: Vec::new(),
         warm_standby,
         shutdown_delay_ms: 0,
+        recycle: None,
     }
 }
 

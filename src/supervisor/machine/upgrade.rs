@@ -139,6 +139,8 @@ impl<R> Machine<R> {
             restarts: self.restarts,
             last_restart: self.last_restart.clone(),
             stats: self.stats.clone(),
+            recycle_tried_ms_ago: self.recycle_tried_at.map(ago),
+            recycle_retry_ms: ms(self.recycle_retry),
         })
     }
 
@@ -200,6 +202,9 @@ impl<R> Machine<R> {
             last_restart: h.last_restart,
             stats: h.stats,
             clock,
+            // A failed recycle's wait goes on in the new image.
+            recycle_tried_at: h.recycle_tried_ms_ago.map(back),
+            recycle_retry: Duration::from_millis(h.recycle_retry_ms),
             out: Vec::new(),
         }
     }

@@ -17,6 +17,11 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub(crate) const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(60);
 /// How much longer than `shutdown_timeout` a draining worker gets before it is killed.
 pub(crate) const DRAIN_KILL_MARGIN: Duration = Duration::from_secs(2);
+/// After a failed recycle, the least time before the next try (doubling to
+/// [`RECYCLE_RETRY_MAX`] while they keep failing).
+pub(crate) const RECYCLE_RETRY_MIN: Duration = Duration::from_secs(10);
+/// The longest wait between tries of a recycle that keeps failing.
+pub(crate) const RECYCLE_RETRY_MAX: Duration = Duration::from_secs(600);
 /// How much longer than `shutdown_timeout` the whole shutdown may take.
 pub(crate) const SHUTDOWN_EXIT_MARGIN: Duration = Duration::from_secs(5);
 
@@ -39,6 +44,8 @@ pub(crate) enum Trigger {
     Library,
     /// A request that did not say.
     Request,
+    /// `recycle`: the serving worker passed one of its limits.
+    Recycle,
     /// A name this version does not know (a newer worker's).
     Other(String),
 }
@@ -55,6 +62,7 @@ impl Trigger {
             Some("cli") => Trigger::Cli,
             Some("watch") => Trigger::Watch,
             Some("library") => Trigger::Library,
+            Some("recycle") => Trigger::Recycle,
             Some(other) => Trigger::Other(other.to_string()),
         }
     }
@@ -70,6 +78,7 @@ impl Trigger {
             Trigger::Watch => "watch",
             Trigger::Library => "library",
             Trigger::Request => "request",
+            Trigger::Recycle => "recycle",
             Trigger::Other(s) => s,
         }
     }
@@ -383,6 +392,25 @@ pub(crate) enum Event<R> {
     },
     /// [`Timer::Respawn`] fired.
     Respawn {
+        /// Now.
+        now: Instant,
+    },
+    /// The serving worker `worker` passed a `recycle` limit (`reason`): a restart with trigger
+    /// [`Trigger::Recycle`] if nothing else is under way and no failed recycle is too recent;
+    /// otherwise nothing (the driver asks again on its next look).
+    Recycle {
+        /// The worker that passed it.
+        worker: WorkerId,
+        /// Which limit, for the log.
+        reason: String,
+        /// As for [`Event::Restart`].
+        exe: Result<PathBuf, String>,
+        /// As for [`Event::Restart`].
+        standby_fits: bool,
+        /// As for [`Event::Restart`].
+        upgrade: bool,
+        /// Where the restart's answer goes (the driver's log).
+        reply: R,
         /// Now.
         now: Instant,
     },

@@ -36,6 +36,7 @@ fn reported() -> WorkerSettings {
         tls_files: Vec::new(),
         warm_standby: false,
         shutdown_delay_ms: 0,
+        recycle: None,
     }
 }
 
@@ -301,4 +302,29 @@ fn the_serving_worker_dying_during_the_upgrade_fails_it_and_recovers() {
 
 fn snapshot_none(m: &M) -> bool {
     m.snapshot(Instant::now(), |_| Waiter::Log).is_none()
+}
+
+/// A failed recycle's wait crosses the exec: the new image does not recycle again at once.
+#[test]
+fn a_failed_recycles_wait_crosses_the_exec() {
+    let (mut m, _old, t) = upgrading(7);
+    m.recycle_tried_at = Some(t);
+    m.recycle_retry = Duration::from_secs(20);
+    let snap = m
+        .snapshot(t + Duration::from_millis(2500), |r| Waiter::Worker {
+            worker: 1,
+            id: u64::from(*r),
+        })
+        .unwrap();
+    assert_eq!(snap.recycle_tried_ms_ago, Some(2500));
+    assert_eq!(snap.recycle_retry_ms, 20_000);
+    let snap: crate::supervisor::handover::MachineHandover =
+        serde_json::from_value(serde_json::to_value(&snap).unwrap()).unwrap();
+    let later = t + Duration::from_secs(60);
+    let n = M::restore(snap, vec![9], || 1_700_000_001, later);
+    assert_eq!(n.recycle_retry, Duration::from_secs(20));
+    assert_eq!(
+        n.recycle_tried_at,
+        Some(later - Duration::from_millis(2500))
+    );
 }
