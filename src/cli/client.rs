@@ -315,7 +315,7 @@ pub(crate) fn describe_status(s: &Status) -> String {
 }
 
 /// Milliseconds as people read them: `35.2 ms` below a second, `3.70 s` above.
-fn human_ms(ms: f64) -> String {
+pub(crate) fn human_ms(ms: f64) -> String {
     if ms < 1000.0 {
         format!("{ms:.1} ms")
     } else {

@@ -155,14 +155,8 @@ fn one_line(s: &str) -> String {
     }
 }
 
-/// Milliseconds as people read them (as `apphost restart` prints them).
-pub(super) fn human_ms(ms: f64) -> String {
-    if ms < 1000.0 {
-        format!("{ms:.1} ms")
-    } else {
-        format!("{:.2} s", ms / 1000.0)
-    }
-}
+/// Milliseconds as people read them: the same words `apphost restart` prints.
+pub(super) use crate::cli::client::human_ms;
 
 #[cfg(test)]
 mod tests {
