@@ -76,40 +76,16 @@ mod tests {
 
     type M = Machine<u32>;
 
-    fn exe() -> PathBuf {
-        PathBuf::from("/opt/app/bin/app")
-    }
+    use crate::supervisor::machine::tests::{exe, spawned};
 
     fn reported() -> WorkerSettings {
         WorkerSettings {
-            graceful: true,
-            graceful_timeout_ms: 10_000,
-            shutdown_timeout_ms: 60_000,
-            listeners: vec!["127.0.0.1:8080".into()],
-            watch_executable: false,
-            watch_config: false,
-            watch_settle_ms: 300,
-            tls_files: Vec::new(),
-            warm_standby: false,
-            shutdown_delay_ms: 0,
             recycle: Some(crate::channel::RecycleSettings {
                 max_requests: Some(100),
                 ..Default::default()
             }),
+            ..crate::supervisor::machine::tests::reported(true, false)
         }
-    }
-
-    fn spawned(acts: &[Action<u32>]) -> Vec<WorkerId> {
-        acts.iter()
-            .filter_map(|a| match a {
-                Action::Spawn {
-                    worker,
-                    generation: Some(_),
-                    ..
-                } => Some(*worker),
-                _ => None,
-            })
-            .collect()
     }
 
     fn ready(worker: WorkerId, pid: u32, now: Instant) -> Event<u32> {

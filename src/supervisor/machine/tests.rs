@@ -18,7 +18,7 @@ fn settings(graceful: bool) -> Settings {
     }
 }
 
-fn reported(graceful: bool, warm_standby: bool) -> WorkerSettings {
+pub(super) fn reported(graceful: bool, warm_standby: bool) -> WorkerSettings {
     WorkerSettings {
         graceful,
         graceful_timeout_ms: 10_000,
@@ -34,12 +34,12 @@ fn reported(graceful: bool, warm_standby: bool) -> WorkerSettings {
     }
 }
 
-fn exe() -> PathBuf {
+pub(super) fn exe() -> PathBuf {
     PathBuf::from("/opt/app/bin/app")
 }
 
 /// The worker ids of generations spawned by `acts` (standbys excluded).
-fn spawned(acts: &[Action<u32>]) -> Vec<WorkerId> {
+pub(super) fn spawned(acts: &[Action<u32>]) -> Vec<WorkerId> {
     acts.iter()
         .filter_map(|a| match a {
             Action::Spawn {

@@ -25,19 +25,7 @@ fn v2() -> PathBuf {
 }
 
 fn reported() -> WorkerSettings {
-    WorkerSettings {
-        graceful: true,
-        graceful_timeout_ms: 10_000,
-        shutdown_timeout_ms: 60_000,
-        listeners: vec!["127.0.0.1:8080".into()],
-        watch_executable: false,
-        watch_config: false,
-        watch_settle_ms: 300,
-        tls_files: Vec::new(),
-        warm_standby: false,
-        shutdown_delay_ms: 0,
-        recycle: None,
-    }
+    crate::supervisor::machine::tests::reported(true, false)
 }
 
 /// A serving machine, then a restart to v2 that upgrades the supervisor.
