@@ -1,7 +1,16 @@
 //! The admin's actions: `restart` (with an optional new executable, checked against
 //! `allowed_exe_dirs`) and `shutdown`, each asked of the supervisor through the worker's link.
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::answer::{AdminError, Format, closing, is_form, json_body, respond};
+use super::{Admin, Asked, RESULT_REFRESH_SECS, ask, draining_error, form, page, worker_facts};
+use crate::channel::Op;
+use crate::handler::{Request, Response};
+use crate::ops::{Link, OpError, OpReply, OpResult};
 
 impl Admin {
     /// Check a `newExeFilePath`: absolute, and inside `allowed_exe_dirs` when there are any.

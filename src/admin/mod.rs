@@ -90,7 +90,7 @@ mod form;
 mod page;
 mod reopen;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,7 +104,7 @@ use crate::config::{AdminConfig, Config, ListenAddr, RoutePattern, ServerConfig}
 use crate::handler::{BoxFuture, ClientAddr, Handler, Request, Response};
 use crate::ops::{Link, OpError, OpReply, OpResult, Status};
 use crate::routes::RouteTable;
-use answer::{AdminError, Format, closing, is_form, json_body, negotiate, respond};
+use answer::{AdminError, Format, json_body, negotiate, respond};
 
 /// The handler name the admin routes are listed under in [`RouteTable::routes`].
 pub(crate) const HANDLER_NAME: &str = "admin";

@@ -193,7 +193,7 @@ fn executable_paths_are_checked_against_allowed_dirs() {
     std::os::unix::fs::symlink(&outside, &link).unwrap();
 
     let a = admin(None, vec![allowed.clone()]);
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap();
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap();
     assert_eq!(a.check_exe(inside.to_str().unwrap()), Ok(canon(&inside)));
     let dotdot = format!("{}/../releases/app", allowed.display());
     assert_eq!(a.check_exe(&dotdot), Ok(canon(&inside)));

@@ -10,16 +10,11 @@ use std::time::Duration;
 use super::addr::ListenAddr;
 use super::error::{ConfigError, Pos};
 use super::file;
-use super::pattern::RoutePattern;
 use super::tree::{self, Key, Node, Value};
 use super::values::{
-    expect_bool, expect_duration, expect_mode, expect_path, expect_str, join, log_level,
-    type_error, unknown_key,
+    expect_bool, expect_duration, expect_path, expect_str, join, log_level, type_error, unknown_key,
 };
-use super::{
-    AdminConfig, Config, ConfigSource, ControlConfig, Format, HttpsConfig, LogConfig, LogFormat,
-    Params, ReadinessConfig, RouteConfig, ServerConfig, WatchConfig,
-};
+use super::{Config, ConfigSource, ControlConfig, Format, LogConfig, LogFormat, WatchConfig};
 
 mod server;
 

@@ -1,7 +1,19 @@
 //! The walk of `servers:`: each server's addresses, TLS, readiness request, admin routes and
 //! route table (the rest of [`Walker`] is in the parent).
 
-use super::*;
+use std::path::{Path, PathBuf};
+
+use super::super::addr::ListenAddr;
+use super::super::error::{ConfigError, Pos};
+use super::super::file;
+use super::super::pattern::RoutePattern;
+use super::super::tree::{Node, Value};
+use super::super::values::{expect_mode, expect_str, join, type_error};
+use super::super::{AdminConfig, HttpsConfig, Params, ReadinessConfig, RouteConfig, ServerConfig};
+use super::{
+    ADMIN_KEYS, DEFAULT_ADMIN_PATH, DEFAULT_READINESS_TIMEOUT, HTTPS_KEYS, Listener,
+    READINESS_KEYS, SERVER_KEYS, Walker, under_admin,
+};
 
 impl Walker<'_> {
     pub(super) fn servers(
