@@ -9,7 +9,7 @@
 //!   hyper-util's `TowerToHyperService` do), so requests never wait on each other for a shared
 //!   `&mut` service. An `axum::Router` is always ready and its clone is one reference count; a
 //!   service that is ready at once is called at once, so the one allocation per request (the
-//!   boxed future every handler returns) holds only its future.
+//!   boxed future every handler returns) holds only its future, polled where it was put.
 //! - **Bodies.** The request body is apphost's [`Body`], which streams from the connection. The
 //!   response body `B` (any `http_body::Body<Data = Bytes>`) is wrapped by [`Body::new`] with no
 //!   task and no buffering: the connection polls it as the client takes the data, and an error
@@ -25,7 +25,8 @@
 //!   parameter `strip_prefix: true` the route table has already removed the route's prefix from
 //!   the path (see `routes`), so a router written for `/api/...` can be mounted under `/v2/*rest`.
 
-use std::future::{poll_fn, ready};
+use std::future::{Future, poll_fn, ready};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -57,15 +58,18 @@ where
     fn call(&self, req: Request) -> BoxFuture {
         let mut svc = self.svc.clone();
         let name = self.name.clone();
-        // Most services are always ready (an axum Router is): asked once here, the call is made
-        // at once and the boxed future holds only the service's own future. A service that is
-        // not ready is asked again inside the future, which then registers the real waker.
+        // Most services are always ready (an axum Router is): asked once here, the call needs no
+        // waker. A service that is not ready is asked again inside the future, which then
+        // registers the real waker.
         let mut cx = Context::from_waker(Waker::noop());
         match svc.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {
-                let fut = svc.call(req);
-                Box::pin(async move { answer(&name, fut.await) })
-            }
+            // A struct, not an `async` block: the service's future is polled where it was put
+            // (an `async` block moved it into its own state on the first poll, one more copy of
+            // a future that is a kilobyte or more for an axum router).
+            Poll::Ready(Ok(())) => Box::pin(Answering {
+                fut: svc.call(req),
+                name,
+            }),
             Poll::Ready(Err(e)) => Box::pin(ready(failed(&name, e.into()))),
             Poll::Pending => Box::pin(async move {
                 if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
@@ -85,6 +89,31 @@ where
             route_match: false,
             client_addr: self.client_addr,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A called service's future, and the name to log its error with.
+    struct Answering<F> {
+        #[pin]
+        fut: F,
+        name: Arc<str>,
+    }
+}
+
+impl<F, B, E> Future for Answering<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
+    type Output = Response;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        let this = self.project();
+        let r = std::task::ready!(this.fut.poll(cx));
+        Poll::Ready(answer(this.name, r))
     }
 }
 

@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 
 use http::header::{CONNECTION, HeaderValue};
 use hyper::server::conn::{http1, http2};
@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use super::exchange::{Recording, X_REQUEST_ID};
 use super::guarded::Guarded;
-use super::progress::{TrackedBody, TrackedIo};
+use super::progress::{Busy, TrackedBody, TrackedIo};
 use super::proxy::{self, Peek, Source};
 use super::watchdog::ConnState;
 use super::{Endpoint, Serving};
@@ -250,38 +250,34 @@ pub(super) async fn serve_io<I>(
                 None => fut,
                 Some(span) => Box::pin(fut.instrument(span)),
             };
-            // A route's timeout or body limit: answered for the handler when it trips.
-            let answer = match guards.cutoff.clone() {
-                None => Ok(fut),
-                Some(c) => Err(Guarded::new(fut, guards, c, deadlines.as_ref(), version)),
+            // A route's timeout or body limit (answered for the handler when it trips), or a
+            // body still to come (`408` if it stalls): the handler's future is wrapped, in a
+            // second box. Without either, hyper holds the handler's future as it is.
+            let pending = match (guards.cutoff.clone(), watched) {
+                (None, None) => Pending::Handler(fut),
+                (None, Some(st)) => Pending::Guarded(Box::pin(async move {
+                    answer_unless_body_stalls(async move { (fut.await, false) }, &st).await
+                })),
+                (Some(c), None) => Pending::Guarded(Box::pin(Guarded::new(
+                    fut,
+                    guards,
+                    c,
+                    deadlines.as_ref(),
+                    version,
+                ))),
+                (Some(c), Some(st)) => {
+                    let g = Guarded::new(fut, guards, c, deadlines.as_ref(), version);
+                    Pending::Guarded(Box::pin(
+                        async move { answer_unless_body_stalls(g, &st).await },
+                    ))
+                }
             };
-            async move {
-                let (mut resp, timed_out) = match (answer, watched) {
-                    (Ok(fut), None) => (fut.await, false),
-                    (Ok(fut), Some(st)) => {
-                        answer_unless_body_stalls(async move { (fut.await, false) }, &st).await
-                    }
-                    (Err(g), None) => g.await,
-                    (Err(g), Some(st)) => answer_unless_body_stalls(g, &st).await,
-                };
-                if rec.is_some() {
-                    answered(&mut rec, &mut resp);
-                }
-                let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                if let (Some(websocket), true) = (upgrade, switching) {
-                    busy.upgrading(websocket);
-                }
-                // Once draining, every HTTP/1 response closes its connection: the client learns
-                // it before sending another request, so none is lost. (The generation's flag,
-                // reached through the connection's state: no reference count is touched.)
-                // (Not on a `101`: its `Connection: upgrade` is what makes it one.)
-                let close = http1 && !switching && (timed_out || busy.generation_draining());
-                let mut resp = resp.map(|b| TrackedBody::new(b, busy, rec.take()));
-                if close {
-                    resp.headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                Ok::<_, Infallible>(resp)
+            Answer {
+                pending,
+                busy: Some(busy),
+                rec,
+                upgrade,
+                http1,
             }
         })
     };
@@ -315,6 +311,62 @@ pub(super) async fn serve_io<I>(
             }
         })
         .await;
+    }
+}
+
+/// What gives a request's answer: the handler's own future, or one that may answer for it and
+/// says whether the HTTP/1 connection must close after the answer.
+enum Pending {
+    Handler(crate::handler::BoxFuture),
+    Guarded(Pin<Box<dyn Future<Output = (crate::Response, bool)> + Send>>),
+}
+
+/// The future hyper holds for one request: a handful of words, written into hyper's slot for
+/// each request (an `async` block holding the same, with one await per kind of [`Pending`],
+/// was several times larger and cost a copy of itself per request).
+struct Answer {
+    pending: Pending,
+    /// The request in flight; handed to the response body with the answer.
+    busy: Option<Busy>,
+    /// The request's recording, if its listener has an observer.
+    rec: Option<Recording>,
+    /// `Some(websocket)` when the request asked for an upgrade.
+    upgrade: Option<bool>,
+    http1: bool,
+}
+
+impl Future for Answer {
+    type Output = Result<http::Response<TrackedBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let (mut resp, timed_out) = match &mut this.pending {
+            Pending::Handler(f) => (ready!(f.as_mut().poll(cx)), false),
+            Pending::Guarded(f) => ready!(f.as_mut().poll(cx)),
+        };
+        // Answered already (hyper does not poll again): never again.
+        let Some(busy) = this.busy.take() else {
+            return Poll::Pending;
+        };
+        if this.rec.is_some() {
+            answered(&mut this.rec, &mut resp);
+        }
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (Some(websocket), true) = (this.upgrade, switching) {
+            busy.upgrading(websocket);
+        }
+        // Once draining, every HTTP/1 response closes its connection: the client learns it
+        // before sending another request, so none is lost. (The generation's flag, reached
+        // through the connection's state: no reference count is touched.) (Not on a `101`: its
+        // `Connection: upgrade` is what makes it one.)
+        let close = this.http1 && !switching && (timed_out || busy.generation_draining());
+        let rec = this.rec.take();
+        let mut resp = resp.map(|b| TrackedBody::new(b, busy, rec));
+        if close {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(resp))
     }
 }
 
