@@ -56,8 +56,10 @@
 //!
 //! **Handoff** (`--handoff`): with no load, `--count` times: read the serving pid from the URL
 //! (which must answer `PID\n`, apphost's `pid` handler), take t0, send SIGUSR1 to
-//! `--restart-pid`, then poll the URL on fresh connections as fast as possible until a pid not
-//! seen before answers; the handoff is that response's arrival − t0. (Not just "another pid": a
+//! `--restart-pid`, then poll the URL on fresh connections from `--pollers` concurrent pollers
+//! (default 2), each back to back, until a pid not seen before answers; the handoff is that
+//! response's arrival − t0 (see `handoff.rs`, which also reports the probe's resolution and when
+//! the old worker answered last). (Not just "another pid": a
 //! new worker accepts before it reports ready, so for a moment the old and the new one both
 //! answer.) `--handoff-gap` (default 300 ms) separates the rounds so the previous restart has
 //! finished (apphost refuses a restart while one is under way; such a round times out).
@@ -78,6 +80,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod h2client;
+mod handoff;
 
 const MAX_CLIENTS: usize = 1000;
 const MAX_TOTAL: Duration = Duration::from_secs(600);
@@ -142,6 +145,9 @@ struct Args {
     /// Handoff mode: how many restarts to time.
     #[arg(long, default_value_t = 50)]
     count: u32,
+    /// Handoff mode: concurrent pollers, each on a fresh connection as soon as its last answered.
+    #[arg(long, default_value_t = 2)]
+    pollers: usize,
     /// Handoff mode: pause between rounds.
     #[arg(long, default_value = "300ms", value_parser = parse_duration)]
     handoff_gap: Duration,
@@ -914,154 +920,6 @@ async fn run_load(args: &Args, target: Target) -> Result<bool, String> {
     Ok(!any_failed && kill_errors.is_empty())
 }
 
-// ---------------------------------------------------------------------------------------------
-// Handoff mode.
-
-/// GET the URL on a fresh connection; the body must be a pid.
-async fn get_pid(target: &Target, request: &[u8]) -> Result<u32, Failure> {
-    let mut conn = None;
-    let mut buf = Vec::with_capacity(1024);
-    let mut connected = false;
-    let r = exchange(target, request, &mut conn, &mut buf, &mut connected).await?;
-    if !(200..300).contains(&r.status) {
-        return Err(failure(Fail::Non2xx, format!("status {}", r.status)));
-    }
-    std::str::from_utf8(&r.body)
-        .ok()
-        .and_then(|b| b.trim().parse().ok())
-        .ok_or_else(|| {
-            failure(
-                Fail::ReadErr,
-                format!(
-                    "body {:?} is not a pid (point --url at a `pid` route)",
-                    String::from_utf8_lossy(&r.body)
-                ),
-            )
-        })
-}
-
-async fn get_pid_timed(target: &Target, request: &[u8], timeout: Duration) -> Result<u32, Failure> {
-    match tokio::time::timeout(timeout, get_pid(target, request)).await {
-        Ok(r) => r,
-        Err(_) => Err(failure(Fail::Timeout, format!("no answer in {timeout:?}"))),
-    }
-}
-
-async fn run_handoff(args: &Args, target: Target) -> Result<bool, String> {
-    let pid = args
-        .restart_pid
-        .ok_or("--handoff needs --restart-pid (the supervisor's pid)")?;
-    let pid = Pid::from_raw(pid).expect("checked positive");
-    let request = request_bytes(&target, true);
-    // Every pid seen so far: a round ends when one not in here answers (a worker that answered
-    // before it was ready, while the old one still serves, must not count twice).
-    let mut seen = std::collections::HashSet::new();
-    let mut prev = get_pid_timed(&target, &request, args.timeout)
-        .await
-        .map_err(|f| format!("reading the serving pid from {}: {}", args.url, f.detail))?;
-    seen.insert(prev);
-    let mut times_us: Vec<u32> = Vec::new();
-    let mut polls_total = 0u64;
-    let mut poll_errors = [0u64; FAILS.len()];
-    let mut samples: Vec<String> = Vec::new();
-    let mut timed_out = 0u32;
-    for round in 0..args.count {
-        tokio::time::sleep(args.handoff_gap).await;
-        let t0 = Instant::now();
-        kill_process(pid, Signal::USR1)
-            .map_err(|e| format!("kill({}, SIGUSR1): {e}", pid.as_raw_nonzero()))?;
-        loop {
-            if t0.elapsed() > args.timeout {
-                timed_out += 1;
-                if samples.len() < MAX_SAMPLES {
-                    samples.push(format!(
-                        "round {round}: no new pid within {:?} (last seen: {prev})",
-                        args.timeout
-                    ));
-                }
-                // Go on from whatever serves now.
-                if let Ok(p) = get_pid_timed(&target, &request, args.timeout).await {
-                    seen.insert(p);
-                    prev = p;
-                }
-                break;
-            }
-            polls_total += 1;
-            match get_pid_timed(&target, &request, args.timeout).await {
-                Ok(p) if !seen.contains(&p) => {
-                    seen.insert(p);
-                    let us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                    times_us.push(us);
-                    prev = p;
-                    break;
-                }
-                Ok(_) => {}
-                Err(f) => {
-                    poll_errors[f.kind as usize] += 1;
-                    if samples.len() < MAX_SAMPLES {
-                        samples.push(format!(
-                            "round {round}: {} at +{:.3} ms: {}",
-                            f.kind.name(),
-                            t0.elapsed().as_secs_f64() * 1000.0,
-                            f.detail
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    let mut sorted = times_us.clone();
-    sorted.sort_unstable();
-    let errors: u64 = poll_errors.iter().sum();
-    let mut fails = serde_json::Map::new();
-    for (k, n) in FAILS.iter().zip(poll_errors) {
-        fails.insert(k.name().into(), n.into());
-    }
-    let out = json!({
-        "url": args.url,
-        "restart_pid": pid.as_raw_nonzero().get(),
-        "rounds": args.count,
-        "measured": sorted.len(),
-        "timed_out": timed_out,
-        "polls": polls_total,
-        "poll_failures": fails,
-        "min_us": sorted.first(),
-        "median_us": percentile(&sorted, 0.5),
-        "p90_us": percentile(&sorted, 0.9),
-        "max_us": sorted.last(),
-        "handoffs_us": times_us,
-        "notes": samples,
-    });
-    emit_json(args, &out)?;
-    if !args.json {
-        println!(
-            "handoff: {} rounds, SIGUSR1 to {} then GET {} on fresh connections until a new pid answers",
-            args.count,
-            pid.as_raw_nonzero(),
-            args.url
-        );
-        println!(
-            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-            "measured", "timeout", "min ms", "median", "p90 ms", "max ms", "polls", "poll errs"
-        );
-        println!(
-            "{:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
-            sorted.len(),
-            timed_out,
-            ms(sorted.first().copied()),
-            ms(percentile(&sorted, 0.5)),
-            ms(percentile(&sorted, 0.9)),
-            ms(sorted.last().copied()),
-            polls_total,
-            errors
-        );
-        for s in &samples {
-            println!("  {s}");
-        }
-    }
-    Ok(timed_out == 0 && errors == 0)
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     let target = match parse_url(&args.url) {
@@ -1083,6 +941,10 @@ fn main() -> ExitCode {
         (
             args.count == 0 || args.count > MAX_HANDOFFS,
             "--count must be 1..=1000",
+        ),
+        (
+            args.pollers == 0 || args.pollers > 16,
+            "--pollers must be 1..=16",
         ),
         (
             args.restart_pid.is_some_and(|p| p <= 1),
@@ -1131,7 +993,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         if args.handoff {
-            run_handoff(&args, target).await
+            handoff::run_handoff(&args, target).await
         } else {
             run_load(&args, target).await
         }
