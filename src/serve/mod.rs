@@ -237,13 +237,16 @@ fn spawn_conn<S: conn::Stream>(
         .register_for(endpoint.routes.server_index(), permit);
     let (ep, s) = (endpoint.clone(), serving.clone());
     // Plain and TLS connections are separate futures: a plain one does not carry the (much
-    // larger) TLS state, and tokio copies the future when spawning it.
+    // larger) TLS state. Each is boxed before it is spawned: tokio moves a task's future through
+    // several copies (into the task, and its stage is overwritten whole when the task finishes),
+    // and a pointer is cheaper to move than the future (one allocation against ~1,000
+    // instructions of copying per connection).
     if ep.tls.is_some() {
         let conn = conn::serve_tls(stream, peer, ep, s, state.clone());
-        tokio::spawn(Guard::new(state, reg, conn));
+        tokio::spawn(Box::pin(Guard::new(state, reg, conn)));
     } else {
         let conn = conn::serve_plain(stream, peer, ep, s, state.clone());
-        tokio::spawn(Guard::new(state, reg, conn));
+        tokio::spawn(Box::pin(Guard::new(state, reg, conn)));
     }
 }
 
