@@ -14,6 +14,11 @@
 //!   executable's path, or back into the previous image through a kept descriptor.
 //! - [`block_stop_signals`], [`unblock_stop_signals`]: the supervisor's signals are held
 //!   pending across that exec, until the new image has its handlers.
+//! - [`monotonic_ns`]: the monotonic clock as plain nanoseconds, through libc (whose vDSO call
+//!   valgrind understands; rustix's own vDSO lookup crashes under it, which the instruction
+//!   counts of `bench/instructions.sh` need).
+//! - [`hex_ids`]: request ids made as header values without checking each one's bytes (this
+//!   function writes them, and writes only hex digits and `-`).
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -252,6 +257,52 @@ pub(crate) fn cloexec_from(first: RawFd) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `CLOCK_MONOTONIC` (the clock [`std::time::Instant`] reads) in nanoseconds.
+#[inline]
+pub(crate) fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable `timespec` for the call's duration, and
+    // `CLOCK_MONOTONIC` is a clock every Linux has (it cannot fail with a valid pointer; if it
+    // did, `t` stays zero).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+/// Request ids `PPPPPPPPPPPPPPPP-N` (`prefix` as 16 hex digits, then `N` in hex) for the `count`
+/// numbers from `first` (wrapping), as header values sharing one buffer (one allocation for all
+/// of them), pushed onto `out` last first (so popping gives them in order).
+pub(crate) fn hex_ids(prefix: u64, first: u64, count: u64, out: &mut Vec<http::HeaderValue>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut head = [b'-'; 17];
+    for (i, b) in head[..16].iter_mut().enumerate() {
+        *b = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    let mut buf = Vec::with_capacity(count as usize * 33);
+    let mut ends = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let n = first.wrapping_add(i);
+        buf.extend_from_slice(&head);
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+        for d in (0..digits).rev() {
+            buf.push(HEX[((n >> (4 * d)) & 0xf) as usize]);
+        }
+        ends.push(buf.len());
+    }
+    let all = bytes::Bytes::from(buf);
+    out.reserve(ends.len());
+    for (i, &end) in ends.iter().enumerate().rev() {
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        // SAFETY: `from_maybe_shared_unchecked` needs bytes valid in a header value (visible
+        // ASCII, space, tab). Every byte of `all` was written above, from `HEX` or `-`.
+        out.push(unsafe { http::HeaderValue::from_maybe_shared_unchecked(all.slice(start..end)) });
+    }
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use http::HeaderMap;
 use http::header::{REFERER, USER_AGENT};
+use http::{HeaderMap, Uri};
 
 use super::clock::TimeCache;
-use super::line;
+use super::line::{self, Line};
 use super::request_id::RequestIds;
 use super::sink::Sink;
 use crate::config::{AccessLogFormat, Config, LogTarget};
@@ -33,18 +33,19 @@ use crate::serve::exchange::{Exchange, Observer, X_REQUEST_ID};
 pub(crate) struct AccessLog {
     sink: Arc<Sink>,
     format: AccessLogFormat,
-    generation: u64,
+    /// The end of each JSON line (`,"generation":N}` and the newline: made once).
+    json_tail: Box<[u8]>,
     ids: Arc<RequestIds>,
 }
 
 thread_local! {
     /// Each thread formats its lines here (no allocation per line once warm).
-    static SCRATCH: RefCell<(Vec<u8>, TimeCache)> =
-        RefCell::new((Vec::with_capacity(512), TimeCache::default()));
+    static SCRATCH: RefCell<(Line, TimeCache)> = RefCell::default();
 }
 
 impl Observer for AccessLog {
-    fn started(&self, headers: &HeaderMap, ex: &mut Exchange) {
+    fn started(&self, uri: &Uri, headers: &HeaderMap, ex: &mut Exchange) {
+        ex.path = uri.path_and_query().cloned();
         // One pass over the (few) headers costs less than hashing a name per lookup.
         let combined = self.format == AccessLogFormat::Combined;
         let mut given = None;
@@ -68,13 +69,10 @@ impl Observer for AccessLog {
             let (buf, cache) = &mut *s;
             buf.clear();
             match self.format {
-                AccessLogFormat::Json => line::json(buf, ex, self.generation, cache),
+                AccessLogFormat::Json => line::json(buf, ex, &self.json_tail, cache),
                 AccessLogFormat::Combined => line::combined(buf, ex, cache),
             }
-            self.sink.append(buf);
-            if buf.capacity() > 4 * line::MAX_LINE {
-                buf.shrink_to(line::MAX_LINE);
-            }
+            self.sink.append(buf.as_bytes());
         });
     }
 }
@@ -122,7 +120,7 @@ impl AccessLogs {
                 Arc::new(AccessLog {
                     sink,
                     format: a.format,
-                    generation,
+                    json_tail: line::json_tail(generation).into(),
                     ids: ids.clone(),
                 }),
             );

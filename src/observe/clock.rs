@@ -2,7 +2,9 @@
 //! formatting thread ([`Anchor`]), and the date and time of day are formatted once per second
 //! ([`TimeCache`]); a line adds only its milliseconds.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::serve::exchange::mono_ns;
 
 /// The wall-clock second last formatted, kept per formatting thread.
 #[derive(Debug, Default)]
@@ -16,8 +18,9 @@ pub(crate) struct TimeCache {
 }
 
 impl TimeCache {
-    /// Set the cache to the second `started` falls in (UTC); returns its milliseconds.
-    pub(super) fn start(&mut self, started: Instant) -> u32 {
+    /// Set the cache to the second `started` (a [`mono_ns`] reading) falls in (UTC); returns
+    /// its milliseconds.
+    pub(super) fn start(&mut self, started: u64) -> u32 {
         let (sec, ms) = self.anchor.wall(started);
         self.set(sec);
         ms
@@ -63,39 +66,41 @@ impl TimeCache {
     }
 }
 
-/// Wall-clock time from a request's [`Instant`] without a clock read per request: the wall
+/// Wall-clock time from a [`mono_ns`] reading without a clock read per request: the wall
 /// clock and the monotonic clock are read together at most once a second per formatting thread
-/// (the anchor), and a request's time is the anchor's plus its start's offset from the anchor's
-/// instant. A wall-clock step (NTP, an operator) shows in the lines within a second.
+/// (the anchor), and a reading's time is the anchor's plus its offset from the anchor's
+/// monotonic reading (one subtraction and a comparison). A wall-clock step (NTP, an operator)
+/// shows in the lines within a second.
 #[derive(Debug, Default)]
 struct Anchor {
-    /// The monotonic and the wall-clock time read together (ns since the Unix epoch: a `u64`
-    /// holds them until 2554, and divides by a constant without a library call).
-    at: Option<(Instant, u64)>,
+    /// The monotonic reading (0: none yet).
+    at: u64,
+    /// The wall-clock time read with it, in ns since the Unix epoch (a `u64` holds them until
+    /// 2554, and divides by a constant without a library call).
+    unix: u64,
 }
 
-/// How long an anchor is used.
-const ANCHOR_FOR: Duration = Duration::from_secs(1);
+/// How long an anchor is used, in ns.
+const ANCHOR_FOR: u64 = 1_000_000_000;
 
 impl Anchor {
-    /// (seconds since the Unix epoch, milliseconds) of `t`.
-    fn wall(&mut self, t: Instant) -> (u64, u32) {
-        // The usual case: `t` within the anchor's second (one subtraction, no 128-bit step).
-        if let Some((at, unix)) = self.at
-            && let Some(d) = t.checked_duration_since(at)
-            && d < ANCHOR_FOR
-        {
-            return split(unix + u64::from(d.subsec_nanos()));
+    /// (seconds since the Unix epoch, milliseconds) of the monotonic reading `t`.
+    fn wall(&mut self, t: u64) -> (u64, u32) {
+        // The usual case: `t` within the anchor's second (before the anchor, the difference
+        // wraps to a huge number).
+        let d = t.wrapping_sub(self.at);
+        if self.at != 0 && d < ANCHOR_FOR {
+            return split(self.unix + d);
         }
         // `t` is before the anchor (a long request) or past its second: a new anchor, which
         // `t` precedes.
-        let at = Instant::now();
+        let at = mono_ns();
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos() as u64;
-        self.at = Some((at, unix));
-        split(unix.saturating_sub(at.saturating_duration_since(t).as_nanos() as u64))
+        *self = Anchor { at, unix };
+        split(unix.saturating_sub(at.saturating_sub(t)))
     }
 }
 
@@ -169,25 +174,30 @@ mod tests {
     }
 
     #[test]
-    fn the_anchor_gives_the_wall_clock_of_an_instant() {
-        let ms = |d: Duration| d.as_millis() as i128;
+    fn the_anchor_gives_the_wall_clock_of_a_monotonic_reading() {
+        const MS: u64 = 1_000_000;
         let unix = |(s, m): (u64, u32)| i128::from(s) * 1000 + i128::from(m);
         let mut a = Anchor::default();
-        let now = Instant::now();
-        let wall = ms(SystemTime::now().duration_since(UNIX_EPOCH).unwrap());
-        // Now, just before now (a request that started earlier), and 900 ms later (within the
+        let now = mono_ns();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i128;
+        // Now, before now (a request that started earlier), and 900 ms later (within the
         // anchor's second): each within a few ms of the wall clock's reading.
         for (t, want) in [
             (now, wall),
-            (now - Duration::from_millis(5_000), wall - 5_000),
-            (now + Duration::from_millis(900), wall + 900),
+            (now - 5_000 * MS, wall - 5_000),
+            (now + 900 * MS, wall + 900),
+            (now - 5 * MS, wall - 5),
         ] {
             let got = unix(a.wall(t));
             assert!((got - want).abs() < 500, "{got} vs {want}");
         }
         // Past the anchor's second, a new anchor is read (it is later than the old one).
-        let old = a.at.unwrap().0;
-        a.wall(Instant::now() + Duration::from_millis(1_500));
-        assert!(a.at.unwrap().0 > old);
+        let old = a.at;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        a.wall(mono_ns() + 1_500 * MS);
+        assert!(a.at > old);
     }
 }

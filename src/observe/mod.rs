@@ -174,7 +174,7 @@ pub(crate) async fn answer(
 pub(crate) struct Count;
 
 impl Observer for Count {
-    fn started(&self, _headers: &http::HeaderMap, _ex: &mut Exchange) {}
+    fn started(&self, _uri: &http::Uri, _headers: &http::HeaderMap, _ex: &mut Exchange) {}
 
     fn finished(&self, ex: &Exchange) {
         if let Some(t) = &ex.tally {
@@ -202,9 +202,9 @@ pub(crate) fn both(
 struct Both(Arc<dyn Observer>, Arc<dyn Observer>);
 
 impl Observer for Both {
-    fn started(&self, headers: &http::HeaderMap, ex: &mut Exchange) {
-        self.0.started(headers, ex);
-        self.1.started(headers, ex);
+    fn started(&self, uri: &http::Uri, headers: &http::HeaderMap, ex: &mut Exchange) {
+        self.0.started(uri, headers, ex);
+        self.1.started(uri, headers, ex);
     }
 
     fn finished(&self, ex: &Exchange) {

@@ -227,7 +227,7 @@ pub(super) async fn serve_io<I>(
             // unanswered (the client left), it is recorded as abandoned.
             let mut rec = observer
                 .as_ref()
-                .map(|o| Recording::start(o, &req, peer.client));
+                .map(|o| Recording::start(o, &req, peer.client, &state.unflushed));
             let span = rec.as_ref().and_then(Recording::span);
             // A body still to come is watched (see `progress`): if the handler waits for it
             // and nothing arrives for `idle_timeout`, the answer is 408.
@@ -384,8 +384,8 @@ fn is_websocket(headers: &http::HeaderMap) -> bool {
 fn answered(rec: &mut Option<Recording>, resp: &mut crate::Response) {
     if let Some(r) = rec {
         r.answered(resp.status());
-        if let Some(id) = r.request_id().and_then(|id| id.header()) {
-            resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        if let Some(id) = r.request_id() {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         }
     }
 }

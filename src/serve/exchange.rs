@@ -7,9 +7,9 @@
 //! A request has finished when the last byte of its response has been *written to the socket*
 //! (DESIGN property 4), not when hyper dropped its body (which only means the last chunk was
 //! queued, possibly megabytes before a slow client reads it). So:
-//! 1. [`Recording::start`] takes the request's facts when its head arrives (method, target,
-//!    version, the client as the connection reports it in [`ClientAddr`] — the proxied client
-//!    with the PROXY protocol — and what the observer wants from the headers);
+//! 1. [`Recording::start`] takes the request's facts when its head arrives (method, version, the
+//!    client as the connection reports it in [`ClientAddr`] — the proxied client with the PROXY
+//!    protocol — and what the observer wants from the target and the headers);
 //! 2. the response's status is noted when the handler answers, and its body bytes are counted
 //!    as hyper takes them ([`super::progress::TrackedBody`]);
 //! 3. when the body ends (hyper drops it), the recording moves to its connection's
@@ -28,15 +28,19 @@
 //! finished it first, so no path loses or doubles one.
 //!
 //! Cost: nothing at all for a listener without an observer (one `Option` test per request, one
-//! flag load per flush). With one: a clock read at each end, a boxed [`Exchange`] (reference
-//! counted clones of the target and of the header values kept, no copies), the observer's calls.
+//! flag load per flush). With one: a monotonic clock read at each end ([`mono_ns`]: plain
+//! nanoseconds, so a duration is one subtraction), the record itself (boxed, and the box reused
+//! by the connection's next request: see [`Unflushed`]; its references to the request head's
+//! bytes are taken only if the observer wants them, and dropped when it finishes), the
+//! observer's calls.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use http::header::HeaderValue;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::handler::ClientAddr;
@@ -47,13 +51,21 @@ use crate::tally::RouteTally;
 pub(crate) static X_REQUEST_ID: http::header::HeaderName =
     http::header::HeaderName::from_static("x-request-id");
 
+/// The monotonic clock (`CLOCK_MONOTONIC`, as [`std::time::Instant`] reads it) in nanoseconds:
+/// a plain number, so a duration is a subtraction and an offset from another reading an
+/// addition, with no library call (`Instant`'s arithmetic is not inlined).
+#[inline]
+pub(crate) fn mono_ns() -> u64 {
+    crate::sys::monotonic_ns()
+}
+
 /// Told about every request of the listeners it is given to.
 pub(crate) trait Observer: Send + Sync + fmt::Debug + 'static {
-    /// A request's head has arrived; `ex` holds what serving knows. Take from `headers` what
-    /// [`Observer::finished`] will need (into `ex`), and give the request its id
+    /// A request's head has arrived; `ex` holds what serving knows. Take from `uri` and
+    /// `headers` what [`Observer::finished`] will need (into `ex`), and give the request its id
     /// (`ex.request_id`) if this observer gives ids: it is returned in the response's
     /// `x-request-id` header and recorded in the request's tracing span.
-    fn started(&self, headers: &HeaderMap, ex: &mut Exchange);
+    fn started(&self, uri: &Uri, headers: &HeaderMap, ex: &mut Exchange);
 
     /// The request has finished (see the module doc): called once per request.
     fn finished(&self, ex: &Exchange);
@@ -75,14 +87,15 @@ pub(crate) enum Outcome {
 /// One request and its response, as recorded.
 #[derive(Debug)]
 pub(crate) struct Exchange {
-    /// When its head arrived.
-    pub started: Instant,
+    /// When its head arrived ([`mono_ns`]).
+    pub started: u64,
     /// From `started` to the end (set when it finishes).
     pub duration: Duration,
     /// The request's method.
     pub method: Method,
-    /// The request target as received (for HTTP/2, built from its pseudo-headers).
-    pub uri: Uri,
+    /// The request target's path and query as received (for HTTP/2, from its `:path`), if the
+    /// observer kept it.
+    pub path: Option<PathAndQuery>,
     /// The HTTP version.
     pub version: Version,
     /// The client (the proxied one, with the PROXY protocol).
@@ -93,8 +106,9 @@ pub(crate) struct Exchange {
     pub bytes: u64,
     /// How it ended.
     pub outcome: Outcome,
-    /// The request's id, if the observer gives ids.
-    pub request_id: Option<RequestId>,
+    /// The request's id (visible ASCII), if the observer gives ids: its own `x-request-id`, or
+    /// one made for it.
+    pub request_id: Option<HeaderValue>,
     /// The `User-Agent` header, if the observer kept it.
     pub user_agent: Option<HeaderValue>,
     /// The `Referer` header, if the observer kept it.
@@ -103,57 +117,47 @@ pub(crate) struct Exchange {
     pub tally: Option<Arc<RouteTally>>,
 }
 
-/// A request's id: the one it came with, or one made for it (kept inline: no allocation until
-/// it is put in the response).
-#[derive(Debug, Clone)]
-pub(crate) enum RequestId {
-    /// Its own `x-request-id` (a reference to the request head's bytes).
-    Given(HeaderValue),
-    /// Made for it: `buf[..len]`.
-    Made {
-        /// The id's bytes (visible ASCII).
-        buf: [u8; RequestId::MADE_MAX],
-        /// How many of them.
-        len: u8,
-    },
-}
-
-impl RequestId {
-    /// The longest id [`RequestId::Made`] holds.
-    pub(crate) const MADE_MAX: usize = 40;
-
-    /// The id's bytes.
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        match self {
-            RequestId::Given(v) => v.as_bytes(),
-            RequestId::Made { buf, len } => &buf[..usize::from(*len)],
+impl Exchange {
+    /// A request from `client` whose head arrived at `started`.
+    fn new(started: u64, method: Method, version: Version, client: ClientAddr) -> Exchange {
+        Exchange {
+            started,
+            duration: Duration::ZERO,
+            method,
+            path: None,
+            version,
+            client,
+            status: StatusCode::OK,
+            bytes: 0,
+            outcome: Outcome::Open,
+            request_id: None,
+            user_agent: None,
+            referer: None,
+            tally: None,
         }
     }
 
-    /// The id as a header value, for the response.
-    pub(crate) fn header(&self) -> Option<HeaderValue> {
-        match self {
-            RequestId::Given(v) => Some(v.clone()),
-            RequestId::Made { .. } => HeaderValue::from_bytes(self.as_bytes()).ok(),
-        }
-    }
-}
-
-/// The id as text (its bytes are visible ASCII, whichever kind it is).
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    /// Let go of what refers to other memory (the request head's bytes, the route's counters),
+    /// once finished.
+    fn release(&mut self) {
+        self.path = None;
+        self.request_id = None;
+        self.user_agent = None;
+        self.referer = None;
+        self.tally = None;
     }
 }
 
 /// nginx's status for a request whose client closed the connection before the answer.
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
-/// A request being recorded: finished exactly once, by [`Recording::written`] or, failing that,
-/// when dropped (see the module doc). One pointer wide, so the futures and bodies that carry it
-/// grow by a word only (hyper moves them).
+/// A request being recorded: finished exactly once, by [`Unflushed`] when its last byte is
+/// written or, failing that, when dropped (see the module doc). One pointer wide, so the futures
+/// and bodies that carry it grow by a word only (hyper moves them).
 pub(crate) struct Recording(Box<Recorded>);
 
+/// Finished when dropped unless already finished (`outcome` is then [`Outcome::Written`]: a
+/// spare box kept for reuse is in that state).
 struct Recorded {
     observer: Arc<dyn Observer>,
     ex: Exchange,
@@ -166,51 +170,53 @@ impl fmt::Debug for Recording {
 }
 
 impl Recording {
-    /// Start recording `req` from `client` for `observer`.
+    /// Start recording `req` from `client` for `observer`, on the connection whose finished
+    /// recordings `unflushed` keeps (its spare box is reused).
     pub(crate) fn start<B>(
         observer: &Arc<dyn Observer>,
         req: &http::Request<B>,
         client: ClientAddr,
+        unflushed: &Unflushed,
     ) -> Recording {
-        let mut r = Box::new(Recorded {
-            observer: observer.clone(),
-            ex: Exchange {
-                started: Instant::now(),
-                duration: Duration::ZERO,
-                method: req.method().clone(),
-                uri: req.uri().clone(),
-                version: req.version(),
-                client,
-                status: StatusCode::OK,
-                bytes: 0,
-                outcome: Outcome::Open,
-                request_id: None,
-                user_agent: None,
-                referer: None,
-                tally: None,
-            },
-        });
-        observer.started(req.headers(), &mut r.ex);
+        let ex = Exchange::new(mono_ns(), req.method().clone(), req.version(), client);
+        let mut r = match unflushed.take_spare() {
+            Some(mut r) => {
+                if !Arc::ptr_eq(&r.observer, observer) {
+                    r.observer = observer.clone();
+                }
+                // The spare's fields were released when it finished: nothing to drop here.
+                r.ex = ex;
+                r
+            }
+            None => Box::new(Recorded {
+                observer: observer.clone(),
+                ex,
+            }),
+        };
+        let Recorded { observer, ex } = &mut *r;
+        observer.started(req.uri(), req.headers(), ex);
         Recording(r)
     }
 
     /// The request's id, if it has one.
-    pub(crate) fn request_id(&self) -> Option<&RequestId> {
+    pub(crate) fn request_id(&self) -> Option<&HeaderValue> {
         self.0.ex.request_id.as_ref()
     }
 
     /// The tracing span the handler runs in: `request{request_id=…}`, when the request has an
     /// id. (When the `request` span's level is off, this is a disabled span: no cost beyond a
-    /// check.)
+    /// check; the id is not even read.)
     pub(crate) fn span(&self) -> Option<tracing::Span> {
         let id = self.0.ex.request_id.as_ref()?;
-        let span = tracing::info_span!("request", request_id = %id);
+        let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or("-"));
         (!span.is_disabled()).then_some(span)
     }
 
     /// The route table routed the request: it counts in `tally` (when its server counts).
     pub(crate) fn routed(&mut self, tally: Option<&Arc<RouteTally>>) {
-        self.0.ex.tally = tally.cloned();
+        if let Some(t) = tally {
+            self.0.ex.tally = Some(t.clone());
+        }
     }
 
     /// The handler answered with `status`.
@@ -224,49 +230,78 @@ impl Recording {
         self.0.ex.bytes += n as u64;
     }
 
-    /// The response's last byte was written.
-    fn written(mut self) {
-        self.0.ex.outcome = Outcome::Written;
-        self.finish();
+    /// The response's last byte was written: finish it, and hand back its box for reuse.
+    fn written(self) -> Box<Recorded> {
+        let mut r = self.0;
+        r.ex.outcome = Outcome::Written;
+        r.finish();
+        r
     }
+}
 
+impl Recorded {
     fn finish(&mut self) {
-        let Recorded { observer, ex } = &mut *self.0;
-        ex.duration = ex.started.elapsed();
+        let ex = &mut self.ex;
+        ex.duration = Duration::from_nanos(mono_ns().saturating_sub(ex.started));
         if ex.outcome == Outcome::Open {
             ex.outcome = Outcome::Abandoned;
             ex.status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(ex.status);
         }
-        observer.finished(ex);
+        self.observer.finished(ex);
+        ex.release();
     }
 }
 
-impl Drop for Recording {
+impl Drop for Recorded {
     /// Not written: cut after its answer, or abandoned before one (`written` finishes the
-    /// others, then marks them so this does nothing).
+    /// others, and marks them so this does nothing).
     fn drop(&mut self) {
-        match self.0.ex.outcome {
-            Outcome::Written => {}
-            _ => self.finish(),
+        if self.ex.outcome != Outcome::Written {
+            self.finish();
         }
     }
 }
 
 /// A connection's responses whose bodies have ended but whose last bytes may not be written
 /// yet: finished by the connection's next completed flush, or (as cut) when the connection's
-/// state is dropped.
+/// state is dropped. It also keeps the box of the last one finished, which the connection's next
+/// request reuses (one allocation per connection, not one per request).
 #[derive(Debug, Default)]
 pub(crate) struct Unflushed {
     /// True while `list` may be non-empty (one load per flush when nothing is recorded).
     any: AtomicBool,
-    list: Mutex<Vec<Recording>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    list: Vec<Recording>,
+    spare: Option<Box<Recorded>>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("list", &self.list)
+            .field("spare", &self.spare.is_some())
+            .finish()
+    }
 }
 
 impl Unflushed {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The box of the last request finished, for the next one.
+    fn take_spare(&self) -> Option<Box<Recorded>> {
+        self.lock().spare.take()
+    }
+
     /// A response's body has ended.
     pub(super) fn push(&self, r: Recording) {
-        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-        list.push(r);
+        let mut inner = self.lock();
+        inner.list.push(r);
         self.any.store(true, Ordering::Release);
     }
 
@@ -278,24 +313,16 @@ impl Unflushed {
         }
     }
 
-    /// Finish what the list holds, one at a time (the list keeps its allocation: one push and
-    /// one pop per response, no allocation once the connection has had a response).
+    /// Finish what the list holds, in the order the bodies ended (the list keeps its
+    /// allocation: one push and one removal per response). The observer is called with the
+    /// connection's lock held: only this connection's body ends wait on it, and the observer
+    /// takes no lock of serving's.
     fn finish_all(&self) {
-        loop {
-            let (r, more) = {
-                let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
-                let r = list.pop();
-                if list.is_empty() {
-                    self.any.store(false, Ordering::Release);
-                }
-                (r, !list.is_empty())
-            };
-            let Some(r) = r else { return };
-            // Outside the lock: the observer formats and queues the line.
-            r.written();
-            if !more {
-                return;
-            }
+        let mut inner = self.lock();
+        self.any.store(false, Ordering::Release);
+        let Inner { list, spare } = &mut *inner;
+        for r in list.drain(..) {
+            *spare = Some(r.written());
         }
     }
 }
@@ -304,58 +331,92 @@ impl Unflushed {
 mod tests {
     use super::*;
 
+    /// What each finished request looked like: outcome, status, bytes, user agent, path.
+    type Seen1 = (Outcome, u16, u64, Option<HeaderValue>, Option<String>);
+
     #[derive(Debug, Default)]
-    struct Seen(Mutex<Vec<(Outcome, u16, u64)>>);
+    struct Seen(Mutex<Vec<Seen1>>);
 
     impl Observer for Seen {
-        fn started(&self, headers: &HeaderMap, ex: &mut Exchange) {
+        fn started(&self, uri: &Uri, headers: &HeaderMap, ex: &mut Exchange) {
             ex.user_agent = headers.get(http::header::USER_AGENT).cloned();
+            ex.path = uri.path_and_query().cloned();
         }
         fn finished(&self, ex: &Exchange) {
-            self.0
-                .lock()
-                .unwrap()
-                .push((ex.outcome, ex.status.as_u16(), ex.bytes));
+            self.0.lock().unwrap().push((
+                ex.outcome,
+                ex.status.as_u16(),
+                ex.bytes,
+                ex.user_agent.clone(),
+                ex.path.as_ref().map(|p| p.to_string()),
+            ));
         }
     }
 
-    fn rec(o: &Arc<dyn Observer>) -> Recording {
-        let req = http::Request::builder()
-            .uri("/x?y=1")
-            .header("user-agent", "t/1")
-            .body(())
-            .unwrap();
-        Recording::start(o, &req, ClientAddr(([127, 0, 0, 1], 9).into()))
+    fn rec(o: &Arc<dyn Observer>, un: &Unflushed, ua: Option<&str>) -> Recording {
+        let mut req = http::Request::builder().uri("/x?y=1");
+        if let Some(ua) = ua {
+            req = req.header("user-agent", ua);
+        }
+        Recording::start(
+            o,
+            &req.body(()).unwrap(),
+            ClientAddr(([127, 0, 0, 1], 9).into()),
+            un,
+        )
     }
 
     #[test]
     fn each_request_finishes_once_whatever_its_end() {
         let seen = Arc::new(Seen::default());
         let o: Arc<dyn Observer> = seen.clone();
+        let un = Unflushed::default();
         // Written: only at the flush after its body ended.
-        let mut a = rec(&o);
+        let mut a = rec(&o, &un, Some("t/1"));
         a.answered(StatusCode::CREATED);
         a.took(5);
-        let un = Unflushed::default();
         un.flushed();
         un.push(a);
         assert!(seen.0.lock().unwrap().is_empty(), "finished before a flush");
         un.flushed();
         un.flushed();
+        // The next request reuses the first one's box, and sees none of its facts.
+        assert!(un.lock().spare.is_some());
+        let mut b = rec(&o, &un, None);
+        assert!(un.lock().spare.is_none());
+        assert_eq!((b.0.ex.bytes, b.0.ex.outcome), (0, Outcome::Open));
         // Answered, never flushed: cut when the connection's state goes.
-        let mut b = rec(&o);
         b.answered(StatusCode::OK);
         un.push(b);
-        drop(un);
         // Never answered: abandoned.
-        drop(rec(&o));
+        drop(rec(&o, &un, None));
+        drop(un);
+        let path = Some("/x?y=1".to_string());
         assert_eq!(
             *seen.0.lock().unwrap(),
             vec![
-                (Outcome::Written, 201, 5),
-                (Outcome::Cut, 200, 0),
-                (Outcome::Abandoned, 499, 0)
+                (
+                    Outcome::Written,
+                    201,
+                    5,
+                    Some(HeaderValue::from_static("t/1")),
+                    path.clone()
+                ),
+                (Outcome::Abandoned, 499, 0, None, path.clone()),
+                (Outcome::Cut, 200, 0, None, path),
             ]
         );
+    }
+
+    #[test]
+    fn the_monotonic_clock_is_instants_clock() {
+        let a = mono_ns();
+        let i = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = mono_ns();
+        let e = i.elapsed().as_nanos() as u64;
+        // The same clock: the two measures of the sleep agree within a few ms.
+        assert!(b - a >= 20_000_000, "{}", b - a);
+        assert!((b - a).abs_diff(e) < 5_000_000, "{} vs {e}", b - a);
     }
 }
