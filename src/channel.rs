@@ -460,6 +460,12 @@ impl Channel {
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) -> io::Result<()> {
         let bytes = encode(msg)?;
+        // Straight away when the socket takes it (the usual case): waiting first for the
+        // runtime to report it writable can cost a turn of its event loop.
+        match send_raw(self.fd.get_ref(), &bytes, fds) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
         loop {
             let mut guard = self.fd.writable().await?;
             match guard.try_io(|fd| send_raw(fd, &bytes, fds)) {

@@ -5,7 +5,10 @@
 //! sockets by address key and bind the missing ones, start the accept loops, then hand newly
 //! bound sockets to the supervisor (`bound`) and report `ready`. Any failure before that is
 //! reported as `failed` with the reason and the worker exits 2: the supervisor keeps the old
-//! generation serving.
+//! generation serving. A warm standby (`APPHOST_STANDBY`) has done its process start-up and
+//! parsed the config ahead, and starts there when `activate` comes (see `standby`). From then on
+//! the worker is one task on its runtime's threads, so a channel message is handled by the
+//! thread that hears it.
 //!
 //! Readiness: the worker's `ready` routes answer from one [`Readiness`]: serving from the start
 //! when another generation serves (`APPHOST_HOST_SERVING`), else once this worker is ready;
@@ -44,6 +47,7 @@ use tokio_rustls::TlsAcceptor;
 
 mod certs;
 mod relay;
+mod standby;
 mod start;
 
 use certs::watch_certs;
@@ -59,7 +63,7 @@ pub(crate) struct WorkerArgs {
 
 /// The worker entry point (the hidden `__worker` subcommand).
 pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
-    let mut generation: u64 = std::env::var(ENV_GENERATION)
+    let generation: u64 = std::env::var(ENV_GENERATION)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
@@ -103,36 +107,79 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
         }
     };
     drop(chan_fd);
-    if std::env::var_os(ENV_STANDBY).is_some() {
-        // A warm standby: process start-up (exec, loader, runtime) is done ahead of the restart;
-        // the config is read only when activated, so it is the config of that moment.
-        match rt.block_on(wait_for_activation(&chan)) {
+    let standby = std::env::var_os(ENV_STANDBY).is_some();
+    let task = start(registry.clone(), args, chan, inherited, generation, standby);
+    let (code, logs) = rt.block_on(on_runtime(task));
+    // Connections still open past shutdown_timeout are cut here (and recorded as cut).
+    rt.shutdown_timeout(Duration::from_millis(100));
+    // Last: every request this generation served, the drain's included, is in the log.
+    if let Some(logs) = logs {
+        logs.close();
+    }
+    code
+}
+
+/// The worker once its runtime is up, as one task: a standby's wait for its activation, the
+/// config, logging and access logs, then [`run`]. One task from the activation to the accept
+/// loops: no hand-over to another thread on the way. Returns the exit code and the access logs
+/// to close once the runtime is down.
+async fn start(
+    registry: Registry,
+    args: WorkerArgs,
+    chan: Arc<Channel>,
+    inherited: HashMap<String, OwnedFd>,
+    mut generation: u64,
+    standby: bool,
+) -> (ExitCode, Option<Arc<AccessLogs>>) {
+    let mut early = None;
+    if standby {
+        // A warm standby: process start-up (exec, loader, runtime) and the config's parse are
+        // done ahead of the restart; the config served is still the file as it is when
+        // activated (see `standby`).
+        early = standby::EarlyConfig::read(args.config.as_deref());
+        match wait_for_activation(&chan).await {
             Ok(Some(g)) => generation = g,
-            Ok(None) => return ExitCode::SUCCESS,
-            Err(e) => return early_fail(Some(chan.as_fd()), &format!("standby channel: {e}")),
+            Ok(None) => return (ExitCode::SUCCESS, None),
+            Err(e) => {
+                let reason = format!("standby channel: {e}");
+                return (early_fail(Some(chan.as_fd()), &reason), None);
+            }
         }
     }
-    let config = match &args.config {
-        Some(p) => Config::load(p),
-        None => Config::embedded(),
+    let config = match early.and_then(standby::EarlyConfig::if_unchanged) {
+        Some(c) => Ok(c),
+        None => match &args.config {
+            Some(p) => Config::load(p),
+            None => Config::embedded(),
+        },
     };
     let config = match config {
         Ok(c) => c,
-        Err(e) => return early_fail(Some(chan.as_fd()), &e.to_string()),
+        Err(e) => return (early_fail(Some(chan.as_fd()), &e.to_string()), None),
     };
     // The supervisor has said what is wrong with APPHOST_LOG, if anything.
     let _ = crate::logging::init(&config.log);
     crate::serve::raise_fd_limit();
     let logs = match AccessLogs::open(&config, generation) {
-        Ok(l) => l,
-        Err(e) => return early_fail(Some(chan.as_fd()), &e.to_string()),
+        Ok(l) => Arc::new(l),
+        Err(e) => return (early_fail(Some(chan.as_fd()), &e.to_string()), None),
     };
-    let code = rt.block_on(run(registry, config, chan, inherited, generation, &logs));
-    // Connections still open past shutdown_timeout are cut here (and recorded as cut).
-    rt.shutdown_timeout(Duration::from_millis(100));
-    // Last: every request this generation served, the drain's included, is in the log.
-    logs.close();
-    code
+    let code = run(registry, config, chan, inherited, generation, logs.clone()).await;
+    (code, Some(logs))
+}
+
+/// Run `task` on the runtime's threads rather than on the thread that blocks on it: a message on
+/// the channel (the standby's `activate`, the `drain` that stops the accept loops) is then
+/// handled by the thread that hears it, not passed on to the parked main thread first.
+async fn on_runtime<T: Send + 'static>(task: impl Future<Output = T> + Send + 'static) -> T {
+    match tokio::spawn(task).await {
+        Ok(t) => t,
+        // Only a panic ends it early (nothing cancels it while it is waited for): passed on.
+        Err(e) => std::panic::resume_unwind(
+            e.try_into_panic()
+                .unwrap_or_else(|e| Box::new(e.to_string())),
+        ),
+    }
 }
 
 /// Wait on the channel for `activate`: the generation number to become. `drain` or a closed
@@ -162,12 +209,12 @@ fn early_fail(chan: Option<BorrowedFd<'_>>, reason: &str) -> ExitCode {
 }
 
 async fn run(
-    registry: &Registry,
+    mut registry: Registry,
     config: Config,
     chan: Arc<Channel>,
     inherited: HashMap<String, OwnedFd>,
     generation: u64,
-    logs: &AccessLogs,
+    logs: Arc<AccessLogs>,
 ) -> ExitCode {
     let (max_requests, recycle) = crate::recycle::for_worker(config.recycle.as_ref());
     let serving = Serving::new(
@@ -195,7 +242,6 @@ async fn run(
         ReadyState::Starting
     });
     // This worker's `ready` routes answer from its own state.
-    let mut registry = registry.clone();
     if registry.get("ready").is_some() {
         registry.insert("ready", ready::factory(readiness.clone()));
     }
@@ -208,7 +254,7 @@ async fn run(
     }
     let prepared = match Plan::build(&config, &registry, Some(&link))
         .map_err(StartError::from)
-        .and_then(|plan| prepare(plan, inherited, logs))
+        .and_then(|plan| prepare(plan, inherited, &logs))
     {
         Ok(p) => p,
         Err(e) => {
@@ -315,7 +361,7 @@ async fn run(
                     readiness.going_away();
                 }
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
-                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(logs),
+                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(&logs),
                 Ok(Some((Msg::Metrics { id, metrics }, _))) => relay.deliver_metrics(id, *metrics),
                 Ok(Some((other, _))) => tracing::debug!(?other, "unexpected message ignored"),
                 Ok(None) | Err(_) => {
@@ -338,12 +384,16 @@ async fn run(
     };
     if shutdown {
         readiness.going_away();
+    }
+    // Stopping the accept loops comes first: until then this worker takes connections that
+    // the new generation, already accepting, would take.
+    serving.start_drain();
+    crate::drain::begin();
+    if shutdown {
         tracing::info!("server shutting down");
     } else {
         tracing::info!("server reloading");
     }
-    serving.start_drain();
-    crate::drain::begin();
     // A loop may be handing over a connection it has just accepted: count it before waiting for
     // the connections to finish.
     for l in accept_loops {
@@ -368,7 +418,7 @@ async fn run(
             m = chan.recv(), if relay.open => match m {
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
                 // A draining worker still writes lines: it follows a rotation too.
-                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(logs),
+                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(&logs),
                 Ok(Some((Msg::Metrics { id, metrics }, _))) => relay.deliver_metrics(id, *metrics),
                 Ok(Some(_)) => {}
                 // The supervisor is gone; keep draining to the deadline.

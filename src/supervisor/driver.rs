@@ -284,6 +284,7 @@ impl Driver {
                 now: Instant::now(),
             }),
             Event::ForceExit => self.feed(machine::Event::ForceExit),
+            Event::StandbyDue => self.feed(machine::Event::StandbyDue),
             Event::ShutdownDelayOver => self.feed(machine::Event::ShutdownDelayOver),
             Event::Preflight(reply) => self.start_preflight(reply),
             Event::RecycleTick => self.on_recycle_tick(),
@@ -314,13 +315,9 @@ impl Driver {
                 exe,
             } => return self.spawn(worker, generation, &exe),
             Action::Activate { worker, generation } => {
+                // Sent before anything else is done or logged: the handoff waits on it.
+                self.send_now(worker, Msg::Activate { generation });
                 let g = self.workers.get(&worker)?;
-                let chan = g.chan.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = chan.send(&Msg::Activate { generation }, &[]).await {
-                        tracing::debug!("cannot activate the standby: {e}");
-                    }
-                });
                 self.standby_file = None;
                 tracing::info!(generation, pid = g.pid_u32(), exe = %self.machine.recorded_exe().display(), "worker started");
             }
@@ -350,6 +347,7 @@ impl Driver {
                     Timer::Respawn => Event::Respawn,
                     Timer::ForceExit => Event::ForceExit,
                     Timer::ShutdownDelay => Event::ShutdownDelayOver,
+                    Timer::Standby => Event::StandbyDue,
                 };
                 self.after(after, ev);
             }
@@ -436,7 +434,7 @@ impl Driver {
         });
     }
 
-    /// Send `msg` (`drain`, `going_away`) to `worker`.
+    /// Send `msg` (`activate`, `drain`, `going_away`) to `worker`.
     fn send_now(&mut self, worker: WorkerId, msg: Msg) {
         let Some(g) = self.workers.get(&worker).filter(|g| !g.exited) else {
             return;

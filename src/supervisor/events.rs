@@ -35,6 +35,8 @@ pub(crate) enum Event {
     DrainDeadline(WorkerId),
     /// Time to start a replacement for a dead worker.
     Respawn,
+    /// The pause after a handoff is over: start the next standby.
+    StandbyDue,
     /// The shutdown took too long.
     ForceExit,
     /// `shutdown_delay` is over: drain.

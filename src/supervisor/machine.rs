@@ -31,8 +31,9 @@
 //!   is going away (its `ready` answers 503) and keeps them serving for `shutdown_delay`, so
 //!   balancers stop sending before anything stops accepting; then every worker drains.
 //! - **Warm standby** (`warm_standby` with `graceful`): after each restart a worker is started
-//!   ahead, with no generation number; a graceful restart to the same executable activates it
-//!   (it gets the next number then) instead of spawning.
+//!   ahead (after a handoff, a moment later: `standby::STANDBY_PAUSE`), with no generation number; a graceful
+//!   restart to the same executable activates it (it gets the next number then) instead of
+//!   spawning.
 //!
 //! The executable of the last successful restart becomes the recorded one: later plain
 //! restarts, crash recovery, the standby and the executable watch run it.
@@ -257,6 +258,7 @@ impl<R> Machine<R> {
                 self.out.push(Action::Exit(1));
             }
             Event::ShutdownDelayOver => self.end_shutdown_delay(),
+            Event::StandbyDue => self.spawn_standby(),
             Event::UpgradeChecked { result } => self.on_upgrade_checked(result),
             Event::ReexecFailed { reason } => self.upgrade_skipped(&reason),
             Event::Resumed {
@@ -570,7 +572,11 @@ impl<R> Machine<R> {
             }
             self.out.push(Action::Notify(Notify::Ready));
         }
-        self.spawn_standby();
+        if old.is_some() {
+            self.standby_after_handoff();
+        } else {
+            self.spawn_standby();
+        }
     }
 }
 

@@ -1,7 +1,15 @@
 //! The warm standby: a worker started ahead of the next restart, activated when it fits the
-//! restart (same executable and config), stopped otherwise.
+//! restart (same executable and config), stopped otherwise. After a handoff the next one starts
+//! [`STANDBY_PAUSE`] later, not at once.
 
 use super::*;
+
+/// How long after a handoff the next standby starts. Its start-up (the supervisor's fork, the
+/// child's exec and loading: milliseconds of CPU) would otherwise compete, on a small machine,
+/// with the first connections of the generation just started and with the old one's reading of
+/// its `drain` (it accepts until then). A restart asked for within the pause starts a fresh
+/// worker, as without a standby.
+pub(crate) const STANDBY_PAUSE: Duration = Duration::from_millis(20);
 
 impl<R> Machine<R> {
     /// Activate the standby if it fits (else stop it); returns the worker now starting.
@@ -35,6 +43,15 @@ impl<R> Machine<R> {
             worker,
             why: KillReason::UnusedStandby,
         });
+    }
+
+    /// After a handoff: the next standby in [`STANDBY_PAUSE`] (when one is wanted).
+    pub(super) fn standby_after_handoff(&mut self) {
+        if self.settings.graceful && self.settings.warm_standby && self.standby.is_none() {
+            self.arm(STANDBY_PAUSE, Timer::Standby);
+        } else {
+            self.spawn_standby();
+        }
     }
 
     /// With `warm_standby` (and `graceful`), keep one worker started ahead of the next restart.

@@ -1,6 +1,7 @@
 //! The restart machine's transitions, one test each, without a process: events in, actions
 //! checked. `u32` stands for whoever waits for an answer.
 
+use super::standby::STANDBY_PAUSE;
 use super::*;
 
 type M = Machine<u32>;
@@ -436,9 +437,17 @@ fn standby_is_activated_instead_of_spawning() {
     let acts = m.handle(ready(standby, NEW_PID, true, true, t));
     assert!(drains(&acts, first));
     assert!(matches!(&replies(&acts)[..], [(7, Ok(OpReply::Restarted(o)))] if o.generation == 2));
-    // The next standby is started at once.
+    // The next standby is started a moment later, not during the handoff.
+    assert!(standbys(&acts).is_empty(), "{acts:?}");
+    assert!(acts.contains(&Action::Arm {
+        after: STANDBY_PAUSE,
+        timer: Timer::Standby
+    }));
+    let acts = m.handle(Event::StandbyDue);
     let next = standbys(&acts)[0];
     assert_ne!(next, standby);
+    // A late timer starts no second one.
+    assert!(m.handle(Event::StandbyDue).is_empty());
     // A restart the standby does not fit stops it (killed: it served nothing, and it may not
     // even be an apphost worker that would heed a drain) and spawns a fresh worker.
     let acts = m.handle(restart(8, t));

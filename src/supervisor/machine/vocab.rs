@@ -200,6 +200,8 @@ pub(crate) enum Timer {
     ForceExit,
     /// The end of `shutdown_delay`: the drain begins.
     ShutdownDelay,
+    /// The pause after a handoff before the next standby starts.
+    Standby,
 }
 
 /// A systemd state change to announce (`sd_notify`).
@@ -390,6 +392,8 @@ pub(crate) enum Event<R> {
         /// The worker.
         worker: WorkerId,
     },
+    /// [`Timer::Standby`] fired.
+    StandbyDue,
     /// [`Timer::Respawn`] fired.
     Respawn {
         /// Now.

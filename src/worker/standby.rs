@@ -1,0 +1,97 @@
+//! The warm standby's head start: what it can do before it is activated without serving anything
+//! stale. It reads and parses the config ahead ([`EarlyConfig`]); at activation it reads the file
+//! again and keeps that parse only if the file holds the same bytes, else the config is parsed
+//! anew: the config served is always the file as it is at the activation.
+//!
+//! Nothing else is done ahead: the routes (whose handlers' factories may read files, such as a
+//! static directory behind a symlink a deploy has just switched), the TLS certificates, the
+//! access log files and the application's start-up checks are all made or run after the
+//! activation, as by a freshly started worker.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// A config parsed ahead of the activation, with the bytes it was parsed from.
+pub(super) struct EarlyConfig {
+    /// The file; `None`: the embedded default (it cannot change).
+    path: Option<PathBuf>,
+    text: Vec<u8>,
+    config: Config,
+}
+
+impl EarlyConfig {
+    /// Parse the config now. `None` when it cannot be read or parsed (the activation then
+    /// reads it again and reports what is wrong), or when it changed while it was parsed.
+    pub(super) fn read(path: Option<&Path>) -> Option<EarlyConfig> {
+        let Some(path) = path else {
+            let config = Config::embedded().ok()?;
+            return Some(EarlyConfig {
+                path: None,
+                text: Vec::new(),
+                config,
+            });
+        };
+        let before = std::fs::read(path).ok()?;
+        let config = Config::load(path).ok()?;
+        // The bytes compared at the activation must be the bytes parsed.
+        let after = std::fs::read(path).ok()?;
+        (before == after).then(|| EarlyConfig {
+            path: Some(path.to_path_buf()),
+            text: after,
+            config,
+        })
+    }
+
+    /// The config parsed ahead, if the file still holds the bytes it was parsed from.
+    pub(super) fn if_unchanged(self) -> Option<Config> {
+        match &self.path {
+            None => Some(self.config),
+            Some(p) => (std::fs::read(p).ok()? == self.text).then_some(self.config),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: &str =
+        "servers:\n  s:\n    address: \"127.0.0.1:1\"\n    routes:\n      \"/\": pid\n";
+    const TWO: &str =
+        "servers:\n  s:\n    address: \"127.0.0.1:2\"\n    routes:\n      \"/\": pid\n";
+
+    fn address(c: &Config) -> String {
+        c.servers[0].http[0].key().to_string()
+    }
+
+    #[test]
+    fn the_early_parse_is_kept_only_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.yaml");
+        std::fs::write(&path, ONE).unwrap();
+        let early = EarlyConfig::read(Some(&path)).unwrap();
+        assert_eq!(address(&early.if_unchanged().unwrap()), "127.0.0.1:1");
+        let early = EarlyConfig::read(Some(&path)).unwrap();
+        std::fs::write(&path, TWO).unwrap();
+        assert!(
+            early.if_unchanged().is_none(),
+            "a changed file is parsed again"
+        );
+        let early = EarlyConfig::read(Some(&path)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            early.if_unchanged().is_none(),
+            "a removed file is not served from memory"
+        );
+    }
+
+    #[test]
+    fn a_config_that_does_not_parse_is_left_for_the_activation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.yaml");
+        std::fs::write(&path, "servers: [").unwrap();
+        assert!(EarlyConfig::read(Some(&path)).is_none());
+        assert!(EarlyConfig::read(Some(&dir.path().join("missing.yaml"))).is_none());
+    }
+}
