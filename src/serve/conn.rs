@@ -340,9 +340,15 @@ impl Future for Answer {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let (mut resp, timed_out) = match &mut this.pending {
-            Pending::Handler(f) => (ready!(f.as_mut().poll(cx)), false),
-            Pending::Guarded(f) => ready!(f.as_mut().poll(cx)),
+        // (No tuple for the usual kind: each move of a response is a copy of it.)
+        let mut timed_out = false;
+        let mut resp = match &mut this.pending {
+            Pending::Handler(f) => ready!(f.as_mut().poll(cx)),
+            Pending::Guarded(f) => {
+                let (resp, cut) = ready!(f.as_mut().poll(cx));
+                timed_out = cut;
+                resp
+            }
         };
         // Answered already (hyper does not poll again): never again.
         let Some(busy) = this.busy.take() else {
@@ -360,13 +366,13 @@ impl Future for Answer {
         // through the connection's state: no reference count is touched.) (Not on a `101`: its
         // `Connection: upgrade` is what makes it one.)
         let close = this.http1 && !switching && (timed_out || busy.generation_draining());
-        let rec = this.rec.take();
-        let mut resp = resp.map(|b| TrackedBody::new(b, busy, rec));
+        let (mut head, body) = resp.into_parts();
         if close {
-            resp.headers_mut()
+            head.headers
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
-        Poll::Ready(Ok(resp))
+        let body = TrackedBody::new(body, busy, this.rec.take());
+        Poll::Ready(Ok(http::Response::from_parts(head, body)))
     }
 }
 
