@@ -5,8 +5,16 @@
 #
 #   bench/axum.sh                    # 5 rounds of 10 s per server and mode, then callgrind
 #   REPS=3 SECS=5 bench/axum.sh
-#   ONLY=wrk bench/axum.sh           # or ONLY=instructions
+#   ONLY=wrk bench/axum.sh           # or ONLY=instructions, or ONLY=syscalls
 #   PIN=1 ONLY=wrk bench/axum.sh     # server-bound: servers on CPU 0, wrk -t1 on CPU 1
+#
+# Syscalls per request (`ONLY=syscalls`, part of the default run): each server runs natively,
+# `strace -c -f -p PID` (all its threads; apphost's worker) counts the system calls made during
+# a fixed `wrk -t1 -c8 -d5s`, keep-alive then `Connection: close`, divided by the requests wrk
+# completed. strace slows the server down, so the request count is not a throughput; the calls
+# per request (reads, writes, epoll waits, futex wake-ups between runtime threads) are what the
+# figure is for: a server doing more of them per request costs more CPU than its instructions
+# say.
 #
 # Both servers are the one example binary, built once with the release profile:
 # `axum_app serve run -c bench/axum.yaml` (apphost: supervisor + worker, warm standby off)
@@ -20,7 +28,7 @@ cd "$(dirname "$0")/.."
 REPS=${REPS:-5}
 SECS=${SECS:-10}
 CONNS=${CONNS:-50}
-ONLY=${ONLY:-wrk instructions}
+ONLY=${ONLY:-wrk instructions syscalls}
 PIN=${PIN:-}
 # With PIN, the servers run on CPU 0 and wrk (one thread) on CPU 1 (`taskset`, as
 # bench/pinned.sh): the figure is each server's own cost, not the share of two cores it wins.
@@ -135,6 +143,45 @@ if want instructions; then
         b=$(cat "$OUT/instr-axum-$mode")
         say "$(printf 'instructions %-9s apphost %.0f  axum::serve %.0f  ratio %.3f' "$mode" "$a" "$b" "$(echo "$a / $b" | bc -l)")"
     done
+fi
+if want syscalls; then
+    command -v strace >/dev/null || apt-get install -y strace >/dev/null
+    SCONNS=${SCONNS:-8}
+    SSECS=${SSECS:-5}
+    say ""
+    say "== syscalls per request: strace -c -f -p PID during wrk -t1 -c$SCONNS -d${SSECS}s $URL_PATH"
+    "$BIN/axum_app" serve run -c "$OUT/axum.yaml" >"$OUT/apphost-strace.log" 2>&1 &
+    bench_track $!
+    "$BIN/axum_app" standalone --addr "127.0.0.1:$AXUM_PORT" >"$OUT/axum-strace.log" 2>&1 &
+    axum_pid=$!
+    bench_track $axum_pid
+    wait_http "http://127.0.0.1:$APPHOST_PORT$URL_PATH"
+    wait_http "http://127.0.0.1:$AXUM_PORT$URL_PATH"
+    worker_pid=$(curl -fsS "http://127.0.0.1:$APPHOST_PORT/pid")
+    for who in apphost axum; do
+        port=$APPHOST_PORT
+        pid=$worker_pid
+        [[ $who == axum ]] && port=$AXUM_PORT && pid=$axum_pid
+        wrk -t1 -c"$SCONNS" -d2s "http://127.0.0.1:$port$URL_PATH" >/dev/null
+        for mode in keepalive close; do
+            hdr=()
+            [[ $mode == close ]] && hdr=(-H 'Connection: close')
+            f=$OUT/strace-$who-$mode.txt
+            strace -c -f -p "$pid" -o "$f" 2>/dev/null &
+            st=$!
+            sleep 1 # attached to every thread before the run starts
+            n=$(wrk -t1 -c"$SCONNS" -d"${SSECS}s" "${hdr[@]}" "http://127.0.0.1:$port$URL_PATH" | awk '/requests in/ { print $1 }')
+            kill -INT "$st"
+            wait "$st" || true
+            total=$(awk '$NF == "total" { print $4 }' "$f")
+            echo "$total / $n" | bc -l >"$OUT/syscalls-$who-$mode"
+            # The calls made at least once per 20 requests, each per request.
+            each=$(awk -v n="$n" '$1 ~ /^[0-9.]+$/ && $NF != "total" && $4 / n >= 0.05 { printf "%s %.3f  ", $NF, $4 / n }' "$f")
+            say "$(printf '%-8s %-9s %7d requests  %6.3f syscalls/request  (%s)' "$who" "$mode" "$n" "$(cat "$OUT/syscalls-$who-$mode")" "$each")"
+        done
+    done
+    bench_stop_all
+    sleep 1
 fi
 say "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "results in $SUMMARY"
