@@ -2,9 +2,10 @@
 //! drain rules described in the [`crate::serve`] module doc.
 //!
 //! Protocol choice: on TLS, ALPN decides (`h2` or `http/1.1`); on plain TCP, the first bytes are
-//! peeked for the HTTP/2 prior-knowledge preface (h2c), and otherwise it is HTTP/1.1. The chosen
-//! hyper connection then reads the socket itself (one `recv(MSG_PEEK)` per connection, instead
-//! of hyper-util's auto connection re-reading through a buffer for the connection's life).
+//! read and looked at for the HTTP/2 prior-knowledge preface (h2c), and otherwise it is HTTP/1.1
+//! ([`super::sniff`]). The chosen hyper connection gets those bytes back on its first read, then
+//! reads the socket itself (instead of hyper-util's auto connection re-reading through a buffer
+//! for the connection's life).
 //!
 //! The peer's address (from `accept`; [`ClientAddr::UNIX`] on a Unix socket) goes to the
 //! router, which puts it in the request's extensions as [`ClientAddr`] for handlers that want
@@ -69,7 +70,7 @@ pub(crate) async fn serve_plain<S: Stream>(
     let Some(peer) = client_of(&mut stream, peer, &ep).await else {
         return;
     };
-    let Some(proto) = sniff(&stream).await else {
+    let Some((proto, stream)) = super::sniff::first_bytes(stream).await else {
         return;
     };
     serve_io(stream, peer, proto, ep, serving, state).await
@@ -92,27 +93,6 @@ async fn client_of<S: Stream>(stream: &mut S, peer: ClientAddr, ep: &Endpoint) -
             tracing::debug!(listener = %ep.key, peer = %peer.0, error = %e, "connection closed");
             None
         }
-    }
-}
-
-/// HTTP/2 with prior knowledge (h2c) starts with this preface.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Choose a plain connection's protocol from its first bytes, peeked (left in the socket), so
-/// the chosen hyper connection reads the socket directly. `None` when the client closed or the
-/// socket failed before sending anything. A client whose first segment is a strict prefix of the
-/// preface (rare) gets hyper-util's auto connection, which reads until it can tell.
-async fn sniff<S: Peek>(stream: &S) -> Option<Proto> {
-    let mut buf = [0u8; H2_PREFACE.len()];
-    let n = stream.peek(&mut buf).await.ok()?;
-    if n == 0 {
-        None
-    } else if buf[..n] != H2_PREFACE[..n] {
-        Some(Proto::Http1)
-    } else if n == H2_PREFACE.len() {
-        Some(Proto::Http2)
-    } else {
-        Some(Proto::Auto)
     }
 }
 

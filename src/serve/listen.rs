@@ -6,6 +6,11 @@
 //! whole host can rebind while old connections sit in TIME_WAIT) but never `SO_REUSEPORT`: one
 //! socket per address, passed from generation to generation.
 //!
+//! `TCP_NODELAY` is set on the listening TCP socket when a worker registers it (bound or
+//! adopted alike): Linux copies it to every connection `accept` returns, which saves a
+//! `setsockopt` per connection. Where setting it fails, the accept loop sets it on each
+//! connection instead ([`Accepted::Tcp`] says which).
+//!
 //! `unix:PATH`: a socket file already at the path is looked at first, without blocking (a
 //! non-blocking connect): one nobody listens on (`ECONNREFUSED`: left by a host that crashed)
 //! is removed and the path bound anew; one that answers is another running process's, and the
@@ -47,10 +52,14 @@ impl Bound {
         }
     }
 
-    /// Register with the current tokio runtime.
+    /// Register with the current tokio runtime; a TCP socket gets `TCP_NODELAY`, which its
+    /// connections inherit.
     pub(crate) fn into_tokio(self) -> io::Result<Listener> {
         Ok(match self {
-            Bound::Tcp(l) => Listener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            Bound::Tcp(l) => {
+                let inherits_nodelay = socket2::SockRef::from(&l).set_tcp_nodelay(true).is_ok();
+                Listener::Tcp(tokio::net::TcpListener::from_std(l)?, inherits_nodelay)
+            }
             Bound::Unix(l) => Listener::Unix(tokio::net::UnixListener::from_std(l)?),
         })
     }
@@ -59,16 +68,17 @@ impl Bound {
 /// A listening socket registered with the runtime.
 #[derive(Debug)]
 pub(crate) enum Listener {
-    /// TCP.
-    Tcp(tokio::net::TcpListener),
+    /// TCP, and whether its connections inherit `TCP_NODELAY` from it.
+    Tcp(tokio::net::TcpListener, bool),
     /// Unix-domain stream.
     Unix(tokio::net::UnixListener),
 }
 
 /// An accepted connection.
 pub(crate) enum Accepted {
-    /// A TCP connection and its peer.
-    Tcp(tokio::net::TcpStream, SocketAddr),
+    /// A TCP connection, its peer, and whether it already has `TCP_NODELAY` (inherited from the
+    /// listening socket; if not, the accept loop sets it).
+    Tcp(tokio::net::TcpStream, SocketAddr, bool),
     /// A Unix-domain connection (its peer has no address worth keeping).
     Unix(tokio::net::UnixStream),
 }
@@ -80,9 +90,9 @@ impl Listener {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<Accepted>> {
         match self {
-            Listener::Tcp(l) => l
+            Listener::Tcp(l, nodelay) => l
                 .poll_accept(cx)
-                .map(|r| r.map(|(s, a)| Accepted::Tcp(s, a))),
+                .map(|r| r.map(|(s, a)| Accepted::Tcp(s, a, *nodelay))),
             Listener::Unix(l) => l.poll_accept(cx).map(|r| r.map(|(s, _)| Accepted::Unix(s))),
         }
     }
@@ -200,5 +210,45 @@ pub(crate) fn adopt(fd: OwnedFd) -> io::Result<Bound> {
         Ok(Bound::Unix(socket.into()))
     } else {
         Ok(Bound::Tcp(socket.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    /// Accept one connection to `bound` (connecting to it from this task).
+    async fn accept_one(bound: Bound) -> tokio::net::TcpStream {
+        let addr = match &bound {
+            Bound::Tcp(l) => l.local_addr().unwrap(),
+            Bound::Unix(_) => unreachable!("a TCP listener"),
+        };
+        let listener = bound.into_tokio().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        match poll_fn(|cx| listener.poll_accept(cx)).await.unwrap() {
+            Accepted::Tcp(s, _, inherited) => {
+                assert!(inherited, "TCP_NODELAY could not be set on the listener");
+                s
+            }
+            Accepted::Unix(_) => unreachable!("a TCP listener"),
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_a_bound_listener() {
+        let addr = ListenAddr::parse("127.0.0.1:0").unwrap();
+        let stream = accept_one(bind(&addr, None).unwrap()).await;
+        assert!(stream.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_an_adopted_listener() {
+        // A listening socket made elsewhere (as systemd or the supervisor hands one in),
+        // without TCP_NODELAY.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!socket2::SockRef::from(&plain).tcp_nodelay().unwrap());
+        let stream = accept_one(adopt(OwnedFd::from(plain)).unwrap()).await;
+        assert!(stream.nodelay().unwrap());
     }
 }

@@ -6,6 +6,7 @@
 //!   with.
 //! - [`tls`]: rustls server config and the certificate store (swappable for renewal).
 //! - [`conn`]: one connection: HTTP/1.1 or HTTP/2 via hyper, and how it drains.
+//! - [`sniff`]: a plain connection's protocol (HTTP/1.1 or h2c), from its first bytes.
 //! - [`conn_limit`]: a server's `max_connections` (at the cap, accept loops stop accepting).
 //! - [`guarded`]: a route's `timeout` (`504`) and `max_request_body` (`413`), answered for the
 //!   handler.
@@ -46,6 +47,7 @@ pub(crate) mod probe;
 pub(crate) mod progress;
 pub(crate) mod proxy;
 pub(crate) mod requests;
+pub(crate) mod sniff;
 pub(crate) mod tls;
 pub(crate) mod upgrade;
 pub(crate) mod watchdog;
@@ -200,8 +202,10 @@ pub(crate) async fn accept_loop(listener: Listener, endpoint: Endpoint, serving:
             break;
         };
         match accepted {
-            Ok(Accepted::Tcp(stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+            Ok(Accepted::Tcp(stream, peer, has_nodelay)) => {
+                if !has_nodelay {
+                    let _ = stream.set_nodelay(true);
+                }
                 spawn_conn(stream, ClientAddr(peer), permit, &endpoint, &serving);
             }
             Ok(Accepted::Unix(stream)) => {
