@@ -276,34 +276,45 @@ pub(crate) fn monotonic_ns() -> u64 {
 }
 
 /// Request ids `PPPPPPPPPPPPPPPP-N` (`prefix` as 16 hex digits, then `N` in hex) for the `count`
-/// numbers from `first` (wrapping), as header values sharing one buffer (one allocation for all
-/// of them), pushed onto `out` last first (so popping gives them in order).
-pub(crate) fn hex_ids(prefix: u64, first: u64, count: u64, out: &mut Vec<http::HeaderValue>) {
+/// (at most [`HEX_IDS_MAX`]) numbers from `first` (wrapping), as header values sharing one
+/// buffer (one allocation for all of them), pushed onto `out` last first (so popping gives them
+/// in order).
+pub(crate) fn hex_ids(prefix: u64, first: u64, count: usize, out: &mut Vec<http::HeaderValue>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    let count = count.min(HEX_IDS_MAX);
     let mut head = [b'-'; 17];
     for (i, b) in head[..16].iter_mut().enumerate() {
         *b = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
     }
-    let mut buf = Vec::with_capacity(count as usize * 33);
-    let mut ends = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        let n = first.wrapping_add(i);
-        buf.extend_from_slice(&head);
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
-        for d in (0..digits).rev() {
-            buf.push(HEX[((n >> (4 * d)) & 0xf) as usize]);
+    // Formatted on the stack, then copied once into the shared buffer.
+    let mut buf = [0u8; 33 * HEX_IDS_MAX];
+    let mut ends = [0usize; HEX_IDS_MAX];
+    let mut at = 0;
+    for (i, end) in ends[..count].iter_mut().enumerate() {
+        let n = first.wrapping_add(i as u64);
+        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        let id = &mut buf[at..at + 17 + digits];
+        id[..17].copy_from_slice(&head);
+        for (k, d) in id[17..].iter_mut().enumerate() {
+            *d = HEX[((n >> (4 * (digits - 1 - k))) & 0xf) as usize];
         }
-        ends.push(buf.len());
+        at += 17 + digits;
+        *end = at;
     }
-    let all = bytes::Bytes::from(buf);
-    out.reserve(ends.len());
-    for (i, &end) in ends.iter().enumerate().rev() {
+    let all = bytes::Bytes::copy_from_slice(&buf[..at]);
+    out.reserve(count);
+    for i in (0..count).rev() {
         let start = if i == 0 { 0 } else { ends[i - 1] };
         // SAFETY: `from_maybe_shared_unchecked` needs bytes valid in a header value (visible
         // ASCII, space, tab). Every byte of `all` was written above, from `HEX` or `-`.
-        out.push(unsafe { http::HeaderValue::from_maybe_shared_unchecked(all.slice(start..end)) });
+        out.push(unsafe {
+            http::HeaderValue::from_maybe_shared_unchecked(all.slice(start..ends[i]))
+        });
     }
 }
+
+/// The most ids one [`hex_ids`] call makes.
+pub(crate) const HEX_IDS_MAX: usize = 64;
 
 #[cfg(test)]
 mod tests {

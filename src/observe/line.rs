@@ -63,34 +63,66 @@ impl Line {
         &self.buf[..self.len]
     }
 
-    /// How many bytes have been written.
-    fn len(&self) -> usize {
-        self.len
+    /// A cursor writing after what it holds (the length is stored back when the cursor goes).
+    fn cur(&mut self) -> Cur<'_> {
+        Cur {
+            b: &mut self.buf,
+            n: self.len,
+            len: &mut self.len,
+        }
     }
+}
 
-    /// Append `s` (inlined: a constant `s` is copied by a few moves).
+/// Writes into a [`Line`]'s buffer. A local value whose methods are inlined, so its position
+/// stays in a register while a line is written.
+struct Cur<'a> {
+    b: &'a mut [u8; MAX_LINE],
+    n: usize,
+    len: &'a mut usize,
+}
+
+impl Drop for Cur<'_> {
+    fn drop(&mut self) {
+        *self.len = self.n;
+    }
+}
+
+impl Cur<'_> {
+    /// Append `s` (a constant `s` is copied by a few moves).
     #[inline(always)]
     fn put(&mut self, s: &[u8]) {
-        let end = self.len + s.len();
-        self.buf[self.len..end].copy_from_slice(s);
-        self.len = end;
+        let end = self.n + s.len();
+        self.b[self.n..end].copy_from_slice(s);
+        self.n = end;
     }
 
     #[inline(always)]
     fn push(&mut self, b: u8) {
-        self.buf[self.len] = b;
-        self.len += 1;
+        self.b[self.n] = b;
+        self.n += 1;
     }
 }
 
-/// Append `n` in decimal (`itoa`: two digits per step from a table, no formatting machinery).
-fn num(out: &mut Line, n: u64) {
+/// Append `n` in decimal: one or two digits directly (the usual body sizes and durations in
+/// ms), more with `itoa`.
+#[inline(always)]
+fn num(out: &mut Cur<'_>, n: u64) {
+    if n < 10 {
+        out.push(b'0' + n as u8);
+    } else if n < 100 {
+        out.put(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    } else {
+        num_long(out, n);
+    }
+}
+
+fn num_long(out: &mut Cur<'_>, n: u64) {
     out.put(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Append `n` (below 1000) as three digits.
 #[inline(always)]
-fn three_digits(out: &mut Line, n: u64) {
+fn three_digits(out: &mut Cur<'_>, n: u64) {
     let n = n % 1000;
     out.put(&[
         b'0' + (n / 100) as u8,
@@ -102,7 +134,8 @@ fn three_digits(out: &mut Line, n: u64) {
 /// The client's address as text: an IPv4 address (the usual case, and a v4-mapped IPv6 one) is
 /// written from a table of the 256 octets, one 4-byte copy per octet; other IPv6 addresses with
 /// the standard formatter.
-fn client(out: &mut Line, ex: &Exchange) {
+#[inline(always)]
+fn client(out: &mut Cur<'_>, ex: &Exchange) {
     let v4 = match ex.client.0 {
         std::net::SocketAddr::V4(a) => *a.ip(),
         std::net::SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
@@ -117,11 +150,11 @@ fn client(out: &mut Line, ex: &Exchange) {
     // lies past the end); only its length counts.
     let [a, b, c, d] = v4.octets();
     out.put(&OCTETS[usize::from(a)]);
-    out.len -= 4 - usize::from(OCTETS[usize::from(a)][3]);
+    out.n -= 4 - usize::from(OCTETS[usize::from(a)][3]);
     for o in [b, c, d] {
         out.push(b'.');
         out.put(&OCTETS[usize::from(o)]);
-        out.len -= 4 - usize::from(OCTETS[usize::from(o)][3]);
+        out.n -= 4 - usize::from(OCTETS[usize::from(o)][3]);
     }
 }
 
@@ -157,13 +190,19 @@ fn protocol(v: Version) -> &'static [u8] {
 }
 
 /// Append `v` as JSON string content, at most `budget` bytes of it (then `...`).
-fn json_str(out: &mut Line, v: &[u8], budget: usize) {
+#[inline(always)]
+fn json_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     // The usual value: printable ASCII with nothing to escape, within its budget: one copy.
     if v.len() <= budget && v.iter().all(|&b| PLAIN[usize::from(b)]) {
         out.put(v);
-        return;
+    } else {
+        json_escaped(out, v, budget);
     }
-    let limit = out.len() + budget;
+}
+
+/// [`json_str`] of a value with something to escape, or too long.
+fn json_escaped(out: &mut Cur<'_>, v: &[u8], budget: usize) {
+    let limit = out.n + budget;
     let utf8 = std::str::from_utf8(v).is_ok();
     let mut i = 0;
     while i < v.len() {
@@ -176,7 +215,7 @@ fn json_str(out: &mut Line, v: &[u8], budget: usize) {
             0x80.. => (utf8_len(b), utf8_len(b)),
             _ => (1, 1),
         };
-        if out.len() + esc_len > limit {
+        if out.n + esc_len > limit {
             out.put(b"...");
             return;
         }
@@ -211,7 +250,7 @@ fn utf8_len(b: u8) -> usize {
     }
 }
 
-fn hex_escape(out: &mut Line, prefix: &[u8], b: u8) {
+fn hex_escape(out: &mut Cur<'_>, prefix: &[u8], b: u8) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.put(prefix);
     out.push(HEX[(b >> 4) as usize]);
@@ -219,15 +258,15 @@ fn hex_escape(out: &mut Line, prefix: &[u8], b: u8) {
 }
 
 /// Append `v` as nginx writes a value in a quoted log field, at most `budget` bytes of it.
-fn clf_str(out: &mut Line, v: &[u8], budget: usize) {
+fn clf_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     if v.len() <= budget && v.iter().all(|&b| PLAIN[usize::from(b)]) {
         out.put(v);
         return;
     }
-    let limit = out.len() + budget;
+    let limit = out.n + budget;
     for &b in v {
         let plain = PLAIN[usize::from(b)];
-        if out.len() + if plain { 1 } else { 4 } > limit {
+        if out.n + if plain { 1 } else { 4 } > limit {
             out.put(b"...");
             return;
         }
@@ -241,7 +280,8 @@ fn clf_str(out: &mut Line, v: &[u8], budget: usize) {
 
 /// A method is an HTTP token (`http` checks each byte of an extension method), so it holds
 /// nothing to escape in either format: only its length is checked.
-fn method(out: &mut Line, m: &[u8]) {
+#[inline(always)]
+fn method(out: &mut Cur<'_>, m: &[u8]) {
     debug_assert!(m.iter().all(|&b| PLAIN[usize::from(b)]));
     if m.len() <= METHOD_BUDGET {
         out.put(m);
@@ -266,7 +306,8 @@ pub(crate) fn json_tail(generation: u64) -> Vec<u8> {
 
 /// Write the JSON line for `ex` (with its newline) after what `out` holds; `tail` is
 /// [`json_tail`]'s.
-pub(crate) fn json(out: &mut Line, ex: &Exchange, tail: &[u8], cache: &mut TimeCache) {
+pub(crate) fn json(line: &mut Line, ex: &Exchange, tail: &[u8], cache: &mut TimeCache) {
+    let out = &mut line.cur();
     let ms = cache.start(ex.started);
     out.put(b"{\"time\":\"");
     out.put(&cache.iso);
@@ -318,7 +359,8 @@ pub(crate) fn json(out: &mut Line, ex: &Exchange, tail: &[u8], cache: &mut TimeC
 }
 
 /// Write the combined-format line for `ex` (with its newline) after what `out` holds.
-pub(crate) fn combined(out: &mut Line, ex: &Exchange, cache: &mut TimeCache) {
+pub(crate) fn combined(line: &mut Line, ex: &Exchange, cache: &mut TimeCache) {
+    let out = &mut line.cur();
     cache.start(ex.started);
     client(out, ex);
     out.put(b" - - [");
@@ -474,7 +516,7 @@ mod tests {
             let mut e = ex("/", None);
             e.client = ClientAddr(addr.parse().unwrap());
             let mut line = Line::default();
-            client(&mut line, &e);
+            client(&mut line.cur(), &e);
             assert_eq!(String::from_utf8(line.as_bytes().to_vec()).unwrap(), want);
         }
         for o in 0..=255u8 {
@@ -487,7 +529,7 @@ mod tests {
     fn json_escapes_and_cuts_at_character_boundaries() {
         let esc = |v: &[u8], budget| {
             let mut line = Line::default();
-            json_str(&mut line, v, budget);
+            json_str(&mut line.cur(), v, budget);
             String::from_utf8(line.as_bytes().to_vec()).unwrap()
         };
         assert_eq!(esc(b"a\"b\\c", 64), "a\\\"b\\\\c");
@@ -502,7 +544,7 @@ mod tests {
         // A method is a token: copied, cut past its budget.
         let mut line = Line::default();
         method(
-            &mut line,
+            &mut line.cur(),
             Method::from_bytes(&[b'M'; 40]).unwrap().as_str().as_bytes(),
         );
         assert_eq!(line.as_bytes(), [&[b'M'; 32][..], b"..."].concat());

@@ -36,7 +36,7 @@ pub(crate) struct RequestIds {
 }
 
 /// How many ids a thread makes at a time.
-const BLOCK: u64 = 64;
+const BLOCK: usize = crate::sys::HEX_IDS_MAX;
 
 /// Numbers the [`RequestIds`] of this process (from 1: 0 is no owner).
 static SERIALS: AtomicU64 = AtomicU64::new(1);
@@ -85,7 +85,7 @@ impl RequestIds {
                 *owner = self.serial;
             }
             if ids.is_empty() {
-                let first = self.next.fetch_add(BLOCK, Ordering::Relaxed);
+                let first = self.next.fetch_add(BLOCK as u64, Ordering::Relaxed);
                 crate::sys::hex_ids(self.prefix, first, BLOCK, ids);
             }
             ids.pop()

@@ -178,19 +178,26 @@ impl Recording {
         client: ClientAddr,
         unflushed: &Unflushed,
     ) -> Recording {
-        let ex = Exchange::new(mono_ns(), req.method().clone(), req.version(), client);
+        let started = mono_ns();
         let mut r = match unflushed.take_spare() {
             Some(mut r) => {
                 if !Arc::ptr_eq(&r.observer, observer) {
                     r.observer = observer.clone();
                 }
-                // The spare's fields were released when it finished: nothing to drop here.
-                r.ex = ex;
+                // Set in place; the references were released when it finished.
+                let ex = &mut r.ex;
+                ex.started = started;
+                ex.method = req.method().clone();
+                ex.version = req.version();
+                ex.client = client;
+                ex.status = StatusCode::OK;
+                ex.bytes = 0;
+                ex.outcome = Outcome::Open;
                 r
             }
             None => Box::new(Recorded {
                 observer: observer.clone(),
-                ex,
+                ex: Exchange::new(started, req.method().clone(), req.version(), client),
             }),
         };
         let Recorded { observer, ex } = &mut *r;

@@ -3,9 +3,10 @@
 //! between processes ([`Counts`], [`HostMetrics`]: serializable snapshots; see `counts`).
 //!
 //! This is base vocabulary: the route table gives each route a [`RouteTally`], the serving
-//! layer records each finished request into it (one place: see `serve::progress::Observed`),
-//! the worker reports [`Counts`] to the supervisor over the channel, the supervisor adds them up
-//! (`observe::host`), and the `metrics` handler (`observe`) renders them. Nothing here knows
+//! layer's one recording point (`serve::exchange`) hands each finished request to
+//! `observe::Count`, which records it there, the worker reports [`Counts`] to the supervisor
+//! over the channel, the supervisor adds them up (`observe::host`), and the `metrics` handler
+//! (`observe`) renders them. Nothing here knows
 //! about Prometheus.
 //!
 //! A worker counts only when its config asks for metrics (a `metrics` route, or `admin:`
@@ -13,8 +14,8 @@
 //! with one branch.
 //!
 //! Cost per request when on: one `OnceLock` load, three relaxed atomic additions (the
-//! `(method, status)` slot, the duration bucket, the duration sum), and two clock reads (in
-//! `serve::conn`). Slots are per `(route, method)` and allocated on first use: 900 counters, one
+//! `(method, status)` slot, the duration bucket, the duration sum), and the recording's two
+//! monotonic clock reads (`serve::exchange`). Slots are per `(route, method)` and allocated on first use: 900 counters, one
 //! per status code HTTP allows (100–999).
 
 mod counts;
