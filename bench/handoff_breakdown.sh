@@ -1,84 +1,111 @@
 #!/usr/bin/env bash
 # Where the handoff time goes: runs `load_harness --handoff` against a fresh apphost under
-# `perf record` (kernel tracepoints only: no sampling, little overhead) and prints, per step, the
-# median and p90 time after SIGUSR1:
-#   fork     the supervisor forks the new worker
-#   exec     execve of the worker done
-#   main     Rust's main starts (std's poll() of fds 0-2: dynamic loading and relocation are over)
-#   rt       the worker creates its tokio runtime (epoll_create1: config loaded, logging set up)
-#   threads  the runtime's first thread
-#   ready    the worker sends `ready` (first sendmsg)
-#   drain    the supervisor tells the old worker to drain (its next sendmsg)
+# `perf record` (kernel tracepoints only: no sampling, little overhead; only apphost's and the
+# harness's threads are recorded) and prints, per step, the median and p90 time after SIGUSR1:
+#   fork     the supervisor forks the new worker (without a warm standby only)
+#   activate the supervisor sends `activate` to the warm standby (its first message after the
+#            signal; with a standby only)
+#   heard    the standby has read `activate`
+#   ready    the new worker sends `ready` (routes built, sockets adopted, accepting)
+#   drain    the supervisor sends `drain` to the old worker (its next message)
+#   old_last the old worker's last accepted connection (it accepts until it stops)
 #   accept   the new worker's first accepted connection
+#   answer   the new worker's first response written (the harness reads it just after)
 #
 #   bench/handoff_breakdown.sh [ROUNDS]     # default 100; needs perf (linux-perf) and root
+#   CONFIG=bench/bench-no-standby.yaml bench/handoff_breakdown.sh
 #
-# Binaries come from $BIN (default: a copy of the release build in a temp dir).
+# Binaries come from $BIN (a directory with apphost and load_harness), else a release build
+# ($CARGO_TARGET_DIR, default /work/target-bench) copied to a temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-100}
+CONFIG=${CONFIG:-bench/bench.yaml}
 PORT=18480
-TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 tmp=$(mktemp -d)
 if [[ -z ${BIN:-} ]]; then
-    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release --examples --bins >/dev/null
+    TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p apphost --bin apphost \
+        --example load_harness >/dev/null
     cp "$TARGET_DIR/release/apphost" "$TARGET_DIR/release/examples/load_harness" "$tmp/"
     BIN=$tmp
 fi
 SUP=
-trap '[[ -n $SUP ]] && kill -TERM "$SUP" 2>/dev/null; rm -rf "$tmp"' EXIT
-"$BIN/apphost" run -c bench/bench.yaml >"$tmp/apphost.log" 2>&1 &
+trap '[[ -n $SUP ]] && kill -TERM "$SUP" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$tmp"' EXIT
+"$BIN/apphost" run -c "$CONFIG" >"$tmp/apphost.log" 2>&1 &
 SUP=$!
-for _ in $(seq 50); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
-perf record -q -o "$tmp/perf.data" -a \
-    -e signal:signal_generate -e sched:sched_process_fork -e sched:sched_process_exec \
-    -e syscalls:sys_enter_poll -e syscalls:sys_enter_epoll_create1 \
-    -e syscalls:sys_enter_sendmsg -e syscalls:sys_exit_accept4 -- \
+for _ in $(seq 50); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/pid" 2>/dev/null && break; sleep 0.1; done
+sleep 0.5
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+# Its workers so far (the serving one and the standby); later ones are its recorded forks.
+KIDS=$(pgrep -d, -P "$SUP")
+ours='comm == "apphost" || comm == "tokio-rt-worker" || comm == "load_harness"'
+events=(-e signal:signal_generate --filter 'sig == 10')
+for e in sched:sched_process_fork syscalls:sys_enter_sendmsg syscalls:sys_exit_recvmsg \
+    syscalls:sys_exit_accept4 syscalls:sys_enter_writev; do
+    events+=(-e "$e" --filter "$ours")
+done
+perf record -q -o "$tmp/perf.data" -a "${events[@]}" -- \
     "$BIN/load_harness" --url "http://127.0.0.1:$PORT/pid" --handoff --count "$ROUNDS" \
     --handoff-gap 200ms --restart-pid "$SUP"
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 perf script -i "$tmp/perf.data" -F comm,pid,tid,time,event,trace 2>/dev/null >"$tmp/perf.txt"
-python3 - "$tmp/perf.txt" "$SUP" <<'PY'
+[[ -n ${KEEP:-} ]] && echo "perf script output: $tmp/perf.txt (supervisor $SUP)"
+python3 - "$tmp/perf.txt" "$SUP" "$KIDS" <<'PY'
 import re, statistics, sys
 sup = int(sys.argv[2])
+# Only this apphost's processes (others may run on the machine).
+ours = {sup} | {int(k) for k in sys.argv[3].split(',') if k}
 ev = []
 for line in open(sys.argv[1]):
-    m = re.match(r'\s*(.+?)\s+(\d+)/(\d+)\s+([\d.]+):\s+(\S+):\s*(.*)', line)
-    if m:
-        comm, pid, tid, t, e, rest = m.groups()
-        ev.append((float(t) * 1000, int(pid), comm, e, rest))
-names = {'sched:sched_process_exec': 'exec', 'syscalls:sys_enter_poll': 'main',
-         'syscalls:sys_enter_epoll_create1': 'rt', 'sched:sched_process_fork': 'threads',
-         'syscalls:sys_enter_sendmsg': 'ready'}
-rounds = []
-for i, (t, pid, comm, e, rest) in enumerate(ev):
-    if not (e == 'signal:signal_generate' and 'sig=10 ' in rest and f'pid={sup} ' in rest
-            and comm == 'load_harness'):
+    m = re.match(r'\s*(.+?)\s+(-?\d+)/(-?\d+)\s+([\d.]+):\s+(\S+):\s*(.*)', line)
+    if not m:
         continue
-    r, child = {'sig': t}, None
-    for (t2, p2, c2, e2, r2) in ev[i + 1:]:
-        if t2 - t > 100:
-            break
-        if child is None:
-            if e2 == 'sched:sched_process_fork' and p2 == sup:
-                child = int(re.search(r'child_pid=(\d+)', r2).group(1))
-                r['fork'] = t2
-        elif p2 == child:
-            if e2 in names:
-                r.setdefault(names[e2], t2)
-            elif e2 == 'syscalls:sys_exit_accept4' and not r2.startswith('0xffff'):
-                r.setdefault('accept', t2)
-        elif 'ready' in r and p2 == sup and e2 == 'syscalls:sys_enter_sendmsg':
-            r.setdefault('drain', t2)
+    comm, pid, tid, t, e, rest = m.groups()
+    pid, e = int(pid), e.rstrip(':').split(':')[-1]
+    if e == 'sched_process_fork' and pid in ours:
+        ours.add(int(re.search(r'child_pid=(\d+)', rest).group(1)))
+    if pid in ours or e == 'signal_generate':
+        ev.append((float(t) * 1000, pid, e, rest))
+ok = lambda rest: not rest.startswith('0xffff')
+sigs = [i for i, x in enumerate(ev) if x[2] == 'signal_generate' and f'pid={sup} ' in x[3]]
+rounds = []
+for n, i in enumerate(sigs):
+    t0 = ev[i][0]
+    end = sigs[n + 1] if n + 1 < len(sigs) else len(ev)
+    # The old worker: the last to accept a connection before the signal.
+    old = next((p for (_, p, e, r) in reversed(ev[:i]) if e == 'sys_exit_accept4' and ok(r)), None)
+    body = ev[i + 1:end]
+    new = next((p for (_, p, e, r) in body
+                if e == 'sys_exit_accept4' and ok(r) and p not in (old, sup)), None)
+    if new is None:
+        continue
+    r = {}
+    for (t, p, e, rest) in body:
+        d = t - t0
+        if p == sup and e == 'sched_process_fork' and f'child_pid={new} ' in rest + ' ':
+            r.setdefault('fork', d)
+        elif p == sup and e == 'sys_enter_sendmsg':
+            if 'ready' in r:
+                r.setdefault('drain', d)
+            elif 'fork' not in r:
+                r.setdefault('activate', d)
+        elif p == new and e == 'sys_exit_recvmsg' and ok(rest) and 'fork' not in r:
+            r.setdefault('heard', d)
+        elif p == new and e == 'sys_enter_sendmsg':
+            r.setdefault('ready', d)
+        elif p == new and e == 'sys_exit_accept4' and ok(rest):
+            r.setdefault('accept', d)
+        elif p == new and e == 'sys_enter_writev':
+            r.setdefault('answer', d)
+        elif p == old and e == 'sys_exit_accept4' and ok(rest):
+            r['old_last'] = d
     rounds.append(r)
-keys = ['fork', 'exec', 'main', 'rt', 'threads', 'ready', 'drain', 'accept']
+keys = ['fork', 'activate', 'heard', 'ready', 'drain', 'old_last', 'accept', 'answer']
 print(f"{len(rounds)} rounds; ms after SIGUSR1 to the supervisor")
-print(f"{'step':<8} {'median':>7} {'p90':>7} {'step median':>12}")
-prev = 'sig'
+print(f"{'step':<9} {'rounds':>6} {'median':>7} {'p90':>7}")
 for k in keys:
-    xs = sorted(r[k] - r['sig'] for r in rounds if k in r)
-    ds = sorted(r[k] - r[prev] for r in rounds if k in r and prev in r)
+    xs = sorted(r[k] for r in rounds if k in r)
     if xs:
-        print(f"{k:<8} {statistics.median(xs):7.2f} {xs[int(len(xs) * 0.9)]:7.2f} "
-              f"{statistics.median(ds):12.2f}")
-    prev = k
+        print(f"{k:<9} {len(xs):>6} {statistics.median(xs):7.2f} {xs[int(len(xs) * 0.9)]:7.2f}")
 PY

@@ -47,6 +47,10 @@ pub(crate) const ENV_GENERATION: &str = "APPHOST_GENERATION";
 pub(crate) const ENV_HOST_SERVING: &str = "APPHOST_HOST_SERVING";
 /// Set for a standby worker: it starts up to its runtime, then waits for `activate`.
 pub(crate) const ENV_STANDBY: &str = "APPHOST_STANDBY";
+/// Given to a standby: the write end of a pipe whose read end the serving worker holds
+/// (`watch_successor`). Once activated and ready, the worker writes one byte to it, and keeps it
+/// open for its whole life.
+pub(crate) const ENV_ACCEPTING_FD: &str = "APPHOST_ACCEPTING_FD";
 /// Set (to `1`) by a supervisor that keeps the host's metrics (it understands `counts` and
 /// answers `metrics_request`). A worker under an older supervisor, after a binary upgrade,
 /// sends neither and answers scrapes from its own counts.
@@ -269,6 +273,11 @@ pub(crate) enum Msg {
         /// The generation number it becomes.
         generation: u64,
     },
+    /// Supervisor → the serving worker, when a standby has started: the read end of a pipe (one
+    /// fd attached) on which that standby, once activated, says it is ready and accepting (one
+    /// byte): stop accepting then, the `drain` follows. If the pipe closes first (the standby or
+    /// the generation it became is gone), accept again.
+    WatchSuccessor,
     /// Supervisor → worker: the host is shutting down; keep serving, but answer `ready` with
     /// 503 (`shutdown_delay`). A `drain` follows.
     GoingAway,

@@ -15,6 +15,10 @@
 //! going away (503) from the supervisor's `going_away` (a shutdown with `shutdown_delay`) or a
 //! shutdown's `drain`, while it goes on serving until the drain.
 //!
+//! Handoff: once ready, a generation started as a standby tells the serving one directly that it
+//! accepts, and that one stops accepting without waiting for its `drain` to come through the
+//! supervisor (see `successor`).
+//!
 //! Serving: the worker waits for the supervisor's `drain`, or for its channel to close (the
 //! supervisor died), then drains (see [`crate::serve`]) within `shutdown_timeout` and exits 0.
 //! Signals sent to the worker itself are turned into requests to the supervisor: SIGUSR1 asks for
@@ -31,8 +35,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use crate::channel::{
-    Channel, ENV_CHANNEL_FD, ENV_GENERATION, ENV_HOST_SERVING, ENV_LISTEN_FDS, ENV_STANDBY,
-    ENV_SUPERVISOR_METRICS, Msg, Op, WorkerSettings,
+    Channel, ENV_ACCEPTING_FD, ENV_CHANNEL_FD, ENV_GENERATION, ENV_HOST_SERVING, ENV_LISTEN_FDS,
+    ENV_STANDBY, ENV_SUPERVISOR_METRICS, Msg, Op, WorkerSettings,
 };
 use crate::config::Config;
 use crate::config::ListenAddr;
@@ -49,6 +53,7 @@ mod certs;
 mod relay;
 mod standby;
 mod start;
+mod successor;
 
 use certs::watch_certs;
 use relay::{Relay, WorkerSignal, WorkerSignals};
@@ -108,7 +113,20 @@ pub(crate) fn main(registry: &Registry, args: WorkerArgs) -> ExitCode {
     };
     drop(chan_fd);
     let standby = std::env::var_os(ENV_STANDBY).is_some();
-    let task = start(registry.clone(), args, chan, inherited, generation, standby);
+    // Where to say, once ready, that this generation accepts (see `successor`).
+    let accepting = match std::env::var(ENV_ACCEPTING_FD).map(|v| v.parse()) {
+        Ok(Ok(n)) => crate::sys::adopt_fd(n).ok(),
+        _ => None,
+    };
+    let task = start(
+        registry.clone(),
+        args,
+        chan,
+        inherited,
+        generation,
+        standby,
+        accepting,
+    );
     let (code, logs) = rt.block_on(on_runtime(task));
     // Connections still open past shutdown_timeout are cut here (and recorded as cut).
     rt.shutdown_timeout(Duration::from_millis(100));
@@ -130,6 +148,7 @@ async fn start(
     inherited: HashMap<String, OwnedFd>,
     mut generation: u64,
     standby: bool,
+    accepting: Option<OwnedFd>,
 ) -> (ExitCode, Option<Arc<AccessLogs>>) {
     let mut early = None;
     if standby {
@@ -137,6 +156,7 @@ async fn start(
         // done ahead of the restart; the config served is still the file as it is when
         // activated (see `standby`).
         early = standby::EarlyConfig::read(args.config.as_deref());
+        standby::warm_up().await;
         match wait_for_activation(&chan).await {
             Ok(Some(g)) => generation = g,
             Ok(None) => return (ExitCode::SUCCESS, None),
@@ -164,7 +184,16 @@ async fn start(
         Ok(l) => Arc::new(l),
         Err(e) => return (early_fail(Some(chan.as_fd()), &e.to_string()), None),
     };
-    let code = run(registry, config, chan, inherited, generation, logs.clone()).await;
+    let code = run(
+        registry,
+        config,
+        chan,
+        accepting,
+        inherited,
+        generation,
+        logs.clone(),
+    )
+    .await;
     (code, Some(logs))
 }
 
@@ -212,6 +241,7 @@ async fn run(
     mut registry: Registry,
     config: Config,
     chan: Arc<Channel>,
+    accepting: Option<OwnedFd>,
     inherited: HashMap<String, OwnedFd>,
     generation: u64,
     logs: Arc<AccessLogs>,
@@ -320,6 +350,11 @@ async fn run(
         tracing::error!("the supervisor is gone; exiting");
         return ExitCode::from(2);
     }
+    // Ready: the previous generation may stop accepting now. `accepting` stays open until this
+    // process ends.
+    if let Some(fd) = &accepting {
+        successor::announce(fd);
+    }
     let verb = if generation > 1 {
         "reloaded"
     } else {
@@ -342,8 +377,17 @@ async fn run(
     let requests = serving.requests.clone();
     let mut recycle_told = requests.is_none();
 
+    // The next generation's pipe, once a standby has been started (see `successor`).
+    let mut successor: Option<successor::Watch> = None;
     let shutdown = loop {
         tokio::select! {
+            said = successor::Watch::next(successor.as_ref()) => match said {
+                successor::Said::Accepting => serving.pause_accepting(),
+                successor::Said::Gone => {
+                    serving.resume_accepting();
+                    successor = None;
+                }
+            },
             () = requests_reached(requests.as_deref()), if !recycle_told => {
                 recycle_told = true;
                 if let Some(r) = &requests {
@@ -356,6 +400,13 @@ async fn run(
             }
             m = chan.recv() => match m {
                 Ok(Some((Msg::Drain { shutdown }, _))) => break shutdown,
+                Ok(Some((Msg::WatchSuccessor, fds))) => {
+                    // A new standby: what an earlier one said no longer holds.
+                    if successor.is_some() {
+                        serving.resume_accepting();
+                    }
+                    successor = fds.into_iter().next().and_then(|fd| successor::Watch::new(fd).ok());
+                }
                 Ok(Some((Msg::GoingAway, _))) => {
                     tracing::info!("going away: `ready` answers 503; serving until the drain");
                     readiness.going_away();

@@ -53,6 +53,7 @@ pub(crate) mod upgrade;
 pub(crate) mod watchdog;
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -70,8 +71,11 @@ pub(crate) struct Serving {
     drain_tx: watch::Sender<bool>,
     /// Live connections and their deadlines.
     watchdog: Arc<Watchdog>,
-    /// The accept loops' wakers, woken when the drain starts.
+    /// The accept loops' wakers, woken when the drain starts or accepting resumes.
     accept_wakers: Mutex<Vec<Waker>>,
+    /// Accepting is paused: the next generation accepts from the same sockets (see
+    /// [`Serving::pause_accepting`]).
+    paused: AtomicBool,
     /// hyper's connection builders.
     builders: conn::Builders,
     /// Failed accepts not yet logged, for all of this generation's accept loops: descriptors
@@ -95,6 +99,7 @@ impl Serving {
             drain_tx: watch::Sender::new(false),
             watchdog: Watchdog::start(limits),
             accept_wakers: Mutex::new(Vec::new()),
+            paused: AtomicBool::new(false),
             builders: conn::Builders::new(http2_max_streams),
             accept_failures: Mutex::new(FailureLog::default()),
             requests: max_requests.map(|n| Arc::new(requests::RequestCount::new(n))),
@@ -113,6 +118,22 @@ impl Serving {
         self.drain_tx.send_replace(true);
         for w in self.lock_accept_wakers().drain(..) {
             w.wake();
+        }
+    }
+
+    /// Stop taking connections for now, without draining: they wait in the listen queue for
+    /// the next generation, which accepts from the same sockets. [`Serving::resume_accepting`]
+    /// undoes it (that generation is gone); a drain makes it final.
+    pub(crate) fn pause_accepting(&self) {
+        self.paused.store(true, Ordering::Release);
+    }
+
+    /// Take connections again after [`Serving::pause_accepting`].
+    pub(crate) fn resume_accepting(&self) {
+        self.paused.store(false, Ordering::Release);
+        // By reference: each loop registers its waker once.
+        for w in self.lock_accept_wakers().iter() {
+            w.wake_by_ref();
         }
     }
 
@@ -178,6 +199,10 @@ pub(crate) async fn accept_loop(listener: Listener, endpoint: Endpoint, serving:
             }
             if serving.is_draining() {
                 return Poll::Ready(None);
+            }
+            // Woken by `resume_accepting` or the drain.
+            if serving.paused.load(Ordering::Acquire) {
+                return Poll::Pending;
             }
             // At `max_connections`, accept nothing: connections wait in the kernel's queue.
             let permit = match &endpoint.limit {

@@ -9,7 +9,7 @@
 //! the look at the serving worker's `recycle` limits.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -398,7 +398,7 @@ impl Driver {
             &fds,
             self.events.clone(),
         );
-        let g = match spawned {
+        let mut g = match spawned {
             Ok(g) => g,
             Err(e) => {
                 return Some(machine::Event::SpawnFailed {
@@ -413,6 +413,7 @@ impl Driver {
             }
             None => {
                 tracing::debug!(pid = g.pid_u32(), "standby worker started");
+                self.watch_successor(g.accepting_rx.take());
                 // What it runs, not what `exe` names: the file may be replaced between the
                 // spawn and a look at it. `spawn` returns once the exec is done, so this is the
                 // executable the kernel loaded (for a script, its interpreter: such a standby
@@ -431,6 +432,19 @@ impl Driver {
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
             let _ = tx.send(ev);
+        });
+    }
+
+    /// Hand the serving worker the read end of a new standby's `accepting` pipe (see
+    /// `worker::successor`); with nothing serving it is closed here.
+    fn watch_successor(&self, rx: Option<OwnedFd>) {
+        let current = self.machine.current().and_then(|w| self.workers.get(&w));
+        let (Some(rx), Some(g)) = (rx, current.filter(|g| !g.exited)) else {
+            return;
+        };
+        let chan = g.chan.clone();
+        tokio::spawn(async move {
+            let _ = chan.send(&Msg::WatchSuccessor, &[rx.as_fd()]).await;
         });
     }
 

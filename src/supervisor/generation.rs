@@ -53,6 +53,9 @@ pub(crate) struct Generation {
     pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
     /// A second descriptor of its stderr pipe's read end, handed to a re-executed supervisor.
     pub(crate) stderr_fd: Option<OwnedFd>,
+    /// A standby's: the read end of its `accepting` pipe, for the serving worker to watch
+    /// (`watch_successor`); taken by the driver.
+    pub(crate) accepting_rx: Option<OwnedFd>,
 }
 
 impl Generation {
@@ -112,6 +115,14 @@ pub(crate) fn spawn(
     let (ours, theirs) = channel::pair()?;
     let mut cmd = launch.command(exe, Role::Worker, config);
     let mut fds = vec![theirs.as_raw_fd()];
+    // A standby's word to the serving generation that it accepts (see `worker::successor`).
+    let accepting = match generation {
+        None => Some(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?),
+        Some(_) => None,
+    };
+    if let Some((_, w)) = &accepting {
+        fds.push(w.as_raw_fd());
+    }
     let mut list = String::new();
     for (key, fd) in listeners {
         if !list.is_empty() {
@@ -125,6 +136,7 @@ pub(crate) fn spawn(
         .env(channel::ENV_SUPERVISOR_METRICS, "1")
         .env_remove(channel::ENV_GENERATION)
         .env_remove(channel::ENV_STANDBY)
+        .env_remove(channel::ENV_ACCEPTING_FD)
         .env_remove(channel::ENV_HOST_SERVING)
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
@@ -140,6 +152,9 @@ pub(crate) fn spawn(
     if host_serving {
         cmd.env(channel::ENV_HOST_SERVING, "1");
     }
+    if let Some((_, w)) = &accepting {
+        cmd.env(channel::ENV_ACCEPTING_FD, w.as_raw_fd().to_string());
+    }
     for v in super::handover::ALL_ENV {
         cmd.env_remove(v);
     }
@@ -147,12 +162,15 @@ pub(crate) fn spawn(
     crate::sys::prepare_child(&mut cmd, fds);
     let mut child = cmd.spawn()?;
     drop(theirs);
+    let accepting_rx = accepting.map(|(r, _w)| r);
     let pid =
         Pid::from_raw(child.id() as i32).ok_or_else(|| std::io::Error::other("child pid 0"))?;
     let stderr: Option<OwnedFd> = child.stderr.take().map(Into::into);
     // The std Child is not waited on: the supervisor reaps every child itself (it may be PID 1).
     drop(child);
-    follow(worker, pid, ours, stderr, Vec::new(), events)
+    let mut g = follow(worker, pid, ours, stderr, Vec::new(), events)?;
+    g.accepting_rx = accepting_rx;
+    Ok(g)
 }
 
 /// Take over a worker a previous supervisor image started (a re-executed supervisor): its
@@ -218,6 +236,7 @@ fn follow(
         exit_status: None,
         tasks,
         stderr_fd,
+        accepting_rx: None,
     })
 }
 
