@@ -59,6 +59,9 @@ use tokio::sync::Notify;
 use super::progress::Busy;
 use super::upgrade::{self, UPGRADED};
 
+mod limits;
+pub(crate) use limits::Limits;
+
 /// `ConnState::flags`: a request has been seen.
 const SEEN: u8 = 1;
 /// `ConnState::flags`: the connection speaks HTTP/2.
@@ -74,11 +77,6 @@ const BODY_TIMEOUT: u8 = 32;
 /// `ConnState::flags`: output waits on the client: a write returned `Pending` and no flush has
 /// completed since (set and cleared by [`super::progress::TrackedIo`]).
 pub(super) const BLOCKED: u8 = 16;
-
-/// The longest sweeper tick.
-const MAX_TICK: Duration = Duration::from_secs(1);
-/// The shortest sweeper tick.
-const MIN_TICK: Duration = Duration::from_millis(5);
 
 /// Milliseconds since the process's clock epoch, refreshed by the sweepers on every tick: read
 /// on every response end, so it must cost one load, not a clock call.
@@ -102,45 +100,6 @@ pub(super) fn coarse_now_ms() -> u64 {
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
-}
-
-/// The deadlines the sweeper enforces.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// From accept to the first request head (TLS handshake included).
-    pub header_read_timeout: Duration,
-    /// HTTP/1: from the end of a response to the next request head.
-    pub idle_timeout: Duration,
-    /// Draining: how long an idle HTTP/1 connection is kept.
-    pub keepalive_grace: Duration,
-    /// How long a response may wait on its client (no write progress) before the connection is
-    /// cut.
-    pub send_timeout: Duration,
-    /// Draining: how long upgraded connections are left to the application before the host
-    /// closes them (see [`super::upgrade`]); `None`: until `shutdown_timeout`.
-    pub stream_grace: Option<Duration>,
-    /// The shortest route `timeout`, if any route has one (see [`super::guarded`]).
-    pub route_timeout: Option<Duration>,
-}
-
-impl Limits {
-    /// The sweeper's period while serving: an eighth of the shortest timeout, within bounds.
-    fn tick(&self) -> Duration {
-        let shortest = self
-            .header_read_timeout
-            .min(self.idle_timeout)
-            .min(self.send_timeout)
-            .min(self.route_timeout.unwrap_or(Duration::MAX));
-        (shortest / 8).clamp(MIN_TICK, MAX_TICK)
-    }
-
-    /// The sweeper's period while draining.
-    fn drain_tick(&self) -> Duration {
-        let shortest = self
-            .stream_grace
-            .map_or(self.keepalive_grace, |g| g.min(self.keepalive_grace));
-        self.tick().min((shortest / 8).max(MIN_TICK))
-    }
 }
 
 /// One connection's state, shared by its task, its in-flight responses, its I/O and the sweeper.

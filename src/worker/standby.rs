@@ -24,14 +24,7 @@ use crate::serve::{self, Endpoint, Serving};
 /// on a busy machine); done before the activation, they are off the handoff's path.
 pub(super) async fn warm_up() {
     let s = Duration::from_secs(5);
-    let limits = serve::watchdog::Limits {
-        header_read_timeout: s,
-        idle_timeout: s,
-        keepalive_grace: s,
-        send_timeout: s,
-        stream_grace: None,
-        route_timeout: None,
-    };
+    let limits = serve::watchdog::Limits::all(s);
     let serving = Serving::new(limits, 1, None);
     let endpoint = Arc::new(Endpoint {
         key: "warm-up".into(),

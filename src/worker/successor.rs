@@ -97,15 +97,7 @@ mod tests {
             .unwrap()
             .into_tokio()
             .unwrap();
-        let s = Duration::from_secs(5);
-        let limits = serve::watchdog::Limits {
-            header_read_timeout: s,
-            idle_timeout: s,
-            keepalive_grace: s,
-            send_timeout: s,
-            stream_grace: None,
-            route_timeout: None,
-        };
+        let limits = serve::watchdog::Limits::all(Duration::from_secs(5));
         let serving = Serving::new(limits, 100, None);
         let endpoint = Endpoint {
             key: addr.to_string(),

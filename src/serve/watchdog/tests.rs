@@ -1,6 +1,7 @@
 //! The watchdog's deadlines, swept at chosen instants or driven by its real timer task.
 
 use super::*;
+use limits::{MAX_TICK, MIN_TICK};
 
 fn limits(header: u64, idle: u64, grace: u64) -> Limits {
     Limits {
