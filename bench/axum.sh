@@ -74,8 +74,6 @@ if want wrk; then
     # CPU time (user + system, all threads) a process has used, in clock ticks: per request, it
     # is the server's own cost, which the other work on this machine disturbs far less than
     # req/s (it takes turns on the CPUs; it does not make a request cost more).
-    cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-    HZ=$(getconf CLK_TCK)
     # Warm-up: one short run each.
     for port in $APPHOST_PORT $AXUM_PORT; do "${WRK[@]}" -c"$CONNS" -d2s "http://127.0.0.1:$port$URL_PATH" >/dev/null; done
     say ""
@@ -89,14 +87,8 @@ if want wrk; then
                 pid=$worker_pid
                 [[ $who == axum ]] && port=$AXUM_PORT && pid=$axum_pid
                 f=$OUT/wrk-$who-$conn-$rep.txt
-                t0=$(cpu_ticks "$pid")
-                "${WRK[@]}" -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "http://127.0.0.1:$port$URL_PATH" >"$f"
-                t1=$(cpu_ticks "$pid")
-                n=$(awk '/requests in/ { print $1 }' "$f")
-                echo "($t1 - $t0) * 1000000 / $HZ / $n" | bc -l >"$f.cpu"
-                rps=$(awk '/Requests\/sec:/ { print $2 }' "$f")
-                errs=$(awk '/Socket errors|Non-2xx/ { printf "%s ", $0 }' "$f")
-                say "$(printf '%-8s %-9s round %d: %10.0f req/s  cpu %5.1f us/req %s' "$who" "$conn" "$rep" "$rps" "$(cat "$f.cpu")" "$errs")"
+                say "$(wrk_round "$who" "$conn" "$rep" "$pid" "$f" \
+                    "${WRK[@]}" -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "http://127.0.0.1:$port$URL_PATH")"
             done
         done
     done

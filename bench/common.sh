@@ -61,3 +61,22 @@ callgrind_measure() {
 
 # callgrind_dumps FILE: how many dumps of FILE exist.
 callgrind_dumps() { compgen -G "$1.*" | wc -l || true; }
+
+# A process's CPU time so far (user + system), in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# wrk_round NAME MODE REP PID FILE CMD...: run one wrk command CMD (its output to FILE), write the
+# server's CPU time per request in µs (PID's user + system time over the requests wrk completed)
+# to FILE.cpu, and print the round's summary line.
+wrk_round() {
+    local name=$1 mode=$2 rep=$3 pid=$4 f=$5 t0 t1 n rps errs
+    shift 5
+    t0=$(cpu_ticks "$pid")
+    "$@" >"$f"
+    t1=$(cpu_ticks "$pid")
+    n=$(awk '/requests in/ { print $1 }' "$f")
+    echo "($t1 - $t0) * 1000000 / $(getconf CLK_TCK) / $n" | bc -l >"$f.cpu"
+    rps=$(awk '/Requests\/sec:/ { print $2 }' "$f")
+    errs=$(awk '/Socket errors|Non-2xx/ { printf "%s ", $0 }' "$f")
+    printf '%-8s %-9s round %d: %10.0f req/s  cpu %5.1f us/req %s' "$name" "$mode" "$rep" "$rps" "$(cat "$f.cpu")" "$errs"
+}

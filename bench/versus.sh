@@ -59,8 +59,6 @@ want() { [[ " $ONLY " == *" $1 "* ]]; }
 SUMMARY=$OUT/summary
 say() { echo "$*" | tee -a "$SUMMARY"; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 SERVERS=(apphost bare nginx)
 declare -A PORT=([apphost]=18681 [bare]=18682 [nginx]=18683)
 declare -A PID
@@ -141,14 +139,8 @@ if want wrk; then
         for mode in keepalive close; do
             for s in "${order[@]}"; do
                 f=$OUT/wrk-$s-$mode-$rep.txt
-                t0=$(cpu_ticks "${PID[$s]}")
-                wrk_mode "$mode" "${WRK[@]}" -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:${PORT[$s]}/" >"$f"
-                t1=$(cpu_ticks "${PID[$s]}")
-                n=$(awk '/requests in/ { print $1 }' "$f")
-                echo "($t1 - $t0) * 1000000 / $HZ / $n" | bc -l >"$f.cpu"
-                rps=$(awk '/Requests\/sec:/ { print $2 }' "$f")
-                errs=$(awk '/Socket errors|Non-2xx/ { printf "%s ", $0 }' "$f")
-                say "$(printf '%-8s %-9s round %d: %10.0f req/s  cpu %5.1f us/req %s' "$s" "$mode" "$rep" "$rps" "$(cat "$f.cpu")" "$errs")"
+                say "$(wrk_round "$s" "$mode" "$rep" "${PID[$s]}" "$f" \
+                    wrk_mode "$mode" "${WRK[@]}" -c"$CONNS" -d"${SECS}s" "http://127.0.0.1:${PORT[$s]}/")"
             done
         done
     done
