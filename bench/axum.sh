@@ -30,19 +30,11 @@ SECS=${SECS:-10}
 CONNS=${CONNS:-50}
 ONLY=${ONLY:-wrk instructions syscalls}
 PIN=${PIN:-}
-# With PIN, the servers run on CPU 0 and wrk (one thread) on CPU 1 (`taskset`, as
-# bench/pinned.sh): the figure is each server's own cost, not the share of two cores it wins.
-if [[ -n $PIN ]]; then
-    ON_SERVER=(taskset -c 0)
-    WRK=(taskset -c 1 wrk -t1)
-else
-    ON_SERVER=()
-    WRK=(wrk -t2)
-fi
 URL_PATH=${URL_PATH:-/api/users/1}
 OUT=${OUT:-bench/out/axum-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 source bench/common.sh
+bench_pin
 if [[ -z ${BIN:-} ]]; then
     target=${CARGO_TARGET_DIR:-/work/target-bench}
     CARGO_TARGET_DIR=$target cargo build --release --example axum_app >/dev/null

@@ -17,6 +17,30 @@ bench_binaries() {
     command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 }
 
+# bench_pin: with PIN set, the servers run on CPU 0 and wrk (one thread) on CPU 1 (`taskset`):
+# each server's own cost, not the share of two cores it wins. Sets ON_SERVER and WRK.
+bench_pin() {
+    if [[ -n ${PIN:-} ]]; then
+        ON_SERVER=(taskset -c 0)
+        WRK=(taskset -c 1 wrk -t1)
+    else
+        ON_SERVER=()
+        WRK=(wrk -t2)
+    fi
+}
+
+# bench_apphost_harness DIR: unless $BIN names a directory with them, build the release apphost and
+# load_harness and copy them into DIR (so a rebuild cannot change them mid-run); sets BIN.
+bench_apphost_harness() {
+    if [[ -z ${BIN:-} ]]; then
+        local target=${CARGO_TARGET_DIR:-/work/target-bench}
+        CARGO_TARGET_DIR=$target cargo build --release -p apphost --bin apphost \
+            --example load_harness >/dev/null
+        cp "$target/release/apphost" "$target/release/examples/load_harness" "$1/"
+        BIN=$1
+    fi
+}
+
 BENCH_PIDS=()
 bench_track() { BENCH_PIDS+=("$1"); }
 bench_stop_all() {

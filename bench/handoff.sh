@@ -24,13 +24,8 @@ CONFIG=${CONFIG:-bench/bench.yaml}
 PORT=18480
 OUT=${OUT:-$PWD/bench/out/handoff-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
-if [[ -z ${BIN:-} ]]; then
-    TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
-    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p apphost --bin apphost \
-        --example load_harness >/dev/null
-    cp "$TARGET_DIR/release/apphost" "$TARGET_DIR/release/examples/load_harness" "$OUT/"
-    BIN=$OUT
-fi
+source bench/common.sh
+bench_apphost_harness "$OUT"
 SUP=
 trap '[[ -n $SUP ]] && kill -TERM "$SUP" 2>/dev/null || true' EXIT
 {

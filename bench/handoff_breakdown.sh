@@ -23,13 +23,8 @@ ROUNDS=${1:-100}
 CONFIG=${CONFIG:-bench/bench.yaml}
 PORT=18480
 tmp=$(mktemp -d)
-if [[ -z ${BIN:-} ]]; then
-    TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
-    CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -p apphost --bin apphost \
-        --example load_harness >/dev/null
-    cp "$TARGET_DIR/release/apphost" "$TARGET_DIR/release/examples/load_harness" "$tmp/"
-    BIN=$tmp
-fi
+source bench/common.sh
+bench_apphost_harness "$tmp"
 SUP=
 trap '[[ -n $SUP ]] && kill -TERM "$SUP" 2>/dev/null; [[ -n ${KEEP:-} ]] || rm -rf "$tmp"' EXIT
 "$BIN/apphost" run -c "$CONFIG" >"$tmp/apphost.log" 2>&1 &

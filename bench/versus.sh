@@ -42,17 +42,11 @@ SYS_SECS=${SYS_SECS:-5}
 ONLY=${ONLY:-wrk syscalls instructions}
 CONFIG=${CONFIG:-bench/bench-no-standby.yaml}
 PIN=${PIN:-}
-if [[ -n $PIN ]]; then
-    ON_SERVER=(taskset -c 0)
-    WRK=(taskset -c 1 wrk -t1)
-else
-    ON_SERVER=()
-    WRK=(wrk -t2)
-fi
 OUT=${OUT:-bench/out/versus-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 source bench/common.sh
+bench_pin
 bench_binaries
 command -v nginx >/dev/null || apt-get install -y nginx >/dev/null
 want() { [[ " $ONLY " == *" $1 "* ]]; }
