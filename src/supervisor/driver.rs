@@ -30,8 +30,9 @@ mod answers;
 mod preflight;
 mod recycle;
 mod reexec;
+mod takeover;
 
-pub(crate) use reexec::{check_handover_from_env, resume_from_env};
+pub(crate) use takeover::{check_handover_from_env, resume_from_env};
 
 /// What the supervisor needs to start.
 #[derive(Debug, Clone)]
