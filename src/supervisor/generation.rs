@@ -59,6 +59,22 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
+    /// True once the process has ended, reaped or not (a zombie still counts: its exit may not
+    /// have been seen yet). Looked at without reaping it: the `SIGCHLD` task reaps.
+    pub(crate) fn has_ended(&self) -> bool {
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        self.exited
+            || !matches!(
+                waitid(
+                    WaitId::Pid(self.pid),
+                    WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+                ),
+                // Running: nothing to report. Any other answer is an end (ECHILD: reaped by
+                // now, its exit on its way to the driver).
+                Ok(None)
+            )
+    }
+
     /// The last lines of its stderr.
     pub(crate) fn tail_lines(&self) -> Vec<String> {
         let t = self.tail.lock().unwrap_or_else(|p| p.into_inner());

@@ -196,3 +196,126 @@ fn an_unused_standby_that_is_not_a_worker_is_killed_with_its_listeners() {
         other => panic!("port {removed} left the config but still takes connections ({other:?})"),
     }
 }
+
+/// `GET /pid` on a fresh connection, answered within `within` (connecting never waits: the
+/// supervisor holds the listening socket, so a connection waits in its queue for a worker).
+fn pid_within(port: u16, within: Duration) -> Result<u32, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(within))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /pid HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .map_err(|e| format!("no answer within {within:?}: {e}"))?;
+    let r = parse_response(&raw, false).map_err(|e| e.to_string())?;
+    r.body_str()
+        .trim()
+        .parse()
+        .map_err(|_| format!("status {}: {:?}", r.status, r.body_str()))
+}
+
+/// Sends SIGCONT to a process it stopped when dropped, so a failing test leaves nothing stopped.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal(pid, rustix::process::Signal::STOP);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+/// The successor window (`worker::successor`): the new generation tells the serving one it
+/// accepts (that one pauses its accept loops), then dies before the supervisor has acted on its
+/// `ready`. The old generation must accept again at once, with no request failing; the
+/// supervisor, once it runs again, must count the restart as failed and keep the old one serving
+/// (not drain it for a successor that is gone); a later restart works.
+///
+/// Real signals set the stage: the standby is stopped while the supervisor sends it `activate`
+/// (so `activate` is surely sent first), then the supervisor is stopped (so it cannot act on the
+/// `ready` to come) and the standby continued.
+#[test]
+fn a_successor_that_dies_after_taking_over_the_accepting_leaves_the_old_generation_serving() {
+    use rustix::process::Signal;
+    let port = free_port();
+    let host = Apphost::start(&format!(
+        "graceful: true\nwarm_standby: true\ngraceful_timeout: 60s\nshutdown_timeout: 5s\nservers:\n  s1:\n    address: \"127.0.0.1:{port}\"\n    routes:\n      \"/pid\": pid\n"
+    ));
+    let old = host.wait_serving(port);
+    let standby = wait_until(Duration::from_secs(10), "a standby worker", || {
+        children(host.pid()).into_iter().find(|p| *p != old)
+    });
+    let held = Stopped::stop(standby);
+    host.signal(Signal::USR1);
+    // Logged once `activate` has been sent.
+    host.wait_log(&format!("worker started generation=2 pid={standby}"));
+    let supervisor = Stopped::stop(host.pid());
+    drop(held);
+    // The new generation serves; once it has said so on the pipe, the old one takes nothing.
+    wait_until(
+        Duration::from_secs(10),
+        "the new generation alone to answer",
+        || {
+            (0..20)
+                .all(|_| pid_within(port, Duration::from_secs(5)) == Ok(standby))
+                .then_some(())
+        },
+    );
+    assert!(
+        !host.log().contains("restart done"),
+        "the supervisor acted while stopped; log:\n{}",
+        host.log()
+    );
+    signal(standby, Signal::KILL);
+    // A zombie (its parent, stopped, cannot reap it): its descriptors are closed.
+    crate::harness::wait_gone(standby, Duration::from_secs(10), "the killed successor");
+    // The old generation accepts again: every request on a fresh connection is answered by it,
+    // with the supervisor still stopped.
+    for i in 0..50 {
+        match pid_within(port, Duration::from_secs(5)) {
+            Ok(pid) => assert_eq!(pid, old, "request {i} after the successor died"),
+            Err(e) => panic!("request {i} after the successor died: {e}"),
+        }
+    }
+    drop(supervisor);
+    wait_until(
+        Duration::from_secs(10),
+        "the supervisor to judge the restart",
+        || {
+            let log = host.log();
+            (log.contains("restart failed") || log.contains("died unexpectedly")).then_some(())
+        },
+    );
+    assert!(
+        host.log().contains("restart failed") && host.log().contains("exited before it was ready"),
+        "the restart to a successor that died counts as failed; log:\n{}",
+        host.log()
+    );
+    // The old generation was not told to drain: it serves on, alone.
+    for i in 0..20 {
+        assert_eq!(
+            pid_within(port, Duration::from_secs(5)),
+            Ok(old),
+            "request {i} once the supervisor runs again; log:\n{}",
+            host.log()
+        );
+    }
+    assert!(process_alive(old), "the old generation exited");
+    // A later restart hands over as usual.
+    host.signal(Signal::USR1);
+    host.wait_log_count("restart done (graceful)", 1, Duration::from_secs(15));
+    let new = wait_until(Duration::from_secs(10), "a new generation to serve", || {
+        pid_within(port, Duration::from_secs(5))
+            .ok()
+            .filter(|p| *p != old)
+    });
+    assert_ne!(new, standby);
+    crate::harness::wait_gone(old, Duration::from_secs(10), "the old generation");
+}
