@@ -6,11 +6,14 @@
 #   activate the supervisor sends `activate` to the warm standby (its first message after the
 #            signal; with a standby only)
 #   heard    the standby has read `activate`
+#   announce the new worker tells the old one, over their pipe, that it accepts (with a standby)
 #   ready    the new worker sends `ready` (routes built, sockets adopted, accepting)
+#   paused   the old worker has read the pipe's byte (its accept loops pause)
 #   drain    the supervisor sends `drain` to the old worker (its next message)
-#   old_last the old worker's last accepted connection (it accepts until it stops)
+#   old_last the old worker's last accepted connection (it accepts until it pauses or drains)
 #   accept   the new worker's first accepted connection
 #   answer   the new worker's first response written (the harness reads it just after)
+#   old_exit the old worker's process ends (after its drain)
 #
 #   bench/handoff_breakdown.sh [ROUNDS]     # default 100; needs perf (linux-perf) and root
 #   CONFIG=bench/bench-no-standby.yaml bench/handoff_breakdown.sh
@@ -36,10 +39,13 @@ echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 KIDS=$(pgrep -d, -P "$SUP")
 ours='comm == "apphost" || comm == "tokio-rt-worker" || comm == "load_harness"'
 events=(-e signal:signal_generate --filter 'sig == 10')
-for e in sched:sched_process_fork syscalls:sys_enter_sendmsg syscalls:sys_exit_recvmsg \
-    syscalls:sys_exit_accept4 syscalls:sys_enter_writev; do
+for e in sched:sched_process_fork sched:sched_process_exit syscalls:sys_enter_sendmsg \
+    syscalls:sys_exit_recvmsg syscalls:sys_exit_accept4 syscalls:sys_enter_writev; do
     events+=(-e "$e" --filter "$ours")
 done
+# The pipe's byte: a one-byte write by the new worker, a one-byte read by the old one.
+events+=(-e syscalls:sys_enter_write --filter "($ours) && count == 1")
+events+=(-e syscalls:sys_exit_read --filter "($ours) && ret == 1")
 perf record -q -o "$tmp/perf.data" -a "${events[@]}" -- \
     "$BIN/load_harness" --url "http://127.0.0.1:$PORT/pid" --handoff --count "$ROUNDS" \
     --handoff-gap 200ms --restart-pid "$SUP"
@@ -68,12 +74,21 @@ rounds = []
 for n, i in enumerate(sigs):
     t0 = ev[i][0]
     end = sigs[n + 1] if n + 1 < len(sigs) else len(ev)
-    # The old worker: the last to accept a connection before the signal.
-    old = next((p for (_, p, e, r) in reversed(ev[:i]) if e == 'sys_exit_accept4' and ok(r)), None)
     body = ev[i + 1:end]
-    new = next((p for (_, p, e, r) in body
-                if e == 'sys_exit_accept4' and ok(r) and p not in (old, sup)), None)
-    if new is None:
+    # The new worker: the supervisor's child when it forks before it sends anything (no
+    # standby), else the first other process to read a message (the standby's `activate`; the
+    # next standby is forked 20 ms after the handoff). The old one: the last other process to
+    # accept a connection before the signal (a standby accepts its warm-up connection).
+    first = next(((e, r) for (_, p, e, r) in body
+                  if p == sup and e in ('sched_process_fork', 'sys_enter_sendmsg')), None)
+    if first is not None and first[0] == 'sched_process_fork':
+        new = int(re.search(r'child_pid=(\d+)', first[1]).group(1))
+    else:
+        new = next((p for (_, p, e, r) in body
+                    if e == 'sys_exit_recvmsg' and ok(r) and p != sup), None)
+    old = next((p for (_, p, e, r) in reversed(ev[:i])
+                if e == 'sys_exit_accept4' and ok(r) and p not in (new, sup)), None)
+    if new is None or old is None:
         continue
     r = {}
     for (t, p, e, rest) in body:
@@ -89,6 +104,13 @@ for n, i in enumerate(sigs):
             r.setdefault('heard', d)
         elif p == new and e == 'sys_enter_sendmsg':
             r.setdefault('ready', d)
+        elif p == new and e == 'sys_enter_write':
+            r.setdefault('announce', d)
+        elif p == old and e == 'sys_exit_read' and 'announce' in r:
+            r.setdefault('paused', d)
+        elif p == old and e == 'sched_process_exit':
+            # Once per thread: the last is the process's end.
+            r['old_exit'] = d
         elif p == new and e == 'sys_exit_accept4' and ok(rest):
             r.setdefault('accept', d)
         elif p == new and e == 'sys_enter_writev':
@@ -96,7 +118,8 @@ for n, i in enumerate(sigs):
         elif p == old and e == 'sys_exit_accept4' and ok(rest):
             r['old_last'] = d
     rounds.append(r)
-keys = ['fork', 'activate', 'heard', 'ready', 'drain', 'old_last', 'accept', 'answer']
+keys = ['fork', 'activate', 'heard', 'announce', 'ready', 'paused', 'drain', 'old_last', 'accept',
+        'answer', 'old_exit']
 print(f"{len(rounds)} rounds; ms after SIGUSR1 to the supervisor")
 print(f"{'step':<9} {'rounds':>6} {'median':>7} {'p90':>7}")
 for k in keys:

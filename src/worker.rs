@@ -336,6 +336,14 @@ async fn run(
     // Before the ready report: once the supervisor has it, a signal to this worker must find
     // the handlers (SIGUSR1's default action would kill the worker).
     let mut sigs = WorkerSignals::new();
+    // Accepting: the previous generation may stop accepting now, before the supervisor hears of
+    // it (its `drain` follows the ready report). Told first, as sending the report wakes the
+    // supervisor, which on a busy machine may take this thread's core for a while. `accepting`
+    // stays open until this process ends: should it end before the supervisor has taken the
+    // report, the previous generation accepts again.
+    if let Some(fd) = &accepting {
+        successor::announce(fd);
+    }
     if chan
         .send(
             &Msg::Ready {
@@ -349,11 +357,6 @@ async fn run(
     {
         tracing::error!("the supervisor is gone; exiting");
         return ExitCode::from(2);
-    }
-    // Ready: the previous generation may stop accepting now. `accepting` stays open until this
-    // process ends.
-    if let Some(fd) = &accepting {
-        successor::announce(fd);
     }
     let verb = if generation > 1 {
         "reloaded"
@@ -494,8 +497,16 @@ async fn run(
     if relay.open && link.tally().is_some() {
         relay.report_counts().await;
     }
+    if !shutdown {
+        // Ending a process (its threads, its memory) takes a core for about half a millisecond:
+        // right after a handoff that is when the new generation answers its first connections.
+        tokio::time::sleep(EXIT_PAUSE).await;
+    }
     code
 }
+
+/// How long a generation drained for a restart waits before it ends (see the end of [`run`]).
+const EXIT_PAUSE: Duration = Duration::from_millis(50);
 
 /// `apphost reopen-logs` reached this worker.
 fn reopen_logs(logs: &AccessLogs) {

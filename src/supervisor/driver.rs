@@ -482,13 +482,8 @@ impl Driver {
                 let Some(g) = self.workers.get_mut(&worker) else {
                     return;
                 };
-                // A report read only after its sender died (the supervisor was held up): that
-                // worker serves nobody, so the old generation must not be drained for it. Its
-                // exit, judged next, fails the restart; the old generation, which it may have
-                // told it was accepting (`worker::successor`), took up accepting again when it
-                // died.
+                // Its sender has ended: nothing is drained for it (see `has_ended`).
                 if g.has_ended() {
-                    tracing::debug!(worker, pid, "ready report from a worker that has ended");
                     return;
                 }
                 for (key, fd) in std::mem::take(&mut g.bound) {

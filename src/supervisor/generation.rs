@@ -61,6 +61,11 @@ pub(crate) struct Generation {
 impl Generation {
     /// True once the process has ended, reaped or not (a zombie still counts: its exit may not
     /// have been seen yet). Looked at without reaping it: the `SIGCHLD` task reaps.
+    ///
+    /// A `ready` report read only after its sender ended (the supervisor was held up) is not
+    /// acted on: that worker serves nobody, so the old generation is not drained for it. Its
+    /// exit, judged next, fails the restart; the old generation, which it may have told it was
+    /// accepting (`worker::successor`), took up accepting again when it ended.
     pub(crate) fn has_ended(&self) -> bool {
         use rustix::process::{WaitId, WaitIdOptions, waitid};
         self.exited

@@ -3,8 +3,9 @@
 //! again and keeps that parse only if the file holds the same bytes, else the config is parsed
 //! anew: the config served is always the file as it is at the activation.
 //!
-//! It also runs one request through its serving code ([`warm_up`]), so that the first real
-//! request after the activation does not pay for mapping that code into a fresh process.
+//! It also runs one request through its serving code ([`warm_up`]), over a loopback connection
+//! to a throwaway listener, so that the first real connection after the activation does not pay
+//! for mapping that code into a fresh process.
 //!
 //! Nothing else is done ahead: the routes (whose handlers' factories may read files, such as a
 //! static directory behind a symlink a deploy has just switched), the TLS certificates, the
@@ -18,25 +19,59 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::serve::{self, Endpoint, Serving};
 
-/// Send one request through the serving code, over an in-memory connection to an empty route
-/// table (a 404 nobody sees), then drain that throwaway state. In a fresh process the first
-/// request takes its code's page faults (a fraction of a millisecond here, up to a millisecond
-/// on a busy machine); done before the activation, they are off the handoff's path.
+/// Send one request through the serving code, to an empty route table (a 404 nobody sees), then
+/// drain that throwaway state. In a fresh process the first request takes its code's page faults
+/// (a fraction of a millisecond here, up to a millisecond on a busy machine); done before the
+/// activation, they are off the handoff's path. The request goes over a real loopback connection
+/// to a throwaway listener, through the accept loop, so the accept path and the socket I/O are
+/// warm too; where no loopback socket can be had, over an in-memory connection.
 pub(super) async fn warm_up() {
     let s = Duration::from_secs(5);
     let limits = serve::watchdog::Limits::all(s);
     let serving = Serving::new(limits, 1, None);
-    let endpoint = Arc::new(Endpoint {
+    let endpoint = Endpoint {
         key: "warm-up".into(),
         routes: Arc::new(crate::routes::RouteTable::new()),
         tls: None,
         observer: None,
         proxy_protocol: false,
         limit: None,
-    });
-    // A 404 is the expected answer.
-    let _ = serve::probe::probe(endpoint, serving.clone(), "/", s).await;
+    };
+    if over_loopback(endpoint.clone(), &serving, s).await.is_err() {
+        // A 404 is the expected answer.
+        let _ = serve::probe::probe(Arc::new(endpoint), serving.clone(), "/", s).await;
+    }
     serving.start_drain();
+}
+
+/// One `GET /` through an accept loop on a throwaway 127.0.0.1 listener; the loop ends with it.
+async fn over_loopback(
+    endpoint: Endpoint,
+    serving: &Arc<Serving>,
+    within: Duration,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
+    let addr = l.local_addr()?;
+    let listener = serve::listen::adopt(std::os::fd::OwnedFd::from(l))?.into_tokio()?;
+    let accepting = tokio::spawn(serve::accept_loop(listener, endpoint, serving.clone()));
+    let ask = async {
+        let mut c = tokio::net::TcpStream::connect(addr).await?;
+        c.write_all(b"GET / HTTP/1.1\r\nHost: warm-up\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answered = tokio::time::timeout(within, ask).await;
+    // The loop stops and drops the listener.
+    serving.start_drain();
+    let _ = accepting.await;
+    match answered {
+        Ok(Ok(a)) if a.starts_with(b"HTTP/1.1 ") => Ok(()),
+        Ok(Err(e)) => Err(e),
+        _ => Err(std::io::Error::other("no answer")),
+    }
 }
 
 /// A config parsed ahead of the activation, with the bytes it was parsed from.
