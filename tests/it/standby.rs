@@ -216,6 +216,11 @@ fn pid_within(port: u16, within: Duration) -> Result<u32, String> {
         .map_err(|_| format!("status {}: {:?}", r.status, r.body_str()))
 }
 
+/// True while `pid` is stopped (by a signal).
+fn stopped(pid: u32) -> bool {
+    crate::harness::proc_stat(pid).is_some_and(|f| f.first().is_some_and(|s| s == "T"))
+}
+
 /// Sends SIGCONT to a process it stopped when dropped, so a failing test leaves nothing stopped.
 struct Stopped(u32);
 
@@ -249,14 +254,35 @@ fn a_successor_that_dies_after_taking_over_the_accepting_leaves_the_old_generati
         "graceful: true\nwarm_standby: true\ngraceful_timeout: 60s\nshutdown_timeout: 5s\nservers:\n  s1:\n    address: \"127.0.0.1:{port}\"\n    routes:\n      \"/pid\": pid\n"
     ));
     let old = host.wait_serving(port);
+    // Stopped only once it runs the worker (its exec done, its runtime's threads started): a
+    // child stopped between fork and exec would hold up the supervisor's spawn.
     let standby = wait_until(Duration::from_secs(10), "a standby worker", || {
-        children(host.pid()).into_iter().find(|p| *p != old)
+        children(host.pid()).into_iter().find(|p| {
+            let threads = crate::harness::proc_stat(*p)
+                .and_then(|f| f.get(17).and_then(|n| n.parse::<u32>().ok()));
+            *p != old
+                && crate::harness::cmdline(*p).contains("__worker")
+                && threads.is_some_and(|n| n >= 3)
+        })
     });
     let held = Stopped::stop(standby);
+    wait_until(Duration::from_secs(10), "the standby to be stopped", || {
+        stopped(standby).then_some(())
+    });
     host.signal(Signal::USR1);
     // Logged once `activate` has been sent.
     host.wait_log(&format!("worker started generation=2 pid={standby}"));
     let supervisor = Stopped::stop(host.pid());
+    wait_until(
+        Duration::from_secs(10),
+        "the supervisor to be stopped",
+        || stopped(host.pid()).then_some(()),
+    );
+    assert!(
+        stopped(standby),
+        "the standby was continued; log:\n{}",
+        host.log()
+    );
     drop(held);
     // The new generation serves; once it has said so on the pipe, the old one takes nothing.
     wait_until(
