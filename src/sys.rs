@@ -17,8 +17,8 @@
 //! - [`monotonic_ns`]: the monotonic clock as plain nanoseconds, through libc (whose vDSO call
 //!   valgrind understands; rustix's own vDSO lookup crashes under it, which the instruction
 //!   counts of `bench/instructions.sh` need).
-//! - [`hex_ids`]: request ids made as header values without checking each one's bytes (this
-//!   function writes them, and writes only hex digits and `-`).
+//! - [`IdBlock`]: request ids made as header values without checking each one's bytes (the
+//!   block writes them, and writes only hex digits and `-`).
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -275,46 +275,72 @@ pub(crate) fn monotonic_ns() -> u64 {
         .wrapping_add(t.tv_nsec as u64)
 }
 
-/// Request ids `PPPPPPPPPPPPPPPP-N` (`prefix` as 16 hex digits, then `N` in hex) for the `count`
-/// (at most [`HEX_IDS_MAX`]) numbers from `first` (wrapping), as header values sharing one
-/// buffer (one allocation for all of them), pushed onto `out` last first (so popping gives them
-/// in order).
-pub(crate) fn hex_ids(prefix: u64, first: u64, count: usize, out: &mut Vec<http::HeaderValue>) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let count = count.min(HEX_IDS_MAX);
-    let mut head = [b'-'; 17];
-    for (i, b) in head[..16].iter_mut().enumerate() {
-        *b = HEX[((prefix >> (60 - 4 * i)) & 0xf) as usize];
-    }
-    // Formatted on the stack, then copied once into the shared buffer.
-    let mut buf = [0u8; 33 * HEX_IDS_MAX];
-    let mut ends = [0usize; HEX_IDS_MAX];
-    let mut at = 0;
-    for (i, end) in ends[..count].iter_mut().enumerate() {
-        let n = first.wrapping_add(i as u64);
-        let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-        let id = &mut buf[at..at + 17 + digits];
-        id[..17].copy_from_slice(&head);
-        for (k, d) in id[17..].iter_mut().enumerate() {
-            *d = HEX[((n >> (4 * (digits - 1 - k))) & 0xf) as usize];
+/// How many request ids an [`IdBlock`] holds.
+pub(crate) const ID_BLOCK: usize = 64;
+/// The length of a made request id: `PPPPPPPPPPPPPPPP-NNNNNNNNNNNNNNNN`.
+pub(crate) const ID_LEN: usize = 33;
+
+/// [`ID_BLOCK`] request ids `PPPPPPPPPPPPPPPP-NNNNNNNNNNNNNNNN` (a prefix and a number, each as
+/// 16 hex digits) in one shared buffer, each handed out as a header value without checking its
+/// bytes again: this type writes them, hex digits and `-` only, and nothing else can.
+#[derive(Debug, Clone)]
+pub(crate) struct IdBlock(bytes::Bytes);
+
+impl IdBlock {
+    /// A block with no ids (a thread's before its first).
+    pub(crate) const EMPTY: IdBlock = IdBlock(bytes::Bytes::new());
+
+    /// The ids of `prefix` and the numbers `first..first + ID_BLOCK`; `first` is a multiple of
+    /// [`ID_BLOCK`] (so within a block only the last two digits change, with no carry).
+    pub(crate) fn new(prefix: u64, first: u64) -> IdBlock {
+        debug_assert_eq!(first % ID_BLOCK as u64, 0);
+        let mut id = [b'-'; ID_LEN];
+        id[..16].copy_from_slice(&hex16(prefix));
+        id[17..].copy_from_slice(&hex16(first));
+        let low = (first & 0xff) as usize;
+        let mut buf = Vec::with_capacity(ID_LEN * ID_BLOCK);
+        for i in 0..ID_BLOCK {
+            let n = low + i;
+            id[ID_LEN - 2] = HEX_DIGITS[n >> 4];
+            id[ID_LEN - 1] = HEX_DIGITS[n & 0xf];
+            buf.extend_from_slice(&id);
         }
-        at += 17 + digits;
-        *end = at;
+        IdBlock(buf.into())
     }
-    let all = bytes::Bytes::copy_from_slice(&buf[..at]);
-    out.reserve(count);
-    for i in (0..count).rev() {
-        let start = if i == 0 { 0 } else { ends[i - 1] };
+
+    /// Id `i` (below [`ID_BLOCK`]) of a block made by [`IdBlock::new`].
+    #[inline]
+    pub(crate) fn get(&self, i: usize) -> http::HeaderValue {
+        let id = self.0.slice(i * ID_LEN..(i + 1) * ID_LEN);
         // SAFETY: `from_maybe_shared_unchecked` needs bytes valid in a header value (visible
-        // ASCII, space, tab). Every byte of `all` was written above, from `HEX` or `-`.
-        out.push(unsafe {
-            http::HeaderValue::from_maybe_shared_unchecked(all.slice(start..ends[i]))
-        });
+        // ASCII, space, tab). A block's bytes are all written by `new`, from `hex16`'s digits,
+        // `HEX_DIGITS` and `-` (the empty block has none, and `slice` panics out of range).
+        unsafe { http::HeaderValue::from_maybe_shared_unchecked(id) }
     }
 }
 
-/// The most ids one [`hex_ids`] call makes.
-pub(crate) const HEX_IDS_MAX: usize = 64;
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// `n` as 16 hex digits (lowercase), most significant first.
+pub(crate) fn hex16(n: u64) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..8].copy_from_slice(&hex8((n >> 32) as u32).to_be_bytes());
+    out[8..].copy_from_slice(&hex8(n as u32).to_be_bytes());
+    out
+}
+
+/// `n`'s 8 hex digits as the bytes of a `u64`, most significant digit in the highest byte: each
+/// nibble spread into a byte of its own, then turned into its digit, all 8 at once.
+#[inline]
+fn hex8(n: u32) -> u64 {
+    let x = u64::from(n);
+    let x = ((x & 0xffff_0000) << 16) | (x & 0xffff);
+    let x = ((x & 0x0000_ff00_0000_ff00) << 8) | (x & 0x0000_00ff_0000_00ff);
+    let x = ((x & 0x00f0_00f0_00f0_00f0) << 4) | (x & 0x000f_000f_000f_000f);
+    // A byte holding 10..=15 gets `'a' - '0' - 10` more (39), so it becomes a letter.
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    x + 0x3030_3030_3030_3030 + letters * 39
+}
 
 #[cfg(test)]
 mod tests {
@@ -338,6 +364,29 @@ mod tests {
                     .unwrap()
                     .contains(rustix::io::FdFlags::CLOEXEC)
             );
+        }
+    }
+
+    #[test]
+    fn hex_digits_and_id_blocks() {
+        for n in [
+            0,
+            1,
+            0xa,
+            0xf0,
+            0x0123_4567_89ab_cdef,
+            u64::MAX,
+            1 << 63,
+            0xdead_beef,
+        ] {
+            assert_eq!(hex16(n), *format!("{n:016x}").as_bytes(), "{n:x}");
+        }
+        for first in [0, 64, 0x1c0, u64::MAX - 63] {
+            let b = IdBlock::new(0x0123_4567_89ab_cdef, first);
+            for i in 0..ID_BLOCK {
+                let want = format!("0123456789abcdef-{:016x}", first + i as u64);
+                assert_eq!(b.get(i).as_bytes(), want.as_bytes());
+            }
         }
     }
 }

@@ -6,20 +6,25 @@
 //! proxies and tracers) is not used: the request gets a new id instead, and the bad value goes
 //! nowhere.
 //!
-//! A new id is `PPPPPPPPPPPPPPPP-N`: 64 random bits in hex, drawn once per worker process, and
-//! that worker's count of ids given, in hex. Unique across generations and restarts (each
-//! worker draws its own prefix; two prefixes colliding is a 2^-64 chance per pair of workers),
-//! and cheap: a few bytes of formatting per request, no lock and no random draw. Ids are made
-//! in blocks of [`BLOCK`] per thread (one atomic addition and one allocation per block, see
-//! [`crate::sys::hex_ids`]), each the [`HeaderValue`] the response carries, so putting an id in
-//! the response and keeping it for the access log copies nothing. (So a thread's ids are
-//! consecutive; ids given on different threads interleave.)
+//! A new id is `PPPPPPPPPPPPPPPP-NNNNNNNNNNNNNNNN`: 64 random bits in hex, drawn once per worker
+//! process, and a number in hex, both of fixed width (16 digits each, 33 characters in all).
+//! Unique across generations and restarts (each worker draws its own prefix; two prefixes
+//! colliding is a 2^-64 chance per pair of workers), and cheap: no lock, no random draw, and no
+//! formatting per request. Each thread takes numbers [`BLOCK`] at a time from the worker's
+//! counter (one atomic addition per block) and makes the block's ids at once into one shared
+//! buffer ([`crate::sys::IdBlock`]: one allocation per block; within a block only the last two
+//! digits change); a request's id is a slice of it, the [`HeaderValue`] the response carries,
+//! so putting it in the response and keeping it for the access log copies nothing. (So a
+//! thread's ids are consecutive; ids given on different threads interleave, and the numbers of
+//! a block a thread did not use up are never given.)
 
 use std::cell::RefCell;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::HeaderValue;
+
+use crate::sys::IdBlock;
 
 /// The longest id taken from a request.
 pub(crate) const MAX_LEN: usize = 128;
@@ -29,21 +34,31 @@ pub(crate) const MAX_LEN: usize = 128;
 pub(crate) struct RequestIds {
     /// The 64 random bits of every id.
     prefix: u64,
-    /// The next number no thread has taken.
+    /// The first number of the next block no thread has taken (a multiple of [`BLOCK`]).
     next: AtomicU64,
     /// Tells apart the `RequestIds` a thread's stash of made ids belongs to.
     serial: u64,
 }
 
 /// How many ids a thread makes at a time.
-const BLOCK: usize = crate::sys::HEX_IDS_MAX;
+const BLOCK: usize = crate::sys::ID_BLOCK;
 
 /// Numbers the [`RequestIds`] of this process (from 1: 0 is no owner).
 static SERIALS: AtomicU64 = AtomicU64::new(1);
 
+/// A thread's block of made ids and the next one to give.
+struct Stash {
+    /// The serial of the [`RequestIds`] the block is from (0: none).
+    owner: u64,
+    block: IdBlock,
+    /// The index of the next id of `block` to give ([`BLOCK`]: none left).
+    next: usize,
+}
+
 thread_local! {
-    /// This thread's ids made and not yet given: its owner's serial, and the ids, last first.
-    static STASH: RefCell<(u64, Vec<HeaderValue>)> = const { RefCell::new((0, Vec::new())) };
+    static STASH: RefCell<Stash> = const {
+        RefCell::new(Stash { owner: 0, block: IdBlock::EMPTY, next: BLOCK })
+    };
 }
 
 impl RequestIds {
@@ -62,12 +77,13 @@ impl RequestIds {
     fn with_seed(seed: u64) -> RequestIds {
         RequestIds {
             prefix: seed,
-            next: AtomicU64::new(1),
+            next: AtomicU64::new(0),
             serial: SERIALS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
     /// The id of a request that came with `given` (its `x-request-id`, if any).
+    #[inline]
     pub(crate) fn for_request(&self, given: Option<&HeaderValue>) -> HeaderValue {
         match given {
             Some(v) if acceptable(v.as_bytes()) => v.clone(),
@@ -75,31 +91,26 @@ impl RequestIds {
         }
     }
 
-    /// A new id: the next of this thread's stash, made [`BLOCK`] at a time.
+    /// A new id: the next of this thread's block, made [`BLOCK`] at a time.
     fn generate(&self) -> HeaderValue {
         let made = STASH.with(|s| {
             let mut s = s.try_borrow_mut().ok()?;
-            let (owner, ids) = &mut *s;
-            if *owner != self.serial {
-                ids.clear();
-                *owner = self.serial;
+            if s.owner != self.serial || s.next == BLOCK {
+                s.block = self.new_block();
+                s.owner = self.serial;
+                s.next = 0;
             }
-            if ids.is_empty() {
-                let first = self.next.fetch_add(BLOCK as u64, Ordering::Relaxed);
-                crate::sys::hex_ids(self.prefix, first, BLOCK, ids);
-            }
-            ids.pop()
+            let id = s.block.get(s.next);
+            s.next += 1;
+            Some(id)
         });
-        made.unwrap_or_else(|| {
-            let mut one = Vec::with_capacity(1);
-            crate::sys::hex_ids(
-                self.prefix,
-                self.next.fetch_add(1, Ordering::Relaxed),
-                1,
-                &mut one,
-            );
-            one.pop().unwrap_or(HeaderValue::from_static("-"))
-        })
+        // (Only while the thread's stash is being torn down.)
+        made.unwrap_or_else(|| self.new_block().get(0))
+    }
+
+    fn new_block(&self) -> IdBlock {
+        let first = self.next.fetch_add(BLOCK as u64, Ordering::Relaxed);
+        IdBlock::new(self.prefix, first)
     }
 }
 
@@ -118,19 +129,21 @@ mod tests {
     #[test]
     fn generated_ids_are_unique_and_well_formed() {
         let ids = RequestIds::with_seed(0x0123_4567_89ab_cdef);
-        assert_eq!(ids.for_request(None).as_bytes(), b"0123456789abcdef-1");
-        for _ in 2..16 {
+        assert_eq!(
+            ids.for_request(None).as_bytes(),
+            b"0123456789abcdef-0000000000000000"
+        );
+        for _ in 1..16 {
             ids.for_request(None);
         }
         let id = ids.for_request(None);
-        assert_eq!(id.as_bytes(), b"0123456789abcdef-10");
-        assert_eq!(id, "0123456789abcdef-10");
-        // Carved from one chunk, each id keeps its own bytes; more than a chunk's worth too.
+        assert_eq!(id, "0123456789abcdef-0000000000000010");
+        // Carved from one block, each id keeps its own bytes; more than a block's worth too.
         let many: Vec<HeaderValue> = (0..500).map(|_| ids.for_request(None)).collect();
         for (i, id) in many.iter().enumerate() {
             assert_eq!(
                 id.to_str().unwrap(),
-                format!("0123456789abcdef-{:x}", 0x11 + i)
+                format!("0123456789abcdef-{:016x}", 0x11 + i)
             );
         }
         let a = RequestIds::new().for_request(None);
@@ -142,12 +155,15 @@ mod tests {
         );
         assert!(acceptable(a.as_bytes()));
         let last = RequestIds::with_seed(u64::MAX);
-        last.next.store(u64::MAX, Ordering::Relaxed);
-        assert_eq!(last.for_request(None), "ffffffffffffffff-ffffffffffffffff");
-        assert_eq!(last.for_request(None), "ffffffffffffffff-0");
-        // Back to the first: the thread's stash was the other's meanwhile, so the first's go on
-        // from a new block (numbers skipped, never given twice): 516 ids took 9 blocks of 64.
-        assert_eq!(ids.for_request(None), "0123456789abcdef-241");
+        last.next.store(u64::MAX - 63, Ordering::Relaxed);
+        assert_eq!(last.for_request(None), "ffffffffffffffff-ffffffffffffffc0");
+        for _ in 1..64 {
+            last.for_request(None);
+        }
+        assert_eq!(last.for_request(None), "ffffffffffffffff-0000000000000000");
+        // Back to the first: the thread's block was the other's meanwhile, so the first's go on
+        // from a new block (numbers skipped, never given twice): 517 ids took 9 blocks of 64.
+        assert_eq!(ids.for_request(None), "0123456789abcdef-0000000000000240");
     }
 
     #[test]
