@@ -128,11 +128,10 @@ impl AccessLogs {
         Ok(logs)
     }
 
-    /// The observer for server `name`'s listeners, if it has an access log.
-    pub(crate) fn observer(&self, name: &str) -> Option<Arc<dyn Observer>> {
-        self.by_server
-            .get(name)
-            .map(|a| a.clone() as Arc<dyn Observer>)
+    /// Server `name`'s access log, if it has one (its listeners' observer: see
+    /// [`super::both`]).
+    pub(crate) fn log(&self, name: &str) -> Option<Arc<AccessLog>> {
+        self.by_server.get(name).cloned()
     }
 
     /// Reopen every file (logrotate): what is buffered goes to the old file first. Returns how

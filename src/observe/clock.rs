@@ -1,6 +1,7 @@
 //! The time of an access log line, cheaply: the wall clock is read at most once a second per
 //! formatting thread ([`Anchor`]), and the date and time of day are formatted once per second
-//! ([`TimeCache`]); a line adds only its milliseconds.
+//! ([`TimeCache`]); a line adds only its milliseconds, which for a reading within the cached
+//! second are one subtraction and one division by a constant away.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,6 +12,9 @@ use crate::serve::exchange::mono_ns;
 pub(crate) struct TimeCache {
     anchor: Anchor,
     second: u64,
+    /// The monotonic reading at which `second` began (as the anchor maps them; 0: none): the
+    /// readings `from..from + 1 s` fall in it.
+    from: u64,
     /// `2026-11-29T17:33:26`.
     pub(super) iso: [u8; 19],
     /// `29/Nov/2026:17:33:26 +0000`.
@@ -20,10 +24,24 @@ pub(crate) struct TimeCache {
 impl TimeCache {
     /// Set the cache to the second `started` (a [`mono_ns`] reading) falls in (UTC); returns
     /// its milliseconds.
+    #[inline]
     pub(super) fn start(&mut self, started: u64) -> u32 {
-        let (sec, ms) = self.anchor.wall(started);
-        self.set(sec);
-        ms
+        // The usual case: within the second cached (before it, the difference wraps to a huge
+        // number). The anchor is consulted again at most a second later.
+        let d = started.wrapping_sub(self.from);
+        if self.from != 0 && d < NS_PER_SEC {
+            return (d / 1_000_000) as u32;
+        }
+        self.start_anew(started)
+    }
+
+    #[inline(never)]
+    fn start_anew(&mut self, started: u64) -> u32 {
+        let unix = self.anchor.wall_ns(started);
+        let into = unix % NS_PER_SEC;
+        self.set(unix / NS_PER_SEC);
+        self.from = started.saturating_sub(into);
+        (into / 1_000_000) as u32
     }
 
     fn set(&mut self, second: u64) {
@@ -70,7 +88,8 @@ impl TimeCache {
 /// clock and the monotonic clock are read together at most once a second per formatting thread
 /// (the anchor), and a reading's time is the anchor's plus its offset from the anchor's
 /// monotonic reading (one subtraction and a comparison). A wall-clock step (NTP, an operator)
-/// shows in the lines within a second.
+/// shows in the lines within two seconds (the anchor, and the second cached by [`TimeCache`], are
+/// each used for at most one).
 #[derive(Debug, Default)]
 struct Anchor {
     /// The monotonic reading (0: none yet).
@@ -80,17 +99,19 @@ struct Anchor {
     unix: u64,
 }
 
+const NS_PER_SEC: u64 = 1_000_000_000;
+
 /// How long an anchor is used, in ns.
-const ANCHOR_FOR: u64 = 1_000_000_000;
+const ANCHOR_FOR: u64 = NS_PER_SEC;
 
 impl Anchor {
-    /// (seconds since the Unix epoch, milliseconds) of the monotonic reading `t`.
-    fn wall(&mut self, t: u64) -> (u64, u32) {
+    /// Nanoseconds since the Unix epoch of the monotonic reading `t`.
+    fn wall_ns(&mut self, t: u64) -> u64 {
         // The usual case: `t` within the anchor's second (before the anchor, the difference
         // wraps to a huge number).
         let d = t.wrapping_sub(self.at);
         if self.at != 0 && d < ANCHOR_FOR {
-            return split(self.unix + d);
+            return self.unix + d;
         }
         // `t` is before the anchor (a long request) or past its second: a new anchor, which
         // `t` precedes.
@@ -100,13 +121,8 @@ impl Anchor {
             .unwrap_or_default()
             .as_nanos() as u64;
         *self = Anchor { at, unix };
-        split(unix.saturating_sub(at.saturating_sub(t)))
+        unix.saturating_sub(at.saturating_sub(t))
     }
-}
-
-/// (seconds, milliseconds) of nanoseconds.
-fn split(ns: u64) -> (u64, u32) {
-    (ns / 1_000_000_000, (ns / 1_000_000 % 1000) as u32)
 }
 
 /// (year, month 1-12, day 1-31) of a day counted from 1970-01-01 (the proleptic Gregorian
@@ -174,9 +190,37 @@ mod tests {
     }
 
     #[test]
+    fn a_readings_milliseconds_within_and_past_the_cached_second() {
+        const MS: u64 = 1_000_000;
+        // An anchor as if read at a monotonic T0, 250 ms into a known second (no clock is read
+        // while the readings stay within its second).
+        let t0 = 10_000 * NS_PER_SEC;
+        let second = 1_795_966_406;
+        let mut c = TimeCache {
+            anchor: Anchor {
+                at: t0,
+                unix: second * NS_PER_SEC + 250 * MS,
+            },
+            ..TimeCache::default()
+        };
+        assert_eq!(c.start(t0), 250);
+        assert_eq!((c.second, &c.iso), (second, b"2026-11-29T15:33:26"));
+        // The same second: the milliseconds are the reading's offset from its start.
+        assert_eq!(c.start(t0 + 749 * MS), 999);
+        assert_eq!(c.start(t0 + 1), 250);
+        // The next second, back to the first (a long request's start), and the next again.
+        assert_eq!(c.start(t0 + 750 * MS), 0);
+        assert_eq!((c.second, &c.iso), (second + 1, b"2026-11-29T15:33:27"));
+        assert_eq!(c.start(t0 + 10 * MS), 260);
+        assert_eq!(c.second, second);
+        assert_eq!(c.start(t0 + 999 * MS), 249);
+        assert_eq!(c.second, second + 1);
+    }
+
+    #[test]
     fn the_anchor_gives_the_wall_clock_of_a_monotonic_reading() {
         const MS: u64 = 1_000_000;
-        let unix = |(s, m): (u64, u32)| i128::from(s) * 1000 + i128::from(m);
+        let unix = |ns: u64| i128::from(ns / MS);
         let mut a = Anchor::default();
         let now = mono_ns();
         let wall = SystemTime::now()
@@ -191,13 +235,13 @@ mod tests {
             (now + 900 * MS, wall + 900),
             (now - 5 * MS, wall - 5),
         ] {
-            let got = unix(a.wall(t));
+            let got = unix(a.wall_ns(t));
             assert!((got - want).abs() < 500, "{got} vs {want}");
         }
         // Past the anchor's second, a new anchor is read (it is later than the old one).
         let old = a.at;
         std::thread::sleep(std::time::Duration::from_millis(2));
-        a.wall(mono_ns() + 1_500 * MS);
+        a.wall_ns(mono_ns() + 1_500 * MS);
         assert!(a.at > old);
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! What is observed comes from the one point where serving records a request, when its last
 //! byte has been written: [`crate::serve::exchange`]. The types here implement its `Observer`
-//! and the worker hands them down to each listener ([`both`] when a server has an access log
-//! and metrics); serving never imports this module.
+//! and the worker hands them down to each listener ([`both`]: one observer when a server has an
+//! access log and metrics); serving never imports this module.
 //!
 //! # The crate
 //! Rendering uses [`prometheus_client`], the Prometheus organisation's own Rust client: it
@@ -82,6 +82,7 @@ use crate::handlers::{Builtin, MethodPolicy, Respond};
 use crate::ops::Link;
 use crate::serve::exchange::{Exchange, Observer};
 use crate::tally::HostMetrics;
+use access_log::AccessLog;
 
 /// The built-in handler's registered name.
 pub(crate) const HANDLER_NAME: &str = "metrics";
@@ -181,34 +182,34 @@ impl Observer for Count {
             t.record(
                 crate::tally::method_index(&ex.method),
                 ex.status.as_u16(),
-                ex.duration,
+                ex.duration_ns,
             );
         }
     }
 }
 
-/// Both observers, when both are given (an access log and metrics on one server).
-pub(crate) fn both(
-    a: Option<Arc<dyn Observer>>,
-    b: Option<Arc<dyn Observer>>,
-) -> Option<Arc<dyn Observer>> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(Arc::new(Both(a, b))),
-        (a, b) => a.or(b),
+/// The observer of a server: its access log, the metrics' counting, both, or none. Both are one
+/// observer ([`Counted`]), whose calls reach the access log and the count directly.
+pub(crate) fn both(log: Option<Arc<AccessLog>>, count: bool) -> Option<Arc<dyn Observer>> {
+    match (log, count) {
+        (Some(log), true) => Some(Arc::new(Counted(log))),
+        (Some(log), false) => Some(log),
+        (None, true) => Some(Arc::new(Count)),
+        (None, false) => None,
     }
 }
 
+/// An access log and the metrics' counting.
 #[derive(Debug)]
-struct Both(Arc<dyn Observer>, Arc<dyn Observer>);
+struct Counted(Arc<AccessLog>);
 
-impl Observer for Both {
+impl Observer for Counted {
     fn started(&self, uri: &http::Uri, headers: &http::HeaderMap, ex: &mut Exchange) {
         self.0.started(uri, headers, ex);
-        self.1.started(uri, headers, ex);
     }
 
     fn finished(&self, ex: &Exchange) {
         self.0.finished(ex);
-        self.1.finished(ex);
+        Count.finished(ex);
     }
 }

@@ -179,6 +179,8 @@ pub(super) async fn serve_io<I>(
     let svc = {
         let routes = ep.routes.clone();
         let observer = ep.observer.clone();
+        // Asked once per connection, not per request (see `exchange::spans_wanted`).
+        let spans = observer.is_some() && super::exchange::spans_wanted();
         let state = state.clone();
         // Only a server with route timeouts holds the deadline list (a reference count per
         // connection otherwise saved).
@@ -208,7 +210,7 @@ pub(super) async fn serve_io<I>(
             let mut rec = observer
                 .as_ref()
                 .map(|o| Recording::start(o, &req, peer.client, &state.unflushed));
-            let span = rec.as_ref().and_then(Recording::span);
+            let span = rec.as_ref().filter(|_| spans).and_then(Recording::span);
             // A body still to come is watched (see `progress`): if the handler waits for it
             // and nothing arrives for `idle_timeout`, the answer is 408.
             let (req, watched) = if http_body::Body::is_end_stream(req.body()) {

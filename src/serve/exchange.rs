@@ -37,7 +37,6 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
@@ -89,8 +88,8 @@ pub(crate) enum Outcome {
 pub(crate) struct Exchange {
     /// When its head arrived ([`mono_ns`]).
     pub started: u64,
-    /// From `started` to the end (set when it finishes).
-    pub duration: Duration,
+    /// From `started` to the end, in ns (set when it finishes).
+    pub duration_ns: u64,
     /// The request's method.
     pub method: Method,
     /// The request target's path and query as received (for HTTP/2, from its `:path`), if the
@@ -122,7 +121,7 @@ impl Exchange {
     fn new(started: u64, method: Method, version: Version, client: ClientAddr) -> Exchange {
         Exchange {
             started,
-            duration: Duration::ZERO,
+            duration_ns: 0,
             method,
             path: None,
             version,
@@ -146,6 +145,20 @@ impl Exchange {
         self.referer = None;
         self.tally = None;
     }
+}
+
+/// A request's tracing span: one callsite for every request, so [`spans_wanted`] asks about
+/// the very span [`Recording::span`] makes.
+fn request_span(id: &HeaderValue) -> tracing::Span {
+    tracing::info_span!("request", request_id = %id.to_str().unwrap_or("-"))
+}
+
+/// Whether requests' spans may be recorded at all (their callsite is not off for good). Asked
+/// once per connection: the answer changes only with the subscriber (a worker sets its own
+/// once), and when it is no, [`Recording::span`] is not called (its check costs about 80
+/// instructions per request).
+pub(crate) fn spans_wanted() -> bool {
+    !request_span(&HeaderValue::from_static("-")).is_disabled()
 }
 
 /// nginx's status for a request whose client closed the connection before the answer.
@@ -214,8 +227,7 @@ impl Recording {
     /// id. (When the `request` span's level is off, this is a disabled span: no cost beyond a
     /// check; the id is not even read.)
     pub(crate) fn span(&self) -> Option<tracing::Span> {
-        let id = self.0.ex.request_id.as_ref()?;
-        let span = tracing::info_span!("request", request_id = %id.to_str().unwrap_or("-"));
+        let span = request_span(self.0.ex.request_id.as_ref()?);
         (!span.is_disabled()).then_some(span)
     }
 
@@ -249,7 +261,7 @@ impl Recording {
 impl Recorded {
     fn finish(&mut self) {
         let ex = &mut self.ex;
-        ex.duration = Duration::from_nanos(mono_ns().saturating_sub(ex.started));
+        ex.duration_ns = mono_ns().saturating_sub(ex.started);
         if ex.outcome == Outcome::Open {
             ex.outcome = Outcome::Abandoned;
             ex.status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(ex.status);
@@ -280,16 +292,20 @@ pub(crate) struct Unflushed {
     inner: Mutex<Inner>,
 }
 
+/// The list is `first` then `more`: an HTTP/1 connection has one response at a time, so the
+/// usual list of one is a slot, with no vector to push onto and drain.
 #[derive(Default)]
 struct Inner {
-    list: Vec<Recording>,
+    first: Option<Recording>,
+    more: Vec<Recording>,
     spare: Option<Box<Recorded>>,
 }
 
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Inner")
-            .field("list", &self.list)
+            .field("first", &self.first)
+            .field("more", &self.more)
             .field("spare", &self.spare.is_some())
             .finish()
     }
@@ -308,7 +324,11 @@ impl Unflushed {
     /// A response's body has ended.
     pub(super) fn push(&self, r: Recording) {
         let mut inner = self.lock();
-        inner.list.push(r);
+        if inner.first.is_none() && inner.more.is_empty() {
+            inner.first = Some(r);
+        } else {
+            inner.more.push(r);
+        }
         self.any.store(true, Ordering::Release);
     }
 
@@ -320,16 +340,21 @@ impl Unflushed {
         }
     }
 
-    /// Finish what the list holds, in the order the bodies ended (the list keeps its
-    /// allocation: one push and one removal per response). The observer is called with the
-    /// connection's lock held: only this connection's body ends wait on it, and the observer
-    /// takes no lock of serving's.
+    /// Finish what the list holds, in the order the bodies ended (`more` keeps its allocation).
+    /// The observer is called with the connection's lock held: only this connection's body
+    /// ends wait on it, and the observer takes no lock of serving's.
+    #[inline(never)]
     fn finish_all(&self) {
         let mut inner = self.lock();
         self.any.store(false, Ordering::Release);
-        let Inner { list, spare } = &mut *inner;
-        for r in list.drain(..) {
+        let Inner { first, more, spare } = &mut *inner;
+        if let Some(r) = first.take() {
             *spare = Some(r.written());
+        }
+        if !more.is_empty() {
+            for r in more.drain(..) {
+                *spare = Some(r.written());
+            }
         }
     }
 }
@@ -419,7 +444,7 @@ mod tests {
     fn the_monotonic_clock_is_instants_clock() {
         let a = mono_ns();
         let i = std::time::Instant::now();
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let b = mono_ns();
         let e = i.elapsed().as_nanos() as u64;
         // The same clock: the two measures of the sleep agree within a few ms.

@@ -136,11 +136,7 @@ pub(super) fn prepare(
             );
         }
         // Its access log, and the metrics' counting when its routes count.
-        let count = server
-            .routes
-            .counts()
-            .then(|| Arc::new(crate::observe::Count) as Arc<dyn crate::serve::exchange::Observer>);
-        let observer = crate::observe::both(logs.observer(&server.name), count);
+        let observer = crate::observe::both(logs.log(&server.name), server.routes.counts());
         if let Some(r) = &server.readiness {
             // The readiness request is the worker's own, not a client's: not logged.
             gates.push((
