@@ -8,7 +8,9 @@
 //! - **Responses**: most are one buffer ([`Body::from`] a `String`, `&'static str` or [`Bytes`]),
 //!   which costs no allocation beyond the buffer. [`Body::new`] wraps any other
 //!   [`http_body::Body`] (an axum or tower-http body, a stream of your own): it is polled by the
-//!   connection as the client takes the data, with no task or channel in between, and an error
+//!   connection as the client takes the data, with no task or channel in between (an
+//!   `axum::body::Body`, what an axum `Router` answers with, is carried as it is; any other body
+//!   is put in one box), and an error
 //!   it returns mid-response resets the HTTP/2 stream or closes the HTTP/1 connection (the
 //!   client sees a cut response, never a short one that looks whole) and is logged.
 //!   [`Body::channel`] hands back a [`BodySender`] to push chunks into from a task of your own;
@@ -78,6 +80,10 @@ enum Kind {
     Watched(Box<Watched>),
     Channel(mpsc::Receiver<Bytes>),
     Stream(Pin<Box<dyn StreamBody>>),
+    /// An axum body (`axum::body::Body`, itself one box), carried as it is: no second box
+    /// around it (feature `axum-body`).
+    #[cfg(feature = "axum-body")]
+    Axum(axum_core::body::Body),
     /// Any other body, its errors boxed.
     Boxed(Pin<Box<dyn http_body::Body<Data = Bytes, Error = BodyError> + Send>>),
 }
@@ -90,6 +96,8 @@ impl fmt::Debug for Body {
             Kind::Incoming(_) | Kind::Watched(_) => "incoming",
             Kind::Channel(_) => "channel",
             Kind::Stream(_) => "stream",
+            #[cfg(feature = "axum-body")]
+            Kind::Axum(_) => "axum",
             Kind::Boxed(_) => "boxed",
         };
         f.debug_tuple("Body").field(&kind).finish()
@@ -229,7 +237,8 @@ impl Body {
     /// Wrap any body whose data is [`Bytes`] (an `axum::body::Body`, a tower-http body, a
     /// `http_body_util::StreamBody`, …). It is polled directly by the connection as the client
     /// takes the data (one allocation, no task); an error it returns ends the response as
-    /// described in the module doc. A [`Body`] is returned as it is.
+    /// described in the module doc. A [`Body`] is returned as it is, and so is an
+    /// `axum::body::Body` (already a box of its own; feature `axum-body`, on by default).
     pub fn new<B>(body: B) -> Body
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -238,6 +247,11 @@ impl Body {
         let mut slot = Some(body);
         if let Some(b) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Body>>() {
             return b.take().unwrap_or_default();
+        }
+        #[cfg(feature = "axum-body")]
+        if let Some(b) = (&mut slot as &mut dyn Any).downcast_mut::<Option<axum_core::body::Body>>()
+        {
+            return b.take().map_or_else(Body::empty, |b| Body(Kind::Axum(b)));
         }
         match slot {
             Some(b) => Body(Kind::Boxed(Box::pin(MapErr { inner: b }))),
@@ -388,6 +402,10 @@ impl http_body::Body for Body {
             Kind::Watched(w) => w.poll_frame(cx),
             Kind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
             Kind::Stream(b) => b.as_mut().poll_frame(cx).map_err(|e| match e {}),
+            #[cfg(feature = "axum-body")]
+            Kind::Axum(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| BodyError(e.into_inner())),
             Kind::Boxed(b) => b.as_mut().poll_frame(cx),
         }
     }
@@ -399,6 +417,8 @@ impl http_body::Body for Body {
             Kind::Watched(w) => w.inner.is_end_stream(),
             Kind::Channel(_) => false,
             Kind::Stream(b) => b.is_end_stream(),
+            #[cfg(feature = "axum-body")]
+            Kind::Axum(b) => b.is_end_stream(),
             Kind::Boxed(b) => b.is_end_stream(),
         }
     }
@@ -411,6 +431,8 @@ impl http_body::Body for Body {
             Kind::Watched(w) => w.inner.size_hint(),
             Kind::Channel(_) => SizeHint::default(),
             Kind::Stream(b) => b.size_hint(),
+            #[cfg(feature = "axum-body")]
+            Kind::Axum(b) => b.size_hint(),
             Kind::Boxed(b) => b.size_hint(),
         }
     }
@@ -452,6 +474,24 @@ mod tests {
         assert_eq!(b.collect().await.unwrap().to_bytes(), "0123456789");
         // An error mid-body comes out as a BodyError, after the data before it.
         let mut b = Body::new(Failing(Some(Bytes::from_static(b"part"))));
+        let first = b.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "part");
+        let err = b.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.to_string(), "disk on fire");
+    }
+
+    #[cfg(feature = "axum-body")]
+    #[tokio::test]
+    async fn an_axum_body_is_carried_as_it_is_with_its_size_and_errors() {
+        let b = Body::new(axum::body::Body::from("from axum"));
+        assert!(matches!(b.0, Kind::Axum(_)), "{b:?}");
+        assert_eq!(http_body::Body::size_hint(&b).exact(), Some(9));
+        assert_eq!(b.collect().await.unwrap().to_bytes(), "from axum");
+        // An axum body around a failing one: its error comes out as a BodyError, after the data.
+        let mut b = Body::new(axum::body::Body::new(Failing(Some(Bytes::from_static(
+            b"part",
+        )))));
+        assert!(matches!(b.0, Kind::Axum(_)), "{b:?}");
         let first = b.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "part");
         let err = b.frame().await.unwrap().unwrap_err();

@@ -38,12 +38,12 @@ use std::time::Duration;
 use http::{HeaderValue, Method, StatusCode};
 
 use crate::body::Cutoff;
-use crate::config::tree::Value;
-use crate::config::{ConfigError, Params, RoutePattern, ServerConfig};
+use crate::config::{ConfigError, RoutePattern, ServerConfig};
 use crate::fnv::Fnv1a;
 use crate::handler::{BoxFuture, Handler, Peer, ProxiedBy, Request, RouteMatch, Wants};
 use crate::handler::{Registry, method_not_allowed, not_found, text};
 use crate::tally::{RouteTally, ServerTally};
+use methods::{Allowed, parse_methods};
 
 /// A server's routes: built from its config by [`RouteTable::build`], extended by the admin
 /// module with [`RouteTable::insert`], and used for every request by [`RouteTable::dispatch_from`].
@@ -53,9 +53,12 @@ pub(crate) struct RouteTable {
     exact: PathMap,
     /// Wildcard routes by prefix (the pattern without `/*name`; `""` for `/*name`).
     wildcard: PathMap,
-    /// The longest wildcard prefix: no candidate longer than this is looked up (with only
-    /// `/*rest`, the usual way to mount a whole service, a lookup is one hash of `""`).
+    /// The longest wildcard prefix: no candidate longer than this is looked up.
     wildcard_max: usize,
+    /// The catch-all `/*name` (prefix `""`), also in `wildcard`: the last candidate of every
+    /// wildcard lookup, taken without hashing (with only `/*rest`, the usual way to mount a whole
+    /// service, a lookup hashes nothing).
+    catch_all: Option<Arc<Route>>,
     /// Every route, in the order added (for [`RouteTable::routes`]).
     list: Vec<Arc<Route>>,
     /// Where requests are counted, when the config asks for metrics ([`RouteTable::count_into`]).
@@ -113,44 +116,6 @@ pub(crate) struct RequestGuards {
     pub(crate) cutoff: Option<Arc<Cutoff>>,
     /// The route's `max_request_body`, for the `413`'s text.
     pub(crate) max_body: Option<u64>,
-}
-
-/// A route's `methods`, and the `Allow` header value listing them.
-struct Allowed {
-    methods: Box<[Method]>,
-    allow: HeaderValue,
-}
-
-impl Allowed {
-    /// Normalise a method list: drop duplicates, add `HEAD` when `GET` is listed.
-    fn new(methods: Vec<Method>) -> Allowed {
-        let mut seen: Vec<Method> = Vec::with_capacity(methods.len() + 1);
-        for m in methods {
-            if !seen.contains(&m) {
-                seen.push(m);
-            }
-        }
-        if let Some(i) = seen.iter().position(|m| m == Method::GET)
-            && !seen.contains(&Method::HEAD)
-        {
-            seen.insert(i + 1, Method::HEAD);
-        }
-        let joined = seen
-            .iter()
-            .map(Method::as_str)
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Methods are tokens, so the joined list is always a valid header value.
-        let allow = HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static(""));
-        Allowed {
-            methods: seen.into_boxed_slice(),
-            allow,
-        }
-    }
-
-    fn allows(&self, m: &Method) -> bool {
-        self.methods.iter().any(|x| x == m)
-    }
 }
 
 /// The outcome of a lookup.
@@ -295,6 +260,9 @@ impl RouteTable {
             None => &mut self.exact,
             Some(key) => {
                 self.wildcard_max = self.wildcard_max.max(key.len());
+                if key.is_empty() {
+                    self.catch_all = Some(route.clone());
+                }
                 &mut self.wildcard
             }
         };
@@ -482,7 +450,11 @@ impl RouteTable {
         };
         loop {
             let prefix = &path[..end];
-            if let Some(r) = self.wildcard.get(prefix) {
+            let found = match end {
+                0 => self.catch_all.as_ref(),
+                _ => self.wildcard.get(prefix),
+            };
+            if let Some(r) = found {
                 let rest = &path[end..];
                 return Some((r, rest.strip_prefix('/').unwrap_or(rest)));
             }
@@ -539,92 +511,6 @@ fn strip_prefix(uri: &http::Uri, rest: &str) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
-/// Read a route's optional `methods`: a string or a list of strings, each an HTTP method (any
-/// case; stored uppercase). `Ok(None)` when absent.
-/// The methods a route's `methods` may list: HTTP's own and WebDAV's. Any other word (`PSOT`)
-/// is a typo far more often than an extension method, and would make the route answer 405 to
-/// every request.
-const KNOWN_METHODS: &[&str] = &[
-    "GET",
-    "HEAD",
-    "POST",
-    "PUT",
-    "DELETE",
-    "PATCH",
-    "OPTIONS",
-    "TRACE",
-    "CONNECT",
-    "PROPFIND",
-    "PROPPATCH",
-    "MKCOL",
-    "COPY",
-    "MOVE",
-    "LOCK",
-    "UNLOCK",
-    "REPORT",
-    "SEARCH",
-];
-
-fn parse_methods(params: &Params) -> Result<Option<Vec<Method>>, ConfigError> {
-    let Some(node) = params.get("methods") else {
-        return Ok(None);
-    };
-    let key_path = format!("{}.methods", params.key_path);
-    let err = |pos, key_path: String, msg: String| {
-        ConfigError::new(params.file.as_deref(), Some(pos), key_path, msg)
-    };
-    let one = |n: &crate::config::Node, key_path: String| -> Result<Method, ConfigError> {
-        let Value::Str(s) = &n.value else {
-            return Err(err(
-                n.pos,
-                key_path,
-                "expected an HTTP method such as \"GET\"".into(),
-            ));
-        };
-        let upper = s.trim().to_ascii_uppercase();
-        if upper.is_empty() {
-            return Err(err(n.pos, key_path, "empty HTTP method".into()));
-        }
-        if !KNOWN_METHODS.contains(&upper.as_str()) {
-            let hint = match crate::config::nearest(&upper, KNOWN_METHODS) {
-                Some(m) => format!("did you mean {m:?}?"),
-                None => format!("expected one of {}", KNOWN_METHODS.join(", ")),
-            };
-            return Err(err(
-                n.pos,
-                key_path,
-                format!("unknown HTTP method {s:?} ({hint})"),
-            ));
-        }
-        Method::from_bytes(upper.as_bytes())
-            .map_err(|_| err(n.pos, key_path, format!("invalid HTTP method {s:?}")))
-    };
-    let methods = match &node.value {
-        Value::Str(_) => vec![one(node, key_path)?],
-        Value::Seq(items) => {
-            if items.is_empty() {
-                return Err(err(
-                    node.pos,
-                    key_path,
-                    "list at least one HTTP method (or leave `methods` out to allow all)".into(),
-                ));
-            }
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, n)| one(n, format!("{key_path}[{i}]")))
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        _ => {
-            return Err(err(
-                node.pos,
-                key_path,
-                "expected a list of HTTP methods such as [GET, POST]".into(),
-            ));
-        }
-    };
-    Ok(Some(methods))
-}
-
+mod methods;
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@
 //!   response body `B` (any `http_body::Body<Data = Bytes>`) is wrapped by [`Body::new`] with no
 //!   task and no buffering: the connection polls it as the client takes the data, and an error
 //!   it returns cuts the response (HTTP/2 stream reset, HTTP/1 connection closed) and is logged.
+//!   An axum `Router`'s body (`axum::body::Body`) is carried as it is, with no box around it.
 //! - **Errors.** A service error (from `poll_ready` or from the call) answers `500` with a plain
 //!   text body and is logged with the service's name. axum's `Router` is infallible, so this is for
 //!   other tower stacks (a `tower::timeout` layer, say).
@@ -41,8 +42,10 @@ use crate::handler::{BoxFuture, Factory, Handler, Request, Response, Wants, text
 /// A tower service as a [`Handler`].
 pub(crate) struct ServiceHandler<S> {
     svc: S,
-    /// The name it was registered under, for the log.
-    name: Arc<str>,
+    /// The name it was registered under, for the log (made once per [`crate::Host::service`]
+    /// and kept for the process's life, so a request's future holds it without a reference
+    /// count to touch).
+    name: &'static str,
     /// The route's `client_addr`: put a [`crate::ClientAddr`] in the request's extensions.
     client_addr: bool,
 }
@@ -57,7 +60,7 @@ where
 {
     fn call(&self, req: Request) -> BoxFuture {
         let mut svc = self.svc.clone();
-        let name = self.name.clone();
+        let name = self.name;
         // Most services are always ready (an axum Router is): asked once here, the call needs no
         // waker. A service that is not ready is asked again inside the future, which then
         // registers the real waker.
@@ -70,12 +73,12 @@ where
                 fut: svc.call(req),
                 name,
             }),
-            Poll::Ready(Err(e)) => Box::pin(ready(failed(&name, e.into()))),
+            Poll::Ready(Err(e)) => Box::pin(ready(failed(name, e.into()))),
             Poll::Pending => Box::pin(async move {
                 if let Err(e) = poll_fn(|cx| svc.poll_ready(cx)).await {
-                    return failed(&name, e.into());
+                    return failed(name, e.into());
                 }
-                answer(&name, svc.call(req).await)
+                answer(name, svc.call(req).await)
             }),
         }
     }
@@ -97,7 +100,7 @@ pin_project_lite::pin_project! {
     struct Answering<F> {
         #[pin]
         fut: F,
-        name: Arc<str>,
+        name: &'static str,
     }
 }
 
@@ -150,13 +153,14 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let name: Arc<str> = Arc::from(name);
+    // Once per registration, for the process's life (see `ServiceHandler::name`).
+    let name: &'static str = Box::leak(Box::from(name));
     Arc::new(
         move |params: &Params| -> Result<Arc<dyn Handler>, ConfigError> {
             params.deny_unknown(&["client_addr"])?;
             Ok(Arc::new(ServiceHandler {
                 svc: svc.clone(),
-                name: name.clone(),
+                name,
                 client_addr: params.bool("client_addr")?.unwrap_or(false),
             }))
         },

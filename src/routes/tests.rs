@@ -8,7 +8,8 @@ use super::*;
 fn p(pattern: &str) -> RoutePattern {
     RoutePattern::parse(pattern).unwrap()
 }
-use crate::config::{Node, Pos, RouteConfig};
+use crate::config::tree::Value;
+use crate::config::{Node, Params, Pos, RouteConfig};
 use crate::handler::{ClientAddr, FnHandler};
 use crate::handler::{NOT_FOUND_BODY, text};
 use crate::handlers::test_util::{direct, fetch, params, s};
