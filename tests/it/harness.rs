@@ -370,6 +370,8 @@ pub(crate) fn slow_start_script(secs: u32) -> Vec<u8> {
 
 /// A client thread doing `GET /pid` on fresh connections in a loop until stopped, recording
 /// every failure (connection refused/reset, incomplete response, status other than 200).
+/// `start` returns once the first answer came back (or after `T`), so a restart a test triggers
+/// next cannot race the client's first request: the old worker has served it.
 pub(crate) struct Hammer {
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) handle: JoinHandle<HammerReport>,
@@ -385,7 +387,8 @@ pub(crate) struct HammerReport {
 impl Hammer {
     pub(crate) fn start(port: u16) -> Hammer {
         let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
+        let answered = Arc::new(AtomicBool::new(false));
+        let (s, a) = (stop.clone(), answered.clone());
         let handle = std::thread::spawn(move || {
             let mut rep = HammerReport::default();
             while !s.load(Ordering::Relaxed) {
@@ -394,6 +397,7 @@ impl Hammer {
                         Ok(p) => {
                             rep.ok += 1;
                             rep.pids.insert(p);
+                            a.store(true, Ordering::Relaxed);
                         }
                         Err(_) => rep
                             .failures
@@ -405,6 +409,13 @@ impl Hammer {
             }
             rep
         });
+        let deadline = Instant::now() + T;
+        while !answered.load(Ordering::Relaxed)
+            && !handle.is_finished()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         Hammer { stop, handle }
     }
 
