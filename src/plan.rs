@@ -49,6 +49,8 @@ pub(crate) struct ServerPlan {
     pub(crate) unix_mode: Option<u32>,
     /// Whether its connections start with a PROXY protocol header.
     pub(crate) proxy_protocol: bool,
+    /// Whether its TCP listeners defer `accept` until a connection's first bytes arrive.
+    pub(crate) defer_accept: bool,
     /// Its `max_connections`.
     pub(crate) max_connections: usize,
 }
@@ -116,6 +118,7 @@ impl Plan {
                 readiness: server.readiness.clone(),
                 unix_mode: server.unix_mode,
                 proxy_protocol: server.proxy_protocol,
+                defer_accept: server.defer_accept,
                 max_connections: server.max_connections,
             });
         }
@@ -165,6 +168,12 @@ impl Plan {
                 let _ = writeln!(
                     out,
                     "  proxy_protocol: on (every connection starts with a PROXY header)"
+                );
+            }
+            if !s.defer_accept {
+                let _ = writeln!(
+                    out,
+                    "  defer_accept: off (TCP connections are accepted before they send anything)"
                 );
             }
             let server = config.servers.iter().find(|c| c.name == s.name);

@@ -19,6 +19,8 @@
 //!   counts of `bench/instructions.sh` need).
 //! - [`IdBlock`]: request ids made as header values without checking each one's bytes (the
 //!   block writes them, and writes only hex digits and `-`).
+//! - [`set_tcp_defer_accept`], [`tcp_defer_accept`]: `TCP_DEFER_ACCEPT` on a listening socket
+//!   (neither rustix nor socket2 has it), through libc's `setsockopt` / `getsockopt`.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -340,6 +342,53 @@ fn hex8(n: u32) -> u64 {
     // A byte holding 10..=15 gets `'a' - '0' - 10` more (39), so it becomes a letter.
     let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
     x + 0x3030_3030_3030_3030 + letters * 39
+}
+
+/// Set `TCP_DEFER_ACCEPT` on the TCP socket `fd`: `accept` returns a connection only once its
+/// first bytes have arrived, or after about `secs` seconds without any (0: off). The kernel
+/// rounds `secs` up to a number of SYN-ACK retransmissions (1 s, 3 s, 7 s, ...).
+pub(crate) fn set_tcp_defer_accept(fd: BorrowedFd<'_>, secs: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open descriptor for the call's duration (a borrow); `value` is a live
+    // `c_int` and the length passed is its size, so the kernel reads exactly that. A descriptor
+    // that is not a TCP socket fails with an error, it is not undefined behaviour.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `TCP_DEFER_ACCEPT` of the TCP socket `fd`, in seconds as the kernel rounded it (0: off).
+#[cfg(test)]
+pub(crate) fn tcp_defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is open for the call's duration (a borrow); `value` and `len` are live,
+    // writable locals, and `len` holds `value`'s size, which bounds what the kernel writes.
+    let r = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 {
+        Ok(u32::try_from(value).unwrap_or(0))
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

@@ -213,6 +213,9 @@ pub(crate) struct ServerConfig {
     pub unix_mode: Option<u32>,
     /// `proxy_protocol`: every connection starts with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// `defer_accept`: the kernel hands a TCP connection over once its first bytes have
+    /// arrived (`TCP_DEFER_ACCEPT`, 1 s). Default on.
+    pub defer_accept: bool,
     /// `max_connections`: connections this server's listeners hold open at once in one worker;
     /// at the cap the listeners stop accepting (new connections wait in the kernel's queue).
     /// Default [`guards::DEFAULT_MAX_CONNECTIONS`].

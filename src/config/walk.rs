@@ -53,6 +53,7 @@ const SERVER_KEYS: &[&str] = &[
     "routes",
     "unix_mode",
     "proxy_protocol",
+    "defer_accept",
     "max_connections",
     "max_request_body",
 ];

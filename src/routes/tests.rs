@@ -143,6 +143,7 @@ fn server(routes: Vec<RouteConfig>) -> ServerConfig {
         routes,
         unix_mode: None,
         proxy_protocol: false,
+        defer_accept: true,
         max_connections: crate::config::guards::DEFAULT_MAX_CONNECTIONS,
         max_request_body: None,
     }

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use super::exchange::{Recording, X_REQUEST_ID};
 use super::guarded::Guarded;
-use super::progress::{Busy, TrackedBody, TrackedIo};
+use super::progress::{Busy, End, TrackedBody, TrackedIo};
 use super::proxy::{self, Peek, Source};
 use super::watchdog::ConnState;
 use super::{Endpoint, Serving};
@@ -73,7 +73,7 @@ pub(crate) async fn serve_plain<S: Stream>(
     let Some((proto, stream)) = super::sniff::first_bytes(stream).await else {
         return;
     };
-    serve_io(stream, peer, proto, ep, serving, state).await
+    serve_io(stream, peer, proto, End::Close, ep, serving, state).await
 }
 
 /// Whom the connection serves: its peer, or on a `proxy_protocol` server the client its PROXY
@@ -120,7 +120,7 @@ pub(crate) async fn serve_tls<S: Stream>(
                 Some(b"h2") => Proto::Http2,
                 _ => Proto::Http1,
             };
-            serve_io(tls, peer, proto, ep, serving, state).await
+            serve_io(tls, peer, proto, End::Shutdown, ep, serving, state).await
         }
         Err(e) => tracing::debug!(listener = %ep.key, error = %e, "TLS handshake failed"),
     }
@@ -163,10 +163,12 @@ impl Builders {
     }
 }
 
+/// Serve `io` with hyper as `proto`; `end`: what hyper's shutdown at the end does (see [`End`]).
 pub(super) async fn serve_io<I>(
     io: I,
     peer: Peer,
     proto: Proto,
+    end: End,
     ep: Arc<Endpoint>,
     serving: Arc<Serving>,
     state: Arc<ConnState>,
@@ -222,6 +224,7 @@ pub(super) async fn serve_io<I>(
                     Some(state.clone()),
                 )
             };
+            let bodiless = watched.is_none();
             let version = req.version();
             let (fut, tally, guards) = routes.dispatch_from(req, peer);
             if let Some(r) = &mut rec {
@@ -260,10 +263,11 @@ pub(super) async fn serve_io<I>(
                 rec,
                 upgrade,
                 http1,
+                bodiless,
             }
         })
     };
-    let io = TokioIo::new(TrackedIo::new(io, state.clone()));
+    let io = TokioIo::new(TrackedIo::new(io, state.clone(), end));
     let b = &serving.builders;
     // One branch per protocol. The HTTP/2 and auto connections are boxed, so the future every
     // connection task carries is only as big as HTTP/1's (tokio copies it when spawning): one
@@ -315,6 +319,8 @@ struct Answer {
     /// `Some(websocket)` when the request asked for an upgrade.
     upgrade: Option<bool>,
     http1: bool,
+    /// The request came without a body.
+    bodiless: bool,
 }
 
 impl Future for Answer {
@@ -348,6 +354,10 @@ impl Future for Answer {
         // through the connection's state: no reference count is touched.) (Not on a `101`: its
         // `Connection: upgrade` is what makes it one.)
         let close = this.http1 && !switching && (timed_out || busy.generation_draining());
+        if this.http1 {
+            // Whether a close now ends it with `close` alone (see `progress::End`).
+            busy.last_word(this.bodiless && !close);
+        }
         let (mut head, body) = resp.into_parts();
         if close {
             head.headers

@@ -11,6 +11,19 @@
 //! `setsockopt` per connection. Where setting it fails, the accept loop sets it on each
 //! connection instead ([`Accepted::Tcp`] says which).
 //!
+//! `TCP_DEFER_ACCEPT` (the server's `defer_accept`, on by default; nginx's `listen ... deferred`)
+//! is set or cleared on a TCP listening socket by every worker that registers it: the kernel
+//! keeps a new connection to itself until the client's first bytes arrive (an HTTP request, a
+//! TLS ClientHello, a PROXY header: here the client always speaks first), so `accept` returns a
+//! connection whose first read finds data, and the read that would find nothing yet, with the
+//! wait for readiness after it, is not made. A client that connects and sends nothing is held by
+//! the kernel, not by the worker (no descriptor, no task, not counted in `max_connections`), for
+//! [`DEFER_ACCEPT_SECS`]: then the kernel retransmits its SYN-ACK, the client's next ACK makes
+//! the connection acceptable all the same, and `header_read_timeout` runs from that `accept`. A
+//! connection the client closes (or resets) without sending is handed over (or dropped) at once.
+//! Connections the kernel holds belong to the listening socket, which the generations share: a
+//! handoff loses none of them.
+//!
 //! `unix:PATH`: a socket file already at the path is looked at first, without blocking (a
 //! non-blocking connect): one nobody listens on (`ECONNREFUSED`: left by a host that crashed)
 //! is removed and the path bound anew; one that answers is another running process's, and the
@@ -34,6 +47,11 @@ use crate::control::Probe;
 /// Accept queue length asked for (the kernel caps it at `net.core.somaxconn`).
 pub(crate) const BACKLOG: i32 = 4096;
 
+/// `TCP_DEFER_ACCEPT`'s timeout with `defer_accept` on: how long the kernel holds a connection
+/// that has sent nothing before handing it over anyway (one SYN-ACK retransmission; nginx's
+/// `deferred` uses the same).
+pub(crate) const DEFER_ACCEPT_SECS: u32 = 1;
+
 /// A listening socket, bound or adopted, not yet registered with the runtime.
 #[derive(Debug)]
 pub(crate) enum Bound {
@@ -49,6 +67,17 @@ impl Bound {
         match self {
             Bound::Tcp(l) => l.as_fd(),
             Bound::Unix(l) => l.as_fd(),
+        }
+    }
+
+    /// Set (`on`) or clear `TCP_DEFER_ACCEPT` on a TCP socket (see the module doc); nothing on a
+    /// Unix socket.
+    pub(crate) fn set_defer_accept(&self, on: bool) -> io::Result<()> {
+        match self {
+            Bound::Tcp(l) => {
+                crate::sys::set_tcp_defer_accept(l.as_fd(), if on { DEFER_ACCEPT_SECS } else { 0 })
+            }
+            Bound::Unix(_) => Ok(()),
         }
     }
 
@@ -240,6 +269,79 @@ mod tests {
         let addr = ListenAddr::parse("127.0.0.1:0").unwrap();
         let stream = accept_one(bind(&addr, None).unwrap()).await;
         assert!(stream.nodelay().unwrap());
+    }
+
+    fn defer_accept_of(bound: &Bound) -> u32 {
+        crate::sys::tcp_defer_accept(bound.as_fd()).unwrap()
+    }
+
+    #[test]
+    fn defer_accept_is_set_and_cleared_on_tcp_listeners_bound_or_adopted() {
+        let addr = ListenAddr::parse("127.0.0.1:0").unwrap();
+        let bound = bind(&addr, None).unwrap();
+        assert_eq!(defer_accept_of(&bound), 0, "off until a worker sets it");
+        bound.set_defer_accept(true).unwrap();
+        assert_eq!(defer_accept_of(&bound), DEFER_ACCEPT_SECS);
+        bound.set_defer_accept(false).unwrap();
+        assert_eq!(defer_accept_of(&bound), 0);
+        // A socket handed in (by the supervisor, or systemd) gets the config's setting too.
+        let adopted = adopt(OwnedFd::from(
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        ))
+        .unwrap();
+        adopted.set_defer_accept(true).unwrap();
+        assert_eq!(defer_accept_of(&adopted), DEFER_ACCEPT_SECS);
+        // Nothing to set on a Unix socket.
+        let dir = std::env::temp_dir().join(format!("apphost-defer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let unix = bind(
+            &ListenAddr::parse(&format!("unix:{}/s", dir.display())).unwrap(),
+            None,
+        );
+        unix.unwrap().set_defer_accept(true).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Accept the next connection `listener` hands over within `within`, if any; its peer.
+    async fn next_peer(listener: &Listener, within: std::time::Duration) -> Option<SocketAddr> {
+        let accepted = tokio::time::timeout(within, poll_fn(|cx| listener.poll_accept(cx))).await;
+        match accepted.ok()?.unwrap() {
+            Accepted::Tcp(_, peer, _) => Some(peer),
+            Accepted::Unix(_) => unreachable!("a TCP listener"),
+        }
+    }
+
+    /// With `TCP_DEFER_ACCEPT`, a connection that has sent nothing is not handed over; one that
+    /// connected after it and sent its request is. Without it, the first is handed over at once.
+    #[tokio::test]
+    async fn a_deferred_listener_hands_over_only_connections_that_have_sent_bytes() {
+        use tokio::io::AsyncWriteExt;
+        for defer in [true, false] {
+            let bound = bind(&ListenAddr::parse("127.0.0.1:0").unwrap(), None).unwrap();
+            bound.set_defer_accept(defer).unwrap();
+            let addr = match &bound {
+                Bound::Tcp(l) => l.local_addr().unwrap(),
+                Bound::Unix(_) => unreachable!("a TCP listener"),
+            };
+            let listener = bound.into_tokio().unwrap();
+            let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let short = std::time::Duration::from_millis(300);
+            if defer {
+                assert_eq!(
+                    next_peer(&listener, short).await,
+                    None,
+                    "handed over silent"
+                );
+                let mut speaking = tokio::net::TcpStream::connect(addr).await.unwrap();
+                speaking.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+                let long = std::time::Duration::from_secs(5);
+                let peer = next_peer(&listener, long).await;
+                assert_eq!(peer, Some(speaking.local_addr().unwrap()));
+            } else {
+                let peer = next_peer(&listener, std::time::Duration::from_secs(5)).await;
+                assert_eq!(peer, Some(silent.local_addr().unwrap()));
+            }
+        }
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 
 use super::conn::{Proto, serve_io};
+use super::progress::End;
 use super::watchdog::Guard;
 use super::{Endpoint, Serving};
 use crate::handler::{ClientAddr, Peer};
@@ -75,7 +76,15 @@ async fn ask(ep: Arc<Endpoint>, serving: Arc<Serving>, path: &str) -> Result<(),
     let (client, server) = tokio::io::duplex(16 * 1024);
     let (state, reg) = serving.watchdog.register();
     let peer = Peer::direct(ClientAddr(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))));
-    let conn = serve_io(server, peer, Proto::Http1, ep, serving, state.clone());
+    let conn = serve_io(
+        server,
+        peer,
+        Proto::Http1,
+        End::Shutdown,
+        ep,
+        serving,
+        state.clone(),
+    );
     tokio::spawn(Guard::new(state, reg, conn));
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
         .await

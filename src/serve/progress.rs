@@ -42,7 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::exchange::Recording;
 use super::upgrade::{self, Stream};
-use super::watchdog::{BLOCKED, ConnState, coarse_now_ms};
+use super::watchdog::{BLOCKED, ConnState, LAST_WORD, coarse_now_ms};
 use crate::body::{Body, BodyError};
 
 /// A connection's I/O, reporting write progress and pending output to its [`ConnState`].
@@ -53,15 +53,44 @@ pub(crate) struct TrackedIo<I> {
     /// Once the connection is upgraded, the application's stream, watched by
     /// [`super::upgrade`] instead of the HTTP write tracking.
     stream: Option<Box<Stream>>,
+    /// Whether hyper's `shutdown` at the connection's end reaches `io` ([`End`]).
+    end: End,
+}
+
+/// What hyper's `poll_shutdown` does when it ends a connection it serves. hyper calls it just
+/// before it returns, and the connection (socket included) is dropped right after.
+///
+/// On a plain socket (TCP or Unix), after an HTTP/1 request that had no body and whose answer
+/// did not ask to close (so hyper closes because the client asked, `Connection: close`, by which
+/// it promises to send nothing more, RFC 9112 §9.6; or because the client closed), it is left
+/// to the `close` that follows, which sends the same FIN `shutdown(SHUT_WR)` would: one system
+/// call less per such connection. Otherwise (a body, an answer that closes: draining, a
+/// timeout) it is made. Where bytes the client sent are still unread
+/// (a body a `413` left unread, a request after the last one), Linux answers `close` with a RST
+/// either way (hyper has no lingering close), but a FIN sent first by `shutdown` reaches the
+/// client before it, so the client reads the response and then the end of the stream rather than
+/// "connection reset". A client that sends more after its own `Connection: close`, or after an
+/// answer whose handler set `Connection: close` itself, gets the reset.
+/// An upgraded connection's `shutdown` is the application's half-close, and always reaches the
+/// socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Pass it on: TLS (the `close_notify` alert goes out first), and the readiness request's
+    /// in-memory stream.
+    Shutdown,
+    /// Answer it at once without a syscall after the client's last word: a plain socket, about
+    /// to be closed.
+    Close,
 }
 
 impl<I> TrackedIo<I> {
-    /// Wrap `io`, the connection registered as `state`.
-    pub(crate) fn new(io: I, state: Arc<ConnState>) -> TrackedIo<I> {
+    /// Wrap `io`, the connection registered as `state`, ending as `end` says.
+    pub(crate) fn new(io: I, state: Arc<ConnState>, end: End) -> TrackedIo<I> {
         TrackedIo {
             io,
             state,
             stream: None,
+            end,
         }
     }
 
@@ -168,7 +197,23 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.end == End::Close && this.stream.is_none() && this.state.flag(LAST_WORD) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl ConnState {
+    /// Note whether the HTTP/1 request being answered had no body and its answer did not ask to
+    /// close (see [`End`]).
+    pub(super) fn last_word(&self, last: bool) {
+        if last {
+            self.set(LAST_WORD);
+        } else if self.flag(LAST_WORD) {
+            self.clear(LAST_WORD);
+        }
     }
 }
 
@@ -201,6 +246,12 @@ impl Busy {
     /// True once the connection's generation has started draining.
     pub(crate) fn generation_draining(&self) -> bool {
         self.0.generation_draining()
+    }
+
+    /// Whether this HTTP/1 request is one after which hyper's closing the connection needs no
+    /// `shutdown` ([`End`]).
+    pub(super) fn last_word(&self, last: bool) {
+        self.0.last_word(last);
     }
 
     /// This request's `101` hands the connection to the application ([`super::upgrade`]).
@@ -352,6 +403,63 @@ mod tests {
             .expect("not cut after send_timeout")
             .unwrap();
         assert!(stalled_at.elapsed() >= Duration::from_millis(300));
+    }
+
+    /// True if `peer` has read the end of the stream (the other side's FIN) within 200 ms.
+    async fn sees_eof(peer: &mut tokio::net::TcpStream) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(200), peer.read(&mut buf)).await;
+        matches!(read, Ok(Ok(0)))
+    }
+
+    /// A plain socket's shutdown at the end of hyper's connection, after the client's last word,
+    /// is left to its `close` ([`End::Close`]): the client sees the end once the socket is
+    /// dropped, and as a FIN (EOF), not a reset. Without that last word, on TLS and in-memory
+    /// streams ([`End::Shutdown`]) and on upgraded connections (whose shutdown is the
+    /// application's half-close) it shuts down at once.
+    #[tokio::test]
+    async fn a_plain_socket_is_ended_by_its_close_and_an_upgraded_one_by_shutdown() {
+        use tokio::io::AsyncWriteExt;
+        let wd = Watchdog::start(limits(10_000));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (end, last_word, upgraded) in [
+            (End::Close, true, false),
+            (End::Close, false, false),
+            (End::Shutdown, true, false),
+            (End::Close, true, true),
+        ] {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let (state, _reg) = wd.register();
+            state.last_word(last_word);
+            let mut io = TrackedIo::new(server, state.clone(), end);
+            if upgraded {
+                // A `101` written and flushed: the application's stream from now on.
+                state.request_started().upgrading(false);
+                io.flush().await.unwrap();
+                assert!(state.upgraded());
+            }
+            io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            io.shutdown().await.unwrap();
+            let at_once = end == End::Shutdown || !last_word || upgraded;
+            let mut head = [0u8; 38];
+            tokio::io::AsyncReadExt::read_exact(&mut client, &mut head)
+                .await
+                .unwrap();
+            assert_eq!(
+                sees_eof(&mut client).await,
+                at_once,
+                "{end:?}, last word {last_word}, upgraded {upgraded}"
+            );
+            drop(io);
+            if !at_once {
+                assert!(sees_eof(&mut client).await, "no FIN at close");
+            }
+        }
     }
 
     #[tokio::test]

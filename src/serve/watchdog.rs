@@ -77,6 +77,9 @@ const BODY_TIMEOUT: u8 = 32;
 /// `ConnState::flags`: output waits on the client: a write returned `Pending` and no flush has
 /// completed since (set and cleared by [`super::progress::TrackedIo`]).
 pub(super) const BLOCKED: u8 = 16;
+/// `ConnState::flags`: the HTTP/1 request being answered had no body, and its answer did not ask
+/// to close ([`super::progress::End`]).
+pub(super) const LAST_WORD: u8 = 64;
 
 /// Milliseconds since the process's clock epoch, refreshed by the sweepers on every tick: read
 /// on every response end, so it must cost one load, not a clock call.

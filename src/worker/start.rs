@@ -186,6 +186,9 @@ pub(super) fn prepare(
                     b
                 }
             };
+            if let Err(e) = bound.set_defer_accept(server.defer_accept) {
+                tracing::warn!(listener = %key, error = %e, "cannot set TCP_DEFER_ACCEPT");
+            }
             let l = bound.into_tokio().map_err(socket_error)?;
             listeners.push((
                 l,

@@ -117,6 +117,7 @@ impl Walker<'_> {
             None => None,
         };
         let proxy_protocol = self.bool_or(&f, "proxy_protocol", false)?;
+        let defer_accept = self.bool_or(&f, "defer_accept", true)?;
         if let Some(a) = &admin
             && let Some(r) = routes
                 .iter()
@@ -150,6 +151,7 @@ impl Walker<'_> {
             routes,
             unix_mode,
             proxy_protocol,
+            defer_accept,
             max_connections,
             max_request_body,
         })
