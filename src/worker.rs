@@ -382,13 +382,19 @@ async fn run(
 
     // The next generation's pipe, once a standby has been started (see `successor`).
     let mut successor: Option<successor::Watch> = None;
+    // Whether the next generation has said, through that pipe, that it accepts.
+    let mut paused = false;
     let shutdown = loop {
         tokio::select! {
             said = successor::Watch::next(successor.as_ref()) => match said {
-                successor::Said::Accepting => serving.pause_accepting(),
+                successor::Said::Accepting => {
+                    serving.pause_accepting();
+                    paused = true;
+                }
                 successor::Said::Gone => {
                     serving.resume_accepting();
                     successor = None;
+                    paused = false;
                 }
             },
             () = requests_reached(requests.as_deref()), if !recycle_told => {
@@ -407,6 +413,7 @@ async fn run(
                     // A new standby: what an earlier one said no longer holds.
                     if successor.is_some() {
                         serving.resume_accepting();
+                        paused = false;
                     }
                     successor = fds.into_iter().next().and_then(|fd| successor::Watch::new(fd).ok());
                 }
@@ -438,6 +445,13 @@ async fn run(
     };
     if shutdown {
         readiness.going_away();
+    } else if paused {
+        // Paused through the pipe, this generation no longer accepts; its `drain` comes right
+        // after the next one's `ready`, when that one answers its first connections. The drain's
+        // work (stopping the accept loops and every idle connection, the log line) waits a few
+        // milliseconds so as not to take a core from it then; the connections open here are
+        // served meanwhile as before.
+        tokio::time::sleep(DRAIN_AFTER_PAUSE).await;
     }
     // Stopping the accept loops comes first: until then this worker takes connections that
     // the new generation, already accepting, would take.
@@ -507,6 +521,8 @@ async fn run(
 
 /// How long a generation drained for a restart waits before it ends (see the end of [`run`]).
 const EXIT_PAUSE: Duration = Duration::from_millis(50);
+/// How long a generation paused by its successor waits before its drain (see [`run`]).
+const DRAIN_AFTER_PAUSE: Duration = Duration::from_millis(5);
 
 /// `apphost reopen-logs` reached this worker.
 fn reopen_logs(logs: &AccessLogs) {
