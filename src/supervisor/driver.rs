@@ -322,6 +322,9 @@ impl Driver {
                 self.standby_file = None;
                 tracing::info!(generation, pid = g.pid_u32(), exe = %self.machine.recorded_exe().display(), "worker started");
             }
+            Action::Requested { via, exe, graceful } => {
+                tracing::info!(via, exe = %exe.display(), graceful, "restart requested");
+            }
             Action::Drain { worker, shutdown } => self.send_now(worker, Msg::Drain { shutdown }),
             Action::GoingAway { worker } => self.send_now(worker, Msg::GoingAway),
             Action::Kill { worker, why } => {

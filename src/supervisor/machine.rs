@@ -409,7 +409,12 @@ impl<R> Machine<R> {
             (None, Err(why)) => return self.refuse(&trigger, reply, OpError::BadExecutable(why)),
             (None, Ok(exe)) => exe,
         };
-        tracing::info!(via = %trigger, exe = %exe.display(), graceful = self.settings.graceful, "restart requested");
+        // Logged once the restart has started (the driver performs actions in order).
+        let requested = Action::Requested {
+            via: trigger.to_string(),
+            exe: exe.clone(),
+            graceful: self.settings.graceful,
+        };
         self.out.push(Action::Notify(Notify::Reloading));
         let old_pid = self
             .current()
@@ -432,6 +437,7 @@ impl<R> Machine<R> {
             Phase::Serving { current } => self.continue_restart(current, pending, standby_fits),
             _ => self.restart_with_nothing_serving(pending),
         }
+        self.out.push(requested);
     }
 
     /// Go on with `pending` while `current` serves: a graceful restart starts the new

@@ -251,6 +251,16 @@ pub(crate) enum Action<R> {
         /// The number it takes.
         generation: u64,
     },
+    /// Log that a restart was asked for (after the actions that start it: a standby's
+    /// `activate` goes out first).
+    Requested {
+        /// Who asked (`signal`, `control`, …).
+        via: String,
+        /// The executable the restart runs.
+        exe: PathBuf,
+        /// Whether the restart is graceful.
+        graceful: bool,
+    },
     /// Tell `worker` to stop accepting and drain.
     Drain {
         /// The worker.
