@@ -31,6 +31,8 @@ CONNS=${CONNS:-8}
 VARIANTS=${VARIANTS:-bare bare-auto bare-auto-timer apphost}
 OUT=${OUT:-bench/out/instructions-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$OUT"
+# Absolute: the access log's path in the generated configs is resolved from the config's own directory.
+OUT=$(cd "$OUT" && pwd)
 source bench/common.sh
 bench_binaries
 command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
