@@ -6,23 +6,21 @@
 //! A server's [`AccessLog`] is the [`Observer`] of its listeners: when a request's head arrives
 //! it gives the request its id ([`super::request_id`]) and keeps the `User-Agent` (and, for
 //! the combined format, the `Referer`); when the request has finished (its last byte written,
-//! see [`crate::serve::exchange`]) it formats the line ([`super::line`]) in a per-thread scratch
-//! buffer and hands it to the [`Sink`] of its output, which writes it from its own thread.
+//! see [`crate::serve::exchange`]) it formats the line ([`super::line`]) straight into the
+//! buffer of the [`Sink`] of its output, which writes it from its own thread.
 //!
 //! A worker opens its logs once, at start ([`AccessLogs::open`]); servers naming the same output
 //! share one sink. `apphost reopen-logs` reaches [`AccessLogs::reopen`]; the worker calls
 //! [`AccessLogs::close`] as the very last thing before it exits, after the drain and after its
 //! runtime has stopped (a connection cut by `shutdown_timeout` is recorded as it is dropped).
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use http::header::{REFERER, USER_AGENT};
 use http::{HeaderMap, Uri};
 
-use super::clock::TimeCache;
-use super::line::{self, Line};
+use super::line;
 use super::request_id::RequestIds;
 use super::sink::Sink;
 use crate::config::{AccessLogFormat, Config, LogTarget};
@@ -34,13 +32,8 @@ pub(crate) struct AccessLog {
     sink: Arc<Sink>,
     format: AccessLogFormat,
     /// The end of each JSON line (`,"generation":N}` and the newline: made once).
-    json_tail: Box<[u8]>,
+    json_tail: line::Tail,
     ids: Arc<RequestIds>,
-}
-
-thread_local! {
-    /// Each thread formats its lines here (no allocation per line once warm).
-    static SCRATCH: RefCell<(Line, TimeCache)> = RefCell::default();
 }
 
 impl Observer for AccessLog {
@@ -62,17 +55,10 @@ impl Observer for AccessLog {
     }
 
     fn finished(&self, ex: &Exchange) {
-        SCRATCH.with(|s| {
-            let Ok(mut s) = s.try_borrow_mut() else {
-                return;
-            };
-            let (buf, cache) = &mut *s;
-            buf.clear();
-            match self.format {
-                AccessLogFormat::Json => line::json(buf, ex, &self.json_tail, cache),
-                AccessLogFormat::Combined => line::combined(buf, ex, cache),
-            }
-            self.sink.append(buf.as_bytes());
+        // Formatted in place, in the sink's buffer.
+        self.sink.append_with(|buf, cache| match self.format {
+            AccessLogFormat::Json => line::json(buf, ex, &self.json_tail, cache),
+            AccessLogFormat::Combined => line::combined(buf, ex, cache),
         });
     }
 }
@@ -120,7 +106,7 @@ impl AccessLogs {
                 Arc::new(AccessLog {
                     sink,
                     format: a.format,
-                    json_tail: line::json_tail(generation).into(),
+                    json_tail: line::json_tail(generation),
                     ids: ids.clone(),
                 }),
             );

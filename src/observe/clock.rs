@@ -1,5 +1,5 @@
 //! The time of an access log line, cheaply: the wall clock is read at most once a second per
-//! formatting thread ([`Anchor`]), and the date and time of day are formatted once per second
+//! output ([`Anchor`]), and the date and time of day are formatted once per second
 //! ([`TimeCache`]); a line adds only its milliseconds, which for a reading within the cached
 //! second are one subtraction and one division by a constant away.
 
@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::serve::exchange::mono_ns;
 
-/// The wall-clock second last formatted, kept per formatting thread.
+/// The wall-clock second last formatted, kept per output (under its sink's lock).
 #[derive(Debug, Default)]
 pub(crate) struct TimeCache {
     anchor: Anchor,
@@ -85,8 +85,8 @@ impl TimeCache {
 }
 
 /// Wall-clock time from a [`mono_ns`] reading without a clock read per request: the wall
-/// clock and the monotonic clock are read together at most once a second per formatting thread
-/// (the anchor), and a reading's time is the anchor's plus its offset from the anchor's
+/// clock and the monotonic clock are read together at most once a second per output (the
+/// anchor), and a reading's time is the anchor's plus its offset from the anchor's
 /// monotonic reading (one subtraction and a comparison). A wall-clock step (NTP, an operator)
 /// shows in the lines within two seconds (the anchor, and the second cached by [`TimeCache`], are
 /// each used for at most one).

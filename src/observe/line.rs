@@ -19,9 +19,13 @@
 //! agent and referer 512 each, method 32). The bound is what lets several processes share a
 //! pipe without their lines interleaving (see [`super::sink`]).
 //!
-//! A line is written into a [`Line`], a fixed buffer of [`MAX_LINE`] bytes: the budgets keep
-//! every line well within it (about 3,000 bytes at most), so each write is a bounds check and a
-//! copy, and the fixed parts, whose lengths are constants, are copied without a library call.
+//! A line is written straight into its sink's buffer, [`MAX_LINE`] bytes of it ([`Buf`]): the
+//! budgets keep every line well within it (about 3,000 bytes at most), so each write is a bounds
+//! check and a copy, and the fixed parts, whose lengths are constants, are copied without a
+//! library call. So are the short fields of a few lengths (a standard method, the protocol, a
+//! made request id, the generation's tail): copied at a fixed size, padding included, which what
+//! follows overwrites. The client's address is formatted once for a run of lines from one client
+//! ([`Cache`]).
 
 use http::Version;
 
@@ -36,55 +40,49 @@ const PATH_BUDGET: usize = 2048;
 const HEADER_BUDGET: usize = 512;
 const METHOD_BUDGET: usize = 32;
 
-/// A line being written: a buffer of [`MAX_LINE`] bytes and how many are used. Writing past the
-/// end panics; the field budgets make that impossible (see the module doc).
-pub(crate) struct Line {
-    buf: Box<[u8; MAX_LINE]>,
+/// A buffer a line is written into: [`MAX_LINE`] bytes, whatever they held before (the sink's
+/// own buffer, so a line is formatted where it is queued: see [`super::sink::Sink::append_with`]).
+pub(crate) type Buf = [u8; MAX_LINE];
+
+/// What formatting keeps from one line to the next of an output (under its sink's lock): the
+/// second last formatted and the client's address last written.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    time: TimeCache,
+    client: ClientText,
+}
+
+/// The text of the client address last written, so the next line from the same client (every
+/// request of a keep-alive connection, or of a proxy) is one comparison and one fixed-size copy.
+#[derive(Debug)]
+struct ClientText {
+    /// The address (an IPv4-mapped IPv6 one as IPv4); `None`: nothing cached.
+    ip: Option<std::net::IpAddr>,
+    /// Its text, padded; `len` bytes of it count.
+    text: [u8; CLIENT_MAX],
     len: usize,
 }
 
-impl Default for Line {
-    fn default() -> Line {
-        Line {
-            buf: Box::new([0; MAX_LINE]),
+impl Default for ClientText {
+    fn default() -> ClientText {
+        ClientText {
+            ip: None,
+            text: [0; CLIENT_MAX],
             len: 0,
         }
     }
 }
 
-impl Line {
-    /// Empty it.
-    pub(crate) fn clear(&mut self) {
-        self.len = 0;
-    }
+/// Room for any address's text (IPv6 at its longest is 45 bytes).
+const CLIENT_MAX: usize = 48;
 
-    /// What has been written.
-    pub(crate) fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// A cursor writing after what it holds (the length is stored back when the cursor goes).
-    fn cur(&mut self) -> Cur<'_> {
-        Cur {
-            b: &mut self.buf,
-            n: self.len,
-            len: &mut self.len,
-        }
-    }
-}
-
-/// Writes into a [`Line`]'s buffer. A local value whose methods are inlined, so its position
-/// stays in a register while a line is written.
+/// Writes into a [`Buf`]. A local value whose methods are inlined, so its position stays in a
+/// register while a line is written. Writing past the end panics; the field budgets make that
+/// impossible (see the module doc): every line, and the fixed-size copies that may write padding
+/// past its end (see [`Cur::put_padded`]), stay well within it.
 struct Cur<'a> {
-    b: &'a mut [u8; MAX_LINE],
+    b: &'a mut Buf,
     n: usize,
-    len: &'a mut usize,
-}
-
-impl Drop for Cur<'_> {
-    fn drop(&mut self) {
-        *self.len = self.n;
-    }
 }
 
 impl Cur<'_> {
@@ -94,6 +92,14 @@ impl Cur<'_> {
         let end = self.n + s.len();
         self.b[self.n..end].copy_from_slice(s);
         self.n = end;
+    }
+
+    /// Append the first `len` bytes of `s`, copying all of `s` (a fixed size: a few moves, no
+    /// library call): the bytes past `len` are padding, overwritten by what follows.
+    #[inline(always)]
+    fn put_padded<const N: usize>(&mut self, s: &[u8; N], len: usize) {
+        self.b[self.n..self.n + N].copy_from_slice(s);
+        self.n += len.min(N);
     }
 
     #[inline(always)]
@@ -141,31 +147,57 @@ static DIGITS3: [[u8; 3]; 1000] = {
     t
 };
 
-/// The client's address as text: an IPv4 address (the usual case, and a v4-mapped IPv6 one) is
-/// written from a table of the 256 octets, one 4-byte copy per octet; other IPv6 addresses with
-/// the standard formatter.
+/// The client's address as text: the cached text when it is the client of the line before
+/// (see [`ClientText`]), else formatted and cached.
 #[inline(always)]
-fn client(out: &mut Cur<'_>, ex: &Exchange) {
-    let v4 = match ex.client.0 {
-        std::net::SocketAddr::V4(a) => *a.ip(),
+fn client(out: &mut Cur<'_>, ex: &Exchange, cache: &mut ClientText) {
+    let ip = match ex.client.0 {
+        std::net::SocketAddr::V4(a) => std::net::IpAddr::V4(*a.ip()),
         std::net::SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => v4,
-            None => {
-                out.put(a.ip().to_string().as_bytes());
-                return;
-            }
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(*a.ip()),
         },
     };
-    // Each octet's table entry is copied whole (its 4th byte is overwritten by what follows, or
-    // lies past the end); only its length counts.
-    let [a, b, c, d] = v4.octets();
-    out.put(&OCTETS[usize::from(a)]);
-    out.n -= 4 - usize::from(OCTETS[usize::from(a)][3]);
-    for o in [b, c, d] {
-        out.push(b'.');
-        out.put(&OCTETS[usize::from(o)]);
-        out.n -= 4 - usize::from(OCTETS[usize::from(o)][3]);
+    if cache.ip != Some(ip) {
+        client_anew(cache, ip);
     }
+    out.put_padded(&cache.text, cache.len);
+}
+
+/// Format `ip` into `cache`: an IPv4 address (the usual case, and a v4-mapped IPv6 one) from a
+/// table of the 256 octets, one 4-byte copy per octet; other IPv6 addresses with the standard
+/// formatter.
+#[inline(never)]
+fn client_anew(cache: &mut ClientText, ip: std::net::IpAddr) {
+    let mut text = [0; CLIENT_MAX];
+    let len = match ip {
+        std::net::IpAddr::V4(v4) => {
+            // Each octet's table entry is copied whole (its 4th byte is overwritten by what
+            // follows, or lies past the end); only its length counts.
+            let mut n = 0;
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[n] = b'.';
+                    n += 1;
+                }
+                let e = &OCTETS[usize::from(o)];
+                text[n..n + 3].copy_from_slice(&e[..3]);
+                n += usize::from(e[3]);
+            }
+            n
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.to_string();
+            let len = s.len().min(CLIENT_MAX);
+            text[..len].copy_from_slice(&s.as_bytes()[..len]);
+            len
+        }
+    };
+    *cache = ClientText {
+        ip: Some(ip),
+        text,
+        len,
+    };
 }
 
 /// Each octet's decimal digits (left-aligned, padded with `0`) and their count.
@@ -188,14 +220,15 @@ const fn octets() -> [[u8; 4]; 256] {
     t
 }
 
-fn protocol(v: Version) -> &'static [u8] {
+/// The version as text, padded to 8 bytes, and its length (for [`Cur::put_padded`]).
+fn protocol(v: Version) -> (&'static [u8; 8], usize) {
     match v {
-        Version::HTTP_09 => b"HTTP/0.9",
-        Version::HTTP_10 => b"HTTP/1.0",
-        Version::HTTP_11 => b"HTTP/1.1",
-        Version::HTTP_2 => b"HTTP/2.0",
-        Version::HTTP_3 => b"HTTP/3.0",
-        _ => b"HTTP/?",
+        Version::HTTP_09 => (b"HTTP/0.9", 8),
+        Version::HTTP_10 => (b"HTTP/1.0", 8),
+        Version::HTTP_11 => (b"HTTP/1.1", 8),
+        Version::HTTP_2 => (b"HTTP/2.0", 8),
+        Version::HTTP_3 => (b"HTTP/3.0", 8),
+        _ => (b"HTTP/?  ", 6),
     }
 }
 
@@ -203,7 +236,7 @@ fn protocol(v: Version) -> &'static [u8] {
 #[inline(always)]
 fn json_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     // The usual value: printable ASCII with nothing to escape, within its budget: one copy.
-    if v.len() <= budget && v.iter().all(|&b| PLAIN[usize::from(b)]) {
+    if v.len() <= budget && all_plain(v) {
         out.put(v);
     } else {
         json_escaped(out, v, budget);
@@ -239,6 +272,15 @@ fn json_escaped(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     }
 }
 
+/// Whether every byte of `v` is written as it is in both formats (see [`PLAIN`]). Without an
+/// early exit, so the scan of a long value (a user agent) runs 16 bytes a step.
+#[inline(always)]
+fn all_plain(v: &[u8]) -> bool {
+    v.iter().fold(true, |ok, &b| {
+        ok & (b >= 0x20) & (b < 0x7f) & (b != b'"') & (b != b'\\')
+    })
+}
+
 /// The bytes written as they are in both formats: printable ASCII but `"` and `\\` (one table
 /// load per byte in the scan of a value).
 static PLAIN: [bool; 256] = {
@@ -269,7 +311,7 @@ fn hex_escape(out: &mut Cur<'_>, prefix: &[u8], b: u8) {
 
 /// Append `v` as nginx writes a value in a quoted log field, at most `budget` bytes of it.
 fn clf_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
-    if v.len() <= budget && v.iter().all(|&b| PLAIN[usize::from(b)]) {
+    if v.len() <= budget && all_plain(v) {
         out.put(v);
         return;
     }
@@ -290,8 +332,23 @@ fn clf_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
 
 /// A method is an HTTP token (`http` checks each byte of an extension method), so it holds
 /// nothing to escape in either format: only its length is checked.
+/// The standard methods are copied padded to 8 bytes, with no library call.
 #[inline(always)]
-fn method(out: &mut Cur<'_>, m: &[u8]) {
+fn method(out: &mut Cur<'_>, m: &http::Method) {
+    let padded: (&[u8; 8], usize) = match *m {
+        http::Method::GET => (b"GET     ", 3),
+        http::Method::HEAD => (b"HEAD    ", 4),
+        http::Method::POST => (b"POST    ", 4),
+        http::Method::PUT => (b"PUT     ", 3),
+        http::Method::DELETE => (b"DELETE  ", 6),
+        http::Method::PATCH => (b"PATCH   ", 5),
+        http::Method::OPTIONS => (b"OPTIONS ", 7),
+        _ => return method_other(out, m.as_str().as_bytes()),
+    };
+    out.put_padded(padded.0, padded.1);
+}
+
+fn method_other(out: &mut Cur<'_>, m: &[u8]) {
     debug_assert!(m.iter().all(|&b| PLAIN[usize::from(b)]));
     if m.len() <= METHOD_BUDGET {
         out.put(m);
@@ -308,25 +365,43 @@ fn path_bytes(ex: &Exchange) -> &[u8] {
     }
 }
 
-/// The end of a JSON line for `generation`: `,"generation":N}` and the newline (made once per
-/// access log: it never changes).
-pub(crate) fn json_tail(generation: u64) -> Vec<u8> {
-    format!(",\"generation\":{generation}}}\n").into_bytes()
+/// The end of a JSON line for one generation: `,"generation":N}` and the newline (made once per
+/// access log: it never changes), padded for [`Cur::put_padded`].
+#[derive(Debug)]
+pub(crate) struct Tail {
+    bytes: [u8; TAIL_MAX],
+    len: usize,
 }
 
-/// Write the JSON line for `ex` (with its newline) after what `out` holds; `tail` is
-/// [`json_tail`]'s.
-pub(crate) fn json(line: &mut Line, ex: &Exchange, tail: &[u8], cache: &mut TimeCache) {
-    let out = &mut line.cur();
+/// Room for the longest tail (a 20-digit generation: 36 bytes).
+const TAIL_MAX: usize = 40;
+
+/// The tail of the JSON lines of generation `generation`.
+pub(crate) fn json_tail(generation: u64) -> Tail {
+    let s = format!(",\"generation\":{generation}}}\n");
+    let mut bytes = [b' '; TAIL_MAX];
+    let len = s.len().min(TAIL_MAX);
+    bytes[..len].copy_from_slice(&s.as_bytes()[..len]);
+    Tail { bytes, len }
+}
+
+/// Write the JSON line for `ex` (with its newline) at the start of `buf`; returns its length.
+/// `tail` is [`json_tail`]'s, `cache` its output's.
+pub(crate) fn json(buf: &mut Buf, ex: &Exchange, tail: &Tail, cache: &mut Cache) -> usize {
+    let out = &mut Cur { b: buf, n: 0 };
+    let Cache {
+        time: cache,
+        client: client_text,
+    } = cache;
     let ms = cache.start(ex.started);
     out.put(b"{\"time\":\"");
     out.put(&cache.iso);
     out.push(b'.');
     three_digits(out, u64::from(ms));
     out.put(b"Z\",\"client\":\"");
-    client(out, ex);
+    client(out, ex, client_text);
     out.put(b"\",\"method\":\"");
-    method(out, ex.method.as_str().as_bytes());
+    method(out, &ex.method);
     out.put(b"\",\"path\":\"");
     json_str(out, path_bytes(ex), PATH_BUDGET);
     out.put(b"\",\"status\":");
@@ -339,7 +414,8 @@ pub(crate) fn json(line: &mut Line, ex: &Exchange, tail: &[u8], cache: &mut Time
     out.push(b'.');
     three_digits(out, us % 1000);
     out.put(b",\"protocol\":\"");
-    out.put(protocol(ex.version));
+    let (p, len) = protocol(ex.version);
+    out.put_padded(p, len);
     out.put(b"\",\"user_agent\":");
     match &ex.user_agent {
         Some(v) => {
@@ -356,27 +432,37 @@ pub(crate) fn json(line: &mut Line, ex: &Exchange, tail: &[u8], cache: &mut Time
         Some(id) => {
             debug_assert!(id.as_bytes().iter().all(|&b| PLAIN[usize::from(b)]));
             out.push(b'"');
-            out.put(id.as_bytes());
+            // A made id's length is fixed: a copy of a fixed size.
+            match <&[u8; MADE_ID_LEN]>::try_from(id.as_bytes()) {
+                Ok(made) => out.put(made),
+                Err(_) => out.put(id.as_bytes()),
+            }
             out.push(b'"');
         }
         None => out.put(b"null"),
     }
-    out.put(tail);
+    out.put_padded(&tail.bytes, tail.len);
+    out.n
 }
 
-/// Write the combined-format line for `ex` (with its newline) after what `out` holds.
-pub(crate) fn combined(line: &mut Line, ex: &Exchange, cache: &mut TimeCache) {
-    let out = &mut line.cur();
-    cache.start(ex.started);
-    client(out, ex);
+/// The length of a made request id (see [`super::request_id`]).
+const MADE_ID_LEN: usize = crate::sys::ID_LEN;
+
+/// Write the combined-format line for `ex` (with its newline) at the start of `buf`; returns
+/// its length.
+pub(crate) fn combined(buf: &mut Buf, ex: &Exchange, cache: &mut Cache) -> usize {
+    let out = &mut Cur { b: buf, n: 0 };
+    cache.time.start(ex.started);
+    client(out, ex, &mut cache.client);
     out.put(b" - - [");
-    out.put(&cache.clf);
+    out.put(&cache.time.clf);
     out.put(b"] \"");
-    method(out, ex.method.as_str().as_bytes());
+    method(out, &ex.method);
     out.push(b' ');
     clf_str(out, path_bytes(ex), PATH_BUDGET);
     out.push(b' ');
-    out.put(protocol(ex.version));
+    let (p, len) = protocol(ex.version);
+    out.put_padded(p, len);
     out.put(b"\" ");
     num(out, u64::from(ex.status.as_u16()));
     out.push(b' ');
@@ -390,6 +476,7 @@ pub(crate) fn combined(line: &mut Line, ex: &Exchange, cache: &mut TimeCache) {
         out.push(b'"');
     }
     out.push(b'\n');
+    out.n
 }
 
 #[cfg(test)]
@@ -399,6 +486,27 @@ mod tests {
     use super::*;
     use crate::handler::ClientAddr;
     use crate::serve::exchange::{Outcome, mono_ns};
+
+    /// `f`'s writing, from the start of a fresh buffer.
+    fn written(f: impl FnOnce(&mut Cur<'_>)) -> Vec<u8> {
+        let mut b = Box::new([0; MAX_LINE]);
+        let mut out = Cur { b: &mut b, n: 0 };
+        f(&mut out);
+        let n = out.n;
+        b[..n].to_vec()
+    }
+
+    fn json_line(ex: &Exchange, tail: &Tail, cache: &mut Cache) -> Vec<u8> {
+        let mut b = Box::new([0; MAX_LINE]);
+        let n = json(&mut b, ex, tail, cache);
+        b[..n].to_vec()
+    }
+
+    fn combined_line(ex: &Exchange) -> Vec<u8> {
+        let mut b = Box::new([0; MAX_LINE]);
+        let n = combined(&mut b, ex, &mut Cache::default());
+        b[..n].to_vec()
+    }
 
     fn ex(uri: &str, ua: Option<HeaderValue>) -> Exchange {
         let uri: http::Uri = uri.parse().unwrap();
@@ -421,17 +529,14 @@ mod tests {
 
     #[test]
     fn json_line_parses_with_every_field() {
-        let mut line = Line::default();
         let ua = HeaderValue::from_bytes(b"bad \"agent\"\t \xff").unwrap();
-        json(
-            &mut line,
+        let out = json_line(
             &ex("/a?b=1", Some(ua)),
             &json_tail(7),
-            &mut TimeCache::default(),
+            &mut Cache::default(),
         );
-        let out = line.as_bytes();
         assert_eq!(out.last(), Some(&b'\n'));
-        let v: serde_json::Value = serde_json::from_slice(out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["client"], "10.1.2.3");
         assert_eq!(v["method"], "GET");
         assert_eq!(v["path"], "/a?b=1");
@@ -444,14 +549,8 @@ mod tests {
         assert_eq!(v["generation"], 7);
         let t = v["time"].as_str().unwrap();
         assert_eq!((t.len(), &t[10..11], &t[23..]), (24, "T", "Z"), "{t}");
-        let mut line = Line::default();
-        json(
-            &mut line,
-            &ex("/", None),
-            &json_tail(1),
-            &mut TimeCache::default(),
-        );
-        let v: serde_json::Value = serde_json::from_slice(line.as_bytes()).unwrap();
+        let out = json_line(&ex("/", None), &json_tail(1), &mut Cache::default());
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(v["user_agent"].is_null());
     }
 
@@ -473,32 +572,22 @@ mod tests {
         );
         e.bytes = u64::MAX;
         e.duration_ns = u64::MAX;
-        let mut line = Line::default();
-        json(
-            &mut line,
-            &e,
-            &json_tail(u64::MAX),
-            &mut TimeCache::default(),
-        );
-        let out = line.as_bytes();
+        let out = json_line(&e, &json_tail(u64::MAX), &mut Cache::default());
         assert!(out.len() <= 3100, "{}", out.len());
-        let v: serde_json::Value = serde_json::from_slice(out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(v["path"].as_str().unwrap().ends_with("..."));
-        let mut line = Line::default();
-        combined(&mut line, &e, &mut TimeCache::default());
-        let out = line.as_bytes();
+        assert_eq!(v["generation"], u64::MAX);
+        let out = combined_line(&e);
         assert!(out.len() <= 3300, "{}", out.len());
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
     }
 
     #[test]
     fn combined_line_shape() {
-        let mut line = Line::default();
         let mut e = ex("/x", Some(HeaderValue::from_static("curl/8")));
         e.path = Some(http::uri::PathAndQuery::from_static("/p?q=1"));
         e.referer = Some(HeaderValue::from_static("http://a/\"b\""));
-        combined(&mut line, &e, &mut TimeCache::default());
-        let s = String::from_utf8(line.as_bytes().to_vec()).unwrap();
+        let s = String::from_utf8(combined_line(&e)).unwrap();
         let (head, rest) = s.split_once(" [").unwrap();
         assert_eq!(head, "10.1.2.3 - -");
         let (_, rest) = rest.split_once("] ").unwrap();
@@ -519,9 +608,25 @@ mod tests {
         ] {
             let mut e = ex("/", None);
             e.client = ClientAddr(addr.parse().unwrap());
-            let mut line = Line::default();
-            client(&mut line.cur(), &e);
-            assert_eq!(String::from_utf8(line.as_bytes().to_vec()).unwrap(), want);
+            let mut cache = ClientText::default();
+            let got = written(|out| client(out, &e, &mut cache));
+            assert_eq!(String::from_utf8(got).unwrap(), want);
+            // Again from the cache, then after another address.
+            let got = written(|out| client(out, &e, &mut cache));
+            assert_eq!(String::from_utf8(got).unwrap(), want);
+            let mut other = ex("/", None);
+            other.client = ClientAddr(
+                "[2001:db8:ffff:ffff:ffff:ffff:255.255.255.255]:1"
+                    .parse()
+                    .unwrap(),
+            );
+            let got = written(|out| client(out, &other, &mut cache));
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                other.client.0.ip().to_string()
+            );
+            let got = written(|out| client(out, &e, &mut cache));
+            assert_eq!(String::from_utf8(got).unwrap(), want);
         }
         for o in 0..=255u8 {
             let d = OCTETS[usize::from(o)];
@@ -530,12 +635,69 @@ mod tests {
     }
 
     #[test]
+    fn lines_sharing_a_cache_each_carry_their_own_request() {
+        // One output's cache across requests of changing clients, user agents, ids, methods
+        // and versions: each line has its own.
+        let mut cache = Cache::default();
+        let ids = crate::observe::request_id::RequestIds::new();
+        let tail = json_tail(3);
+        for (i, (addr, ua, m, v)) in [
+            ("10.0.0.1:1", Some("a/1"), Method::GET, Version::HTTP_11),
+            (
+                "10.0.0.1:2",
+                Some("b/2 \"x\""),
+                Method::POST,
+                Version::HTTP_10,
+            ),
+            ("[2001:db8::7]:3", None, Method::OPTIONS, Version::HTTP_2),
+            (
+                "10.0.0.1:1",
+                Some("a/1"),
+                Method::from_bytes(b"PURGE").unwrap(),
+                Version::HTTP_09,
+            ),
+            (
+                "192.168.100.200:1",
+                Some("a/1"),
+                Method::DELETE,
+                Version::HTTP_3,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = ex("/p", ua.map(HeaderValue::from_static));
+            e.client = ClientAddr(addr.parse().unwrap());
+            e.method = m.clone();
+            e.version = v;
+            let id = ids.for_request(None);
+            e.request_id = Some(id.clone());
+            let out = json_line(&e, &tail, &mut cache);
+            let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(j["client"], e.client.0.ip().to_string(), "line {i}");
+            assert_eq!(j["user_agent"].as_str(), ua, "line {i}");
+            assert_eq!(j["method"], m.as_str(), "line {i}");
+            assert_eq!(j["protocol"], format!("{v:?}"), "line {i}");
+            assert_eq!(j["request_id"], id.to_str().unwrap(), "line {i}");
+            assert_eq!(j["generation"], 3, "line {i}");
+        }
+    }
+
+    #[test]
+    fn the_plain_scan_agrees_with_the_table() {
+        for b in 0..=255u8 {
+            assert_eq!(all_plain(&[b]), PLAIN[usize::from(b)], "{b}");
+            let mut long = [b'a'; 100];
+            long[77] = b;
+            assert_eq!(all_plain(&long), PLAIN[usize::from(b)], "{b}");
+        }
+        assert!(all_plain(b""));
+    }
+
+    #[test]
     fn json_escapes_and_cuts_at_character_boundaries() {
-        let esc = |v: &[u8], budget| {
-            let mut line = Line::default();
-            json_str(&mut line.cur(), v, budget);
-            String::from_utf8(line.as_bytes().to_vec()).unwrap()
-        };
+        let esc =
+            |v: &[u8], budget| String::from_utf8(written(|out| json_str(out, v, budget))).unwrap();
         assert_eq!(esc(b"a\"b\\c", 64), "a\\\"b\\\\c");
         assert_eq!(esc(b"\x00\x1f\x7f\n", 64), "\\u0000\\u001f\\u007f\\u000a");
         // Valid UTF-8 is kept; a value with an invalid byte has every high byte escaped.
@@ -546,12 +708,30 @@ mod tests {
         assert_eq!(esc(b"ab\"", 3), "ab...");
         assert_eq!(esc(b"abc", 3), "abc");
         // A method is a token: copied, cut past its budget.
-        let mut line = Line::default();
-        method(
-            &mut line.cur(),
-            Method::from_bytes(&[b'M'; 40]).unwrap().as_str().as_bytes(),
+        let long = Method::from_bytes(&[b'M'; 40]).unwrap();
+        assert_eq!(
+            written(|out| method(out, &long)),
+            [&[b'M'; 32][..], b"..."].concat()
         );
-        assert_eq!(line.as_bytes(), [&[b'M'; 32][..], b"..."].concat());
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+            Method::CONNECT,
+            Method::TRACE,
+            Method::from_bytes(b"PROPFIND").unwrap(),
+        ] {
+            // Followed by a field, as in a line: the padding is overwritten.
+            let got = written(|out| {
+                method(out, &m);
+                out.push(b'|');
+            });
+            assert_eq!(got, format!("{m}|").as_bytes());
+        }
         for v in [esc("ab€".as_bytes(), 4), esc(b"\x01\x01", 7)] {
             let line = format!("\"{v}\"");
             serde_json::from_str::<String>(&line).unwrap();

@@ -17,7 +17,8 @@
 //! are then at worst split, never lost or doubled.)
 //!
 //! # Bounded, and never in a request's way
-//! A request formats its line and appends it to the buffer under a lock held only for that copy.
+//! A request formats its line straight into the buffer, under a lock held only for that (a few
+//! hundred instructions; no scratch buffer, no copy).
 //! The writer thread takes the whole buffer (swapping in an empty one), writes it without the
 //! lock, and waits again: at most [`FLUSH_EVERY`], or until the buffer passes [`WAKE_AT`]. If the
 //! output does not keep up — a stdout pipe nobody reads, a full disk, a file on a hung NFS
@@ -41,6 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::line::{Buf, Cache, MAX_LINE};
 use crate::config::LogTarget;
 
 /// The most bytes of lines held (in each of the two buffers: the one filling, the one written).
@@ -69,13 +71,38 @@ pub(crate) struct Sink {
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// The lines queued are its first `used` bytes; past them it is zero-filled (or holds old
+    /// lines), at least [`MAX_LINE`] bytes of it, where the next line is formatted in place.
     lines: Vec<u8>,
+    used: usize,
+    /// What formatting keeps from line to line (the second, the last client).
+    cache: Cache,
     /// The writer was woken for `lines` already.
     woken: bool,
     reopen: bool,
     closing: bool,
     /// The writer has stopped.
     done: bool,
+}
+
+impl Shared {
+    /// The lines queued, leaving no buffer (the writer's last batch, at close).
+    fn take_lines(&mut self) -> Vec<u8> {
+        let mut lines = std::mem::take(&mut self.lines);
+        lines.truncate(std::mem::take(&mut self.used));
+        lines
+    }
+
+    /// Make room for a line after the lines queued (zero-filled: a line is formatted into
+    /// initialized bytes), doubling, up to [`MAX_BUFFER`] and a line.
+    #[cold]
+    fn grow(&mut self) {
+        let want = (self.used + MAX_LINE)
+            .max(2 * self.lines.len())
+            .min(MAX_BUFFER + MAX_LINE)
+            .max(self.used + MAX_LINE);
+        self.lines.resize(want, 0);
+    }
 }
 
 impl Sink {
@@ -85,7 +112,7 @@ impl Sink {
         let sink = Arc::new(Sink {
             target,
             shared: Mutex::new(Shared {
-                lines: Vec::with_capacity(WAKE_AT),
+                lines: vec![0; WAKE_AT + MAX_LINE],
                 ..Default::default()
             }),
             wake: Condvar::new(),
@@ -109,15 +136,41 @@ impl Sink {
     }
 
     /// Queue one line (with its newline): dropped, and counted, if the buffer is full.
+    #[cfg(test)]
     pub(crate) fn append(&self, line: &[u8]) {
+        self.append_with(|buf, _| {
+            buf[..line.len()].copy_from_slice(line);
+            line.len()
+        });
+    }
+
+    /// Queue the line `format` writes (with its newline) at the start of the buffer it is given,
+    /// returning its length: formatted in place, under the lock (no copy, one lock). Dropped, and
+    /// counted, if the buffer is full.
+    #[inline]
+    pub(crate) fn append_with(&self, format: impl FnOnce(&mut Buf, &mut Cache) -> usize) {
         let mut s = self.lock();
-        if s.lines.len() + line.len() > MAX_BUFFER || s.closing {
+        if s.closing {
             drop(s);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        s.lines.extend_from_slice(line);
-        if s.lines.len() >= WAKE_AT && !s.woken {
+        let at = s.used;
+        if s.lines.len() < at + MAX_LINE {
+            s.grow();
+        }
+        let Shared { lines, cache, .. } = &mut *s;
+        let Ok(buf) = <&mut Buf>::try_from(&mut lines[at..at + MAX_LINE]) else {
+            return;
+        };
+        let n = format(buf, cache);
+        if at + n > MAX_BUFFER {
+            drop(s);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        s.used = at + n;
+        if s.used >= WAKE_AT && !s.woken {
             s.woken = true;
             drop(s);
             self.wake.notify_one();
@@ -141,7 +194,7 @@ impl Sink {
         while !s.done {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let lost = s.lines.iter().filter(|&&b| b == b'\n').count();
+                let lost = s.lines[..s.used].iter().filter(|&&b| b == b'\n').count();
                 tracing::warn!(
                     "access log {}: output blocked for {} s at exit; {lost} line(s) not written",
                     self.target,
@@ -159,28 +212,31 @@ impl Sink {
 
     /// The writer thread's loop.
     fn writer(&self, mut out: Output) {
-        let mut batch = Vec::with_capacity(WAKE_AT);
+        // The buffer the lines were queued in, swapped for this one (zero-filled, as `lines`).
+        let mut batch = vec![0; WAKE_AT + MAX_LINE];
         let mut reported = Instant::now() - FLUSH_EVERY;
         loop {
-            let (reopen, closing) = {
+            let (used, reopen, closing) = {
                 let s = self.lock();
                 let (mut s, _) = self
                     .wake
                     .wait_timeout_while(s, FLUSH_EVERY, |s| !s.woken && !s.reopen && !s.closing)
                     .unwrap_or_else(|p| p.into_inner());
                 std::mem::swap(&mut s.lines, &mut batch);
+                let used = std::mem::take(&mut s.used);
                 s.woken = false;
-                (std::mem::take(&mut s.reopen), s.closing)
+                (used, std::mem::take(&mut s.reopen), s.closing)
             };
-            if !batch.is_empty() {
-                if let Err(e) = out.write_lines(&batch) {
-                    let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+            if used > 0 {
+                let lines = &batch[..used];
+                if let Err(e) = out.write_lines(lines) {
+                    let lines = lines.iter().filter(|&&b| b == b'\n').count() as u64;
                     self.dropped.fetch_add(lines, Ordering::Relaxed);
                     tracing::warn!("access log {}: write failed: {e}", self.target);
                 }
-                batch.clear();
-                if batch.capacity() > 4 * WAKE_AT {
-                    batch.shrink_to(WAKE_AT);
+                if batch.len() > 4 * WAKE_AT {
+                    batch.truncate(WAKE_AT + MAX_LINE);
+                    batch.shrink_to_fit();
                 }
             }
             if reopen && let LogTarget::File(p) = &self.target {
@@ -208,7 +264,7 @@ impl Sink {
             }
             if closing {
                 // Whatever came in while this batch was written goes too.
-                let rest = std::mem::take(&mut self.lock().lines);
+                let rest = self.lock().take_lines();
                 if !rest.is_empty() {
                     let _ = out.write_lines(&rest);
                 }
@@ -320,7 +376,7 @@ mod tests {
             sink.append(&line);
         }
         assert!(start.elapsed() < Duration::from_secs(5), "appends blocked");
-        assert!(sink.lock().lines.len() <= MAX_BUFFER);
+        assert!(sink.lock().used <= MAX_BUFFER);
         assert!(sink.dropped.load(Ordering::Relaxed) > 0);
         drop(r);
     }
