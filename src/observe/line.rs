@@ -359,10 +359,7 @@ fn method_other(out: &mut Cur<'_>, m: &[u8]) {
 }
 
 fn path_bytes(ex: &Exchange) -> &[u8] {
-    match &ex.path {
-        Some(pq) => pq.as_str().as_bytes(),
-        None => b"/",
-    }
+    ex.path.as_bytes().unwrap_or(b"/")
 }
 
 /// The end of a JSON line for one generation: `,"generation":N}` and the newline (made once per
@@ -485,7 +482,7 @@ mod tests {
 
     use super::*;
     use crate::handler::ClientAddr;
-    use crate::serve::exchange::{Outcome, mono_ns};
+    use crate::serve::exchange::{KeptPath, Outcome, mono_ns};
 
     /// `f`'s writing, from the start of a fresh buffer.
     fn written(f: impl FnOnce(&mut Cur<'_>)) -> Vec<u8> {
@@ -514,7 +511,7 @@ mod tests {
             started: mono_ns(),
             duration_ns: 1_234_567_000,
             method: Method::GET,
-            path: uri.path_and_query().cloned(),
+            path: KeptPath::of(uri.path_and_query()),
             version: Version::HTTP_11,
             client: ClientAddr("[::ffff:10.1.2.3]:5000".parse().unwrap()),
             status: StatusCode::NOT_FOUND,
@@ -585,7 +582,7 @@ mod tests {
     #[test]
     fn combined_line_shape() {
         let mut e = ex("/x", Some(HeaderValue::from_static("curl/8")));
-        e.path = Some(http::uri::PathAndQuery::from_static("/p?q=1"));
+        e.path = KeptPath::of(Some(&http::uri::PathAndQuery::from_static("/p?q=1")));
         e.referer = Some(HeaderValue::from_static("http://a/\"b\""));
         let s = String::from_utf8(combined_line(&e)).unwrap();
         let (head, rest) = s.split_once(" [").unwrap();
