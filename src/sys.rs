@@ -21,6 +21,8 @@
 //!   block writes them, and writes only hex digits and `-`).
 //! - [`set_tcp_defer_accept`], [`tcp_defer_accept`]: `TCP_DEFER_ACCEPT` on a listening socket
 //!   (neither rustix nor socket2 has it), through libc's `setsockopt` / `getsockopt`.
+//! - [`BoxSlot`]: one box handed between threads by an atomic swap, without a lock (a
+//!   connection's spare request record).
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -322,6 +324,73 @@ impl IdBlock {
     }
 }
 
+/// A slot holding at most one box, put and taken with one atomic swap each: an
+/// `Option<Box<T>>` behind a lock, without the lock (a connection's spare request record,
+/// handed from the flush that finished it to the next request, costs two swaps).
+pub(crate) struct BoxSlot<T> {
+    /// Null, or a pointer from `Box::into_raw` that the slot owns.
+    ptr: std::sync::atomic::AtomicPtr<T>,
+    /// Sent and shared as a `Mutex<Option<Box<T>>>` would be (`Send` and `Sync` when `T` is
+    /// `Send`): a box moves whole from one thread to another, never shared.
+    _owns: std::marker::PhantomData<std::sync::Mutex<Option<Box<T>>>>,
+}
+
+impl<T> BoxSlot<T> {
+    /// An empty slot.
+    pub(crate) const fn new() -> BoxSlot<T> {
+        BoxSlot {
+            ptr: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            _owns: std::marker::PhantomData,
+        }
+    }
+
+    /// Take the box, if the slot holds one.
+    #[inline]
+    pub(crate) fn take(&self) -> Option<Box<T>> {
+        let p = self
+            .ptr
+            .swap(std::ptr::null_mut(), std::sync::atomic::Ordering::Acquire);
+        // SAFETY: a non-null pointer in the slot came from `Box::into_raw` (`put`) and was
+        // owned by the slot; the swap took it out, so only this call has it (the `Acquire`
+        // pairs with `put`'s release: the box's contents are visible here).
+        (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+
+    /// Put `b` in the slot (a box it held is dropped).
+    #[inline]
+    pub(crate) fn put(&self, b: Box<T>) {
+        let old = self
+            .ptr
+            .swap(Box::into_raw(b), std::sync::atomic::Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: as in `take`: the swap took the slot's pointer out, to this call alone.
+            drop(unsafe { Box::from_raw(old) });
+        }
+    }
+}
+
+impl<T> Default for BoxSlot<T> {
+    fn default() -> BoxSlot<T> {
+        BoxSlot::new()
+    }
+}
+
+impl<T> Drop for BoxSlot<T> {
+    fn drop(&mut self) {
+        drop(self.take());
+    }
+}
+
+impl<T> std::fmt::Debug for BoxSlot<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let full = !self
+            .ptr
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .is_null();
+        f.debug_struct("BoxSlot").field("full", &full).finish()
+    }
+}
+
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// `n` as 16 hex digits (lowercase), most significant first.
@@ -438,5 +507,29 @@ mod tests {
                 assert_eq!(b.get(i).as_bytes(), want.as_bytes());
             }
         }
+    }
+
+    #[test]
+    fn a_box_slot_hands_over_each_box_once() {
+        let slot = BoxSlot::new();
+        assert!(slot.take().is_none());
+        slot.put(Box::new(1));
+        // A second put drops the first box (counted by an Arc's strong count below).
+        let shared = std::sync::Arc::new(());
+        slot.put(Box::new(2));
+        assert_eq!(slot.take().map(|b| *b), Some(2));
+        assert!(slot.take().is_none());
+        let held = BoxSlot::new();
+        held.put(Box::new(shared.clone()));
+        held.put(Box::new(shared.clone()));
+        assert_eq!(std::sync::Arc::strong_count(&shared), 2);
+        // Across threads, and dropped with the slot.
+        let held = std::sync::Arc::new(held);
+        let h = held.clone();
+        std::thread::spawn(move || h.put(Box::new(std::sync::Arc::new(()))))
+            .join()
+            .unwrap();
+        drop(held);
+        assert_eq!(std::sync::Arc::strong_count(&shared), 1);
     }
 }

@@ -49,6 +49,9 @@ use crate::config::LogTarget;
 pub(crate) const MAX_BUFFER: usize = 1 << 20;
 /// The writer is woken early when this much waits.
 const WAKE_AT: usize = 64 << 10;
+/// The size each of the two buffers starts at and goes back to: room for what comes in while
+/// the writer wakes past [`WAKE_AT`], so a steady flow of lines never grows it.
+const START_SIZE: usize = 2 * WAKE_AT + MAX_LINE;
 /// Lines wait at most this long for the writer.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long closing waits for the writer to write what it holds.
@@ -112,7 +115,7 @@ impl Sink {
         let sink = Arc::new(Sink {
             target,
             shared: Mutex::new(Shared {
-                lines: vec![0; WAKE_AT + MAX_LINE],
+                lines: vec![0; START_SIZE],
                 ..Default::default()
             }),
             wake: Condvar::new(),
@@ -213,7 +216,7 @@ impl Sink {
     /// The writer thread's loop.
     fn writer(&self, mut out: Output) {
         // The buffer the lines were queued in, swapped for this one (zero-filled, as `lines`).
-        let mut batch = vec![0; WAKE_AT + MAX_LINE];
+        let mut batch = vec![0; START_SIZE];
         let mut reported = Instant::now() - FLUSH_EVERY;
         loop {
             let (used, reopen, closing) = {
@@ -234,8 +237,8 @@ impl Sink {
                     self.dropped.fetch_add(lines, Ordering::Relaxed);
                     tracing::warn!("access log {}: write failed: {e}", self.target);
                 }
-                if batch.len() > 4 * WAKE_AT {
-                    batch.truncate(WAKE_AT + MAX_LINE);
+                if batch.len() > 4 * START_SIZE {
+                    batch.truncate(START_SIZE);
                     batch.shrink_to_fit();
                 }
             }

@@ -43,6 +43,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::handler::ClientAddr;
+use crate::sys::BoxSlot;
 use crate::tally::RouteTally;
 
 /// `x-request-id`: a request's id, taken from the request or given to it, and returned in the
@@ -366,6 +367,9 @@ pub(crate) struct Unflushed {
     /// True while `list` may be non-empty (one load per flush when nothing is recorded).
     any: AtomicBool,
     inner: Mutex<Inner>,
+    /// The box of the last request finished, for the next one (out of the lock: an atomic swap
+    /// to put, one to take).
+    spare: BoxSlot<Recorded>,
 }
 
 /// The list is `first` then `more`: an HTTP/1 connection has one response at a time, so the
@@ -374,7 +378,6 @@ pub(crate) struct Unflushed {
 struct Inner {
     first: Option<Recording>,
     more: Vec<Recording>,
-    spare: Option<Box<Recorded>>,
 }
 
 impl fmt::Debug for Inner {
@@ -382,7 +385,6 @@ impl fmt::Debug for Inner {
         f.debug_struct("Inner")
             .field("first", &self.first)
             .field("more", &self.more)
-            .field("spare", &self.spare.is_some())
             .finish()
     }
 }
@@ -394,7 +396,7 @@ impl Unflushed {
 
     /// The box of the last request finished, for the next one.
     fn take_spare(&self) -> Option<Box<Recorded>> {
-        self.lock().spare.take()
+        self.spare.take()
     }
 
     /// A response's body has ended.
@@ -423,13 +425,13 @@ impl Unflushed {
     fn finish_all(&self) {
         let mut inner = self.lock();
         self.any.store(false, Ordering::Release);
-        let Inner { first, more, spare } = &mut *inner;
+        let Inner { first, more } = &mut *inner;
         if let Some(r) = first.take() {
-            *spare = Some(r.written());
+            self.spare.put(r.written());
         }
         if !more.is_empty() {
             for r in more.drain(..) {
-                *spare = Some(r.written());
+                self.spare.put(r.written());
             }
         }
     }
@@ -491,9 +493,10 @@ mod tests {
         un.flushed();
         un.flushed();
         // The next request reuses the first one's box, and sees none of its facts.
-        assert!(un.lock().spare.is_some());
+        let spare = un.spare.take().unwrap();
+        un.spare.put(spare);
         let mut b = rec(&o, &un, None);
-        assert!(un.lock().spare.is_none());
+        assert!(un.spare.take().is_none());
         assert_eq!((b.0.ex.bytes, b.0.ex.outcome), (0, Outcome::Open));
         // Answered, never flushed: cut when the connection's state goes.
         b.answered(StatusCode::OK);
