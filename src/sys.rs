@@ -302,13 +302,12 @@ impl IdBlock {
         id[..16].copy_from_slice(&hex16(prefix));
         id[17..].copy_from_slice(&hex16(first));
         let low = (first & 0xff) as usize;
-        // Each id is a copy of a fixed size into its place (no length check, no library call).
-        let mut buf = vec![0; ID_LEN * ID_BLOCK];
-        for (i, place) in buf.chunks_exact_mut(ID_LEN).enumerate() {
+        let mut buf = Vec::with_capacity(ID_LEN * ID_BLOCK);
+        for i in 0..ID_BLOCK {
             let n = low + i;
             id[ID_LEN - 2] = HEX_DIGITS[n >> 4];
             id[ID_LEN - 1] = HEX_DIGITS[n & 0xf];
-            place.copy_from_slice(&id);
+            buf.extend_from_slice(&id);
         }
         IdBlock(buf.into())
     }

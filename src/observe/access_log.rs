@@ -38,7 +38,7 @@ pub(crate) struct AccessLog {
 
 impl Observer for AccessLog {
     fn started(&self, uri: &Uri, headers: &HeaderMap, ex: &mut Exchange) {
-        ex.path.keep(uri.path_and_query());
+        ex.path = uri.path_and_query().cloned();
         // One pass over the (few) headers costs less than hashing a name per lookup.
         let combined = self.format == AccessLogFormat::Combined;
         let mut given = None;

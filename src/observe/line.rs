@@ -359,7 +359,10 @@ fn method_other(out: &mut Cur<'_>, m: &[u8]) {
 }
 
 fn path_bytes(ex: &Exchange) -> &[u8] {
-    ex.path.as_bytes().unwrap_or(b"/")
+    match &ex.path {
+        Some(pq) => pq.as_str().as_bytes(),
+        None => b"/",
+    }
 }
 
 /// The end of a JSON line for one generation: `,"generation":N}` and the newline (made once per

@@ -95,7 +95,7 @@ pub(crate) struct Exchange {
     pub method: Method,
     /// The request target's path and query as received (for HTTP/2, from its `:path`), if the
     /// observer kept it.
-    pub path: KeptPath,
+    pub path: Option<PathAndQuery>,
     /// The HTTP version.
     pub version: Version,
     /// The client (the proxied one, with the PROXY protocol).
@@ -124,7 +124,7 @@ impl Exchange {
             started,
             duration_ns: 0,
             method,
-            path: KeptPath::default(),
+            path: None,
             version,
             client,
             status: StatusCode::OK,
@@ -140,87 +140,11 @@ impl Exchange {
     /// Let go of what refers to other memory (the request head's bytes, the route's counters),
     /// once finished.
     fn release(&mut self) {
-        self.path.clear();
+        self.path = None;
         self.request_id = None;
         self.user_agent = None;
         self.referer = None;
         self.tally = None;
-    }
-}
-
-/// A request target's path and query as an observer keeps it: copied into the record when short
-/// (most are; the record is reused, so that is one small copy, where a reference to the request
-/// head's bytes is a reference count taken and released per request), else that reference.
-#[derive(Clone)]
-pub(crate) struct KeptPath {
-    /// The length of the short path in `short` (0: none; a kept path is never empty).
-    len: u8,
-    short: [u8; SHORT_PATH],
-    /// A path longer than [`SHORT_PATH`].
-    long: Option<PathAndQuery>,
-}
-
-impl Default for KeptPath {
-    fn default() -> KeptPath {
-        KeptPath {
-            len: 0,
-            short: [0; SHORT_PATH],
-            long: None,
-        }
-    }
-}
-
-/// The longest path copied.
-const SHORT_PATH: usize = 96;
-
-impl KeptPath {
-    /// `pq`, kept.
-    #[cfg(test)]
-    pub(crate) fn of(pq: Option<&PathAndQuery>) -> KeptPath {
-        let mut k = KeptPath::default();
-        k.keep(pq);
-        k
-    }
-
-    /// Keep `pq` (replacing what was kept).
-    #[inline]
-    pub(crate) fn keep(&mut self, pq: Option<&PathAndQuery>) {
-        self.clear();
-        let Some(pq) = pq else {
-            return;
-        };
-        let b = pq.as_str().as_bytes();
-        if b.len() <= SHORT_PATH {
-            self.short[..b.len()].copy_from_slice(b);
-            self.len = b.len() as u8;
-        } else {
-            self.long = Some(pq.clone());
-        }
-    }
-
-    /// What is kept, if anything.
-    #[inline]
-    pub(crate) fn as_bytes(&self) -> Option<&[u8]> {
-        match &self.long {
-            Some(pq) => Some(pq.as_str().as_bytes()),
-            None if self.len > 0 => Some(&self.short[..usize::from(self.len)]),
-            None => None,
-        }
-    }
-
-    /// Keep nothing.
-    #[inline]
-    fn clear(&mut self) {
-        self.len = 0;
-        if self.long.is_some() {
-            self.long = None;
-        }
-    }
-}
-
-impl fmt::Debug for KeptPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.as_bytes().map(String::from_utf8_lossy).fmt(f)
     }
 }
 
@@ -450,7 +374,7 @@ mod tests {
     impl Observer for Seen {
         fn started(&self, uri: &Uri, headers: &HeaderMap, ex: &mut Exchange) {
             ex.user_agent = headers.get(http::header::USER_AGENT).cloned();
-            ex.path.keep(uri.path_and_query());
+            ex.path = uri.path_and_query().cloned();
         }
         fn finished(&self, ex: &Exchange) {
             self.0.lock().unwrap().push((
@@ -458,9 +382,7 @@ mod tests {
                 ex.status.as_u16(),
                 ex.bytes,
                 ex.user_agent.clone(),
-                ex.path
-                    .as_bytes()
-                    .map(|p| String::from_utf8(p.to_vec()).unwrap()),
+                ex.path.as_ref().map(|p| p.to_string()),
             ));
         }
     }
@@ -519,30 +441,6 @@ mod tests {
                 (Outcome::Cut, 200, 0, None, path),
             ]
         );
-    }
-
-    #[test]
-    fn a_path_is_kept_short_or_long_and_cleared() {
-        let mut k = KeptPath::default();
-        assert_eq!(k.as_bytes(), None);
-        for p in [
-            "/".to_string(),
-            "/a?b=1".into(),
-            format!("/{}", "x".repeat(SHORT_PATH - 1)),
-            format!("/{}", "y".repeat(SHORT_PATH)),
-            format!("/{}?q", "z".repeat(5000)),
-            "/b".into(),
-        ] {
-            let pq = PathAndQuery::try_from(p.as_str()).unwrap();
-            k.keep(Some(&pq));
-            assert_eq!(k.as_bytes(), Some(p.as_bytes()));
-            assert_eq!(k.long.is_some(), p.len() > SHORT_PATH);
-        }
-        k.keep(None);
-        assert_eq!(k.as_bytes(), None);
-        k.keep(Some(&PathAndQuery::from_static("/c")));
-        k.clear();
-        assert_eq!(k.as_bytes(), None);
     }
 
     #[test]

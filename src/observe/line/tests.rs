@@ -4,7 +4,7 @@ use http::{HeaderValue, Method, StatusCode};
 
 use super::*;
 use crate::handler::ClientAddr;
-use crate::serve::exchange::{KeptPath, Outcome, mono_ns};
+use crate::serve::exchange::{Outcome, mono_ns};
 
 /// `f`'s writing, from the start of a fresh buffer.
 fn written(f: impl FnOnce(&mut Cur<'_>)) -> Vec<u8> {
@@ -33,7 +33,7 @@ fn ex(uri: &str, ua: Option<HeaderValue>) -> Exchange {
         started: mono_ns(),
         duration_ns: 1_234_567_000,
         method: Method::GET,
-        path: KeptPath::of(uri.path_and_query()),
+        path: uri.path_and_query().cloned(),
         version: Version::HTTP_11,
         client: ClientAddr("[::ffff:10.1.2.3]:5000".parse().unwrap()),
         status: StatusCode::NOT_FOUND,
@@ -104,7 +104,7 @@ fn hostile_values_are_cut_to_a_bounded_line() {
 #[test]
 fn combined_line_shape() {
     let mut e = ex("/x", Some(HeaderValue::from_static("curl/8")));
-    e.path = KeptPath::of(Some(&http::uri::PathAndQuery::from_static("/p?q=1")));
+    e.path = Some(http::uri::PathAndQuery::from_static("/p?q=1"));
     e.referer = Some(HeaderValue::from_static("http://a/\"b\""));
     let s = String::from_utf8(combined_line(&e)).unwrap();
     let (head, rest) = s.split_once(" [").unwrap();
