@@ -302,14 +302,14 @@ impl IdBlock {
         id[..16].copy_from_slice(&hex16(prefix));
         id[17..].copy_from_slice(&hex16(first));
         let low = (first & 0xff) as usize;
-        let mut buf = Vec::with_capacity(ID_LEN * ID_BLOCK);
-        for i in 0..ID_BLOCK {
+        // Made on the stack (copies of a fixed size, no call per id), then copied out once.
+        let mut ids = [id; ID_BLOCK];
+        for (i, id) in ids.iter_mut().enumerate() {
             let n = low + i;
             id[ID_LEN - 2] = HEX_DIGITS[n >> 4];
             id[ID_LEN - 1] = HEX_DIGITS[n & 0xf];
-            buf.extend_from_slice(&id);
         }
-        IdBlock(buf.into())
+        IdBlock(bytes::Bytes::copy_from_slice(ids.as_flattened()))
     }
 
     /// Id `i` (below [`ID_BLOCK`]) of a block made by [`IdBlock::new`].
