@@ -9,6 +9,17 @@
 #   bench/handoff.sh [ROUNDS]          # default 200; POLLERS=2 GAP=200ms
 #   RUNS=3 bench/handoff.sh 100        # the same apphost, three runs in a row
 #   CONFIG=bench/bench-no-standby.yaml bench/handoff.sh
+#   PROBE=idle RUNS=3 bench/handoff.sh 100   # the probe at SCHED_IDLE (see below)
+#
+# PROBE says how the probe (load_harness) competes for the CPU with the processes it times:
+#   busy   (default) at their priority: its back-to-back polls keep a core busy, and on a
+#          2-core machine each step of the handoff may wait for the core the probe holds
+#   idle   `chrt --idle 0`: it runs only on a core nothing else wants, as a client on another
+#          machine would; what it measures is the handoff's own chain (its connections'
+#          server side still runs at normal priority, in apphost's processes)
+#   nice   `nice -n 19`
+# POLL_PAUSE (default 0s) pauses each poller that long between an answer and its next
+# connection (whole milliseconds: tokio's timer), the issue's "polled every ~1 ms".
 #
 # Binaries come from $BIN (a directory with apphost and load_harness), else a release build
 # ($CARGO_TARGET_DIR, default /work/target-bench) copied into the output directory
@@ -20,6 +31,14 @@ ROUNDS=${1:-200}
 RUNS=${RUNS:-1}
 POLLERS=${POLLERS:-2}
 GAP=${GAP:-200ms}
+PROBE=${PROBE:-busy}
+POLL_PAUSE=${POLL_PAUSE:-0s}
+case $PROBE in
+    busy) AS_PROBE=() ;;
+    idle) AS_PROBE=(chrt --idle 0) ;;
+    nice) AS_PROBE=(nice -n 19) ;;
+    *) echo "PROBE must be busy, idle or nice" >&2; exit 2 ;;
+esac
 CONFIG=${CONFIG:-bench/bench.yaml}
 PORT=18480
 OUT=${OUT:-$PWD/bench/out/handoff-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -31,7 +50,7 @@ trap '[[ -n $SUP ]] && kill -TERM "$SUP" 2>/dev/null || true' EXIT
 {
     echo "date: $(date -u +%FT%TZ)  nproc: $(nproc)  kernel: $(uname -r)"
     echo "tree: $(git rev-parse --short HEAD) (+ uncommitted changes: $(git status --porcelain -- src examples bench/*.sh | wc -l) files)"
-    echo "config: $CONFIG  rounds: $ROUNDS  pollers: $POLLERS  gap: $GAP"
+    echo "config: $CONFIG  rounds: $ROUNDS  pollers: $POLLERS  gap: $GAP  probe: $PROBE  poll pause: $POLL_PAUSE"
 } | tee "$OUT/summary.txt"
 "$BIN/apphost" run -c "$CONFIG" >"$OUT/apphost.log" 2>&1 &
 SUP=$!
@@ -41,8 +60,9 @@ for run in $(seq "$RUNS"); do
     sleep 0.5
     before=$(grep -c 'restart done' "$OUT/apphost.log" || true)
     echo "run $run: load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.txt"
-    "$BIN/load_harness" --url "http://127.0.0.1:$PORT/pid" --handoff --count "$ROUNDS" \
-        --pollers "$POLLERS" --handoff-gap "$GAP" --restart-pid "$SUP" \
+    "${AS_PROBE[@]}" "$BIN/load_harness" --url "http://127.0.0.1:$PORT/pid" --handoff \
+        --count "$ROUNDS" --pollers "$POLLERS" --handoff-gap "$GAP" --poll-pause "$POLL_PAUSE" \
+        --restart-pid "$SUP" \
         --json-out "$OUT/handoff-$run.json" | tee -a "$OUT/summary.txt" || true
     echo "run $run: load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/summary.txt"
     grep 'restart done' "$OUT/apphost.log" | tail -n +"$((before + 1))" |

@@ -1,7 +1,7 @@
 //! Handoff mode (`--handoff`): with no other load, `--count` times: read the serving pid, take
 //! t0, send SIGUSR1 to the supervisor, and poll `GET /pid` on fresh connections from
 //! `--pollers` concurrent pollers, each starting its next connection as soon as the previous one
-//! has answered, until a pid not seen before answers. The handoff is the earliest arrival of a
+//! has answered (or `--poll-pause` after it), until a pid not seen before answers. The handoff is the earliest arrival of a
 //! new pid's answer − t0.
 //!
 //! Besides the handoff it reports what the client saw in between: how many polls the old worker
@@ -71,16 +71,24 @@ fn us(d: Duration) -> u32 {
     d.as_micros().min(u128::from(u32::MAX)) as u32
 }
 
-/// Poll until `done` or `timeout` after t0, sending every answer (or failure) to `out`.
+/// Poll until `done` or `timeout` after t0, sending every answer (or failure) to `out`; with a
+/// `pause`, wait that long between an answer and the next connection (tokio's timer rounds it up
+/// to whole milliseconds).
 async fn poller(
     target: Target,
     request: Arc<[u8]>,
     t0: Instant,
     timeout: Duration,
     done: Arc<AtomicBool>,
+    pause: Duration,
     out: mpsc::UnboundedSender<Poll>,
 ) {
+    let mut first = true;
     while !done.load(Ordering::Relaxed) && t0.elapsed() < timeout {
+        if !first && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        first = false;
         let start = t0.elapsed();
         let result = get_pid_timed(&target, &request, timeout).await;
         let end = t0.elapsed();
@@ -110,6 +118,7 @@ async fn round(
             t0,
             args.timeout,
             done.clone(),
+            args.poll_pause,
             tx.clone(),
         ));
     }
@@ -232,6 +241,7 @@ pub(crate) async fn run_handoff(args: &Args, target: Target) -> Result<bool, Str
         "restart_pid": sup.as_raw_nonzero().get(),
         "rounds": args.count,
         "pollers": args.pollers,
+        "poll_pause_us": us(args.poll_pause),
         "measured": sorted.len(),
         "timed_out": timed_out,
         "polls": polls_total,
@@ -252,11 +262,12 @@ pub(crate) async fn run_handoff(args: &Args, target: Target) -> Result<bool, Str
     if !args.json {
         println!(
             "handoff: {} rounds, SIGUSR1 to {} then GET {} on fresh connections from {} pollers \
-             until a new pid answers",
+             (pause between polls: {:?}) until a new pid answers",
             args.count,
             sup.as_raw_nonzero(),
             args.url,
-            args.pollers
+            args.pollers,
+            args.poll_pause
         );
         println!(
             "{:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",

@@ -148,6 +148,10 @@ struct Args {
     /// Handoff mode: concurrent pollers, each on a fresh connection as soon as its last answered.
     #[arg(long, default_value_t = 2)]
     pollers: usize,
+    /// Handoff mode: each poller's pause between an answer and its next connection (0: back to
+    /// back; tokio's timer rounds a pause up to whole milliseconds).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    poll_pause: Duration,
     /// Handoff mode: pause between rounds.
     #[arg(long, default_value = "300ms", value_parser = parse_duration)]
     handoff_gap: Duration,
