@@ -443,6 +443,12 @@ pub(crate) fn send_blocking(
 }
 
 /// One end of the channel, driven by tokio.
+///
+/// Registered with the reactor for readability only: a message read by the other end makes
+/// this end writable again, and with that interest registered too every message sent would
+/// wake this process's reactor thread for nothing (three such wake-ups on a handoff's path:
+/// `activate`, `ready`, `drain`). A send that finds the socket full, rare with messages this
+/// small, waits for room through a registration of its own ([`Channel::send`]).
 #[derive(Debug)]
 pub(crate) struct Channel {
     fd: AsyncFd<OwnedFd>,
@@ -453,7 +459,7 @@ impl Channel {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Channel> {
         rustix::io::ioctl_fionbio(&fd, true)?;
         Ok(Channel {
-            fd: crate::sys::async_fd(fd)?,
+            fd: crate::sys::async_fd_for(fd, tokio::io::Interest::READABLE)?,
         })
     }
 
@@ -475,8 +481,14 @@ impl Channel {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             other => return other,
         }
+        // Full: wait for room through a duplicate registered for writability only, for as long
+        // as this send waits.
+        let room = crate::sys::async_fd_for(
+            self.fd.get_ref().try_clone()?,
+            tokio::io::Interest::WRITABLE,
+        )?;
         loop {
-            let mut guard = self.fd.writable().await?;
+            let mut guard = room.writable().await?;
             match guard.try_io(|fd| send_raw(fd, &bytes, fds)) {
                 Ok(r) => return r,
                 Err(_would_block) => continue,
@@ -566,6 +578,35 @@ mod tests {
         assert!(a.send(&huge, &[]).await.is_err());
         a.send(&Msg::GoingAway, &[]).await.unwrap();
         assert_eq!(b.recv().await.unwrap().unwrap().0, Msg::GoingAway);
+    }
+
+    #[tokio::test]
+    async fn a_send_that_finds_the_socket_full_waits_for_room() {
+        let (a, b) = pair().unwrap();
+        let a = Channel::new(a).unwrap();
+        let b = Channel::new(b).unwrap();
+        let msg = Msg::Failed {
+            reason: "x".repeat(4096),
+        };
+        let mut queued = 0usize;
+        while a.try_send_now(&msg).unwrap() {
+            queued += 1;
+            assert!(queued < 100_000, "the socket never filled");
+        }
+        // Registered for readability only, the channel must still see the room a read makes.
+        let last = tokio::spawn(async move {
+            a.send(&Msg::GoingAway, &[]).await.unwrap();
+            a
+        });
+        for _ in 0..queued {
+            assert_eq!(b.recv().await.unwrap().unwrap().0, msg);
+        }
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), b.recv()).await;
+        assert_eq!(got.unwrap().unwrap().unwrap().0, Msg::GoingAway);
+        let _a = tokio::time::timeout(std::time::Duration::from_secs(10), last)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[test]

@@ -227,6 +227,18 @@ pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<Owned
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
+/// Register an owned descriptor with tokio's reactor for `interest` only: the reactor's thread
+/// is then not woken by the other readiness (a socket becoming writable again each time its
+/// peer reads).
+pub(crate) fn async_fd_for(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: as in `async_fd`.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| e.into_parts().1)
+}
+
 /// Mark every open descriptor numbered `first` or above close-on-exec, so that a child started
 /// later inherits only what [`prepare_child`] passes it. Called once at supervisor start: a
 /// shell or service manager may have started `apphost run` with descriptors of its own open
