@@ -32,31 +32,66 @@ use crate::config::{LogConfig, LogFormat};
 /// target, a typo in `APPHOST_LOG`): the reason a host exits, such as an address in use, must
 /// reach stderr.
 pub(crate) fn init(cfg: &LogConfig) -> Option<String> {
-    use tracing_subscriber::Layer;
-    use tracing_subscriber::filter::{FilterExt, LevelFilter};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let env = std::env::var("APPHOST_LOG").ok();
-    let (level, warning) = level_in_force(env.as_deref(), cfg);
-    let filter = EnvFilter::try_new(level)
-        .unwrap_or_else(|_| EnvFilter::new("info"))
-        .or(LevelFilter::ERROR);
-    let pid = std::process::id();
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        // A log line that cannot be written is dropped. By default tracing-subscriber reports it
-        // with `eprint!`, which panics when stderr is a pipe nobody reads: a worker whose
-        // supervisor was killed would then die at its next log line instead of draining.
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let layer = match cfg.format {
-        LogFormat::Text => layer.event_format(TextFormat { pid }).boxed(),
-        LogFormat::Json => layer.event_format(JsonFormat { pid }).boxed(),
-    };
-    let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(filter))
-        .try_init();
-    warning
+    Ahead::build(cfg).install()
+}
+
+/// A subscriber built but not yet installed: a warm standby builds it from the config it parsed
+/// ahead (the filter's parse and the registration of the callsites seen so far are then off the
+/// handoff's path) and installs it at its activation when the config's `log` section is still
+/// the one it was built from ([`Ahead::install_for`]).
+pub(crate) struct Ahead {
+    cfg: LogConfig,
+    dispatch: tracing::Dispatch,
+    warning: Option<String>,
+}
+
+impl Ahead {
+    /// The subscriber `cfg` (and `APPHOST_LOG`) ask for.
+    pub(crate) fn build(cfg: &LogConfig) -> Ahead {
+        use tracing_subscriber::Layer;
+        use tracing_subscriber::filter::{FilterExt, LevelFilter};
+        use tracing_subscriber::layer::SubscriberExt;
+        let env = std::env::var("APPHOST_LOG").ok();
+        let (level, warning) = level_in_force(env.as_deref(), cfg);
+        let filter = EnvFilter::try_new(level)
+            .unwrap_or_else(|_| EnvFilter::new("info"))
+            .or(LevelFilter::ERROR);
+        let pid = std::process::id();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            // A log line that cannot be written is dropped. By default tracing-subscriber reports
+            // it with `eprint!`, which panics when stderr is a pipe nobody reads: a worker whose
+            // supervisor was killed would then die at its next log line instead of draining.
+            .log_internal_errors(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        let layer = match cfg.format {
+            LogFormat::Text => layer.event_format(TextFormat { pid }).boxed(),
+            LogFormat::Json => layer.event_format(JsonFormat { pid }).boxed(),
+        };
+        let subscriber = tracing_subscriber::registry().with(layer.with_filter(filter));
+        Ahead {
+            cfg: cfg.clone(),
+            dispatch: tracing::Dispatch::new(subscriber),
+            warning,
+        }
+    }
+
+    /// Install it as the global subscriber (nothing when one is installed already); the warning
+    /// about `APPHOST_LOG`, if any.
+    pub(crate) fn install(self) -> Option<String> {
+        use tracing_subscriber::util::SubscriberInitExt;
+        let _ = self.dispatch.try_init();
+        self.warning
+    }
+
+    /// Install it if it was built from `cfg`, else the subscriber `cfg` asks for.
+    pub(crate) fn install_for(self, cfg: &LogConfig) -> Option<String> {
+        if self.cfg == *cfg {
+            self.install()
+        } else {
+            init(cfg)
+        }
+    }
 }
 
 /// The filter to use: `APPHOST_LOG` when set and valid (the same rules as `log.level`), else the

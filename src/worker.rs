@@ -151,11 +151,16 @@ async fn start(
     accepting: Option<OwnedFd>,
 ) -> (ExitCode, Option<Arc<AccessLogs>>) {
     let mut early = None;
+    let mut log_ahead = None;
     if standby {
-        // A warm standby: process start-up (exec, loader, runtime) and the config's parse are
-        // done ahead of the restart; the config served is still the file as it is when
-        // activated (see `standby`).
+        // A warm standby: process start-up (exec, loader, runtime), the config's parse and the
+        // log subscriber are done ahead of the restart; the config served is still the file as
+        // it is when activated, and the subscriber installed the one its `log` asks for (see
+        // `standby`).
         early = standby::EarlyConfig::read(args.config.as_deref());
+        log_ahead = early
+            .as_ref()
+            .map(|e| crate::logging::Ahead::build(e.log()));
         standby::warm_up().await;
         match wait_for_activation(&chan).await {
             Ok(Some(g)) => generation = g,
@@ -178,7 +183,10 @@ async fn start(
         Err(e) => return (early_fail(Some(chan.as_fd()), &e.to_string()), None),
     };
     // The supervisor has said what is wrong with APPHOST_LOG, if anything.
-    let _ = crate::logging::init(&config.log);
+    let _ = match log_ahead {
+        Some(ahead) => ahead.install_for(&config.log),
+        None => crate::logging::init(&config.log),
+    };
     crate::serve::raise_fd_limit();
     let logs = match AccessLogs::open(&config, generation) {
         Ok(l) => Arc::new(l),

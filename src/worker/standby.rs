@@ -7,6 +7,9 @@
 //! to a throwaway listener, so that the first real connection after the activation does not pay
 //! for mapping that code into a fresh process.
 //!
+//! Its log subscriber is built ahead from that parse, and installed at the activation only if
+//! the `log` section it was built from is the one of the config served.
+//!
 //! Nothing else is done ahead: the routes (whose handlers' factories may read files, such as a
 //! static directory behind a symlink a deploy has just switched), the TLS certificates, the
 //! access log files and the application's start-up checks are all made or run after the
@@ -103,6 +106,11 @@ impl EarlyConfig {
             text: after,
             config,
         })
+    }
+
+    /// The log section of the config parsed ahead (the standby builds its subscriber from it).
+    pub(super) fn log(&self) -> &crate::config::LogConfig {
+        &self.config.log
     }
 
     /// The config parsed ahead, if the file still holds the bytes it was parsed from.

@@ -126,6 +126,53 @@ fn a_replaced_executable_is_not_served_by_a_stale_standby() {
     );
 }
 
+/// The standby builds its log subscriber ahead from the config it parsed ahead; a `log` section
+/// changed before the activation is the one the new worker logs with.
+#[test]
+fn a_log_format_changed_before_the_activation_is_the_one_the_new_worker_uses() {
+    let port = free_port();
+    let cfg = |format: &str| {
+        format!(
+            "graceful: true\nwarm_standby: true\nwatch: {{ executable: false, config: false }}\nlog: {{ format: {format} }}\nservers:\n  s1:\n    address: \"127.0.0.1:{port}\"\n    routes:\n      \"/pid\": pid\n"
+        )
+    };
+    let host = Apphost::start(&cfg("text"));
+    let first = host.wait_serving(port);
+    let standby = wait_until(Duration::from_secs(10), "a standby worker", || {
+        let c = children(host.pid());
+        c.iter()
+            .copied()
+            .find(|p| *p != first)
+            .filter(|_| c.len() == 2)
+    });
+    std::fs::write(&host.config, cfg("json")).unwrap();
+    host.signal(rustix::process::Signal::USR1);
+    let new = wait_until(Duration::from_secs(10), "the standby to serve", || {
+        let p: u32 = try_get(port, "/pid").ok()?.body_str().trim().parse().ok()?;
+        (p != first).then_some(p)
+    });
+    assert_eq!(new, standby);
+    let json_line = format!("\"pid\":{new},");
+    wait_until(
+        Duration::from_secs(10),
+        "a JSON line of the new worker",
+        || {
+            host.log()
+                .lines()
+                .any(|l| l.starts_with('{') && l.contains(&json_line) && l.contains("reloaded"))
+                .then_some(())
+        },
+    );
+    assert!(
+        !host
+            .log()
+            .lines()
+            .any(|l| l.contains(&format!("pid[{new}]"))),
+        "the new worker wrote a text line; log:\n{}",
+        host.log()
+    );
+}
+
 /// A standby that is not an apphost worker at all (the executable was replaced by something else
 /// just as the standby started: here a script that becomes apphost only the first time) is
 /// stopped with a kill of its process group when a restart does not use it, not asked to drain,
