@@ -17,9 +17,11 @@
 #   idle   `chrt --idle 0`: it runs only on a core nothing else wants, as a client on another
 #          machine would; what it measures is the handoff's own chain (its connections'
 #          server side still runs at normal priority, in apphost's processes)
-#   nice   `nice -n 19`
+#   nice   `nice -n $PROBE_NICE` (default 10: below apphost's processes, still well above the
+#          `nice -n 19` builds of a shared machine, which a SCHED_IDLE probe waits behind)
 # POLL_PAUSE (default 0s) pauses each poller that long between an answer and its next
-# connection (whole milliseconds: tokio's timer), the issue's "polled every ~1 ms".
+# connection, the issue's "polled every ~1 ms"; tokio's timer rounds a pause up to whole
+# milliseconds, so its figures measure mostly the probe's own resolution (BENCHMARKS (af)).
 #
 # Binaries come from $BIN (a directory with apphost and load_harness), else a release build
 # ($CARGO_TARGET_DIR, default /work/target-bench) copied into the output directory
@@ -36,7 +38,7 @@ POLL_PAUSE=${POLL_PAUSE:-0s}
 case $PROBE in
     busy) AS_PROBE=() ;;
     idle) AS_PROBE=(chrt --idle 0) ;;
-    nice) AS_PROBE=(nice -n 19) ;;
+    nice) AS_PROBE=(nice -n "${PROBE_NICE:-10}") ;;
     *) echo "PROBE must be busy, idle or nice" >&2; exit 2 ;;
 esac
 CONFIG=${CONFIG:-bench/bench.yaml}
@@ -50,7 +52,7 @@ trap '[[ -n $SUP ]] && kill -TERM "$SUP" 2>/dev/null || true' EXIT
 {
     echo "date: $(date -u +%FT%TZ)  nproc: $(nproc)  kernel: $(uname -r)"
     echo "tree: $(git rev-parse --short HEAD) (+ uncommitted changes: $(git status --porcelain -- src examples bench/*.sh | wc -l) files)"
-    echo "config: $CONFIG  rounds: $ROUNDS  pollers: $POLLERS  gap: $GAP  probe: $PROBE  poll pause: $POLL_PAUSE"
+    echo "config: $CONFIG  rounds: $ROUNDS  pollers: $POLLERS  gap: $GAP  probe: $PROBE${PROBE_NICE:+ $PROBE_NICE}  poll pause: $POLL_PAUSE"
 } | tee "$OUT/summary.txt"
 "$BIN/apphost" run -c "$CONFIG" >"$OUT/apphost.log" 2>&1 &
 SUP=$!
