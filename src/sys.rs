@@ -23,6 +23,10 @@
 //!   (neither rustix nor socket2 has it), through libc's `setsockopt` / `getsockopt`.
 //! - [`BoxSlot`]: one box handed between threads by an atomic swap, without a lock (a
 //!   connection's spare request record).
+//! - [`async_listener`]: a listening TCP socket registered with tokio as the descriptor it is
+//!   (`serve::listen`), as [`async_fd`] does for other descriptors.
+//! - [`recv_into`]: `recv` into the unfilled, possibly uninitialised part of a tokio `ReadBuf`
+//!   (an unregistered connection's read, `serve::lazy`), without zeroing it first.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsStr, OsString};
@@ -239,6 +243,17 @@ pub(crate) fn async_fd_for(
         .map_err(|e| e.into_parts().1)
 }
 
+/// Register a listening TCP socket with tokio's reactor, for readability only (accepting
+/// connections to it: `serve::listen`).
+pub(crate) fn async_listener(
+    l: std::net::TcpListener,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::TcpListener>> {
+    // SAFETY: a `TcpListener` owns its open descriptor, nobody else closes it, it stays open for
+    // as long as the `AsyncFd` holds it, and its `as_raw_fd` always returns the same number.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(l, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
 /// Mark every open descriptor numbered `first` or above close-on-exec, so that a child started
 /// later inherits only what [`prepare_child`] passes it. Called once at supervisor start: a
 /// shell or service manager may have started `apphost run` with descriptors of its own open
@@ -447,6 +462,22 @@ pub(crate) fn set_tcp_defer_accept(fd: BorrowedFd<'_>, secs: u32) -> io::Result<
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// `recv` from the socket `fd` into the unfilled part of `buf` (which may be uninitialised:
+/// hyper hands over its buffer's spare capacity), and count what arrived as filled. Returns
+/// the number of bytes received (0: the peer closed, or `buf` is full).
+pub(crate) fn recv_into(fd: BorrowedFd<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> io::Result<usize> {
+    // SAFETY: the slice is only written to, by the kernel through rustix's `recv` (which takes
+    // `&mut [MaybeUninit<u8>]` and never reads or de-initialises it).
+    let unfilled = unsafe { buf.unfilled_mut() };
+    let ((received, _), _) = rustix::net::recv(fd, unfilled, rustix::net::RecvFlags::empty())?;
+    let n = received.len();
+    // SAFETY: `recv` initialised the first `n` bytes of the unfilled part (rustix returns them
+    // as the initialised slice, at most the slice's length).
+    unsafe { buf.assume_init(n) };
+    buf.advance(n);
+    Ok(n)
 }
 
 /// `TCP_DEFER_ACCEPT` of the TCP socket `fd`, in seconds as the kernel rounded it (0: off).

@@ -31,7 +31,7 @@ use super::exchange::{Recording, X_REQUEST_ID};
 use super::guarded::Guarded;
 use super::progress::{Busy, End, TrackedBody, TrackedIo};
 use super::proxy::{self, Peek, Source};
-use super::watchdog::ConnState;
+use super::watchdog::{BODY_SEEN, ConnState};
 use super::{Endpoint, Serving};
 use crate::body::{Body, BodyWatch};
 use crate::handler::text;
@@ -218,6 +218,7 @@ pub(super) async fn serve_io<I>(
             let (req, watched) = if http_body::Body::is_end_stream(req.body()) {
                 (req.map(Body::incoming), None)
             } else {
+                state.set(BODY_SEEN);
                 let w: Arc<dyn BodyWatch> = state.clone();
                 (
                     req.map(|b| Body::incoming_watched(b, w)),

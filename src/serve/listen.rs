@@ -40,6 +40,7 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use tokio::io::unix::AsyncFd;
 
 use crate::config::ListenAddr;
 use crate::control::Probe;
@@ -87,7 +88,7 @@ impl Bound {
         Ok(match self {
             Bound::Tcp(l) => {
                 let inherits_nodelay = socket2::SockRef::from(&l).set_tcp_nodelay(true).is_ok();
-                Listener::Tcp(tokio::net::TcpListener::from_std(l)?, inherits_nodelay)
+                Listener::Tcp(crate::sys::async_listener(l)?, inherits_nodelay)
             }
             Bound::Unix(l) => Listener::Unix(tokio::net::UnixListener::from_std(l)?),
         })
@@ -97,17 +98,21 @@ impl Bound {
 /// A listening socket registered with the runtime.
 #[derive(Debug)]
 pub(crate) enum Listener {
-    /// TCP, and whether its connections inherit `TCP_NODELAY` from it.
-    Tcp(tokio::net::TcpListener, bool),
+    /// TCP, and whether its connections inherit `TCP_NODELAY` from it. Registered as the
+    /// descriptor it is, not as a tokio `TcpListener`, whose `accept` registers every connection
+    /// with the poller at once: connections are registered only when they must wait
+    /// ([`super::lazy`]).
+    Tcp(AsyncFd<TcpListener>, bool),
     /// Unix-domain stream.
     Unix(tokio::net::UnixListener),
 }
 
 /// An accepted connection.
 pub(crate) enum Accepted {
-    /// A TCP connection, its peer, and whether it already has `TCP_NODELAY` (inherited from the
-    /// listening socket; if not, the accept loop sets it).
-    Tcp(tokio::net::TcpStream, SocketAddr, bool),
+    /// A TCP connection (non-blocking, not registered with the poller), its peer, and whether it
+    /// already has `TCP_NODELAY` (inherited from the listening socket; if not, the accept loop
+    /// sets it).
+    Tcp(std::net::TcpStream, SocketAddr, bool),
     /// A Unix-domain connection (its peer has no address worth keeping).
     Unix(tokio::net::UnixStream),
 }
@@ -119,12 +124,26 @@ impl Listener {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<io::Result<Accepted>> {
         match self {
-            Listener::Tcp(l, nodelay) => l
-                .poll_accept(cx)
-                .map(|r| r.map(|(s, a)| Accepted::Tcp(s, a, *nodelay))),
+            Listener::Tcp(l, nodelay) => loop {
+                let mut ready = std::task::ready!(l.poll_read_ready(cx))?;
+                if let Ok(r) = ready.try_io(|l| accept_tcp(l.get_ref())) {
+                    return std::task::Poll::Ready(r.map(|(s, a)| Accepted::Tcp(s, a, *nodelay)));
+                }
+            },
             Listener::Unix(l) => l.poll_accept(cx).map(|r| r.map(|(s, _)| Accepted::Unix(s))),
         }
     }
+}
+
+/// Accept a connection on `l`: non-blocking and close-on-exec from `accept4` itself.
+fn accept_tcp(l: &TcpListener) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::{SocketFlags, acceptfrom_with};
+    let (fd, addr) = acceptfrom_with(l, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    // A TCP peer always has an address; should the kernel not give one, it is unknown.
+    let peer = addr
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    Ok((std::net::TcpStream::from(fd), peer))
 }
 
 /// Bind and listen on `addr` (TCP or `unix:`); `unix_mode` sets a Unix socket's permission bits.
@@ -248,7 +267,7 @@ mod tests {
     use std::future::poll_fn;
 
     /// Accept one connection to `bound` (connecting to it from this task).
-    async fn accept_one(bound: Bound) -> tokio::net::TcpStream {
+    async fn accept_one(bound: Bound) -> std::net::TcpStream {
         let addr = match &bound {
             Bound::Tcp(l) => l.local_addr().unwrap(),
             Bound::Unix(_) => unreachable!("a TCP listener"),

@@ -2,6 +2,8 @@
 //!
 //! - [`listen`]: bind a listening socket (TCP or Unix) for a config address, or adopt one handed
 //!   in.
+//! - [`lazy`]: an accepted TCP connection, registered with the runtime's poller only once it
+//!   must wait.
 //! - [`proxy`]: the PROXY protocol header (v1, v2) a `proxy_protocol` server's connections start
 //!   with.
 //! - [`tls`]: rustls server config and the certificate store (swappable for renewal).
@@ -42,6 +44,7 @@ pub(crate) mod conn;
 pub(crate) mod conn_limit;
 pub(crate) mod exchange;
 pub(crate) mod guarded;
+pub(crate) mod lazy;
 pub(crate) mod listen;
 pub(crate) mod probe;
 pub(crate) mod progress;
@@ -63,7 +66,7 @@ use tokio::sync::watch;
 use crate::handler::ClientAddr;
 use crate::routes::RouteTable;
 use listen::{Accepted, Listener};
-use watchdog::{Guard, Limits, Watchdog};
+use watchdog::{ConnState, Guard, Limits, Watchdog};
 
 /// Shared by all connections of one generation.
 #[derive(Debug)]
@@ -231,10 +234,11 @@ pub(crate) async fn accept_loop(listener: Listener, endpoint: Endpoint, serving:
                 if !has_nodelay {
                     let _ = stream.set_nodelay(true);
                 }
+                let stream = |state: &Arc<ConnState>| lazy::LazyTcp::new(stream, state);
                 spawn_conn(stream, ClientAddr(peer), permit, &endpoint, &serving);
             }
             Ok(Accepted::Unix(stream)) => {
-                spawn_conn(stream, ClientAddr::UNIX, permit, &endpoint, &serving);
+                spawn_conn(|_| stream, ClientAddr::UNIX, permit, &endpoint, &serving);
             }
             Err(e) => {
                 // EMFILE/ENFILE/ECONNABORTED: keep the listener, pause (the connection stays in
@@ -252,9 +256,10 @@ pub(crate) async fn accept_loop(listener: Listener, endpoint: Endpoint, serving:
     tracing::debug!(listener = %endpoint.key, "stopped accepting");
 }
 
-/// Start serving one accepted connection in its own task.
+/// Start serving one accepted connection in its own task; `stream` makes its socket, given the
+/// connection's state.
 fn spawn_conn<S: conn::Stream>(
-    stream: S,
+    stream: impl FnOnce(&Arc<ConnState>) -> S,
     peer: ClientAddr,
     permit: Option<conn_limit::Permit>,
     endpoint: &Arc<Endpoint>,
@@ -264,6 +269,7 @@ fn spawn_conn<S: conn::Stream>(
     let (state, reg) = serving
         .watchdog
         .register_for(endpoint.routes.server_index(), permit);
+    let stream = stream(&state);
     let (ep, s) = (endpoint.clone(), serving.clone());
     // Plain and TLS connections are separate futures: a plain one does not carry the (much
     // larger) TLS state. Each is boxed before it is spawned: tokio moves a task's future through

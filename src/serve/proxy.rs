@@ -70,14 +70,14 @@ pub(crate) trait Peek {
     /// Copy the bytes waiting in the socket into `buf` without consuming them; waits for at
     /// least one (0: the peer closed).
     fn peek<'a>(
-        &'a self,
+        &'a mut self,
         buf: &'a mut [u8],
     ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a;
 }
 
 impl Peek for tokio::net::TcpStream {
     fn peek<'a>(
-        &'a self,
+        &'a mut self,
         buf: &'a mut [u8],
     ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a {
         tokio::net::TcpStream::peek(self, buf)
@@ -85,11 +85,12 @@ impl Peek for tokio::net::TcpStream {
 }
 
 impl Peek for tokio::net::UnixStream {
-    async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let this: &Self = self;
         loop {
-            self.readable().await?;
-            let r = self.try_io(tokio::io::Interest::READABLE, || {
-                rustix::net::recv(self, &mut *buf, rustix::net::RecvFlags::PEEK)
+            this.readable().await?;
+            let r = this.try_io(tokio::io::Interest::READABLE, || {
+                rustix::net::recv(this, &mut *buf, rustix::net::RecvFlags::PEEK)
                     .map(|(n, _)| n)
                     .map_err(io::Error::from)
             });

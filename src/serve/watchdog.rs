@@ -80,6 +80,8 @@ pub(super) const BLOCKED: u8 = 16;
 /// `ConnState::flags`: the HTTP/1 request being answered had no body, and its answer did not ask
 /// to close ([`super::progress::End`]).
 pub(super) const LAST_WORD: u8 = 64;
+/// `ConnState::flags`: a request with a body has come on this connection ([`super::lazy`]).
+pub(super) const BODY_SEEN: u8 = 128;
 
 /// Milliseconds since the process's clock epoch, refreshed by the sweepers on every tick: read
 /// on every response end, so it must cost one load, not a clock call.

@@ -21,6 +21,7 @@ mod limits;
 mod listeners;
 mod metrics;
 mod netns;
+mod new_connections;
 mod newcomer;
 mod recorded_exe;
 mod recovery;
