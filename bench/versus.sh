@@ -11,6 +11,10 @@
 #   ONLY=wrk bench/versus.sh           # a subset of: wrk syscalls instructions
 #   PIN=1 ONLY=wrk bench/versus.sh     # server-bound: servers on CPU 0, wrk -t1 on CPU 1
 #
+# Both Rust servers allocate through mimalloc (the default feature `mimalloc`, which the build
+# below keeps on: the `apphost` binary and `bare_hello` declare it as their global allocator), so
+# the baseline gets the same allocator as apphost (BENCHMARKS (ae)).
+#
 # Servers (127.0.0.1 only; everything started is stopped on exit):
 #   apphost  `apphost run -c $CONFIG` (default bench/bench-no-standby.yaml): `/` → "Hello\n"
 #   bare     `bare_hello PORT`: hyper's http1 connection, tokio's default runtime, same response

@@ -12,13 +12,20 @@
 //! wrk -t2 -c50 -d10s http://127.0.0.1:18481/
 //! ```
 //!
-//! It listens on 127.0.0.1 only and runs until killed (SIGINT/SIGTERM).
+//! It listens on 127.0.0.1 only and runs until killed (SIGINT/SIGTERM). Built with the
+//! `mimalloc` feature (on by default), it allocates through mimalloc as the `apphost` binary does.
 //!
 //! Two options add, one at a time, what apphost's connections do on top of this, to measure what
 //! each costs: `--auto` serves through hyper-util's auto builder (HTTP/1.1 or h2c, chosen by
 //! sniffing the first bytes) instead of hyper's `http1` builder, and `--header-timeout` arms
 //! hyper's header read timeout (30 s, with `TokioTimer`) as apphost does. The baseline figures
 //! use neither.
+
+// The same allocator as the `apphost` binary (with the `mimalloc` feature, on by default), so the
+// two are compared on equal terms (BENCHMARKS (ae)).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
