@@ -47,11 +47,10 @@
 //! A deadline fires up to one tick late, never early. Starting the drain wakes every
 //! connection's task, so HTTP/2 connections send GOAWAY at once.
 
-use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -59,7 +58,9 @@ use tokio::sync::Notify;
 use super::progress::Busy;
 use super::upgrade::{self, UPGRADED};
 
+mod guard;
 mod limits;
+pub(crate) use guard::Guard;
 pub(crate) use limits::Limits;
 
 /// `ConnState::flags`: a request has been seen.
@@ -558,56 +559,6 @@ async fn sweeper(w: Arc<Watchdog>) {
         let now = precise_now_ms();
         w.sweep(now, millis(tick));
         w.deadlines.sweep(now);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// One connection's task: runs the connection future until it ends or the sweeper kills it,
-    /// and leaves the registry when dropped. (A plain struct rather than an `async fn`, so the
-    /// spawned future is no bigger than the connection's own: tokio copies it when spawning.)
-    pub struct Guard<F> {
-        #[pin]
-        fut: F,
-        state: Arc<ConnState>,
-        registered: Option<Waker>,
-        reg: Registration,
-    }
-}
-
-impl<F: Future<Output = ()>> Guard<F> {
-    /// Guard `fut`, the connection registered as `state` / `reg`.
-    pub(crate) fn new(state: Arc<ConnState>, reg: Registration, fut: F) -> Guard<F> {
-        Guard {
-            fut,
-            state,
-            registered: None,
-            reg,
-        }
-    }
-}
-
-impl<F: Future<Output = ()>> Future for Guard<F> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.project();
-        if this.state.flag(KILLED) {
-            return Poll::Ready(());
-        }
-        if !this
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            let w = cx.waker().clone();
-            *this.state.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(w.clone());
-            *this.registered = Some(w);
-            // Killed between the check above and the waker being stored: the wake was missed.
-            if this.state.flag(KILLED) {
-                return Poll::Ready(());
-            }
-        }
-        this.fut.poll(cx)
     }
 }
 

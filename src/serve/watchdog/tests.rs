@@ -2,6 +2,7 @@
 
 use super::*;
 use limits::{MAX_TICK, MIN_TICK};
+use std::task::Poll;
 
 fn limits(header: u64, idle: u64, grace: u64) -> Limits {
     Limits {

@@ -21,7 +21,8 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal, WaitStatus};
 use tokio::sync::oneshot;
 
-use super::{Driver, describe_status};
+use super::Driver;
+use super::exits::describe_status;
 use crate::supervisor::events::{Event, PreflightResult};
 use crate::supervisor::handover::{self, TAKEOVER_OK};
 use crate::supervisor::machine;
