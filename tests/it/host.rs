@@ -1473,32 +1473,6 @@ fn without_defer_accept_a_client_that_sends_nothing_is_timed_from_its_connect() 
     slow_client_is_disconnected(true, b"", false);
 }
 
-/// Read one HTTP/1.1 response with a `Content-Length` body from a keep-alive connection.
-fn read_one_response(stream: &mut TcpStream) -> String {
-    let mut raw = Vec::new();
-    let mut byte = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            stream.read(&mut byte).unwrap(),
-            1,
-            "closed inside a response head"
-        );
-        raw.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&raw).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .expect("content-length");
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).unwrap();
-    head + &String::from_utf8_lossy(&body)
-}
-
 /// How long until the server closes `stream` (EOF or reset), within 10 s.
 fn time_to_close(stream: &mut TcpStream) -> Duration {
     let start = Instant::now();

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::support::{Apphost, parse_response, unique_port};
+use crate::support::{Apphost, parse_response, read_one_response, unique_port};
 
 /// A host with one server on a fresh port: `/pid` and `/hello`.
 fn start() -> (Apphost, u16) {
@@ -35,25 +35,6 @@ fn send_piece(s: &mut TcpStream, piece: &[u8]) {
     std::thread::sleep(Duration::from_millis(100));
 }
 
-/// Read one response whose body is `len` bytes long (the head up to its blank line, then the
-/// body), byte by byte from the head's end so nothing of a next response is taken.
-fn read_response(s: &mut TcpStream, len: usize) -> Vec<u8> {
-    let mut raw = Vec::new();
-    let mut b = [0u8; 1];
-    while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut b).unwrap(),
-            1,
-            "closed within the head: {raw:?}"
-        );
-        raw.push(b[0]);
-    }
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    raw.extend_from_slice(&body);
-    raw
-}
-
 #[test]
 fn a_request_sent_in_pieces_waits_and_is_served_then_again_on_the_same_connection() {
     let (_host, port) = start();
@@ -62,12 +43,12 @@ fn a_request_sent_in_pieces_waits_and_is_served_then_again_on_the_same_connectio
         send_piece(&mut s, piece);
     }
     s.write_all(b"\r\n").unwrap();
-    let r = parse_response(&read_response(&mut s, 6), false).unwrap();
+    let r = parse_response(read_one_response(&mut s).as_bytes(), false).unwrap();
     assert_eq!((r.status, r.body_str().as_str()), (200, "Hello\n"));
     // The connection is kept alive: the next request, after a pause, is served on it too, and
     // the last one (in two pieces) with `Connection: close` ends it with a FIN.
     send_piece(&mut s, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
-    let r = parse_response(&read_response(&mut s, 6), false).unwrap();
+    let r = parse_response(read_one_response(&mut s).as_bytes(), false).unwrap();
     assert_eq!(r.status, 200);
     send_piece(&mut s, b"GET /hello HTTP/1.1\r\n");
     s.write_all(b"Host: x\r\nConnection: close\r\n\r\n")

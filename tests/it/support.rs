@@ -282,6 +282,34 @@ pub fn request(
     parse_response(&raw, method == "HEAD")
 }
 
+/// Read one HTTP/1.1 response with a `Content-Length` body from a keep-alive connection: its
+/// head byte by byte up to the blank line, then exactly its body, so nothing of a next response
+/// is taken.
+pub fn read_one_response(stream: &mut std::net::TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).unwrap(),
+            1,
+            "closed inside a response head"
+        );
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
 /// Parse a complete HTTP/1.1 response (content-length, chunked, or read-to-close body).
 pub fn parse_response(raw: &[u8], head: bool) -> std::io::Result<Resp> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
