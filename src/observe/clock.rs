@@ -8,17 +8,32 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::serve::exchange::mono_ns;
 
 /// The wall-clock second last formatted, kept per output (under its sink's lock).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TimeCache {
     anchor: Anchor,
     second: u64,
-    /// The monotonic reading at which `second` began (as the anchor maps them; 0: none): the
-    /// readings `from..from + 1 s` fall in it.
+    /// The monotonic reading at which `second` began (as the anchor maps them): the readings
+    /// `from..from + 1 s` fall in it. At first [`NONE_YET`], which no reading is within a second
+    /// after.
     from: u64,
-    /// `2026-11-29T17:33:26`.
-    pub(super) iso: [u8; 19],
+    /// The opening of a JSON line up to the client's value, with this second:
+    /// `{"time":"2026-11-29T17:33:26.000Z","client":"` ([`JSON_HEAD_LEN`] bytes, padded), the
+    /// `.000` at [`JSON_MS_AT`] for the line to overwrite with its milliseconds.
+    pub(super) json_head: [u8; 48],
     /// `29/Nov/2026:17:33:26 +0000`.
     pub(super) clf: [u8; 26],
+}
+
+impl Default for TimeCache {
+    fn default() -> TimeCache {
+        TimeCache {
+            anchor: Anchor::default(),
+            second: 0,
+            from: NONE_YET,
+            json_head: [0; 48],
+            clf: [0; 26],
+        }
+    }
 }
 
 impl TimeCache {
@@ -29,7 +44,7 @@ impl TimeCache {
         // The usual case: within the second cached (before it, the difference wraps to a huge
         // number). The anchor is consulted again at most a second later.
         let d = started.wrapping_sub(self.from);
-        if self.from != 0 && d < NS_PER_SEC {
+        if d < NS_PER_SEC {
             return (d / 1_000_000) as u32;
         }
         self.start_anew(started)
@@ -45,7 +60,7 @@ impl TimeCache {
     }
 
     fn set(&mut self, second: u64) {
-        if self.second == second && self.iso[0] != 0 {
+        if self.second == second && self.json_head[0] != 0 {
             return;
         }
         self.second = second;
@@ -66,7 +81,8 @@ impl TimeCache {
         hms.push(b':');
         num_padded(&mut hms, se, 2);
         iso.extend_from_slice(&hms);
-        self.iso.copy_from_slice(&iso);
+        let head = [&b"{\"time\":\""[..], &iso, b".000Z\",\"client\":\""].concat();
+        self.json_head[..JSON_HEAD_LEN].copy_from_slice(&head);
         const MONTHS: [&[u8; 3]; 12] = [
             b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
             b"Dec",
@@ -100,6 +116,15 @@ struct Anchor {
 }
 
 const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// [`TimeCache::from`] before the first reading: above every reading (2^63 ns is 292 years of
+/// uptime), so the difference from it wraps to a huge number.
+const NONE_YET: u64 = 1 << 63;
+
+/// The length of [`TimeCache::json_head`]'s text.
+pub(super) const JSON_HEAD_LEN: usize = 45;
+/// Where the milliseconds' `.000` is in [`TimeCache::json_head`].
+pub(super) const JSON_MS_AT: usize = 28;
 
 /// How long an anchor is used, in ns.
 const ANCHOR_FOR: u64 = NS_PER_SEC;
@@ -163,6 +188,16 @@ fn num_padded(out: &mut Vec<u8>, n: u64, width: usize) {
 mod tests {
     use super::*;
 
+    impl TimeCache {
+        /// The date and time in the JSON head (checking its frame too).
+        fn iso(&self) -> &[u8] {
+            let h = &self.json_head[..JSON_HEAD_LEN];
+            assert_eq!(&h[..9], b"{\"time\":\"");
+            assert_eq!(&h[JSON_MS_AT..], b".000Z\",\"client\":\"");
+            &h[9..JSON_MS_AT]
+        }
+    }
+
     #[test]
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
@@ -170,7 +205,7 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         let mut c = TimeCache::default();
         c.set(1_795_966_406);
-        assert_eq!(&c.iso, b"2026-11-29T15:33:26");
+        assert_eq!(c.iso(), b"2026-11-29T15:33:26");
         assert_eq!(&c.clf, b"29/Nov/2026:15:33:26 +0000");
     }
 
@@ -179,13 +214,13 @@ mod tests {
         let mut c = TimeCache::default();
         c.set(1_795_966_406);
         c.set(1_795_966_407);
-        assert_eq!(&c.iso, b"2026-11-29T15:33:27");
+        assert_eq!(c.iso(), b"2026-11-29T15:33:27");
         // The last second of a year, then the first of the next.
         c.set(1_798_761_599);
-        assert_eq!(&c.iso, b"2026-12-31T23:59:59");
+        assert_eq!(c.iso(), b"2026-12-31T23:59:59");
         assert_eq!(&c.clf, b"31/Dec/2026:23:59:59 +0000");
         c.set(1_798_761_600);
-        assert_eq!(&c.iso, b"2027-01-01T00:00:00");
+        assert_eq!(c.iso(), b"2027-01-01T00:00:00");
         assert_eq!(&c.clf, b"01/Jan/2027:00:00:00 +0000");
     }
 
@@ -204,13 +239,16 @@ mod tests {
             ..TimeCache::default()
         };
         assert_eq!(c.start(t0), 250);
-        assert_eq!((c.second, &c.iso), (second, b"2026-11-29T15:33:26"));
+        assert_eq!((c.second, c.iso()), (second, &b"2026-11-29T15:33:26"[..]));
         // The same second: the milliseconds are the reading's offset from its start.
         assert_eq!(c.start(t0 + 749 * MS), 999);
         assert_eq!(c.start(t0 + 1), 250);
         // The next second, back to the first (a long request's start), and the next again.
         assert_eq!(c.start(t0 + 750 * MS), 0);
-        assert_eq!((c.second, &c.iso), (second + 1, b"2026-11-29T15:33:27"));
+        assert_eq!(
+            (c.second, c.iso()),
+            (second + 1, &b"2026-11-29T15:33:27"[..])
+        );
         assert_eq!(c.start(t0 + 10 * MS), 260);
         assert_eq!(c.second, second);
         assert_eq!(c.start(t0 + 999 * MS), 249);

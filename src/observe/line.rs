@@ -29,20 +29,27 @@
 
 use http::Version;
 
-use super::clock::TimeCache;
+use super::clock::{JSON_HEAD_LEN, JSON_MS_AT, TimeCache};
 use crate::serve::exchange::Exchange;
 
 /// The longest line (the budgets below and the fixed fields fit well within it); at most
-/// `PIPE_BUF`, so one `write` of a line to a pipe is never split.
+/// `PIPE_BUF`, so one `write` of a line to a pipe is never split. A power of two: see [`Cur`].
 pub(crate) const MAX_LINE: usize = 4096;
+const _: () = assert!(MAX_LINE.is_power_of_two());
+
+/// Room past a line's end for the fixed-size copies (see [`Cur::fixed`]): the longest is 64.
+const SLACK: usize = 64;
+
+/// The bytes a line is written into: [`MAX_LINE`] and [`SLACK`].
+pub(crate) const WINDOW: usize = MAX_LINE + SLACK;
 
 const PATH_BUDGET: usize = 2048;
 const HEADER_BUDGET: usize = 512;
 const METHOD_BUDGET: usize = 32;
 
-/// A buffer a line is written into: [`MAX_LINE`] bytes, whatever they held before (the sink's
-/// own buffer, so a line is formatted where it is queued: see [`super::sink::Sink::append_with`]).
-pub(crate) type Buf = [u8; MAX_LINE];
+/// A buffer a line is written into, whatever it held before (the sink's own buffer, so a line
+/// is formatted where it is queued: see [`super::sink::Sink::append_with`]).
+pub(crate) type Buf = [u8; WINDOW];
 
 /// What formatting keeps from one line to the next of an output (under its sink's lock): the
 /// second last formatted and the client's address last written.
@@ -56,8 +63,9 @@ pub(crate) struct Cache {
 /// request of a keep-alive connection, or of a proxy) is one comparison and one fixed-size copy.
 #[derive(Debug)]
 struct ClientText {
-    /// The address (an IPv4-mapped IPv6 one as IPv4); `None`: nothing cached.
-    ip: Option<std::net::IpAddr>,
+    /// The address as the 128 bits of an IPv6 one (an IPv4 address as its v4-mapped form);
+    /// at first `::` (0), whose text it holds then.
+    key: u128,
     /// Its text, padded; `len` bytes of it count.
     text: [u8; CLIENT_MAX],
     len: usize,
@@ -65,11 +73,23 @@ struct ClientText {
 
 impl Default for ClientText {
     fn default() -> ClientText {
+        let mut text = [0; CLIENT_MAX];
+        text[..2].copy_from_slice(b"::");
         ClientText {
-            ip: None,
-            text: [0; CLIENT_MAX],
-            len: 0,
+            key: 0,
+            text,
+            len: 2,
         }
+    }
+}
+
+/// The key of an address in [`ClientText`]: IPv4 addresses as IPv4-mapped IPv6 ones (which are
+/// written as IPv4, either way).
+#[inline(always)]
+fn client_key(a: &std::net::SocketAddr) -> u128 {
+    match a {
+        std::net::SocketAddr::V4(a) => (0xffff << 32) | u128::from(a.ip().to_bits()),
+        std::net::SocketAddr::V6(a) => a.ip().to_bits(),
     }
 }
 
@@ -77,16 +97,55 @@ impl Default for ClientText {
 const CLIENT_MAX: usize = 48;
 
 /// Writes into a [`Buf`]. A local value whose methods are inlined, so its position stays in a
-/// register while a line is written. Writing past the end panics; the field budgets make that
-/// impossible (see the module doc): every line, and the fixed-size copies that may write padding
-/// past its end (see [`Cur::put_padded`]), stay well within it.
+/// register while a line is written.
+///
+/// The budgets keep a line within [`MAX_LINE`] (see the module doc), so the position is always
+/// below it; the fixed-size writes take it modulo [`MAX_LINE`] (one `and`), which lets the
+/// compiler see that a write of at most [`SLACK`] bytes from there stays within the [`WINDOW`]:
+/// no bounds check, and no panic path. (Were a budget wrong, a line would come out garbled, never
+/// out of bounds; debug builds assert the position.) Writes of a length known only at run time
+/// ([`Cur::put`]) are checked.
 struct Cur<'a> {
     b: &'a mut Buf,
     n: usize,
 }
 
 impl Cur<'_> {
-    /// Append `s` (a constant `s` is copied by a few moves).
+    /// The position, known to the compiler to be below [`MAX_LINE`].
+    #[inline(always)]
+    fn at(&self) -> usize {
+        debug_assert!(self.n < MAX_LINE, "{}", self.n);
+        self.n & (MAX_LINE - 1)
+    }
+
+    /// Append the first `len` bytes of `s`, copying all of `s` (a fixed size: a few moves, no
+    /// library call, no bounds check): the bytes past `len` are padding, overwritten by what
+    /// follows. Returns the bytes written, for a caller to fill in a field.
+    #[inline(always)]
+    fn fixed<const N: usize>(&mut self, s: &[u8; N], len: usize) -> &mut [u8; N] {
+        const { assert!(N <= SLACK) };
+        debug_assert!(len <= N);
+        let at = self.at();
+        self.n = at + len;
+        let w: &mut [u8; N] = (&mut self.b[at..at + N]).try_into().unwrap();
+        *w = *s;
+        w
+    }
+
+    /// Append all of `s`, a constant.
+    #[inline(always)]
+    fn lit<const N: usize>(&mut self, s: &[u8; N]) {
+        self.fixed(s, N);
+    }
+
+    #[inline(always)]
+    fn push(&mut self, b: u8) {
+        let at = self.at();
+        self.b[at] = b;
+        self.n = at + 1;
+    }
+
+    /// Append `s`, of any length (checked).
     #[inline(always)]
     fn put(&mut self, s: &[u8]) {
         let end = self.n + s.len();
@@ -94,29 +153,39 @@ impl Cur<'_> {
         self.n = end;
     }
 
-    /// Append the first `len` bytes of `s`, copying all of `s` (a fixed size: a few moves, no
-    /// library call): the bytes past `len` are padding, overwritten by what follows.
+    /// Append `v` if it is within `budget` and every byte of it is written as it is in both
+    /// formats (see [`PLAIN`]); returns whether it did. A short value (below 8 bytes: a path like
+    /// `/`) is checked and copied in one pass, byte by byte (no library call); a longer one is
+    /// scanned by [`all_plain`], then copied.
     #[inline(always)]
-    fn put_padded<const N: usize>(&mut self, s: &[u8; N], len: usize) {
-        self.b[self.n..self.n + N].copy_from_slice(s);
-        self.n += len.min(N);
-    }
-
-    #[inline(always)]
-    fn push(&mut self, b: u8) {
-        self.b[self.n] = b;
-        self.n += 1;
+    fn put_plain(&mut self, v: &[u8], budget: usize) -> bool {
+        if v.len() < 8 && v.len() <= budget {
+            let at = self.at();
+            let w = &mut self.b[at..at + 8];
+            for (d, &b) in w.iter_mut().zip(v) {
+                if !PLAIN[usize::from(b)] {
+                    return false; // (what was copied is overwritten by what follows)
+                }
+                *d = b;
+            }
+            self.n = at + v.len();
+            true
+        } else if v.len() <= budget && all_plain(v) {
+            self.put(v);
+            true
+        } else {
+            false
+        }
     }
 }
 
-/// Append `n` in decimal: one or two digits directly (the usual body sizes and durations in
-/// ms), more with `itoa`.
+/// Append `n` in decimal: below 1000 (the usual body sizes and durations in ms) one 4-byte copy
+/// from [`DECIMAL`], more with `itoa`.
 #[inline(always)]
 fn num(out: &mut Cur<'_>, n: u64) {
-    if n < 10 {
-        out.push(b'0' + n as u8);
-    } else if n < 100 {
-        out.put(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    if n < 1000 {
+        let e = &DECIMAL[n as usize];
+        out.fixed(e, usize::from(e[3]));
     } else {
         num_long(out, n);
     }
@@ -126,21 +195,42 @@ fn num_long(out: &mut Cur<'_>, n: u64) {
     out.put(itoa::Buffer::new().format(n).as_bytes());
 }
 
-/// Append `n` (below 1000; above, its last three digits) as three digits, from a table.
-#[inline(always)]
-fn three_digits(out: &mut Cur<'_>, n: u64) {
-    out.put(&DIGITS3[(n % 1000) as usize]);
-}
-
-/// `000` to `999`.
-static DIGITS3: [[u8; 3]; 1000] = {
-    let mut t = [[0; 3]; 1000];
+/// Each number below 1024 (past 999, its last three digits): its decimal digits, left-aligned and
+/// padded with `0`, and their count in the last byte.
+static DECIMAL: [[u8; 4]; 1024] = {
+    let mut t = [[b'0'; 4]; 1024];
     let mut i = 0;
-    while i < 1000 {
+    while i < 1024 {
+        let n = i % 1000;
+        let d = [
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ];
+        t[i] = if n >= 100 {
+            [d[0], d[1], d[2], 3]
+        } else if n >= 10 {
+            [d[1], d[2], b'0', 2]
+        } else {
+            [d[2], b'0', b'0', 1]
+        };
+        i += 1;
+    }
+    t
+};
+
+/// Each number below 1024 (past 999, its last three digits) as a fraction's `.` and three
+/// digits: `.000` to `.999`.
+static FRACTION: [[u8; 4]; 1024] = {
+    let mut t = [[0; 4]; 1024];
+    let mut i = 0;
+    while i < 1024 {
+        let n = i % 1000;
         t[i] = [
-            b'0' + (i / 100) as u8,
-            b'0' + (i / 10 % 10) as u8,
-            b'0' + (i % 10) as u8,
+            b'.',
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
         ];
         i += 1;
     }
@@ -151,27 +241,30 @@ static DIGITS3: [[u8; 3]; 1000] = {
 /// (see [`ClientText`]), else formatted and cached.
 #[inline(always)]
 fn client(out: &mut Cur<'_>, ex: &Exchange, cache: &mut ClientText) {
-    let ip = match ex.client.0 {
-        std::net::SocketAddr::V4(a) => std::net::IpAddr::V4(*a.ip()),
-        std::net::SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-            Some(v4) => std::net::IpAddr::V4(v4),
-            None => std::net::IpAddr::V6(*a.ip()),
-        },
-    };
-    if cache.ip != Some(ip) {
-        client_anew(cache, ip);
+    let key = client_key(&ex.client.0);
+    if cache.key != key {
+        client_anew(cache, key);
     }
-    out.put_padded(&cache.text, cache.len);
+    // An IPv4 address (at most 15 bytes) is one 16-byte copy.
+    match <&[u8; 16]>::try_from(&cache.text[..16]) {
+        Ok(short) if cache.len <= 16 => {
+            out.fixed(short, cache.len);
+        }
+        _ => {
+            out.fixed(&cache.text, cache.len);
+        }
+    }
 }
 
-/// Format `ip` into `cache`: an IPv4 address (the usual case, and a v4-mapped IPv6 one) from a
-/// table of the 256 octets, one 4-byte copy per octet; other IPv6 addresses with the standard
-/// formatter.
+/// Format the address of `key` (see [`client_key`]) into `cache`: an IPv4 address (the usual
+/// case, and a v4-mapped IPv6 one) from the table of numbers, one 4-byte copy per octet; other
+/// IPv6 addresses with the standard formatter.
 #[inline(never)]
-fn client_anew(cache: &mut ClientText, ip: std::net::IpAddr) {
+fn client_anew(cache: &mut ClientText, key: u128) {
+    let v6 = std::net::Ipv6Addr::from_bits(key);
     let mut text = [0; CLIENT_MAX];
-    let len = match ip {
-        std::net::IpAddr::V4(v4) => {
+    let len = match v6.to_ipv4_mapped() {
+        Some(v4) => {
             // Each octet's table entry is copied whole (its 4th byte is overwritten by what
             // follows, or lies past the end); only its length counts.
             let mut n = 0;
@@ -180,69 +273,104 @@ fn client_anew(cache: &mut ClientText, ip: std::net::IpAddr) {
                     text[n] = b'.';
                     n += 1;
                 }
-                let e = &OCTETS[usize::from(o)];
+                let e = &DECIMAL[usize::from(o)];
                 text[n..n + 3].copy_from_slice(&e[..3]);
                 n += usize::from(e[3]);
             }
             n
         }
-        std::net::IpAddr::V6(v6) => {
+        None => {
             let s = v6.to_string();
             let len = s.len().min(CLIENT_MAX);
             text[..len].copy_from_slice(&s.as_bytes()[..len]);
             len
         }
     };
-    *cache = ClientText {
-        ip: Some(ip),
-        text,
-        len,
-    };
+    *cache = ClientText { key, text, len };
 }
 
-/// Each octet's decimal digits (left-aligned, padded with `0`) and their count.
-static OCTETS: [[u8; 4]; 256] = octets();
+/// A text padded to `N` bytes, for [`Cur::fixed`].
+#[derive(Debug)]
+pub(crate) struct Padded<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
 
-const fn octets() -> [[u8; 4]; 256] {
-    let mut t = [[b'0'; 4]; 256];
-    let mut i = 0;
-    while i < 256 {
-        let n = i as u8;
-        t[i] = if n >= 100 {
-            [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10, 3]
-        } else if n >= 10 {
-            [b'0' + n / 10, b'0' + n % 10, b'0', 2]
-        } else {
-            [b'0' + n, b'0', b'0', 1]
-        };
-        i += 1;
+impl<const N: usize> Padded<N> {
+    /// `s` (at most `N` bytes), padded with spaces.
+    const fn new(s: &[u8]) -> Padded<N> {
+        assert!(s.len() <= N);
+        let mut bytes = [b' '; N];
+        let mut i = 0;
+        while i < s.len() {
+            bytes[i] = s[i];
+            i += 1;
+        }
+        Padded {
+            bytes,
+            len: s.len(),
+        }
     }
-    t
 }
 
-/// The version as text, padded to 8 bytes, and its length (for [`Cur::put_padded`]).
-fn protocol(v: Version) -> (&'static [u8; 8], usize) {
+impl Cur<'_> {
+    #[inline(always)]
+    fn padded<const N: usize>(&mut self, p: &Padded<N>) {
+        self.fixed(&p.bytes, p.len);
+    }
+}
+
+/// The versions' places in the tables below.
+fn version_index(v: Version) -> usize {
     match v {
-        Version::HTTP_09 => (b"HTTP/0.9", 8),
-        Version::HTTP_10 => (b"HTTP/1.0", 8),
-        Version::HTTP_11 => (b"HTTP/1.1", 8),
-        Version::HTTP_2 => (b"HTTP/2.0", 8),
-        Version::HTTP_3 => (b"HTTP/3.0", 8),
-        _ => (b"HTTP/?  ", 6),
+        Version::HTTP_09 => 0,
+        Version::HTTP_10 => 1,
+        Version::HTTP_11 => 2,
+        Version::HTTP_2 => 3,
+        Version::HTTP_3 => 4,
+        _ => 5,
     }
 }
+
+/// Each version as text.
+static PROTOCOL: [Padded<8>; 6] = [
+    Padded::new(b"HTTP/0.9"),
+    Padded::new(b"HTTP/1.0"),
+    Padded::new(b"HTTP/1.1"),
+    Padded::new(b"HTTP/2.0"),
+    Padded::new(b"HTTP/3.0"),
+    Padded::new(b"HTTP/?"),
+];
+
+/// A JSON line's text from the duration's end into the user agent's value, for each version.
+static JSON_PROTOCOL: [Padded<48>; 6] = [
+    Padded::new(b",\"protocol\":\"HTTP/0.9\",\"user_agent\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/1.0\",\"user_agent\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/1.1\",\"user_agent\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/2.0\",\"user_agent\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/3.0\",\"user_agent\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/?\",\"user_agent\":\""),
+];
+
+/// A JSON line's text from the duration's end into the request id's value, for each version,
+/// when there is no user agent.
+static JSON_PROTOCOL_NO_AGENT: [Padded<64>; 6] = [
+    Padded::new(b",\"protocol\":\"HTTP/0.9\",\"user_agent\":null,\"request_id\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/1.0\",\"user_agent\":null,\"request_id\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/1.1\",\"user_agent\":null,\"request_id\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/2.0\",\"user_agent\":null,\"request_id\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/3.0\",\"user_agent\":null,\"request_id\":\""),
+    Padded::new(b",\"protocol\":\"HTTP/?\",\"user_agent\":null,\"request_id\":\""),
+];
 
 /// Append `v` as JSON string content, at most `budget` bytes of it (then `...`).
 #[inline(always)]
 fn json_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     // The usual value: printable ASCII with nothing to escape, within its budget: one copy.
-    if v.len() <= budget && all_plain(v) {
-        out.put(v);
-    } else {
+    if !out.put_plain(v, budget) {
         json_escaped(out, v, budget);
     }
 }
-
 /// [`json_str`] of a value with something to escape, or too long.
 fn json_escaped(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     let limit = out.n + budget;
@@ -311,8 +439,7 @@ fn hex_escape(out: &mut Cur<'_>, prefix: &[u8], b: u8) {
 
 /// Append `v` as nginx writes a value in a quoted log field, at most `budget` bytes of it.
 fn clf_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
-    if v.len() <= budget && all_plain(v) {
-        out.put(v);
+    if out.put_plain(v, budget) {
         return;
     }
     let limit = out.n + budget;
@@ -330,22 +457,53 @@ fn clf_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     }
 }
 
+/// The standard methods' places in the tables below (`None`: another method).
+#[inline(always)]
+fn method_index(m: &http::Method) -> Option<usize> {
+    Some(match *m {
+        http::Method::GET => 0,
+        http::Method::HEAD => 1,
+        http::Method::POST => 2,
+        http::Method::PUT => 3,
+        http::Method::DELETE => 4,
+        http::Method::PATCH => 5,
+        http::Method::OPTIONS => 6,
+        _ => return None,
+    })
+}
+
+/// The standard methods as text.
+static METHOD: [Padded<8>; 7] = [
+    Padded::new(b"GET"),
+    Padded::new(b"HEAD"),
+    Padded::new(b"POST"),
+    Padded::new(b"PUT"),
+    Padded::new(b"DELETE"),
+    Padded::new(b"PATCH"),
+    Padded::new(b"OPTIONS"),
+];
+
+/// A JSON line's text from the client's value's end to the path's value, for each standard
+/// method.
+static JSON_METHOD: [Padded<32>; 7] = [
+    Padded::new(b"\",\"method\":\"GET\",\"path\":\""),
+    Padded::new(b"\",\"method\":\"HEAD\",\"path\":\""),
+    Padded::new(b"\",\"method\":\"POST\",\"path\":\""),
+    Padded::new(b"\",\"method\":\"PUT\",\"path\":\""),
+    Padded::new(b"\",\"method\":\"DELETE\",\"path\":\""),
+    Padded::new(b"\",\"method\":\"PATCH\",\"path\":\""),
+    Padded::new(b"\",\"method\":\"OPTIONS\",\"path\":\""),
+];
+
 /// A method is an HTTP token (`http` checks each byte of an extension method), so it holds
-/// nothing to escape in either format: only its length is checked.
-/// The standard methods are copied padded to 8 bytes, with no library call.
+/// nothing to escape in either format: only its length is checked. A standard method is one
+/// fixed-size copy.
 #[inline(always)]
 fn method(out: &mut Cur<'_>, m: &http::Method) {
-    let padded: (&[u8; 8], usize) = match *m {
-        http::Method::GET => (b"GET     ", 3),
-        http::Method::HEAD => (b"HEAD    ", 4),
-        http::Method::POST => (b"POST    ", 4),
-        http::Method::PUT => (b"PUT     ", 3),
-        http::Method::DELETE => (b"DELETE  ", 6),
-        http::Method::PATCH => (b"PATCH   ", 5),
-        http::Method::OPTIONS => (b"OPTIONS ", 7),
-        _ => return method_other(out, m.as_str().as_bytes()),
-    };
-    out.put_padded(padded.0, padded.1);
+    match method_index(m) {
+        Some(i) => out.padded(&METHOD[i]),
+        None => method_other(out, m.as_str().as_bytes()),
+    }
 }
 
 fn method_other(out: &mut Cur<'_>, m: &[u8]) {
@@ -354,7 +512,7 @@ fn method_other(out: &mut Cur<'_>, m: &[u8]) {
         out.put(m);
     } else {
         out.put(&m[..METHOD_BUDGET]);
-        out.put(b"...");
+        out.lit(b"...");
     }
 }
 
@@ -365,84 +523,105 @@ fn path_bytes(ex: &Exchange) -> &[u8] {
     }
 }
 
-/// The end of a JSON line for one generation: `,"generation":N}` and the newline (made once per
-/// access log: it never changes), padded for [`Cur::put_padded`].
+/// The end of a JSON line for one generation, `,"generation":N}` and the newline, after a
+/// request id (with its closing quote first) and after `null` (made once per access log: it
+/// never changes).
 #[derive(Debug)]
 pub(crate) struct Tail {
-    bytes: [u8; TAIL_MAX],
-    len: usize,
+    after_id: Padded<TAIL_MAX>,
+    after_null: Padded<TAIL_MAX>,
 }
 
-/// Room for the longest tail (a 20-digit generation: 36 bytes).
+/// Room for the longest tail (a 20-digit generation: 37 bytes).
 const TAIL_MAX: usize = 40;
 
 /// The tail of the JSON lines of generation `generation`.
 pub(crate) fn json_tail(generation: u64) -> Tail {
     let s = format!(",\"generation\":{generation}}}\n");
-    let mut bytes = [b' '; TAIL_MAX];
-    let len = s.len().min(TAIL_MAX);
-    bytes[..len].copy_from_slice(&s.as_bytes()[..len]);
-    Tail { bytes, len }
+    Tail {
+        after_id: Padded::new(format!("\"{s}").as_bytes()),
+        after_null: Padded::new(s.as_bytes()),
+    }
 }
+
+/// The status (three digits) between the path's value and the body's size.
+static JSON_STATUS: Padded<32> = Padded::new(b"\",\"status\":000,\"bytes\":");
+/// Where the digits are in [`JSON_STATUS`].
+const JSON_STATUS_AT: usize = 11;
 
 /// Write the JSON line for `ex` (with its newline) at the start of `buf`; returns its length.
 /// `tail` is [`json_tail`]'s, `cache` its output's.
 pub(crate) fn json(buf: &mut Buf, ex: &Exchange, tail: &Tail, cache: &mut Cache) -> usize {
-    let out = &mut Cur { b: buf, n: 0 };
     let Cache {
-        time: cache,
+        time,
         client: client_text,
     } = cache;
-    let ms = cache.start(ex.started);
-    out.put(b"{\"time\":\"");
-    out.put(&cache.iso);
-    out.push(b'.');
-    three_digits(out, u64::from(ms));
-    out.put(b"Z\",\"client\":\"");
+    let ms = time.start(ex.started);
+    // The opening up to the client, with this second, then its milliseconds over the `.000`.
+    let head: &mut [u8; 48] = (&mut buf[..48]).try_into().unwrap();
+    *head = time.json_head;
+    head[JSON_MS_AT..JSON_MS_AT + 4].copy_from_slice(&FRACTION[ms as usize & 1023]);
+    let out = &mut Cur {
+        b: buf,
+        n: JSON_HEAD_LEN,
+    };
     client(out, ex, client_text);
-    out.put(b"\",\"method\":\"");
-    method(out, &ex.method);
-    out.put(b"\",\"path\":\"");
-    json_str(out, path_bytes(ex), PATH_BUDGET);
-    out.put(b"\",\"status\":");
-    three_digits(out, u64::from(ex.status.as_u16()));
-    out.put(b",\"bytes\":");
-    num(out, ex.bytes);
-    out.put(b",\"duration_ms\":");
-    let us = ex.duration_ns / 1000;
-    num(out, us / 1000);
-    out.push(b'.');
-    three_digits(out, us % 1000);
-    out.put(b",\"protocol\":\"");
-    let (p, len) = protocol(ex.version);
-    out.put_padded(p, len);
-    out.put(b"\",\"user_agent\":");
-    match &ex.user_agent {
-        Some(v) => {
-            out.push(b'"');
-            json_str(out, v.as_bytes(), HEADER_BUDGET);
-            out.push(b'"');
+    match method_index(&ex.method) {
+        Some(i) => out.padded(&JSON_METHOD[i]),
+        None => {
+            out.lit(b"\",\"method\":\"");
+            method_other(out, ex.method.as_str().as_bytes());
+            out.lit(b"\",\"path\":\"");
         }
-        None => out.put(b"null"),
     }
-    out.put(b",\"request_id\":");
+    json_str(out, path_bytes(ex), PATH_BUDGET);
+    // A status is three digits (`http` checks it).
+    let status = &DECIMAL[usize::from(ex.status.as_u16()) & 1023];
+    out.fixed(&JSON_STATUS.bytes, JSON_STATUS.len)[JSON_STATUS_AT..JSON_STATUS_AT + 3]
+        .copy_from_slice(&status[..3]);
+    num(out, ex.bytes);
+    out.lit(b",\"duration_ms\":");
+    let us = ex.duration_ns / 1000;
+    let ms = us / 1000;
+    num(out, ms);
+    out.fixed(&FRACTION[(us - ms * 1000) as usize & 1023], 4);
+    // Up to the request id's opening quote.
+    let v = version_index(ex.version);
+    match &ex.user_agent {
+        Some(ua) => {
+            out.padded(&JSON_PROTOCOL[v]);
+            json_str(out, ua.as_bytes(), HEADER_BUDGET);
+            out.lit(b"\",\"request_id\":\"");
+        }
+        None => out.padded(&JSON_PROTOCOL_NO_AGENT[v]),
+    }
     match &ex.request_id {
         // Nothing to escape: a made id is hex and `-`, a given one passed
         // `request_id::acceptable` (at most 128 bytes of `A-Z a-z 0-9 - _ . : + / = @`).
         Some(id) => {
             debug_assert!(id.as_bytes().iter().all(|&b| PLAIN[usize::from(b)]));
-            out.push(b'"');
             // A made id's length is fixed: a copy of a fixed size.
             match <&[u8; MADE_ID_LEN]>::try_from(id.as_bytes()) {
-                Ok(made) => out.put(made),
-                Err(_) => out.put(id.as_bytes()),
+                Ok(made) => out.lit(made),
+                Err(_) => put_other(out, id.as_bytes()),
             }
-            out.push(b'"');
+            out.padded(&tail.after_id);
         }
-        None => out.put(b"null"),
+        None => {
+            // `null` over the opening quote.
+            out.n -= 1;
+            out.lit(b"null");
+            out.padded(&tail.after_null);
+        }
     }
-    out.put_padded(&tail.bytes, tail.len);
+    debug_assert!(out.n <= MAX_LINE);
     out.n
+}
+
+/// [`Cur::put`], out of line (so the compiler does not merge a fixed-size copy into it).
+#[inline(never)]
+fn put_other(out: &mut Cur<'_>, s: &[u8]) {
+    out.put(s);
 }
 
 /// The length of a made request id (see [`super::request_id`]).
@@ -454,21 +633,20 @@ pub(crate) fn combined(buf: &mut Buf, ex: &Exchange, cache: &mut Cache) -> usize
     let out = &mut Cur { b: buf, n: 0 };
     cache.time.start(ex.started);
     client(out, ex, &mut cache.client);
-    out.put(b" - - [");
-    out.put(&cache.time.clf);
-    out.put(b"] \"");
+    out.lit(b" - - [");
+    out.lit(&cache.time.clf);
+    out.lit(b"] \"");
     method(out, &ex.method);
     out.push(b' ');
     clf_str(out, path_bytes(ex), PATH_BUDGET);
     out.push(b' ');
-    let (p, len) = protocol(ex.version);
-    out.put_padded(p, len);
-    out.put(b"\" ");
+    out.padded(&PROTOCOL[version_index(ex.version)]);
+    out.lit(b"\" ");
     num(out, u64::from(ex.status.as_u16()));
     out.push(b' ');
     num(out, ex.bytes);
     for h in [&ex.referer, &ex.user_agent] {
-        out.put(b" \"");
+        out.lit(b" \"");
         match h {
             Some(v) => clf_str(out, v.as_bytes(), HEADER_BUDGET),
             None => out.push(b'-'),
@@ -476,6 +654,7 @@ pub(crate) fn combined(buf: &mut Buf, ex: &Exchange, cache: &mut Cache) -> usize
         out.push(b'"');
     }
     out.push(b'\n');
+    debug_assert!(out.n <= MAX_LINE);
     out.n
 }
 

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::line::{Buf, Cache, MAX_LINE};
+use super::line::{Buf, Cache, WINDOW};
 use crate::config::LogTarget;
 
 /// The most bytes of lines held (in each of the two buffers: the one filling, the one written).
@@ -51,7 +51,7 @@ pub(crate) const MAX_BUFFER: usize = 1 << 20;
 const WAKE_AT: usize = 64 << 10;
 /// The size each of the two buffers starts at and goes back to: room for what comes in while
 /// the writer wakes past [`WAKE_AT`], so a steady flow of lines never grows it.
-const START_SIZE: usize = 2 * WAKE_AT + MAX_LINE;
+const START_SIZE: usize = 2 * WAKE_AT + WINDOW;
 /// Lines wait at most this long for the writer.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long closing waits for the writer to write what it holds.
@@ -75,7 +75,7 @@ pub(crate) struct Sink {
 #[derive(Debug, Default)]
 struct Shared {
     /// The lines queued are its first `used` bytes; past them it is zero-filled (or holds old
-    /// lines), at least [`MAX_LINE`] bytes of it, where the next line is formatted in place.
+    /// lines), at least [`WINDOW`] bytes of it, where the next line is formatted in place.
     lines: Vec<u8>,
     used: usize,
     /// What formatting keeps from line to line (the second, the last client).
@@ -95,17 +95,18 @@ impl Shared {
         lines.truncate(std::mem::take(&mut self.used));
         lines
     }
+}
 
-    /// Make room for a line after the lines queued (zero-filled: a line is formatted into
-    /// initialized bytes), doubling, up to [`MAX_BUFFER`] and a line.
-    #[cold]
-    fn grow(&mut self) {
-        let want = (self.used + MAX_LINE)
-            .max(2 * self.lines.len())
-            .min(MAX_BUFFER + MAX_LINE)
-            .max(self.used + MAX_LINE);
-        self.lines.resize(want, 0);
-    }
+/// Make room in `lines` for a line at `used` (zero-filled: a line is formatted into initialized
+/// bytes), doubling, up to [`MAX_BUFFER`] and a line; returns the room.
+#[cold]
+fn grow(lines: &mut Vec<u8>, used: usize) -> &mut Buf {
+    let want = (used + WINDOW)
+        .max(2 * lines.len())
+        .min(MAX_BUFFER + WINDOW)
+        .max(used + WINDOW);
+    lines.resize(want, 0);
+    (&mut lines[used..used + WINDOW]).try_into().unwrap()
 }
 
 impl Sink {
@@ -159,12 +160,10 @@ impl Sink {
             return;
         }
         let at = s.used;
-        if s.lines.len() < at + MAX_LINE {
-            s.grow();
-        }
         let Shared { lines, cache, .. } = &mut *s;
-        let Ok(buf) = <&mut Buf>::try_from(&mut lines[at..at + MAX_LINE]) else {
-            return;
+        let buf = match lines.get_mut(at..).and_then(<[u8]>::first_chunk_mut) {
+            Some(b) => b,
+            None => grow(lines, at),
         };
         let n = format(buf, cache);
         if at + n > MAX_BUFFER {

@@ -8,7 +8,7 @@ use crate::serve::exchange::{Outcome, mono_ns};
 
 /// `f`'s writing, from the start of a fresh buffer.
 fn written(f: impl FnOnce(&mut Cur<'_>)) -> Vec<u8> {
-    let mut b = Box::new([0; MAX_LINE]);
+    let mut b = Box::new([0; WINDOW]);
     let mut out = Cur { b: &mut b, n: 0 };
     f(&mut out);
     let n = out.n;
@@ -16,13 +16,13 @@ fn written(f: impl FnOnce(&mut Cur<'_>)) -> Vec<u8> {
 }
 
 fn json_line(ex: &Exchange, tail: &Tail, cache: &mut Cache) -> Vec<u8> {
-    let mut b = Box::new([0; MAX_LINE]);
+    let mut b = Box::new([0; WINDOW]);
     let n = json(&mut b, ex, tail, cache);
     b[..n].to_vec()
 }
 
 fn combined_line(ex: &Exchange) -> Vec<u8> {
-    let mut b = Box::new([0; MAX_LINE]);
+    let mut b = Box::new([0; WINDOW]);
     let n = combined(&mut b, ex, &mut Cache::default());
     b[..n].to_vec()
 }
@@ -148,7 +148,7 @@ fn client_addresses_from_the_octet_table() {
         assert_eq!(String::from_utf8(got).unwrap(), want);
     }
     for o in 0..=255u8 {
-        let d = OCTETS[usize::from(o)];
+        let d = DECIMAL[usize::from(o)];
         assert_eq!(&d[..usize::from(d[3])], o.to_string().as_bytes());
     }
 }
