@@ -153,6 +153,19 @@ impl Cur<'_> {
         self.n = end;
     }
 
+    /// Run `f`, a rare case's writing, out of line, on a copy of this writer: the writer itself
+    /// is never passed to a call, so its position stays in a register.
+    #[inline(always)]
+    fn out_of_line(&mut self, f: impl FnOnce(&mut Cur<'_>)) {
+        #[inline(never)]
+        fn call(b: &mut Buf, n: usize, f: impl FnOnce(&mut Cur<'_>)) -> usize {
+            let mut out = Cur { b, n };
+            f(&mut out);
+            out.n
+        }
+        self.n = call(self.b, self.n, f);
+    }
+
     /// Append `v` if it is within `budget` and every byte of it is written as it is in both
     /// formats (see [`PLAIN`]); returns whether it did. A short value (below 8 bytes: a path like
     /// `/`) is checked and copied in one pass, byte by byte (no library call); a longer one is
@@ -187,7 +200,7 @@ fn num(out: &mut Cur<'_>, n: u64) {
         let e = &DECIMAL[n as usize];
         out.fixed(e, usize::from(e[3]));
     } else {
-        num_long(out, n);
+        out.out_of_line(move |o| num_long(o, n));
     }
 }
 
@@ -245,15 +258,7 @@ fn client(out: &mut Cur<'_>, ex: &Exchange, cache: &mut ClientText) {
     if cache.key != key {
         client_anew(cache, key);
     }
-    // An IPv4 address (at most 15 bytes) is one 16-byte copy.
-    match <&[u8; 16]>::try_from(&cache.text[..16]) {
-        Ok(short) if cache.len <= 16 => {
-            out.fixed(short, cache.len);
-        }
-        _ => {
-            out.fixed(&cache.text, cache.len);
-        }
-    }
+    out.fixed(&cache.text, cache.len);
 }
 
 /// Format the address of `key` (see [`client_key`]) into `cache`: an IPv4 address (the usual
@@ -368,7 +373,7 @@ static JSON_PROTOCOL_NO_AGENT: [Padded<64>; 6] = [
 fn json_str(out: &mut Cur<'_>, v: &[u8], budget: usize) {
     // The usual value: printable ASCII with nothing to escape, within its budget: one copy.
     if !out.put_plain(v, budget) {
-        json_escaped(out, v, budget);
+        out.out_of_line(move |o| json_escaped(o, v, budget));
     }
 }
 /// [`json_str`] of a value with something to escape, or too long.
@@ -570,11 +575,14 @@ pub(crate) fn json(buf: &mut Buf, ex: &Exchange, tail: &Tail, cache: &mut Cache)
         Some(i) => out.padded(&JSON_METHOD[i]),
         None => {
             out.lit(b"\",\"method\":\"");
-            method_other(out, ex.method.as_str().as_bytes());
+            out.out_of_line(move |o| method_other(o, ex.method.as_str().as_bytes()));
             out.lit(b"\",\"path\":\"");
         }
     }
-    json_str(out, path_bytes(ex), PATH_BUDGET);
+    match &ex.path {
+        Some(p) => json_str(out, p.as_str().as_bytes(), PATH_BUDGET),
+        None => out.push(b'/'),
+    }
     // A status is three digits (`http` checks it).
     let status = &DECIMAL[usize::from(ex.status.as_u16()) & 1023];
     out.fixed(&JSON_STATUS.bytes, JSON_STATUS.len)[JSON_STATUS_AT..JSON_STATUS_AT + 3]
@@ -603,7 +611,7 @@ pub(crate) fn json(buf: &mut Buf, ex: &Exchange, tail: &Tail, cache: &mut Cache)
             // A made id's length is fixed: a copy of a fixed size.
             match <&[u8; MADE_ID_LEN]>::try_from(id.as_bytes()) {
                 Ok(made) => out.lit(made),
-                Err(_) => put_other(out, id.as_bytes()),
+                Err(_) => out.out_of_line(move |o| o.put(id.as_bytes())),
             }
             out.padded(&tail.after_id);
         }
@@ -616,12 +624,6 @@ pub(crate) fn json(buf: &mut Buf, ex: &Exchange, tail: &Tail, cache: &mut Cache)
     }
     debug_assert!(out.n <= MAX_LINE);
     out.n
-}
-
-/// [`Cur::put`], out of line (so the compiler does not merge a fixed-size copy into it).
-#[inline(never)]
-fn put_other(out: &mut Cur<'_>, s: &[u8]) {
-    out.put(s);
 }
 
 /// The length of a made request id (see [`super::request_id`]).

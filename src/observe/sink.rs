@@ -72,12 +72,15 @@ pub(crate) struct Sink {
     dropped: AtomicU64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     /// The lines queued are its first `used` bytes; past them it is zero-filled (or holds old
     /// lines), at least [`WINDOW`] bytes of it, where the next line is formatted in place.
     lines: Vec<u8>,
     used: usize,
+    /// The most bytes `used` may reach: [`MAX_BUFFER`], 0 once closing (every line is dropped:
+    /// one comparison for both).
+    limit: usize,
     /// What formatting keeps from line to line (the second, the last client).
     cache: Cache,
     /// The writer was woken for `lines` already.
@@ -86,6 +89,21 @@ struct Shared {
     closing: bool,
     /// The writer has stopped.
     done: bool,
+}
+
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            lines: Vec::new(),
+            used: 0,
+            limit: MAX_BUFFER,
+            cache: Cache::default(),
+            woken: false,
+            reopen: false,
+            closing: false,
+            done: false,
+        }
+    }
 }
 
 impl Shared {
@@ -150,23 +168,19 @@ impl Sink {
 
     /// Queue the line `format` writes (with its newline) at the start of the buffer it is given,
     /// returning its length: formatted in place, under the lock (no copy, one lock). Dropped, and
-    /// counted, if the buffer is full.
+    /// counted, if the buffer is full or the sink closing.
     #[inline]
     pub(crate) fn append_with(&self, format: impl FnOnce(&mut Buf, &mut Cache) -> usize) {
         let mut s = self.lock();
-        if s.closing {
-            drop(s);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let at = s.used;
+        // `used` never passes MAX_BUFFER (see below): saying so leaves one bounds check.
+        let at = s.used.min(MAX_BUFFER);
         let Shared { lines, cache, .. } = &mut *s;
-        let buf = match lines.get_mut(at..).and_then(<[u8]>::first_chunk_mut) {
-            Some(b) => b,
-            None => grow(lines, at),
+        let buf = match lines.get_mut(at..at + WINDOW).map(<&mut Buf>::try_from) {
+            Some(Ok(b)) => b,
+            _ => grow(lines, at),
         };
         let n = format(buf, cache);
-        if at + n > MAX_BUFFER {
+        if at + n > s.limit {
             drop(s);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -191,6 +205,7 @@ impl Sink {
     pub(crate) fn close(&self) {
         let mut s = self.lock();
         s.closing = true;
+        s.limit = 0;
         self.wake.notify_one();
         let deadline = Instant::now() + CLOSE_WAIT;
         while !s.done {
