@@ -1,7 +1,8 @@
 //! The time of an access log line, cheaply: the wall clock is read at most once a second per
 //! output ([`Anchor`]), and the date and time of day are formatted once per second
-//! ([`TimeCache`]); a line adds only its milliseconds, which for a reading within the cached
-//! second are one subtraction and one division by a constant away.
+//! ([`TimeCache`]: as the opening of a JSON line, up to the client's value, and as the combined
+//! format's date); a line adds only its milliseconds, which for a reading within the cached
+//! second are one subtraction, one comparison and one division by a constant away.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -19,18 +19,31 @@
 //! agent and referer 512 each, method 32). The bound is what lets several processes share a
 //! pipe without their lines interleaving (see [`super::sink`]).
 //!
-//! A line is written straight into its sink's buffer, [`MAX_LINE`] bytes of it ([`Buf`]): the
-//! budgets keep every line well within it (about 3,000 bytes at most), so each write is a bounds
-//! check and a copy, and the fixed parts, whose lengths are constants, are copied without a
-//! library call. So are the short fields of a few lengths (a standard method, the protocol, a
-//! made request id, the generation's tail): copied at a fixed size, padding included, which what
-//! follows overwrites. The client's address is formatted once for a run of lines from one client
-//! ([`Cache`]).
+//! A line is written straight into its sink's buffer ([`Buf`]: [`MAX_LINE`] bytes and [`SLACK`]
+//! more) by a [`Cur`]. The budgets keep every line well within [`MAX_LINE`] (about 3,000 bytes
+//! at most), so the fixed-size writes need no bounds check (the position is taken modulo
+//! [`MAX_LINE`], which the compiler sees keeps them in the buffer) and no library call. The
+//! constant fragments are merged with their neighbours into a few padded fixed-size texts, whose
+//! padding what follows overwrites: the opening up to the client's value with the time (made once
+//! a second, [`TimeCache`]), the client's address (formatted once for a run of lines from one
+//! client, [`Cache`]), a standard method with the keys around it, the status with its keys, the
+//! protocol with the user agent's key (with `null` and the request id's key when there is no user
+//! agent), a made request id, the generation's tail. Numbers below 1000 (a body size, a duration's
+//! milliseconds) and the milliseconds' fractions are 4-byte copies from tables; a short value (a
+//! path below 8 bytes, like `/`) is checked and copied in one pass, a longer one scanned 16
+//! bytes a step and copied. What is rare (escaping, long numbers, other methods) runs out of
+//! line.
+//!
+//! The usual JSON line (`GET /`, no user agent, a made id) costs about 245 instructions with its
+//! queueing ([`super::sink::Sink::append_with`], `AccessLog::finished` inclusive; 400 before
+//! these measures, BENCHMARKS.md (ah)); of them about 25 are the sink's lock (`std::sync::Mutex`
+//! and its poison checks) and 15 the function's entry and exit.
 
 use http::Version;
 
 use super::clock::{JSON_HEAD_LEN, JSON_MS_AT, TimeCache};
 use crate::serve::exchange::Exchange;
+use cur::{Cur, DECIMAL, FRACTION, PLAIN, Padded, num};
 
 /// The longest line (the budgets below and the fixed fields fit well within it); at most
 /// `PIPE_BUF`, so one `write` of a line to a pipe is never split. A power of two: see [`Cur`].
@@ -96,160 +109,6 @@ fn client_key(a: &std::net::SocketAddr) -> u128 {
 /// Room for any address's text (IPv6 at its longest is 45 bytes).
 const CLIENT_MAX: usize = 48;
 
-/// Writes into a [`Buf`]. A local value whose methods are inlined, so its position stays in a
-/// register while a line is written.
-///
-/// The budgets keep a line within [`MAX_LINE`] (see the module doc), so the position is always
-/// below it; the fixed-size writes take it modulo [`MAX_LINE`] (one `and`), which lets the
-/// compiler see that a write of at most [`SLACK`] bytes from there stays within the [`WINDOW`]:
-/// no bounds check, and no panic path. (Were a budget wrong, a line would come out garbled, never
-/// out of bounds; debug builds assert the position.) Writes of a length known only at run time
-/// ([`Cur::put`]) are checked.
-struct Cur<'a> {
-    b: &'a mut Buf,
-    n: usize,
-}
-
-impl Cur<'_> {
-    /// The position, known to the compiler to be below [`MAX_LINE`].
-    #[inline(always)]
-    fn at(&self) -> usize {
-        debug_assert!(self.n < MAX_LINE, "{}", self.n);
-        self.n & (MAX_LINE - 1)
-    }
-
-    /// Append the first `len` bytes of `s`, copying all of `s` (a fixed size: a few moves, no
-    /// library call, no bounds check): the bytes past `len` are padding, overwritten by what
-    /// follows. Returns the bytes written, for a caller to fill in a field.
-    #[inline(always)]
-    fn fixed<const N: usize>(&mut self, s: &[u8; N], len: usize) -> &mut [u8; N] {
-        const { assert!(N <= SLACK) };
-        debug_assert!(len <= N);
-        let at = self.at();
-        self.n = at + len;
-        let w: &mut [u8; N] = (&mut self.b[at..at + N]).try_into().unwrap();
-        *w = *s;
-        w
-    }
-
-    /// Append all of `s`, a constant.
-    #[inline(always)]
-    fn lit<const N: usize>(&mut self, s: &[u8; N]) {
-        self.fixed(s, N);
-    }
-
-    #[inline(always)]
-    fn push(&mut self, b: u8) {
-        let at = self.at();
-        self.b[at] = b;
-        self.n = at + 1;
-    }
-
-    /// Append `s`, of any length (checked).
-    #[inline(always)]
-    fn put(&mut self, s: &[u8]) {
-        let end = self.n + s.len();
-        self.b[self.n..end].copy_from_slice(s);
-        self.n = end;
-    }
-
-    /// Run `f`, a rare case's writing, out of line, on a copy of this writer: the writer itself
-    /// is never passed to a call, so its position stays in a register.
-    #[inline(always)]
-    fn out_of_line(&mut self, f: impl FnOnce(&mut Cur<'_>)) {
-        #[inline(never)]
-        fn call(b: &mut Buf, n: usize, f: impl FnOnce(&mut Cur<'_>)) -> usize {
-            let mut out = Cur { b, n };
-            f(&mut out);
-            out.n
-        }
-        self.n = call(self.b, self.n, f);
-    }
-
-    /// Append `v` if it is within `budget` and every byte of it is written as it is in both
-    /// formats (see [`PLAIN`]); returns whether it did. A short value (below 8 bytes: a path like
-    /// `/`) is checked and copied in one pass, byte by byte (no library call); a longer one is
-    /// scanned by [`all_plain`], then copied.
-    #[inline(always)]
-    fn put_plain(&mut self, v: &[u8], budget: usize) -> bool {
-        if v.len() < 8 && v.len() <= budget {
-            let at = self.at();
-            let w = &mut self.b[at..at + 8];
-            for (d, &b) in w.iter_mut().zip(v) {
-                if !PLAIN[usize::from(b)] {
-                    return false; // (what was copied is overwritten by what follows)
-                }
-                *d = b;
-            }
-            self.n = at + v.len();
-            true
-        } else if v.len() <= budget && all_plain(v) {
-            self.put(v);
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Append `n` in decimal: below 1000 (the usual body sizes and durations in ms) one 4-byte copy
-/// from [`DECIMAL`], more with `itoa`.
-#[inline(always)]
-fn num(out: &mut Cur<'_>, n: u64) {
-    if n < 1000 {
-        let e = &DECIMAL[n as usize];
-        out.fixed(e, usize::from(e[3]));
-    } else {
-        out.out_of_line(move |o| num_long(o, n));
-    }
-}
-
-fn num_long(out: &mut Cur<'_>, n: u64) {
-    out.put(itoa::Buffer::new().format(n).as_bytes());
-}
-
-/// Each number below 1024 (past 999, its last three digits): its decimal digits, left-aligned and
-/// padded with `0`, and their count in the last byte.
-static DECIMAL: [[u8; 4]; 1024] = {
-    let mut t = [[b'0'; 4]; 1024];
-    let mut i = 0;
-    while i < 1024 {
-        let n = i % 1000;
-        let d = [
-            b'0' + (n / 100) as u8,
-            b'0' + (n / 10 % 10) as u8,
-            b'0' + (n % 10) as u8,
-        ];
-        t[i] = if n >= 100 {
-            [d[0], d[1], d[2], 3]
-        } else if n >= 10 {
-            [d[1], d[2], b'0', 2]
-        } else {
-            [d[2], b'0', b'0', 1]
-        };
-        i += 1;
-    }
-    t
-};
-
-/// Each number below 1024 (past 999, its last three digits) as a fraction's `.` and three
-/// digits: `.000` to `.999`.
-static FRACTION: [[u8; 4]; 1024] = {
-    let mut t = [[0; 4]; 1024];
-    let mut i = 0;
-    while i < 1024 {
-        let n = i % 1000;
-        t[i] = [
-            b'.',
-            b'0' + (n / 100) as u8,
-            b'0' + (n / 10 % 10) as u8,
-            b'0' + (n % 10) as u8,
-        ];
-        i += 1;
-    }
-    t
-};
-
 /// The client's address as text: the cached text when it is the client of the line before
 /// (see [`ClientText`]), else formatted and cached.
 #[inline(always)]
@@ -292,37 +151,6 @@ fn client_anew(cache: &mut ClientText, key: u128) {
         }
     };
     *cache = ClientText { key, text, len };
-}
-
-/// A text padded to `N` bytes, for [`Cur::fixed`].
-#[derive(Debug)]
-pub(crate) struct Padded<const N: usize> {
-    bytes: [u8; N],
-    len: usize,
-}
-
-impl<const N: usize> Padded<N> {
-    /// `s` (at most `N` bytes), padded with spaces.
-    const fn new(s: &[u8]) -> Padded<N> {
-        assert!(s.len() <= N);
-        let mut bytes = [b' '; N];
-        let mut i = 0;
-        while i < s.len() {
-            bytes[i] = s[i];
-            i += 1;
-        }
-        Padded {
-            bytes,
-            len: s.len(),
-        }
-    }
-}
-
-impl Cur<'_> {
-    #[inline(always)]
-    fn padded<const N: usize>(&mut self, p: &Padded<N>) {
-        self.fixed(&p.bytes, p.len);
-    }
 }
 
 /// The versions' places in the tables below.
@@ -404,27 +232,6 @@ fn json_escaped(out: &mut Cur<'_>, v: &[u8], budget: usize) {
         i += take;
     }
 }
-
-/// Whether every byte of `v` is written as it is in both formats (see [`PLAIN`]). Without an
-/// early exit, so the scan of a long value (a user agent) runs 16 bytes a step.
-#[inline(always)]
-fn all_plain(v: &[u8]) -> bool {
-    v.iter().fold(true, |ok, &b| {
-        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
-    })
-}
-
-/// The bytes written as they are in both formats: printable ASCII but `"` and `\\` (one table
-/// load per byte in the scan of a value).
-static PLAIN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0x20;
-    while b < 0x7f {
-        t[b] = b != b'"' as usize && b != b'\\' as usize;
-        b += 1;
-    }
-    t
-};
 
 /// The length of the UTF-8 sequence a (valid) leading byte starts.
 fn utf8_len(b: u8) -> usize {
@@ -660,5 +467,6 @@ pub(crate) fn combined(buf: &mut Buf, ex: &Exchange, cache: &mut Cache) -> usize
     out.n
 }
 
+mod cur;
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 
 use http::{HeaderValue, Method, StatusCode};
 
+use super::cur::all_plain;
 use super::*;
 use crate::handler::ClientAddr;
 use crate::serve::exchange::{Outcome, mono_ns};
@@ -254,5 +255,239 @@ fn json_escapes_and_cuts_at_character_boundaries() {
     for v in [esc("ab€".as_bytes(), 4), esc(b"\x01\x01", 7)] {
         let line = format!("\"{v}\"");
         serde_json::from_str::<String>(&line).unwrap();
+    }
+}
+
+/// The text of field `name` in a JSON line, as written (up to the next `,"` or the end).
+fn raw_field(line: &[u8], name: &str) -> String {
+    let s = String::from_utf8(line.to_vec()).unwrap();
+    let start = s.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+    let rest = &s[start..];
+    let end = rest.find(",\"").unwrap_or(rest.len() - 2);
+    rest[..end].to_string()
+}
+
+#[test]
+fn every_version_agent_and_id_combination() {
+    let ids = crate::observe::request_id::RequestIds::new();
+    let made = ids.for_request(None);
+    assert_eq!(made.len(), MADE_ID_LEN);
+    let given = HeaderValue::from_static("given-id_1.2:3+4/5=6@7");
+    let tail = json_tail(12_345);
+    let mut cache = Cache::default();
+    for v in [
+        Version::HTTP_09,
+        Version::HTTP_10,
+        Version::HTTP_11,
+        Version::HTTP_2,
+        Version::HTTP_3,
+    ] {
+        for ua in [None, Some("curl/8"), Some("x \"y\"")] {
+            for id in [Some(&made), Some(&given), None] {
+                let mut e = ex("/q", ua.map(HeaderValue::from_static));
+                e.version = v;
+                e.request_id = id.cloned();
+                let out = json_line(&e, &tail, &mut cache);
+                let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                let what = format!("{v:?} {ua:?} {id:?}");
+                assert_eq!(j["protocol"], format!("{v:?}"), "{what}");
+                assert_eq!(j["user_agent"].as_str(), ua, "{what}");
+                assert_eq!(
+                    j["request_id"].as_str(),
+                    id.map(|i| i.to_str().unwrap()),
+                    "{what}"
+                );
+                assert_eq!(j["generation"], 12_345, "{what}");
+                assert_eq!(j.as_object().unwrap().len(), 11, "{what}");
+                assert!(out.ends_with(b"}\n"), "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_method_in_both_formats() {
+    let long = Method::from_bytes(&[b'M'; 40]).unwrap();
+    for m in [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+        Method::from_bytes(b"PROPFIND").unwrap(),
+        long.clone(),
+    ] {
+        let want = if m == long {
+            format!("{}...", "M".repeat(32))
+        } else {
+            m.to_string()
+        };
+        let mut e = ex("/m", None);
+        e.method = m.clone();
+        let out = json_line(&e, &json_tail(1), &mut Cache::default());
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(j["method"], want.as_str());
+        assert_eq!(j["path"], "/m");
+        let line = String::from_utf8(combined_line(&e)).unwrap();
+        assert!(
+            line.contains(&format!("] \"{want} /m HTTP/1.1\" ")),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn numbers_at_the_edges_of_the_tables() {
+    for n in [
+        0,
+        7,
+        9,
+        10,
+        99,
+        100,
+        999,
+        1000,
+        1023,
+        1024,
+        12_345,
+        u64::MAX,
+    ] {
+        let got = written(|out| {
+            num(out, n);
+            out.push(b'|');
+        });
+        assert_eq!(got, format!("{n}|").as_bytes());
+    }
+    for i in 0..1024 {
+        let d = DECIMAL[i];
+        assert_eq!(&d[..usize::from(d[3])], (i % 1000).to_string().as_bytes());
+        assert_eq!(&FRACTION[i], format!(".{:03}", i % 1000).as_bytes());
+    }
+    // Statuses, body sizes and durations (µs precision) as written.
+    for (status, bytes, ns, want_ms) in [
+        (100, 0, 0, "0.000"),
+        (404, 9, 999, "0.000"),
+        (599, 10, 1_000, "0.001"),
+        (999, 999, 999_999_999, "999.999"),
+        (200, 1000, 1_000_000_000, "1000.000"),
+        (200, u64::MAX, u64::MAX, "18446744073709.551"),
+    ] {
+        let mut e = ex("/", None);
+        e.status = StatusCode::from_u16(status).unwrap();
+        e.bytes = bytes;
+        e.duration_ns = ns;
+        let out = json_line(&e, &json_tail(0), &mut Cache::default());
+        assert_eq!(raw_field(&out, "status"), status.to_string());
+        assert_eq!(raw_field(&out, "bytes"), bytes.to_string());
+        assert_eq!(raw_field(&out, "duration_ms"), want_ms);
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap();
+    }
+}
+
+#[test]
+fn the_time_carries_its_milliseconds() {
+    let mut cache = Cache::default();
+    let e = ex("/", None);
+    let out = json_line(&e, &json_tail(0), &mut cache);
+    let t = raw_field(&out, "time");
+    let t = t.trim_matches('"');
+    let b = t.as_bytes();
+    assert_eq!(b.len(), 24, "{t}");
+    for (i, &c) in b.iter().enumerate() {
+        match i {
+            4 | 7 => assert_eq!(c, b'-'),
+            10 => assert_eq!(c, b'T'),
+            13 | 16 => assert_eq!(c, b':'),
+            19 => assert_eq!(c, b'.'),
+            23 => assert_eq!(c, b'Z'),
+            _ => assert!(c.is_ascii_digit(), "{t}"),
+        }
+    }
+    // The same second, 5 ms later (if still within it): the milliseconds follow the reading.
+    let ms: u64 = t[20..23].parse().unwrap();
+    if ms < 990 {
+        let mut later = ex("/", None);
+        later.started = e.started + 5_000_000;
+        let out = json_line(&later, &json_tail(0), &mut cache);
+        let t2 = raw_field(&out, "time");
+        assert_eq!(&t2[1..21], &t[..20]);
+        assert_eq!(t2[21..24].parse::<u64>().unwrap(), ms + 5);
+    }
+}
+
+#[test]
+fn values_at_their_budgets_are_whole_and_past_them_cut() {
+    for (len, cut) in [(PATH_BUDGET, false), (PATH_BUDGET + 1, true)] {
+        let path = format!("/{}", "p".repeat(len - 1));
+        let ua = "u".repeat(len - PATH_BUDGET + HEADER_BUDGET);
+        let e = ex(&path, Some(HeaderValue::from_str(&ua).unwrap()));
+        let out = json_line(&e, &json_tail(0), &mut Cache::default());
+        let j: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let (p, u) = (
+            j["path"].as_str().unwrap(),
+            j["user_agent"].as_str().unwrap(),
+        );
+        if cut {
+            assert_eq!(p, format!("{}...", &path[..PATH_BUDGET]));
+            assert_eq!(u, format!("{}...", &ua[..HEADER_BUDGET]));
+        } else {
+            assert_eq!((p, u), (path.as_str(), ua.as_str()));
+        }
+        let line = String::from_utf8(combined_line(&e)).unwrap();
+        let (want_p, want_u) = if cut {
+            (
+                format!("{}...", &path[..PATH_BUDGET]),
+                format!("{}...", &ua[..HEADER_BUDGET]),
+            )
+        } else {
+            (path.clone(), ua.clone())
+        };
+        assert!(line.contains(&format!(" {want_p} HTTP/1.1\"")), "{len}");
+        assert!(line.ends_with(&format!(" \"-\" \"{want_u}\"\n")), "{len}");
+    }
+}
+
+#[test]
+fn short_values_are_checked_as_they_are_copied() {
+    let esc =
+        |v: &[u8], budget| String::from_utf8(written(|out| json_str(out, v, budget))).unwrap();
+    // Around the short copy's length (8), plain and with something to escape at either end.
+    for len in [0, 1, 6, 7, 8, 9, 16, 17] {
+        let plain = "a".repeat(len);
+        assert_eq!(esc(plain.as_bytes(), 64), plain);
+        if len > 0 {
+            let mut v = plain.clone().into_bytes();
+            v[len - 1] = b'"';
+            assert_eq!(esc(&v, 64), format!("{}\\\"", &plain[1..]));
+        }
+        if len > 1 {
+            let mut v = plain.clone().into_bytes();
+            v[0] = 0x01;
+            assert_eq!(esc(&v, 64), format!("\\u0001{}", &plain[1..]));
+        }
+    }
+    // A short value past a (small) budget is cut, not copied.
+    assert_eq!(esc(b"abcd", 2), "ab...");
+    // Followed by more, as in a line: what a failed short copy wrote is overwritten.
+    let got = written(|out| {
+        json_str(out, b"ab\"", 64);
+        out.lit(b"|");
+    });
+    assert_eq!(got, b"ab\\\"|");
+}
+
+#[test]
+fn the_first_client_may_be_the_unspecified_address() {
+    // The cache starts out holding `::`, the text of its initial key.
+    for addr in ["[::]:1", "0.0.0.0:1", "[::]:2"] {
+        let mut e = ex("/", None);
+        e.client = ClientAddr(addr.parse().unwrap());
+        let mut cache = ClientText::default();
+        let got = written(|out| client(out, &e, &mut cache));
+        assert_eq!(String::from_utf8(got).unwrap(), e.client.0.ip().to_string());
     }
 }
