@@ -21,8 +21,8 @@
 //!   block writes them, and writes only hex digits and `-`).
 //! - [`set_tcp_defer_accept`], [`tcp_defer_accept`]: `TCP_DEFER_ACCEPT` on a listening socket
 //!   (neither rustix nor socket2 has it), through libc's `setsockopt` / `getsockopt`.
-//! - [`BoxSlot`]: one box handed between threads by an atomic swap, without a lock (a
-//!   connection's spare request record).
+//! - [`BoxSlot`]: one box handed between threads by an atomic swap or compare-and-swap,
+//!   without a lock (a connection's spare request record, and its record waiting for a flush).
 //! - [`async_listener`]: a listening TCP socket registered with tokio as the descriptor it is
 //!   (`serve::listen`), as [`async_fd`] does for other descriptors.
 //! - [`recv_into`]: `recv` into the unfilled, possibly uninitialised part of a tokio `ReadBuf`
@@ -317,6 +317,15 @@ pub(crate) const ID_LEN: usize = 33;
 #[derive(Debug, Clone)]
 pub(crate) struct IdBlock(bytes::Bytes);
 
+/// The bytes of an [`IdBlock`]'s ids, owned by its `Bytes`.
+struct Ids([[u8; ID_LEN]; ID_BLOCK]);
+
+impl AsRef<[u8]> for Ids {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_flattened()
+    }
+}
+
 impl IdBlock {
     /// A block with no ids (a thread's before its first).
     pub(crate) const EMPTY: IdBlock = IdBlock(bytes::Bytes::new());
@@ -329,23 +338,34 @@ impl IdBlock {
         id[..16].copy_from_slice(&hex16(prefix));
         id[17..].copy_from_slice(&hex16(first));
         let low = (first & 0xff) as usize;
-        // Made on the stack (copies of a fixed size, no call per id), then copied out once.
+        // Made on the stack (copies of a fixed size, no call per id), then moved once into the
+        // `Bytes`' own allocation: shared from the start (a slice of it is one reference count,
+        // with no first-clone promotion).
         let mut ids = [id; ID_BLOCK];
         for (i, id) in ids.iter_mut().enumerate() {
             let n = low + i;
-            id[ID_LEN - 2] = HEX_DIGITS[n >> 4];
+            id[ID_LEN - 2] = HEX_DIGITS[(n >> 4) & 0xf];
             id[ID_LEN - 1] = HEX_DIGITS[n & 0xf];
         }
-        IdBlock(bytes::Bytes::copy_from_slice(ids.as_flattened()))
+        IdBlock(bytes::Bytes::from_owner(Ids(ids)))
     }
 
-    /// Id `i` (below [`ID_BLOCK`]) of a block made by [`IdBlock::new`].
+    /// Whether every id of the block has been taken.
     #[inline]
-    pub(crate) fn get(&self, i: usize) -> http::HeaderValue {
-        let id = self.0.slice(i * ID_LEN..(i + 1) * ID_LEN);
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Take the block's next id (its ids come in order); panics if [`IdBlock::is_empty`].
+    /// The block keeps the ids after it: the one `Bytes` splits, so an id costs one reference
+    /// count and no range checks (the last one is the block's own reference).
+    #[inline]
+    pub(crate) fn take(&mut self) -> http::HeaderValue {
+        let id = self.0.split_to(ID_LEN);
         // SAFETY: `from_maybe_shared_unchecked` needs bytes valid in a header value (visible
         // ASCII, space, tab). A block's bytes are all written by `new`, from `hex16`'s digits,
-        // `HEX_DIGITS` and `-` (the empty block has none, and `slice` panics out of range).
+        // `HEX_DIGITS` and `-`, and it is only ever split at id boundaries (its length is a
+        // multiple of `ID_LEN`; the empty block has none, and `split_to` panics past the end).
         unsafe { http::HeaderValue::from_maybe_shared_unchecked(id) }
     }
 }
@@ -380,6 +400,33 @@ impl<T> BoxSlot<T> {
         // owned by the slot; the swap took it out, so only this call has it (the `Acquire`
         // pairs with `put`'s release: the box's contents are visible here).
         (!p.is_null()).then(|| unsafe { Box::from_raw(p) })
+    }
+
+    /// Put `b` in the slot if it is empty (one compare-and-swap); if it holds a box, hand `b`
+    /// back.
+    #[inline]
+    pub(crate) fn put_if_empty(&self, b: Box<T>) -> Result<(), Box<T>> {
+        let p = Box::into_raw(b);
+        match self.ptr.compare_exchange(
+            std::ptr::null_mut(),
+            p,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Relaxed,
+        ) {
+            Ok(_) => Ok(()),
+            // SAFETY: the exchange failed, so the slot did not take `p`: it is still the
+            // pointer `Box::into_raw` just made, owned by this call alone.
+            Err(_) => Err(unsafe { Box::from_raw(p) }),
+        }
+    }
+
+    /// Whether the slot holds a box (a load: it may be taken or put right after).
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        !self
+            .ptr
+            .load(std::sync::atomic::Ordering::Acquire)
+            .is_null()
     }
 
     /// Put `b` in the slot (a box it held is dropped).
@@ -543,11 +590,22 @@ mod tests {
             assert_eq!(hex16(n), *format!("{n:016x}").as_bytes(), "{n:x}");
         }
         for first in [0, 64, 0x1c0, u64::MAX - 63] {
-            let b = IdBlock::new(0x0123_4567_89ab_cdef, first);
+            let mut b = IdBlock::new(0x0123_4567_89ab_cdef, first);
+            let mut taken = Vec::new();
             for i in 0..ID_BLOCK {
+                assert!(!b.is_empty());
                 let want = format!("0123456789abcdef-{:016x}", first + i as u64);
-                assert_eq!(b.get(i).as_bytes(), want.as_bytes());
+                let id = b.take();
+                assert_eq!(id.as_bytes(), want.as_bytes());
+                taken.push(id);
             }
+            assert!(b.is_empty());
+            // Each id keeps its own bytes after the block is gone.
+            drop(b);
+            assert_eq!(
+                taken[1].as_bytes(),
+                format!("0123456789abcdef-{:016x}", first + 1).as_bytes()
+            );
         }
     }
 
@@ -572,6 +630,20 @@ mod tests {
             .join()
             .unwrap();
         drop(held);
+        assert_eq!(std::sync::Arc::strong_count(&shared), 1);
+        // Put only into an empty slot: a full one hands the box back, untouched.
+        let slot = BoxSlot::new();
+        assert!(!slot.is_full());
+        assert!(slot.put_if_empty(Box::new(shared.clone())).is_ok());
+        assert!(slot.is_full());
+        let back = slot.put_if_empty(Box::new(shared.clone())).unwrap_err();
+        assert_eq!(std::sync::Arc::strong_count(&shared), 3);
+        drop(back);
+        assert_eq!(
+            slot.take().map(|b| std::sync::Arc::ptr_eq(&b, &shared)),
+            Some(true)
+        );
+        assert!(!slot.is_full());
         assert_eq!(std::sync::Arc::strong_count(&shared), 1);
     }
 }

@@ -178,13 +178,20 @@ impl Observer for Count {
     fn started(&self, _uri: &http::Uri, _headers: &http::HeaderMap, _ex: &mut Exchange) {}
 
     fn finished(&self, ex: &Exchange) {
-        if let Some(t) = &ex.tally {
-            t.record(
-                crate::tally::method_index(&ex.method),
-                ex.status.as_u16(),
-                ex.duration_ns,
-            );
-        }
+        count(ex);
+    }
+}
+
+/// Count `ex` in its route's tally, if it has one (inlined in each observer that counts: one
+/// call less per request).
+#[inline(always)]
+fn count(ex: &Exchange) {
+    if let Some(t) = &ex.tally {
+        t.record(
+            crate::tally::method_index(&ex.method),
+            ex.status.as_u16(),
+            ex.duration_ns,
+        );
     }
 }
 
@@ -210,6 +217,6 @@ impl Observer for Counted {
 
     fn finished(&self, ex: &Exchange) {
         self.0.finished(ex);
-        Count.finished(ex);
+        count(ex);
     }
 }

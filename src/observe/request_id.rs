@@ -12,9 +12,11 @@
 //! colliding is a 2^-64 chance per pair of workers), and cheap: no lock, no random draw, and no
 //! formatting per request. Each thread takes numbers [`BLOCK`] at a time from the worker's
 //! counter (one atomic addition per block) and makes the block's ids at once into one shared
-//! buffer ([`crate::sys::IdBlock`]: one allocation per block; within a block only the last two
-//! digits change); a request's id is a slice of it, the [`HeaderValue`] the response carries,
-//! so putting it in the response and keeping it for the access log copies nothing. (So a
+//! buffer ([`crate::sys::IdBlock`]: one allocation per block, reference-counted from the start;
+//! within a block only the last two digits change); a request's id is split off the front of
+//! it (a reference count, no range checks), the [`HeaderValue`] the response carries, so putting
+//! it in the response and keeping it for the access log copies nothing. About 60 instructions
+//! per id, the block's making included (BENCHMARKS (ai)). (So a
 //! thread's ids are consecutive; ids given on different threads interleave, and the numbers of
 //! a block a thread did not use up are never given.)
 
@@ -46,18 +48,16 @@ const BLOCK: usize = crate::sys::ID_BLOCK;
 /// Numbers the [`RequestIds`] of this process (from 1: 0 is no owner).
 static SERIALS: AtomicU64 = AtomicU64::new(1);
 
-/// A thread's block of made ids and the next one to give.
+/// A thread's block of made ids: those not given yet.
 struct Stash {
     /// The serial of the [`RequestIds`] the block is from (0: none).
     owner: u64,
     block: IdBlock,
-    /// The index of the next id of `block` to give ([`BLOCK`]: none left).
-    next: usize,
 }
 
 thread_local! {
     static STASH: RefCell<Stash> = const {
-        RefCell::new(Stash { owner: 0, block: IdBlock::EMPTY, next: BLOCK })
+        RefCell::new(Stash { owner: 0, block: IdBlock::EMPTY })
     };
 }
 
@@ -95,17 +95,14 @@ impl RequestIds {
     fn generate(&self) -> HeaderValue {
         let made = STASH.with(|s| {
             let mut s = s.try_borrow_mut().ok()?;
-            if s.owner != self.serial || s.next == BLOCK {
+            if s.owner != self.serial || s.block.is_empty() {
                 s.block = self.new_block();
                 s.owner = self.serial;
-                s.next = 0;
             }
-            let id = s.block.get(s.next);
-            s.next += 1;
-            Some(id)
+            Some(s.block.take())
         });
         // (Only while the thread's stash is being torn down.)
-        made.unwrap_or_else(|| self.new_block().get(0))
+        made.unwrap_or_else(|| self.new_block().take())
     }
 
     fn new_block(&self) -> IdBlock {

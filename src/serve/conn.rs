@@ -27,7 +27,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::Instrument;
 
-use super::exchange::{Recording, X_REQUEST_ID};
+use super::exchange::{Recording, X_REQUEST_ID_NAME};
 use super::guarded::Guarded;
 use super::progress::{Busy, End, TrackedBody, TrackedIo};
 use super::proxy::{self, Peek, Source};
@@ -384,7 +384,7 @@ fn answered(rec: &mut Option<Recording>, resp: &mut crate::Response) {
     if let Some(r) = rec {
         r.answered(resp.status());
         if let Some(id) = r.request_id() {
-            resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+            resp.headers_mut().insert(X_REQUEST_ID_NAME, id.clone());
         }
     }
 }
