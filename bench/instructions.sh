@@ -22,6 +22,11 @@
 # where the span is recorded), `apphost-metrics` (bench/bench-metrics.yaml: a `metrics` route, so
 # every request is counted), `apphost-both` (the JSON access log and metrics).
 #
+# nginx variants (Debian's nginx, one process): `nginx` (`/` answered by `return 200`, no log) and
+# `nginx-log` (the same with a buffered JSON access log of the same fields and the request id in
+# every response: the peer's cost for what `apphost-accesslog` does; nginx has no built-in
+# per-route metrics to compare `apphost-metrics` with).
+#
 # Binaries come from $BIN (default: the release build in $CARGO_TARGET_DIR, /work/target-bench).
 # 127.0.0.1 only; everything started is stopped on exit.
 set -euo pipefail
@@ -67,6 +72,25 @@ for v in $VARIANTS; do
         [[ $v == *timer ]] && flags+=(--header-timeout)
         valgrind --tool=callgrind --callgrind-out-file="$OUT/$v.cg.%p" \
             "$BIN/bare_hello" "$port" "${flags[@]}" >"$OUT/$v.log" 2>&1 &
+        pid=$!
+        bench_track "$pid"
+        wait_http "http://127.0.0.1:$port/"
+        measure "$v" "$OUT/$v.cg.$pid" "$pid" "http://127.0.0.1:$port/" ;;
+    nginx | nginx-log)
+        # nginx in one process (`master_process off`); `nginx-log`: what apphost's access log
+        # and request ids do, done nginx's way (a buffered JSON log, the client's
+        # `x-request-id` or nginx's own `$request_id`, echoed in the response).
+        http= location=
+        if [[ $v == nginx-log ]]; then
+            http="    map \$http_x_request_id \$reqid { default \$http_x_request_id; \"\" \$request_id; }
+    log_format json escape=json '{\"time\":\"\$time_iso8601\",\"client\":\"\$remote_addr\",\"method\":\"\$request_method\",\"path\":\"\$request_uri\",\"status\":\$status,\"bytes\":\$body_bytes_sent,\"duration_ms\":\$request_time,\"protocol\":\"\$server_protocol\",\"user_agent\":\"\$http_user_agent\",\"request_id\":\"\$reqid\"}';"
+            location="            access_log $OUT/$v.access.log json buffer=64k flush=1s;
+            add_header X-Request-ID \$reqid always;"
+        fi
+        command -v nginx >/dev/null || apt-get install -y nginx >/dev/null
+        nginx_config "$OUT/$v.conf" "$port" "master_process off;" "$http" "$location"
+        valgrind --tool=callgrind --callgrind-out-file="$OUT/$v.cg.%p" \
+            nginx -e "$OUT/nginx/error-$v.log" -p "$OUT/nginx" -c "$OUT/$v.conf" >"$OUT/$v.log" 2>&1 &
         pid=$!
         bench_track "$pid"
         wait_http "http://127.0.0.1:$port/"
