@@ -39,7 +39,9 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::line::{Buf, Cache, WINDOW};
@@ -154,7 +156,7 @@ impl Sink {
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     /// Queue one line (with its newline): dropped, and counted, if the buffer is full.
@@ -219,11 +221,7 @@ impl Sink {
                 );
                 return;
             }
-            s = self
-                .finished
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.finished.wait_for(&mut s, left);
         }
     }
 
@@ -234,11 +232,12 @@ impl Sink {
         let mut reported = Instant::now() - FLUSH_EVERY;
         loop {
             let (used, reopen, closing) = {
-                let s = self.lock();
-                let (mut s, _) = self
-                    .wake
-                    .wait_timeout_while(s, FLUSH_EVERY, |s| !s.woken && !s.reopen && !s.closing)
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut s = self.lock();
+                self.wake.wait_while_for(
+                    &mut s,
+                    |s| !s.woken && !s.reopen && !s.closing,
+                    FLUSH_EVERY,
+                );
                 std::mem::swap(&mut s.lines, &mut batch);
                 let used = std::mem::take(&mut s.used);
                 s.woken = false;
