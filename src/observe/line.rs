@@ -410,15 +410,15 @@ pub(crate) fn json(buf: &mut Buf, ex: &Exchange, tail: &Tail, cache: &mut Cache)
         }
         None => out.padded(&JSON_PROTOCOL_NO_AGENT[v]),
     }
-    match &ex.request_id {
+    match ex.id_bytes() {
         // Nothing to escape: a made id is hex and `-`, a given one passed
         // `request_id::acceptable` (at most 128 bytes of `A-Z a-z 0-9 - _ . : + / = @`).
         Some(id) => {
-            debug_assert!(id.as_bytes().iter().all(|&b| PLAIN[usize::from(b)]));
+            debug_assert!(id.iter().all(|&b| PLAIN[usize::from(b)]));
             // A made id's length is fixed: a copy of a fixed size.
-            match <&[u8; MADE_ID_LEN]>::try_from(id.as_bytes()) {
+            match <&[u8; MADE_ID_LEN]>::try_from(id) {
                 Ok(made) => out.lit(made),
-                Err(_) => out.out_of_line(move |o| o.put(id.as_bytes())),
+                Err(_) => out.out_of_line(move |o| o.put(id)),
             }
             out.padded(&tail.after_id);
         }

@@ -383,8 +383,8 @@ fn is_websocket(headers: &http::HeaderMap) -> bool {
 fn answered(rec: &mut Option<Recording>, resp: &mut crate::Response) {
     if let Some(r) = rec {
         r.answered(resp.status());
-        if let Some(id) = r.request_id() {
-            resp.headers_mut().insert(X_REQUEST_ID_NAME, id.clone());
+        if let Some(id) = r.id_for_response() {
+            resp.headers_mut().insert(X_REQUEST_ID_NAME, id);
         }
     }
 }

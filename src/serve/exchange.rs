@@ -122,8 +122,13 @@ pub(crate) struct Exchange {
     /// How it ended.
     pub outcome: Outcome,
     /// The request's id (visible ASCII), if the observer gives ids: its own `x-request-id`, or
-    /// one made for it.
+    /// one made for it. Read it with [`Exchange::id_bytes`]: once answered, an id of a made id's
+    /// length has moved into the response and only its copy is here.
     pub request_id: Option<HeaderValue>,
+    /// The copy of the id that went into the response (when `id_sent`).
+    sent_id: [u8; crate::sys::ID_LEN],
+    /// The id moved into the response: `sent_id` holds it.
+    id_sent: bool,
     /// The `User-Agent` header, if the observer kept it.
     pub user_agent: Option<HeaderValue>,
     /// The `Referer` header, if the observer kept it.
@@ -134,7 +139,12 @@ pub(crate) struct Exchange {
 
 impl Exchange {
     /// A request from `client` whose head arrived at `started`.
-    fn new(started: u64, method: Method, version: Version, client: ClientAddr) -> Exchange {
+    pub(crate) fn new(
+        started: u64,
+        method: Method,
+        version: Version,
+        client: ClientAddr,
+    ) -> Exchange {
         Exchange {
             started,
             duration_ns: 0,
@@ -146,6 +156,8 @@ impl Exchange {
             bytes: 0,
             outcome: Outcome::Open,
             request_id: None,
+            sent_id: [0; crate::sys::ID_LEN],
+            id_sent: false,
             user_agent: None,
             referer: None,
             tally: None,
@@ -157,9 +169,22 @@ impl Exchange {
     fn release(&mut self) {
         self.path = None;
         self.request_id = None;
+        self.id_sent = false;
         self.user_agent = None;
         self.referer = None;
         self.tally = None;
+    }
+}
+
+impl Exchange {
+    /// The request's id, if it has one: its copy once the value went into the response.
+    #[inline]
+    pub(crate) fn id_bytes(&self) -> Option<&[u8]> {
+        if self.id_sent {
+            Some(&self.sent_id)
+        } else {
+            self.request_id.as_ref().map(HeaderValue::as_bytes)
+        }
     }
 }
 
@@ -231,9 +256,21 @@ impl Recording {
         Recording(r)
     }
 
-    /// The request's id, if it has one.
-    pub(crate) fn request_id(&self) -> Option<&HeaderValue> {
-        self.0.ex.request_id.as_ref()
+    /// The id to return in the response, if the request has one. An id of a made id's length
+    /// (every made one) is moved there and its bytes copied for the record, so no reference
+    /// count is taken now and released at the finish (about 30 instructions); another is cloned.
+    /// Called once, when the handler answers.
+    pub(crate) fn id_for_response(&mut self) -> Option<HeaderValue> {
+        let ex = &mut self.0.ex;
+        let id = ex.request_id.as_ref()?;
+        match <&[u8; crate::sys::ID_LEN]>::try_from(id.as_bytes()) {
+            Ok(bytes) => {
+                ex.sent_id = *bytes;
+                ex.id_sent = true;
+                ex.request_id.take()
+            }
+            Err(_) => Some(id.clone()),
+        }
     }
 
     /// The tracing span the handler runs in: `request{request_id=…}`, when the request has an
@@ -429,6 +466,58 @@ mod tests {
             ClientAddr(([127, 0, 0, 1], 9).into()),
             un,
         )
+    }
+
+    /// Gives each request the id it sent, and keeps the id each finished one was logged with.
+    #[derive(Debug, Default)]
+    struct Ids(Mutex<Vec<Option<Vec<u8>>>>);
+
+    impl Observer for Ids {
+        fn started(&self, _uri: &Uri, headers: &HeaderMap, ex: &mut Exchange) {
+            ex.request_id = headers.get(X_REQUEST_ID_NAME).cloned();
+        }
+        fn finished(&self, ex: &Exchange) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(ex.id_bytes().map(<[u8]>::to_vec));
+        }
+    }
+
+    #[test]
+    fn the_id_goes_into_the_response_and_stays_in_the_record() {
+        let ids = Arc::new(Ids::default());
+        let o: Arc<dyn Observer> = ids.clone();
+        let un = Unflushed::default();
+        let made = "0123456789abcdef-0000000000000001";
+        assert_eq!(made.len(), crate::sys::ID_LEN);
+        let mut answered = Vec::new();
+        for id in [Some(made), Some("abc"), None, Some(made)] {
+            let mut req = http::Request::builder();
+            if let Some(id) = id {
+                req = req.header("x-request-id", id);
+            }
+            let mut r = Recording::start(
+                &o,
+                &req.body(()).unwrap(),
+                ClientAddr(([127, 0, 0, 1], 9).into()),
+                &un,
+            );
+            r.answered(StatusCode::OK);
+            let sent = r.id_for_response();
+            // A made id's length: moved out of the record (its copy kept); another: cloned.
+            assert_eq!(r.0.ex.request_id.is_some(), id == Some("abc"));
+            answered.push(sent.map(|v| v.as_bytes().to_vec()));
+            un.push(r);
+            un.flushed();
+        }
+        let want: Vec<Option<Vec<u8>>> = [Some(made), Some("abc"), None, Some(made)]
+            .iter()
+            .map(|i| i.map(|s| s.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(answered, want);
+        // The same box served all four: each logged its own id, none the one before's copy.
+        assert_eq!(*ids.0.lock().unwrap(), want);
     }
 
     #[test]

@@ -30,21 +30,20 @@ fn combined_line(ex: &Exchange) -> Vec<u8> {
 
 fn ex(uri: &str, ua: Option<HeaderValue>) -> Exchange {
     let uri: http::Uri = uri.parse().unwrap();
-    Exchange {
-        started: mono_ns(),
-        duration_ns: 1_234_567_000,
-        method: Method::GET,
-        path: uri.path_and_query().cloned(),
-        version: Version::HTTP_11,
-        client: ClientAddr("[::ffff:10.1.2.3]:5000".parse().unwrap()),
-        status: StatusCode::NOT_FOUND,
-        bytes: 19,
-        outcome: Outcome::Written,
-        request_id: Some(HeaderValue::from_static("abc-1")),
-        user_agent: ua,
-        referer: None,
-        tally: None,
-    }
+    let mut e = Exchange::new(
+        mono_ns(),
+        Method::GET,
+        Version::HTTP_11,
+        ClientAddr("[::ffff:10.1.2.3]:5000".parse().unwrap()),
+    );
+    e.duration_ns = 1_234_567_000;
+    e.path = uri.path_and_query().cloned();
+    e.status = StatusCode::NOT_FOUND;
+    e.bytes = 19;
+    e.outcome = Outcome::Written;
+    e.request_id = Some(HeaderValue::from_static("abc-1"));
+    e.user_agent = ua;
+    e
 }
 
 #[test]
