@@ -232,18 +232,7 @@ fn json_escapes_and_cuts_at_character_boundaries() {
         written(|out| method(out, &long)),
         [&[b'M'; 32][..], b"..."].concat()
     );
-    for m in [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::PATCH,
-        Method::OPTIONS,
-        Method::CONNECT,
-        Method::TRACE,
-        Method::from_bytes(b"PROPFIND").unwrap(),
-    ] {
+    for m in methods() {
         // Followed by a field, as in a line: the padding is overwritten.
         let got = written(|out| {
             method(out, &m);
@@ -307,19 +296,7 @@ fn every_version_agent_and_id_combination() {
 #[test]
 fn every_method_in_both_formats() {
     let long = Method::from_bytes(&[b'M'; 40]).unwrap();
-    for m in [
-        Method::GET,
-        Method::HEAD,
-        Method::POST,
-        Method::PUT,
-        Method::DELETE,
-        Method::PATCH,
-        Method::OPTIONS,
-        Method::CONNECT,
-        Method::TRACE,
-        Method::from_bytes(b"PROPFIND").unwrap(),
-        long.clone(),
-    ] {
+    for m in methods().into_iter().chain([long.clone()]) {
         let want = if m == long {
             format!("{}...", "M".repeat(32))
         } else {
@@ -489,4 +466,20 @@ fn the_first_client_may_be_the_unspecified_address() {
         let got = written(|out| client(out, &e, &mut cache));
         assert_eq!(String::from_utf8(got).unwrap(), e.client.0.ip().to_string());
     }
+}
+
+/// Every standard method and an extension one.
+fn methods() -> Vec<Method> {
+    vec![
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+        Method::from_bytes(b"PROPFIND").unwrap(),
+    ]
 }
