@@ -14,8 +14,9 @@
 //! counter (one atomic addition per block) and makes the block's ids at once into one shared
 //! buffer ([`crate::sys::IdBlock`]: one allocation per block, reference-counted from the start;
 //! within a block only the last two digits change); a request's id is split off the front of
-//! it (a reference count, no range checks), the [`HeaderValue`] the response carries, so putting
-//! it in the response and keeping it for the access log copies nothing. About 60 instructions
+//! it (a reference count, no range checks): the [`HeaderValue`] the response carries, moved
+//! there when the handler answers, its 33 bytes copied into the request's record for the access
+//! log (`serve::exchange`, no second reference count). About 60 instructions
 //! per id, the block's making included (BENCHMARKS (ai)). (So a
 //! thread's ids are consecutive; ids given on different threads interleave, and the numbers of
 //! a block a thread did not use up are never given.)
