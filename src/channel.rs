@@ -9,7 +9,8 @@
 //! Worker → supervisor: `bound` (with the listening socket it had to bind, so later generations
 //! inherit it), `ready` (with the settings the supervisor needs from the worker's config),
 //! `failed` (it cannot start, and why), `request` (restart/shutdown/status asked for inside the
-//! worker: a signal, the admin page, the library call), `recycle` (it passed its `max_requests`).
+//! worker: a signal, the admin page, the library call), `recycle` (it passed its `max_requests`),
+//! `logs_reopened` (the answer to `reopen_logs`).
 //! Supervisor → worker: `going_away` (a shutdown began: `ready` answers 503 while serving goes
 //! on), `drain` (stop accepting, finish, exit), `reply` (the answer to a request), `activate`,
 //! `reopen_logs` (reopen the access log files).
@@ -136,11 +137,34 @@ pub enum OpReply {
     ShuttingDown,
     /// The supervisor's state.
     Status(Status),
-    /// `reopen_logs` was passed to this many workers (each reopens its files at once).
+    /// `reopen_logs` was passed to this many workers, and so many answered that they had
+    /// written what they held to the files open and reopened them (see
+    /// `supervisor::driver::reopen`).
     LogsReopened {
         /// Workers told (the serving one, draining ones).
         workers: u32,
+        /// Workers that answered: done (their renamed files are complete).
+        #[serde(default)]
+        confirmed: u32,
+        /// Files reopened, summed over the workers (two workers writing one file count 2).
+        #[serde(default)]
+        files: u32,
+        /// Why a file could not be reopened, or a worker did not answer in time (each naming
+        /// the worker and the file): a reopen that failed.
+        #[serde(default)]
+        failed: Vec<String>,
     },
+}
+
+impl OpReply {
+    /// Why the operation, answered, did not fully succeed: the files `reopen-logs` could not
+    /// reopen (empty for every other answer).
+    pub fn failures(&self) -> &[String] {
+        match self {
+            OpReply::LogsReopened { failed, .. } => failed,
+            _ => &[],
+        }
+    }
 }
 
 /// A finished restart.
@@ -287,8 +311,25 @@ pub(crate) enum Msg {
         shutdown: bool,
     },
     /// Supervisor → worker (every live one, draining ones too): reopen your access log files
-    /// (`apphost reopen-logs`, after logrotate renamed them).
-    ReopenLogs,
+    /// (`apphost reopen-logs`, after logrotate renamed them), and answer `logs_reopened` with
+    /// `id` once done. (A worker of an older version reopens without answering; a supervisor of
+    /// an older version sends no `id` and waits for no answer.)
+    ReopenLogs {
+        /// Correlation id (none: answer nothing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// Worker → supervisor: the answer to `reopen_logs` `id`: every access log file reopened,
+    /// except those in `failed` (why, each naming its file), which the worker keeps writing to.
+    LogsReopened {
+        /// Correlation id.
+        id: u64,
+        /// Files reopened.
+        files: u32,
+        /// Why others were not.
+        #[serde(default)]
+        failed: Vec<String>,
+    },
     /// Supervisor → worker: the answer to `request` `id`, as JSON (see `supervisor::OpResult`).
     Reply {
         /// Correlation id.

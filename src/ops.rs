@@ -148,3 +148,28 @@ pub async fn shutdown() -> OpResult {
 pub async fn status() -> OpResult {
     request(Op::Status).await
 }
+
+/// A human summary of a `reopen-logs` answer (the failures themselves are listed apart).
+pub(crate) fn describe_reopen(workers: u32, confirmed: u32, files: u32, failed: usize) -> String {
+    use crate::clock::plural;
+    if workers == 0 {
+        return "no worker is running: no access log to reopen".into();
+    }
+    if files == 0 && failed == 0 {
+        return format!(
+            "no access log file to reopen (asked {}; stdout and stderr need none)",
+            plural(u64::from(workers), "worker")
+        );
+    }
+    let reopened = format!(
+        "reopened {} in {} of {}",
+        plural(u64::from(files), "access log file"),
+        confirmed,
+        plural(u64::from(workers), "worker")
+    );
+    if failed == 0 {
+        format!("{reopened}: the renamed files are complete")
+    } else {
+        format!("{reopened}; {} failed:", plural(failed as u64, "reopen"))
+    }
+}

@@ -430,7 +430,7 @@ async fn run(
                     readiness.going_away();
                 }
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
-                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(&logs),
+                Ok(Some((Msg::ReopenLogs { id }, _))) => reopen_logs(&logs, &chan, id),
                 Ok(Some((Msg::Metrics { id, metrics }, _))) => relay.deliver_metrics(id, *metrics),
                 Ok(Some((other, _))) => tracing::debug!(?other, "unexpected message ignored"),
                 Ok(None) | Err(_) => {
@@ -494,7 +494,7 @@ async fn run(
             m = chan.recv(), if relay.open => match m {
                 Ok(Some((Msg::Reply { id, result }, _))) => relay.deliver(id, result),
                 // A draining worker still writes lines: it follows a rotation too.
-                Ok(Some((Msg::ReopenLogs, _))) => reopen_logs(&logs),
+                Ok(Some((Msg::ReopenLogs { id }, _))) => reopen_logs(&logs, &chan, id),
                 Ok(Some((Msg::Metrics { id, metrics }, _))) => relay.deliver_metrics(id, *metrics),
                 Ok(Some(_)) => {}
                 // The supervisor is gone; keep draining to the deadline.
@@ -532,11 +532,27 @@ const EXIT_PAUSE: Duration = Duration::from_millis(50);
 /// How long a generation paused by its successor waits before its drain (see [`run`]).
 const DRAIN_AFTER_PAUSE: Duration = Duration::from_millis(5);
 
-/// `apphost reopen-logs` reached this worker.
-fn reopen_logs(logs: &AccessLogs) {
-    let files = logs.reopen();
-    tracing::debug!(files, "reopening the access log files");
+/// `apphost reopen-logs` reached this worker: reopen its files off the runtime (each writer
+/// first writes what it holds, which a slow disk can make take a while), then answer the
+/// supervisor (when it gave an `id`). The control loop goes on meanwhile.
+fn reopen_logs(logs: &Arc<AccessLogs>, chan: &Arc<Channel>, id: Option<u64>) {
+    let (logs, chan) = (logs.clone(), chan.clone());
+    tokio::spawn(async move {
+        let done = tokio::task::spawn_blocking(move || logs.reopen(REOPEN_WAIT)).await;
+        let (files, failed) = done.unwrap_or_else(|e| (0, vec![format!("reopen failed: {e}")]));
+        tracing::debug!(files, failed = failed.len(), "access log files reopened");
+        if let Some(id) = id {
+            let msg = Msg::LogsReopened { id, files, failed };
+            if let Err(e) = chan.send(&msg, &[]).await {
+                tracing::debug!("cannot answer reopen-logs: {e}");
+            }
+        }
+    });
 }
+
+/// How long a worker waits for its access log files to be reopened before it answers without
+/// them (the supervisor waits a little longer: `supervisor::driver::reopen`).
+pub(crate) const REOPEN_WAIT: Duration = Duration::from_secs(5);
 /// How often a draining worker reports its counts to the supervisor.
 const COUNTS_WHILE_DRAINING: Duration = Duration::from_secs(1);
 

@@ -3,8 +3,12 @@
 //! access log files and opens their paths anew (logrotate's rename, then reopen). Refused, like
 //! restart and shutdown, to a request a browser marks as cross-site.
 //!
-//! Answers `200`: text `reopening the access log files: asked 2 workers`; JSON
-//! `{"ok":true,"kind":"logs_reopened","workers":2}`.
+//! The answer waits until every worker has reopened (see `supervisor::driver::reopen`): `200`,
+//! text `reopened 2 access log files in 2 of 2 workers: the renamed files are complete`; JSON
+//! `{"ok":true,"kind":"logs_reopened","workers":2,"confirmed":2,"files":2,"failed":[]}`. When a
+//! file could not be reopened (or a worker did not answer in time), `500`, `"ok":false`, and
+//! each reason in `failed` (one line each in text); those workers keep writing to the files
+//! they have open.
 
 use http::StatusCode;
 use serde_json::json;
@@ -13,6 +17,7 @@ use super::answer::{AdminError, Format, json_body, respond};
 use super::{Admin, Asked, ask, page};
 use crate::channel::Op;
 use crate::handler::{Request, Response};
+use crate::ops::describe_reopen;
 use crate::ops::{OpError, OpReply};
 
 impl Admin {
@@ -24,25 +29,53 @@ impl Admin {
         Self::same_site(&req)?;
         tracing::info!(client = %asked.client, server = %self.server, "admin: reopen-logs requested");
         let reply = ask(self.link.as_ref(), Op::ReopenLogs).await?;
-        let OpReply::LogsReopened { workers } = reply else {
+        let OpReply::LogsReopened {
+            workers,
+            confirmed,
+            files,
+            failed,
+        } = &reply
+        else {
             return Err(OpError::Unavailable(format!(
                 "unexpected answer to reopen-logs: {reply:?}"
             ))
             .into());
         };
-        let msg = format!(
-            "reopening the access log files: asked {}",
-            crate::clock::plural(u64::from(workers), "worker")
-        );
+        let msg = describe_reopen(*workers, *confirmed, *files, failed.len());
+        let ok = failed.is_empty();
         let body = match asked.fmt {
-            Format::Json => {
-                json_body(&json!({ "ok": true, "kind": "logs_reopened", "workers": workers }))
+            Format::Json => json_body(&json!({
+                "ok": ok,
+                "kind": "logs_reopened",
+                "workers": workers,
+                "confirmed": confirmed,
+                "files": files,
+                "failed": failed,
+            })),
+            Format::Text => {
+                let mut t = format!("{msg}\n");
+                for f in failed {
+                    t.push_str(&format!("{f}\n"));
+                }
+                t
             }
-            Format::Text => format!("{msg}\n"),
             Format::Html => {
-                page::result(self, true, "Access logs reopened", &[("Note", msg)], None)
+                let mut rows = vec![("Result", msg.clone())];
+                rows.extend(failed.iter().map(|f| ("Failed", f.clone())));
+                let title = if ok {
+                    "Access logs reopened"
+                } else {
+                    "Access logs not all reopened"
+                };
+                page::result(self, ok, title, &rows, None)
             }
         };
-        Ok(respond(StatusCode::OK, asked.fmt, body))
+        // A file that could not be reopened is the host's failure, not the asker's.
+        let status = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        Ok(respond(status, asked.fmt, body))
     }
 }

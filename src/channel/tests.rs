@@ -97,3 +97,27 @@ fn unknown_message_types_are_skipped_not_fatal() {
         Some(Msg::Drain { shutdown: true })
     );
 }
+
+#[test]
+fn reopen_logs_is_understood_across_versions() {
+    // An older supervisor's, without an id: reopen, answer nothing.
+    assert_eq!(
+        decode(br#"{"v":1,"type":"reopen_logs"}"#).unwrap(),
+        Some(Msg::ReopenLogs { id: None })
+    );
+    let new = encode(&Msg::ReopenLogs { id: Some(7) }).unwrap();
+    assert_eq!(decode(&new).unwrap(), Some(Msg::ReopenLogs { id: Some(7) }));
+    // An older worker knew `reopen_logs` without fields: it still reads this one (and reopens).
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(tag = "type", rename_all = "snake_case")]
+    enum Older {
+        ReopenLogs,
+    }
+    let env: serde_json::Value = serde_json::from_slice(&new).unwrap();
+    let msg = env.as_object().unwrap().clone();
+    let inner = serde_json::Value::Object(msg.into_iter().filter(|(k, _)| k != "v").collect());
+    assert_eq!(
+        serde_json::from_value::<Older>(inner).unwrap(),
+        Older::ReopenLogs
+    );
+}

@@ -160,8 +160,15 @@ pub(crate) fn run_command(cmd: Command, target: &Target) -> ExitCode {
         Ok(reply) => {
             if !target.json {
                 println!("{}", describe_reply(reply));
+                for f in reply.failures() {
+                    eprintln!("apphost: {f}");
+                }
             }
-            ExitCode::SUCCESS
+            if reply.failures().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             if !target.json {
@@ -266,10 +273,12 @@ pub(crate) fn describe_reply(reply: &OpReply) -> String {
             "shutting down: every worker drains, then the supervisor exits".into()
         }
         OpReply::Status(s) => describe_status(s),
-        OpReply::LogsReopened { workers } => format!(
-            "reopening the access log files: asked {}",
-            crate::clock::plural(u64::from(*workers), "worker")
-        ),
+        OpReply::LogsReopened {
+            workers,
+            confirmed,
+            files,
+            failed,
+        } => crate::ops::describe_reopen(*workers, *confirmed, *files, failed.len()),
     }
 }
 

@@ -10,12 +10,14 @@
 //! buffer of the [`Sink`] of its output, which writes it from its own thread.
 //!
 //! A worker opens its logs once, at start ([`AccessLogs::open`]); servers naming the same output
-//! share one sink. `apphost reopen-logs` reaches [`AccessLogs::reopen`]; the worker calls
+//! share one sink. `apphost reopen-logs` reaches [`AccessLogs::reopen`], which answers once
+//! every file is reopened (or why one could not be); the worker calls
 //! [`AccessLogs::close`] as the very last thing before it exits, after the drain and after its
 //! runtime has stopped (a connection cut by `shutdown_timeout` is recorded as it is dropped).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{REFERER, USER_AGENT};
 use http::{HeaderMap, Uri};
@@ -128,17 +130,27 @@ impl AccessLogs {
         self.by_server.get(name).cloned()
     }
 
-    /// Reopen every file (logrotate): what is buffered goes to the old file first. Returns how
-    /// many outputs are files.
-    pub(crate) fn reopen(&self) -> usize {
+    /// Reopen every file (logrotate), waiting until `wait` at most for each to be done: what
+    /// is buffered goes to the old file first. How many files were reopened, and why others
+    /// were not (each keeps writing to the file it has open).
+    pub(crate) fn reopen(&self, wait: Duration) -> (u32, Vec<String>) {
+        let deadline = Instant::now() + wait;
+        // Every writer at once, then the waits (one deadline for all).
+        let asked: Vec<(&Arc<Sink>, u64)> = self
+            .sinks
+            .iter()
+            .filter(|s| matches!(s.target(), LogTarget::File(_)))
+            .map(|s| (s, s.ask_reopen()))
+            .collect();
         let mut files = 0;
-        for s in &self.sinks {
-            if matches!(s.target(), LogTarget::File(_)) {
-                s.reopen();
-                files += 1;
+        let mut failed = Vec::new();
+        for (s, ticket) in asked {
+            match s.wait_reopened(ticket, deadline) {
+                Ok(()) => files += 1,
+                Err(e) => failed.push(e),
             }
         }
-        files
+        (files, failed)
     }
 
     /// Write out everything and stop the writers (the worker is exiting).

@@ -30,9 +30,12 @@
 //! batch, counted the same way.
 //!
 //! # Reopening, and the end
-//! [`Sink::reopen`] (`apphost reopen-logs`) has the writer write what it holds to the old file,
-//! then open the path anew (creating it), for logrotate's rename-then-reopen: the lines before go
-//! to the renamed file, the lines after to the new one, none is lost. [`Sink::close`] (a worker
+//! [`Sink::ask_reopen`] (`apphost reopen-logs`) has the writer write what it holds to the old
+//! file, then open the path anew (creating it), for logrotate's rename-then-reopen: the lines
+//! before go to the renamed file, the lines after to the new one, none is lost.
+//! [`Sink::wait_reopened`] returns once that is done (or why it failed: the path cannot be
+//! opened, and the writer goes on with the file it has open), so `reopen-logs` can answer only
+//! when the renamed file is complete: logrotate may compress it at once. [`Sink::close`] (a worker
 //! exiting, after its drain) has the writer write everything and stop, waiting for it at most
 //! [`CLOSE_WAIT`]: an output that is stuck then cannot hold the worker's exit.
 
@@ -89,6 +92,11 @@ struct Shared {
     /// The writer was woken for `lines` already.
     woken: bool,
     reopen: bool,
+    /// Reopens asked for ([`Sink::ask_reopen`]) and done by the writer, and how the last one
+    /// done went: [`Sink::wait_reopened`] waits for `reopens_done` to reach its ticket.
+    reopens_asked: u64,
+    reopens_done: u64,
+    reopen_result: Result<(), String>,
     closing: bool,
     /// The writer has stopped.
     done: bool,
@@ -103,6 +111,9 @@ impl Default for Shared {
             cache: Cache::default(),
             woken: false,
             reopen: false,
+            reopens_asked: 0,
+            reopens_done: 0,
+            reopen_result: Ok(()),
             closing: false,
             done: false,
         }
@@ -197,10 +208,38 @@ impl Sink {
     }
 
     /// Have the writer write what it holds, then open the file anew (nothing for stdout and
-    /// stderr).
-    pub(crate) fn reopen(&self) {
-        self.lock().reopen = true;
+    /// stderr); the ticket to wait for it with ([`Sink::wait_reopened`]).
+    pub(crate) fn ask_reopen(&self) -> u64 {
+        let mut s = self.lock();
+        s.reopen = true;
+        s.reopens_asked += 1;
+        let ticket = s.reopens_asked;
+        drop(s);
         self.wake.notify_one();
+        ticket
+    }
+
+    /// Wait, until `deadline` at most, for the reopen `ticket` (or a later one) to be done:
+    /// every line queued before it written to the file open until then, and the path opened
+    /// anew. Its error, or why it did not finish in time.
+    pub(crate) fn wait_reopened(&self, ticket: u64, deadline: Instant) -> Result<(), String> {
+        let mut s = self.lock();
+        while s.reopens_done < ticket {
+            if s.done {
+                return Err(format!(
+                    "access log {}: its writer has stopped (the worker is exiting)",
+                    self.target
+                ));
+            }
+            if self.finished.wait_until(&mut s, deadline).timed_out() && s.reopens_done < ticket {
+                return Err(format!(
+                    "access log {}: not reopened in time: its writer is still writing to the \
+                     file open (a slow or stuck disk?); it reopens when that write returns",
+                    self.target
+                ));
+            }
+        }
+        s.reopen_result.clone()
     }
 
     /// Write everything queued and stop the writer; waits for it at most [`CLOSE_WAIT`]. Lines
@@ -226,6 +265,26 @@ impl Sink {
         }
     }
 
+    /// Open the file anew in place of `out` (nothing for stdout and stderr); on failure `out`
+    /// stays, and the reason is returned.
+    fn reopen_output(&self, out: &mut Output) -> Result<(), String> {
+        let LogTarget::File(p) = &self.target else {
+            return Ok(());
+        };
+        match Output::open(&self.target) {
+            Ok(o) => {
+                *out = o;
+                tracing::info!("access log {} reopened", p.display());
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("cannot reopen {}: {e}", p.display());
+                tracing::warn!("access log: {why}; writing to the file already open");
+                Err(why)
+            }
+        }
+    }
+
     /// The writer thread's loop.
     fn writer(&self, mut out: Output) {
         // The buffer the lines were queued in, swapped for this one (zero-filled, as `lines`).
@@ -242,7 +301,8 @@ impl Sink {
                 std::mem::swap(&mut s.lines, &mut batch);
                 let used = std::mem::take(&mut s.used);
                 s.woken = false;
-                (used, std::mem::take(&mut s.reopen), s.closing)
+                let reopen = std::mem::take(&mut s.reopen).then_some(s.reopens_asked);
+                (used, reopen, s.closing)
             };
             if used > 0 {
                 let lines = &batch[..used];
@@ -256,17 +316,12 @@ impl Sink {
                     batch.shrink_to_fit();
                 }
             }
-            if reopen && let LogTarget::File(p) = &self.target {
-                match Output::open(&self.target) {
-                    Ok(o) => {
-                        out = o;
-                        tracing::info!("access log {} reopened", p.display());
-                    }
-                    Err(e) => tracing::warn!(
-                        "access log {}: cannot reopen: {e}; writing to the file already open",
-                        p.display()
-                    ),
-                }
+            if let Some(ticket) = reopen {
+                let result = self.reopen_output(&mut out);
+                let mut s = self.lock();
+                s.reopens_done = ticket;
+                s.reopen_result = result;
+                self.finished.notify_all();
             }
             if self.dropped.load(Ordering::Relaxed) > 0
                 && (closing || reported.elapsed() >= FLUSH_EVERY)
@@ -351,12 +406,16 @@ mod tests {
         let sink = Sink::open(LogTarget::File(path.clone())).unwrap();
         sink.append(b"one\n");
         std::fs::rename(&path, dir.path().join("a.log.1")).unwrap();
-        sink.reopen();
+        let ticket = sink.ask_reopen();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !path.exists() {
-            assert!(Instant::now() < deadline, "not reopened");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert_eq!(sink.wait_reopened(ticket, deadline), Ok(()));
+        // Once the wait is over, no sooner: the line before is in the renamed file, the path
+        // is there anew.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a.log.1")).unwrap(),
+            "one\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
         sink.append(b"two\n");
         sink.close();
         assert_eq!(
@@ -366,6 +425,36 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
         sink.append(b"late\n");
         assert_eq!(sink.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_reopen_that_fails_says_why_and_keeps_writing_to_the_open_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.log");
+        let sink = Sink::open(LogTarget::File(path.clone())).unwrap();
+        sink.append(b"one\n");
+        let rotated = dir.path().join("a.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        // Something else took the path: a directory cannot be opened for appending.
+        std::fs::create_dir(&path).unwrap();
+        let ticket = sink.ask_reopen();
+        let err = sink
+            .wait_reopened(ticket, Instant::now() + Duration::from_secs(10))
+            .unwrap_err();
+        assert!(
+            err.starts_with(&format!("cannot reopen {}: ", path.display())),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\n");
+        sink.append(b"two\n");
+        sink.close();
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
+        // A wait after the writer stopped does not hang.
+        let ticket = sink.ask_reopen();
+        assert!(
+            sink.wait_reopened(ticket, Instant::now() + Duration::from_secs(10))
+                .is_err()
+        );
     }
 
     #[test]

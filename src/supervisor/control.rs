@@ -329,7 +329,12 @@ mod tests {
                             via.unwrap_or_default()
                         ))),
                         Op::Shutdown => Ok(OpReply::ShuttingDown),
-                        Op::ReopenLogs => Ok(OpReply::LogsReopened { workers: 1 }),
+                        Op::ReopenLogs => Ok(OpReply::LogsReopened {
+                            workers: 1,
+                            confirmed: 1,
+                            files: 1,
+                            failed: vec![],
+                        }),
                     };
                     let _ = tx.send(r);
                 }

@@ -31,6 +31,7 @@ mod exits;
 mod preflight;
 mod recycle;
 mod reexec;
+mod reopen;
 mod takeover;
 
 pub(crate) use takeover::{check_handover_from_env, resume_from_env};
@@ -75,6 +76,8 @@ struct Driver {
     totals: crate::observe::host::HostTotals,
     /// Recycling's look at the serving worker (see `recycle`).
     recycle: recycle::RecycleWatch,
+    /// The `reopen-logs` waiting for workers (see `reopen`).
+    reopens: reopen::Reopens,
 }
 
 /// Run the supervisor until the host shuts down. Returns the process exit code.
@@ -167,6 +170,7 @@ impl Driver {
             reexec: None,
             totals: Default::default(),
             recycle: recycle::RecycleWatch::default(),
+            reopens: reopen::Reopens::default(),
         }
     }
 
@@ -279,6 +283,7 @@ impl Driver {
             Event::RecycleTick => self.on_recycle_tick(),
             Event::RecycleMemory(worker, rss) => self.on_recycle_memory(worker, rss),
             Event::PreflightDeadline(pid) => self.preflight_deadline(pid),
+            Event::ReopenDeadline(id) => self.reopen_deadline(id),
         }
     }
 
@@ -495,6 +500,9 @@ impl Driver {
             Msg::Counts { counts } => self.totals.report(worker, counts),
             Msg::MetricsRequest { id } => self.answer_metrics(worker, id),
             Msg::Recycle { reason } => self.on_worker_recycle(worker, reason),
+            Msg::LogsReopened { id, files, failed } => {
+                self.on_logs_reopened(worker, id, files, failed)
+            }
             other => tracing::debug!(?other, "unexpected message from a worker"),
         }
     }

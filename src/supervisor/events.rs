@@ -49,6 +49,8 @@ pub(crate) enum Event {
     RecycleTick,
     /// The resident memory of worker `id`, read for a recycle look.
     RecycleMemory(WorkerId, Option<u64>),
+    /// `reopen-logs` `id` has waited long enough for the workers.
+    ReopenDeadline(u64),
 }
 
 /// Where the answer to an operation goes.

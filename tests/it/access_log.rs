@@ -1,6 +1,6 @@
 //! The access log and request ids (issue #13): exactly one valid line per request across
 //! restarts under load, requests finishing on a draining worker, the combined format, the
-//! `x-request-id` round trip, and `reopen-logs` after a logrotate-style rename.
+//! `x-request-id` round trip (`reopen-logs`: `reopen_logs.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -17,7 +17,7 @@ use crate::support::*;
 
 /// A graceful host on `port` with `/pid`, `/sleep` (`sleep` long) and an admin, logging to
 /// `access.log` in its directory in `format`.
-fn config(port: u16, format: &str, sleep: &str) -> String {
+pub(crate) fn config(port: u16, format: &str, sleep: &str) -> String {
     format!(
         "graceful: true\n\
          shutdown_timeout: 10s\n\
@@ -34,7 +34,7 @@ fn config(port: u16, format: &str, sleep: &str) -> String {
 }
 
 /// Every line of `path`, each parsed as JSON (a line that does not parse fails the test).
-fn json_lines(path: &Path) -> Vec<Value> {
+pub(crate) fn json_lines(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .map(|l| {
@@ -45,13 +45,13 @@ fn json_lines(path: &Path) -> Vec<Value> {
 }
 
 /// Stop the host (SIGTERM: every worker drains and exits, writing out its log) and wait.
-fn stop(host: &mut Host) {
+pub(crate) fn stop(host: &mut Host) {
     host.signal(rustix::process::Signal::TERM);
     let st = host.wait_exit(T);
     assert!(st.success(), "exit {st:?}; log:\n{}", host.log());
 }
 
-fn cli(host: &Host, args: &[&str]) -> CmdOutput {
+pub(crate) fn cli(host: &Host, args: &[&str]) -> CmdOutput {
     let config = host.config.to_str().unwrap().to_string();
     let mut a: Vec<&str> = args.to_vec();
     a.extend(["-c", &config]);
@@ -165,7 +165,7 @@ fn exactly_one_json_line_per_request_across_restarts_under_load() {
 }
 
 /// `GET path` with `x-request-id: id`, on a thread; returns once the response has started.
-fn slow_request(port: u16, path: &str, id: &str) -> std::thread::JoinHandle<Vec<u8>> {
+pub(crate) fn slow_request(port: u16, path: &str, id: &str) -> std::thread::JoinHandle<Vec<u8>> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -334,66 +334,6 @@ fn a_handlers_log_lines_carry_the_request_id_of_their_span() {
 fn get_with_ua(port: u16, ua: &str) {
     let r = request(port, "GET", "/pid", &[("User-Agent", ua)], b"").unwrap();
     assert_eq!(r.status, 200);
-}
-
-#[test]
-fn reopen_logs_after_a_rename_loses_no_line() {
-    let port = low_port();
-    let mut host = Host::start(&config(port, "json", "1s"));
-    host.wait_serving(port);
-    let log = host.dir.path().join("access.log");
-    let rotated = host.dir.path().join("access.log.1");
-    let send = |from: usize, n: usize| {
-        for i in from..from + n {
-            let id = format!("r-{i}");
-            let r = request(port, "GET", "/pid", &[("x-request-id", &id)], b"").unwrap();
-            assert_eq!(r.status, 200);
-        }
-    };
-    send(0, 20);
-    // logrotate: rename, then tell the host (its lines still buffered go to the renamed file).
-    std::fs::rename(&log, &rotated).unwrap();
-    let out = cli(&host, &["reopen-logs"]);
-    assert!(out.stdout.contains("asked 1 worker"), "{}", out.stdout);
-    wait_until(T, "the access log to be created anew", || {
-        log.exists().then_some(())
-    });
-    send(20, 20);
-    // Again through the admin route.
-    let second = host.dir.path().join("access.log.2");
-    std::fs::rename(&log, &second).unwrap();
-    let r = request(
-        port,
-        "POST",
-        "/debug/admin/reopen-logs",
-        &[("Accept", "application/json")],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body_str());
-    let v: Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(
-        (&v["kind"], &v["workers"]),
-        (&"logs_reopened".into(), &1.into())
-    );
-    wait_until(T, "the access log to be created again", || {
-        log.exists().then_some(())
-    });
-    send(40, 20);
-    stop(&mut host);
-    let ids = |p: &Path| -> Vec<String> {
-        json_lines(p)
-            .iter()
-            .map(|v| v["request_id"].as_str().unwrap().to_string())
-            .filter(|id| id.starts_with("r-"))
-            .collect()
-    };
-    let expect =
-        |r: std::ops::Range<usize>| -> Vec<String> { r.map(|i| format!("r-{i}")).collect() };
-    assert_eq!(ids(&rotated), expect(0..20));
-    // The admin request's own line is in the second file, after r-39.
-    assert_eq!(ids(&second), expect(20..40));
-    assert_eq!(ids(&log), expect(40..60));
 }
 
 #[test]

@@ -26,6 +26,7 @@ mod newcomer;
 mod recorded_exe;
 mod recovery;
 mod reexec;
+mod reopen_logs;
 mod restart;
 mod rollout;
 mod slow_clients;

@@ -12,10 +12,7 @@ impl Driver {
                 self.reply(reply, Ok(OpReply::Status(s)));
             }
             Op::Shutdown => self.feed(machine::Event::Shutdown { reply }),
-            Op::ReopenLogs => {
-                let workers = self.reopen_logs();
-                self.reply(reply, Ok(OpReply::LogsReopened { workers }));
-            }
+            Op::ReopenLogs => self.reopen_logs(reply),
             Op::Restart { exe, via } => {
                 let trigger = Trigger::from_via(via.as_deref());
                 let (checked, standby_fits) = self.restart_exe(exe);
@@ -59,26 +56,6 @@ impl Driver {
                 file.is_some() && crate::watch::file_id(&recorded) == *file
             });
         (checked, standby_fits)
-    }
-
-    /// Tell every live worker (serving, draining, starting; not the warm standby, which has
-    /// opened nothing yet) to reopen its access log files; how many were told. Not a restart:
-    /// the machine is not involved, nothing waits.
-    pub(super) fn reopen_logs(&self) -> u32 {
-        let standby = self.standby_file.as_ref().map(|(id, _)| *id);
-        let mut told = 0;
-        for (_, g) in self
-            .workers
-            .iter()
-            .filter(|(id, g)| !g.exited && Some(**id) != standby)
-        {
-            let chan = g.chan.clone();
-            told += 1;
-            tokio::spawn(async move {
-                let _ = chan.send(&Msg::ReopenLogs, &[]).await;
-            });
-        }
-        told
     }
 
     pub(super) fn status(&self) -> Status {

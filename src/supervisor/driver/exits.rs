@@ -46,8 +46,10 @@ impl Driver {
         {
             self.standby_file = None;
         }
-        // Its channel has been read to the end: its last counts are final.
+        // Its channel has been read to the end: its last counts are final, and it has answered
+        // every reopen it is going to.
         self.totals.retire(worker);
+        self.reopen_worker_gone(worker);
         let reported = self.fail_reasons.remove(&worker);
         let tail = g.stderr_tail();
         let reason = match reported {

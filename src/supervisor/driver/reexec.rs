@@ -220,6 +220,8 @@ impl Driver {
             // A shutdown or a worker's death overtook the upgrade.
             return;
         }
+        // What waits on the workers is answered by this image, with what it knows.
+        self.finish_reopens();
         let failed = match self.try_exec(exe) {
             Ok(never) => match never {},
             Err(why) => why,
