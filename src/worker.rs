@@ -392,8 +392,12 @@ async fn run(
     let mut successor: Option<successor::Watch> = None;
     // Whether the next generation has said, through that pipe, that it accepts.
     let mut paused = false;
+    // The counts go to the supervisor every `COUNTS_EVERY` (when they changed), not only with
+    // each scrape: a worker killed outright loses at most that much of them.
+    let mut report = counts_interval();
     let shutdown = loop {
         tokio::select! {
+            _ = report.tick(), if relay.open && link.tally().is_some() => relay.report_counts().await,
             said = successor::Watch::next(successor.as_ref()) => match said {
                 successor::Said::Accepting => {
                     serving.pause_accepting();
@@ -479,7 +483,7 @@ async fn run(
     tokio::pin!(deadline);
     // While draining, the supervisor hears this worker's counts every second (the serving
     // generation's scrapes include them), and a last time when the drain is over.
-    let mut report = tokio::time::interval(COUNTS_WHILE_DRAINING);
+    let mut report = counts_interval();
     let code = loop {
         tokio::select! {
             _ = serving.wait_idle() => {
@@ -553,8 +557,15 @@ fn reopen_logs(logs: &Arc<AccessLogs>, chan: &Arc<Channel>, id: Option<u64>) {
 /// How long a worker waits for its access log files to be reopened before it answers without
 /// them (the supervisor waits a little longer: `supervisor::driver::reopen`).
 pub(crate) const REOPEN_WAIT: Duration = Duration::from_secs(5);
-/// How often a draining worker reports its counts to the supervisor.
-const COUNTS_WHILE_DRAINING: Duration = Duration::from_secs(1);
+/// How often a worker reports its counts to the supervisor (when they changed).
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
+
+/// Ticks every [`COUNTS_EVERY`], the first one after a period (a tick missed is not made up).
+fn counts_interval() -> tokio::time::Interval {
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + COUNTS_EVERY, COUNTS_EVERY);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
+}
 
 /// Resolves when `max_requests` is reached (never without it).
 async fn requests_reached(r: Option<&crate::serve::requests::RequestCount>) {

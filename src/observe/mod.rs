@@ -30,8 +30,8 @@
 //!   into its route's tally, which the route table gives the request's record. A worker's
 //!   counts are cumulative from its start and only grow.
 //! - **Reporting.** A worker sends its whole counts (not a delta) to the supervisor in a `counts`
-//!   channel message: right before each scrape it serves, every second while it drains, and a
-//!   last time when its drain is over (every request it took has finished or been cut by
+//!   channel message: right before each scrape it serves, every second (serving or draining,
+//!   when they changed since the report before), and a last time when its drain is over (every request it took has finished or been cut by
 //!   `shutdown_timeout`), just before it exits. Its messages leave from one task, in order, so
 //!   each report the supervisor keeps is at least the one before it.
 //! - **Adding up.** The supervisor ([`host::HostTotals`], a plain serializable struct) keeps the
@@ -49,8 +49,9 @@
 //!   worker's last report moves into `retired` unchanged (its final report is at least every
 //!   earlier one). So successive scrapes never see a counter go down, whichever worker answers.
 //!
-//! What is lost: a worker killed (SIGKILL, a crash) loses what it counted since its last
-//! report, and requests cut by `shutdown_timeout` (they finish as the worker's runtime stops,
+//! What is lost: a worker killed (SIGKILL, the OOM killer, a crash) loses what it counted since
+//! its last report — at most a second's worth, since every worker reports every second when its
+//! counts changed, serving or draining, not only before a scrape — and requests cut by `shutdown_timeout` (they finish as the worker's runtime stops,
 //! after its final report) are not counted. A request whose client left before the answer is
 //! counted with status 499, as the access log writes it. Gauges
 //! (in flight, connections) are the live workers' latest reports. If the supervisor does not

@@ -18,6 +18,8 @@ pub(super) struct Relay {
     pub(super) open: bool,
     /// The supervisor keeps the host's metrics ([`ENV_SUPERVISOR_METRICS`]).
     pub(super) metrics_supervisor: bool,
+    /// The counts last sent (a periodic report that would say the same is not sent).
+    last_counts: Option<crate::tally::Counts>,
 }
 
 impl Relay {
@@ -30,6 +32,7 @@ impl Relay {
             next_id: 1,
             open: true,
             metrics_supervisor: false,
+            last_counts: None,
         }
     }
 
@@ -41,16 +44,30 @@ impl Relay {
         }
     }
 
-    /// Send this worker's counts as of now. Sent from this one task, so the supervisor gets
-    /// them in the order they were taken: each report it keeps is at least the one before.
+    /// Send this worker's counts as of now (unless they are the ones sent last). Sent from
+    /// this one task, so the supervisor gets them in the order they were taken: each report it
+    /// keeps is at least the one before. Besides before each scrape, every
+    /// [`super::COUNTS_EVERY`], serving or draining: a worker killed with no chance to say more
+    /// (SIGKILL, the OOM killer) loses at most that much of its counts.
     pub(super) async fn report_counts(&mut self) {
         if !self.metrics_supervisor {
             return;
         }
         let counts = self.link.counts();
-        if let Err(e) = self.chan.send(&Msg::Counts { counts }, &[]).await {
-            tracing::warn!("cannot report the request counts to the supervisor: {e}");
+        if self.last_counts.as_ref() == Some(&counts) {
+            return;
         }
+        let msg = Msg::Counts { counts };
+        if let Err(e) = self.chan.send(&msg, &[]).await {
+            tracing::warn!("cannot report the request counts to the supervisor: {e}");
+            return;
+        }
+        let Msg::Counts { counts } = msg else {
+            unreachable!()
+        };
+        let requests: u64 = counts.requests.values().sum();
+        tracing::debug!(requests, "counts reported");
+        self.last_counts = Some(counts);
     }
 
     /// A scrape: this worker's counts as of now, then the request for the host's metrics

@@ -41,6 +41,11 @@ fn config(port: u16, admin: Option<&str>, graceful_timeout: &str) -> String {
 /// Start `apphost run -c DIR/server.yaml` with `XDG_RUNTIME_DIR=DIR/run` (its own control
 /// socket directory). Also used by `hostile_ops`.
 pub(crate) fn start(config_text: &str) -> Apphost {
+    start_with_env(config_text, &[])
+}
+
+/// [`start`], with `env` added to the supervisor's environment.
+pub(crate) fn start_with_env(config_text: &str, env: &[(&str, &str)]) -> Apphost {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.yaml");
     std::fs::write(&path, config_text).unwrap();
@@ -52,7 +57,8 @@ pub(crate) fn start(config_text: &str) -> Apphost {
         .arg("-c")
         .arg(&path)
         .current_dir(dir.path())
-        .env("XDG_RUNTIME_DIR", &run);
+        .env("XDG_RUNTIME_DIR", &run)
+        .envs(env.iter().copied());
     Apphost::spawn(cmd, dir, path)
 }
 

@@ -316,3 +316,32 @@ fn cli(host: &Apphost, args: &[&str]) -> CmdOutput {
         T,
     )
 }
+
+/// A worker killed outright (SIGKILL, the OOM killer) cannot report its last counts: it reports
+/// them every second anyway, so what it counted before its last report is kept, with no scrape
+/// in between to have asked for it.
+#[test]
+fn a_killed_worker_keeps_what_it_counted_up_to_its_last_report() {
+    let port = free_port();
+    let host = crate::admin::start_with_env(
+        &config(port),
+        &[("APPHOST_LOG", "info,apphost::worker::relay=debug")],
+    );
+    let first = host.wait_serving(port);
+    hello(port, 20);
+    // (`/pid` of `wait_serving` counts too.)
+    host.wait_log("counts reported requests=21");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(first as i32).unwrap(),
+        Signal::KILL,
+    )
+    .unwrap();
+    crate::harness::wait_gone(first, T, "the killed worker");
+    let second = crate::harness::wait_new_pid(&host, port, first);
+    assert_ne!(second, first);
+    let s = scrape(port);
+    assert_eq!(
+        sum(&s, "apphost_http_requests_total", &[("route", "/")]),
+        20.0
+    );
+}

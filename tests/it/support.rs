@@ -74,8 +74,11 @@ impl Apphost {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .env_remove("APPHOST_CONFIG")
-            .env("APPHOST_LOG", "info");
+            .env_remove("APPHOST_CONFIG");
+        // Unless the test asked for another level.
+        if !cmd.get_envs().any(|(k, _)| k == "APPHOST_LOG") {
+            cmd.env("APPHOST_LOG", "info");
+        }
         let mut child = cmd.spawn().expect("start apphost");
         let log = Arc::new(Mutex::new(String::new()));
         let log_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
