@@ -20,7 +20,8 @@
 # (bench/bench-access-log.yaml: a JSON access log to a file, request ids; log level warn, so the
 # request's tracing span is disabled), `apphost-accesslog-info` (the same at log level info,
 # where the span is recorded), `apphost-metrics` (bench/bench-metrics.yaml: a `metrics` route, so
-# every request is counted), `apphost-both` (the JSON access log and metrics).
+# every request is counted), `apphost-both` (the JSON access log and metrics), `apphost-both-noecho`
+# (the same with `echo_id: false`: ids logged, not returned in responses).
 #
 # nginx variants (Debian's nginx, one process): `nginx` (`/` answered by `return 200`, no log) and
 # `nginx-log` (the same with a buffered JSON access log of the same fields and the request id in
@@ -49,15 +50,16 @@ port=${PORT:-18490}
 for v in $VARIANTS; do
     port=$((port + 1))
     case $v in
-    apphost | apphost-accesslog | apphost-accesslog-info | apphost-metrics | apphost-both)
+    apphost | apphost-accesslog | apphost-accesslog-info | apphost-metrics | apphost-both | apphost-both-noecho)
         case $v in
         apphost) cfg=bench/bench-no-standby.yaml ;;
         apphost-metrics) cfg=bench/bench-metrics.yaml ;;
-        apphost-both) cfg=bench/bench-both.yaml ;;
+        apphost-both*) cfg=bench/bench-both.yaml ;;
         *) cfg=bench/bench-access-log.yaml ;;
         esac
         sed "s/127.0.0.1:18480/127.0.0.1:$port/" "$cfg" >"$OUT/$v.yaml"
         [[ $v == *-info ]] && sed -i 's/level: "warn,apphost::supervisor=info"/level: info/' "$OUT/$v.yaml"
+        [[ $v == *-noecho ]] && sed -i 's/format: json }/format: json, echo_id: false }/' "$OUT/$v.yaml"
         sed -i "s|path: access.log|path: $OUT/$v.access.log|" "$OUT/$v.yaml"
         valgrind --tool=callgrind --trace-children=yes \
             --callgrind-out-file="$OUT/$v.cg.%p" \

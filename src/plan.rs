@@ -211,7 +211,12 @@ impl Plan {
                     crate::config::AccessLogFormat::Combined => "combined",
                     crate::config::AccessLogFormat::Json => "json",
                 };
-                let _ = writeln!(out, "  access_log {} ({format})", a.target);
+                let echo = if a.echo_id {
+                    ""
+                } else {
+                    ", ids not returned in responses"
+                };
+                let _ = writeln!(out, "  access_log {} ({format}{echo})", a.target);
             }
             let default_body = server.and_then(|c| c.max_request_body);
             for (pattern, handler, g) in s.routes.routes_with_guards() {

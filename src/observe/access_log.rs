@@ -36,6 +36,8 @@ pub(crate) struct AccessLog {
     /// The end of each JSON line (`,"generation":N}` and the newline: made once).
     json_tail: line::Tail,
     ids: Arc<RequestIds>,
+    /// Ids go into responses (`echo_id`).
+    echo_id: bool,
 }
 
 impl Observer for AccessLog {
@@ -62,6 +64,7 @@ impl Observer for AccessLog {
         }
         let given = if id { headers.get(&X_REQUEST_ID) } else { None };
         ex.request_id = Some(self.ids.for_request(given));
+        ex.echo_id = self.echo_id;
     }
 
     fn finished(&self, ex: &Exchange) {
@@ -118,6 +121,7 @@ impl AccessLogs {
                     format: a.format,
                     json_tail: line::json_tail(generation),
                     ids: ids.clone(),
+                    echo_id: a.echo_id,
                 }),
             );
         }

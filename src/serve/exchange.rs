@@ -80,8 +80,8 @@ pub(crate) fn mono_ns() -> u64 {
 pub(crate) trait Observer: Send + Sync + fmt::Debug + 'static {
     /// A request's head has arrived; `ex` holds what serving knows. Take from `uri` and
     /// `headers` what [`Observer::finished`] will need (into `ex`), and give the request its id
-    /// (`ex.request_id`) if this observer gives ids: it is returned in the response's
-    /// `x-request-id` header and recorded in the request's tracing span.
+    /// (`ex.request_id`) if this observer gives ids: it is recorded in the request's tracing
+    /// span, and returned in the response's `x-request-id` header when `ex.echo_id` is set.
     fn started(&self, uri: &Uri, headers: &HeaderMap, ex: &mut Exchange);
 
     /// The request has finished (see the module doc): called once per request.
@@ -127,6 +127,8 @@ pub(crate) struct Exchange {
     /// one made for it. Read it with [`Exchange::id_bytes`]: once answered, an id of a made id's
     /// length has moved into the response and only its copy is here.
     pub request_id: Option<HeaderValue>,
+    /// The id goes into the response's `x-request-id` (the observer says so with the id).
+    pub echo_id: bool,
     /// The copy of the id that went into the response (when `id_sent`).
     sent_id: [u8; crate::sys::ID_LEN],
     /// The id moved into the response: `sent_id` holds it.
@@ -158,6 +160,7 @@ impl Exchange {
             bytes: 0,
             outcome: Outcome::Open,
             request_id: None,
+            echo_id: false,
             sent_id: [0; crate::sys::ID_LEN],
             id_sent: false,
             user_agent: None,
@@ -264,6 +267,9 @@ impl Recording {
     /// Called once, when the handler answers.
     pub(crate) fn id_for_response(&mut self) -> Option<HeaderValue> {
         let ex = &mut self.0.ex;
+        if !ex.echo_id {
+            return None;
+        }
         let id = ex.request_id.as_ref()?;
         match <&[u8; crate::sys::ID_LEN]>::try_from(id.as_bytes()) {
             Ok(bytes) => {

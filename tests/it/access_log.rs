@@ -311,6 +311,32 @@ fn request_ids_are_echoed_or_generated_and_bounded() {
     assert!(text.lines().all(|l| l.len() <= 4096));
 }
 
+/// `echo_id: false`: the ids are given and logged as before, and no response carries one.
+#[test]
+fn with_echo_id_false_ids_are_logged_but_not_returned() {
+    let port = low_port();
+    let cfg =
+        config(port, "json", "1s").replace("format: json }", "format: json, echo_id: false }");
+    let mut host = Host::start(&cfg);
+    host.wait_serving(port);
+    let given = request(port, "GET", "/pid", &[("x-request-id", "abc-9")], b"").unwrap();
+    let made = get(port, "/pid");
+    assert_eq!((given.status, made.status), (200, 200));
+    assert_eq!(given.header("x-request-id"), None);
+    assert_eq!(made.header("x-request-id"), None);
+    stop(&mut host);
+    let lines = json_lines(&host.dir.path().join("access.log"));
+    let ids: Vec<&str> = lines
+        .iter()
+        .filter(|v| v["path"] == "/pid")
+        .map(|v| v["request_id"].as_str().unwrap())
+        .collect();
+    // (The first is `wait_serving`'s.)
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(ids[1], "abc-9");
+    assert_eq!(ids[2].len(), 33, "{ids:?}");
+}
+
 #[test]
 fn a_handlers_log_lines_carry_the_request_id_of_their_span() {
     let port = low_port();
@@ -385,6 +411,18 @@ fn check_lists_the_access_log() {
         dir.path().join("logs/a.log").display()
     );
     assert!(out.stdout.contains(&want), "{}", out.stdout);
+    let text = std::fs::read_to_string(dir.path().join("server.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("server.yaml"),
+        text.replace("json }", "json, echo_id: false }"),
+    )
+    .unwrap();
+    let out = run_cli(dir.path(), &["check", "-c", "server.yaml"], &[], T);
+    assert!(
+        out.stdout.contains("(json, ids not returned in responses)"),
+        "{}",
+        out.stdout
+    );
 }
 
 /// stdout is a pipe nobody reads: the log's writer blocks on it, its buffer fills, and lines

@@ -38,16 +38,21 @@ fn rec(o: &Arc<dyn Observer>, un: &Unflushed, ua: Option<&str>) -> Recording {
     )
 }
 
-/// Gives each request the id it sent, and keeps the id each finished one was logged with.
+/// Gives each request the id it sent (returned in the response when `echo`), and keeps the id
+/// each finished one was logged with.
 #[derive(Debug, Default)]
-struct Ids(Mutex<Vec<Option<Vec<u8>>>>);
+struct Ids {
+    echo: bool,
+    logged: Mutex<Vec<Option<Vec<u8>>>>,
+}
 
 impl Observer for Ids {
     fn started(&self, _uri: &Uri, headers: &HeaderMap, ex: &mut Exchange) {
         ex.request_id = headers.get(X_REQUEST_ID_NAME).cloned();
+        ex.echo_id = self.echo;
     }
     fn finished(&self, ex: &Exchange) {
-        self.0
+        self.logged
             .lock()
             .unwrap()
             .push(ex.id_bytes().map(<[u8]>::to_vec));
@@ -56,7 +61,16 @@ impl Observer for Ids {
 
 #[test]
 fn the_id_goes_into_the_response_and_stays_in_the_record() {
-    let ids = Arc::new(Ids::default());
+    for echo in [true, false] {
+        ids_answered_and_logged(echo);
+    }
+}
+
+fn ids_answered_and_logged(echo: bool) {
+    let ids = Arc::new(Ids {
+        echo,
+        ..Ids::default()
+    });
     let o: Arc<dyn Observer> = ids.clone();
     let un = Unflushed::default();
     let made = "0123456789abcdef-0000000000000001";
@@ -75,8 +89,14 @@ fn the_id_goes_into_the_response_and_stays_in_the_record() {
         );
         r.answered(StatusCode::OK);
         let sent = r.id_for_response();
-        // A made id's length: moved out of the record (its copy kept); another: cloned.
-        assert_eq!(r.0.ex.request_id.is_some(), id == Some("abc"));
+        // A made id's length: moved out of the record (its copy kept); another: cloned. Not
+        // echoed: it stays.
+        let stays = if echo {
+            id == Some("abc")
+        } else {
+            id.is_some()
+        };
+        assert_eq!(r.0.ex.request_id.is_some(), stays);
         answered.push(sent.map(|v| v.as_bytes().to_vec()));
         un.push(r);
         un.flushed();
@@ -85,9 +105,13 @@ fn the_id_goes_into_the_response_and_stays_in_the_record() {
         .iter()
         .map(|i| i.map(|s| s.as_bytes().to_vec()))
         .collect();
-    assert_eq!(answered, want);
+    if echo {
+        assert_eq!(answered, want);
+    } else {
+        assert_eq!(answered, [None, None, None, None]);
+    }
     // The same box served all four: each logged its own id, none the one before's copy.
-    assert_eq!(*ids.0.lock().unwrap(), want);
+    assert_eq!(*ids.logged.lock().unwrap(), want);
 }
 
 #[test]
