@@ -551,9 +551,14 @@ impl Channel {
     /// Receive the next message this code understands, with the descriptors it carried.
     /// `Ok(None)` = the other end closed.
     pub(crate) async fn recv(&self) -> io::Result<Option<(Msg, Vec<OwnedFd>)>> {
-        let mut buf = vec![0u8; MAX_MSG];
+        // Made once a message is there: a `recv` dropped before (a `select!` that took another
+        // branch, as a worker's loop does every second) costs no allocation.
+        let mut buf = Vec::new();
         loop {
             let mut guard = self.fd.readable().await?;
+            if buf.is_empty() {
+                buf = vec![0u8; MAX_MSG];
+            }
             let got = match guard.try_io(|fd| recv_raw(fd, &mut buf)) {
                 Ok(r) => r?,
                 Err(_would_block) => continue,
