@@ -30,6 +30,20 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// `POST` the admin route's `reopen-logs`, expecting `status`; its JSON answer.
+fn admin_reopen(port: u16, status: u16) -> Value {
+    let r = request(
+        port,
+        "POST",
+        "/debug/admin/reopen-logs",
+        &[("Accept", "application/json")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, status, "{}", r.body_str());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
 /// `GET /pid` with ids `r-from` … `r-(from+n-1)`.
 fn send(port: u16, from: usize, n: usize) {
     for i in from..from + n {
@@ -65,16 +79,7 @@ fn the_answer_comes_when_the_renamed_file_is_complete() {
     // Again through the admin route.
     let second = host.dir.path().join("access.log.2");
     std::fs::rename(&log, &second).unwrap();
-    let r = request(
-        port,
-        "POST",
-        "/debug/admin/reopen-logs",
-        &[("Accept", "application/json")],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.body_str());
-    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let v = admin_reopen(port, 200);
     assert_eq!(
         v,
         serde_json::json!({ "ok": true, "kind": "logs_reopened", "workers": 1,
@@ -158,16 +163,7 @@ fn a_file_that_cannot_be_reopened_is_named_and_no_line_is_lost() {
     // The worker goes on writing to the file it has open: the one that moved.
     assert_eq!(ids(&rotated), expect(0..5));
     send(port, 5, 5);
-    let r = request(
-        port,
-        "POST",
-        "/debug/admin/reopen-logs",
-        &[("Accept", "application/json")],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(r.status, 500, "{}", r.body_str());
-    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let v = admin_reopen(port, 500);
     assert_eq!((&v["ok"], &v["files"]), (&false.into(), &0.into()), "{v}");
     assert!(v["failed"][0].as_str().unwrap().contains(&want), "{v}");
     assert_eq!(ids(&rotated), expect(0..10));
