@@ -283,7 +283,7 @@ impl Driver {
             Event::RecycleTick => self.on_recycle_tick(),
             Event::RecycleMemory(worker, rss) => self.on_recycle_memory(worker, rss),
             Event::PreflightDeadline(pid) => self.preflight_deadline(pid),
-            Event::ReopenDeadline(id) => self.reopen_deadline(id),
+            Event::ReopenDeadline(id) => self.finish_reopen(id),
         }
     }
 

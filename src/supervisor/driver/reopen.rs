@@ -6,15 +6,15 @@
 //! [`ANSWER_WITHIN`] has passed. So when `apphost reopen-logs` (or the admin route) returns,
 //! every line written before it is in the renamed file and no worker writes there any more:
 //! logrotate may compress it at once, without `delaycompress` (nginx's `USR1` is answered before
-//! its workers have reopened, which is why its logrotate recipes need `delaycompress`). A file that cannot be reopened (its directory is gone, the path
-//! is now a directory) is named in the answer, which then fails: the worker goes on writing to
-//! the file it has open, so nothing is lost. A worker of an older version, after a binary
+//! its workers have reopened, which is why its logrotate recipes need `delaycompress`). A file
+//! that cannot be reopened (its directory is gone, the path is now a directory) is named in the
+//! answer, which then fails: the worker goes on writing to the file it has open, so nothing is
+//! lost. A worker of an older version, after a binary
 //! upgrade, reopens without answering: the answer then says so after [`ANSWER_WITHIN`].
 //!
 //! Not a restart: the machine is not involved. A re-execution of the supervisor answers what
 //! is pending with what it knows first.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::*;
@@ -33,10 +33,8 @@ pub(super) struct Reopens {
 #[derive(Debug)]
 struct Pending {
     reply: Reply,
-    /// Workers told and not heard from (nor exited).
-    waiting: BTreeSet<WorkerId>,
-    /// Their pids, for the answer.
-    pids: BTreeMap<WorkerId, u32>,
+    /// Workers told and not heard from (nor exited), with their pids for the answer.
+    waiting: BTreeMap<WorkerId, u32>,
     told: u32,
     confirmed: u32,
     files: u32,
@@ -52,8 +50,7 @@ impl Driver {
         let id = self.reopens.next_id;
         let mut p = Pending {
             reply,
-            waiting: BTreeSet::new(),
-            pids: BTreeMap::new(),
+            waiting: BTreeMap::new(),
             told: 0,
             confirmed: 0,
             files: 0,
@@ -66,8 +63,7 @@ impl Driver {
         {
             let chan = g.chan.clone();
             p.told += 1;
-            p.waiting.insert(*w);
-            p.pids.insert(*w, g.pid_u32());
+            p.waiting.insert(*w, g.pid_u32());
             tokio::spawn(async move {
                 let _ = chan.send(&Msg::ReopenLogs { id: Some(id) }, &[]).await;
             });
@@ -91,10 +87,9 @@ impl Driver {
         let Some(p) = self.reopens.pending.get_mut(&id) else {
             return;
         };
-        if !p.waiting.remove(&worker) {
+        let Some(pid) = p.waiting.remove(&worker) else {
             return;
-        }
-        let pid = p.pids.get(&worker).copied().unwrap_or_default();
+        };
         p.confirmed += 1;
         p.files += files;
         p.failed
@@ -112,17 +107,12 @@ impl Driver {
             .pending
             .iter_mut()
             .filter_map(|(id, p)| {
-                (p.waiting.remove(&worker) && p.waiting.is_empty()).then_some(*id)
+                (p.waiting.remove(&worker).is_some() && p.waiting.is_empty()).then_some(*id)
             })
             .collect();
         for id in done {
             self.finish_reopen(id);
         }
-    }
-
-    /// The time for reopen `id` is over: answer with what is known.
-    pub(super) fn reopen_deadline(&mut self, id: u64) {
-        self.finish_reopen(id);
     }
 
     /// Answer every pending reopen now (the supervisor is about to re-execute itself).
@@ -133,17 +123,17 @@ impl Driver {
         }
     }
 
-    fn finish_reopen(&mut self, id: u64) {
+    /// Answer reopen `id` with what is known (all answered, or its time is over).
+    pub(super) fn finish_reopen(&mut self, id: u64) {
         if let Some(p) = self.reopens.pending.remove(&id) {
             self.answer_reopen(p);
         }
     }
 
     fn answer_reopen(&self, mut p: Pending) {
-        for w in &p.waiting {
-            let pid = p.pids.get(w).copied().unwrap_or_default();
+        for pid in p.waiting.values() {
             p.failed.push(format!(
-                "worker {pid}: no answer within {} s (an older version, or its disk is stuck)",
+                "worker {pid}: no answer within {} s (an older version, which reopens without saying so, or a stuck worker)",
                 ANSWER_WITHIN.as_secs()
             ));
         }
