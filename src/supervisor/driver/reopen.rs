@@ -133,7 +133,7 @@ impl Driver {
     fn answer_reopen(&self, mut p: Pending) {
         for pid in p.waiting.values() {
             p.failed.push(format!(
-                "worker {pid}: no answer within {} s (an older version, which reopens without saying so, or a stuck worker)",
+                "worker {pid}: no answer within {} s (still starting, an older version that reopens without saying so, or stuck)",
                 ANSWER_WITHIN.as_secs()
             ));
         }
