@@ -22,7 +22,7 @@
 //! # Protocol
 //! One request per connection: the client writes one JSON line, a [`crate::channel::Op`]
 //! (`{"op":"status"}`, `{"op":"shutdown"}`, `{"op":"restart","exe":"/path"}`; `via` defaults to
-//! `cli`), and reads one JSON line back, the [`OpResult`] in serde's `Result` form:
+//! `cli`), and reads one JSON line back, the [`OpResult`](crate::channel::OpResult) in serde's `Result` form:
 //! `{"Ok":{"kind":"restarted","generation":2,"pid":4242,…}}` or
 //! `{"Err":{"error":"busy","reason":"…"}}` (a line that is not an `Op` gets
 //! `{"Err":{"error":"bad_request","reason":"…"}}`). The supervisor turns each request into an

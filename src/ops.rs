@@ -5,7 +5,7 @@
 //! and the answer comes back as an [`OpResult`]: so the admin page, the CLI and a handler all
 //! report the same outcome in the same words.
 //!
-//! Inside a worker the way to the supervisor is one [`Link`]: made by the worker when it starts
+//! Inside a worker the way to the supervisor is one `Link`: made by the worker when it starts
 //! serving and passed to whoever asks for operations (the admin routes). The library calls
 //! below are meant to work from anywhere in a handler's code, which has no link in hand, so the
 //! worker also registers its link here once; that registration is the only process-wide state

@@ -59,7 +59,7 @@ pub(crate) struct RouteTable {
     /// wildcard lookup, taken without hashing (with only `/*rest`, the usual way to mount a whole
     /// service, a lookup hashes nothing).
     catch_all: Option<Arc<Route>>,
-    /// Every route, in the order added (for [`RouteTable::routes`]).
+    /// Every route, in the order added (for [`RouteTable::patterns`]).
     list: Vec<Arc<Route>>,
     /// Where requests are counted, when the config asks for metrics ([`RouteTable::count_into`]).
     tally: Option<Arc<ServerTally>>,

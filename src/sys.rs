@@ -19,7 +19,7 @@
 //!   counts of `bench/instructions.sh` need).
 //! - [`IdBlock`]: request ids made as header values without checking each one's bytes (the
 //!   block writes them, and writes only hex digits and `-`).
-//! - [`set_tcp_defer_accept`], [`tcp_defer_accept`]: `TCP_DEFER_ACCEPT` on a listening socket
+//! - [`set_tcp_defer_accept`], `tcp_defer_accept` (tests): `TCP_DEFER_ACCEPT` on a listening socket
 //!   (neither rustix nor socket2 has it), through libc's `setsockopt` / `getsockopt`.
 //! - [`BoxSlot`]: one box handed between threads by an atomic swap or compare-and-swap,
 //!   without a lock (a connection's spare request record, and its record waiting for a flush).

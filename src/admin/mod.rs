@@ -106,7 +106,7 @@ use crate::ops::{Link, OpError, OpReply, OpResult, Status};
 use crate::routes::RouteTable;
 use answer::{AdminError, Format, json_body, negotiate, respond};
 
-/// The handler name the admin routes are listed under in [`RouteTable::routes`].
+/// The handler name the admin routes are listed under in [`RouteTable::patterns`].
 pub(crate) const HANDLER_NAME: &str = "admin";
 
 /// How long a page or status request waits for the supervisor's state.

@@ -1,7 +1,7 @@
 //! Observing a host: what it did, for operators (the product layer's `observe` room).
 //!
 //! - [`access_log`]: each server's access log, one line per request, in the combined or JSON
-//!   format; [`line`] formats a line (its time from [`clock`], formatted once a second),
+//!   format; [`line`](mod@line) formats a line (its time from [`clock`], formatted once a second),
 //!   [`sink`] buffers lines and writes them from a thread of its own (bounded; several
 //!   generations append to one file without interleaving).
 //! - [`request_id`]: the `x-request-id` each request gets (its own, if acceptable, or a new one).

@@ -4,7 +4,7 @@
 //! (DESIGN property 4). hyper drops a response body once its last chunk is *queued*, which can be
 //! megabytes before that chunk is written to a client reading slowly, so "the body ended" is not
 //! "the response ended". Two wrappers report to the connection's
-//! [`ConnState`](super::watchdog::ConnState):
+//! [`ConnState`]:
 //! - [`TrackedIo`] wraps the connection's I/O (the TCP stream, or the TLS stream around it). A
 //!   write that makes progress stamps the connection's progress time; a write or flush that
 //!   returns `Pending` marks the connection `BLOCKED` (output waits on the client); a flush that

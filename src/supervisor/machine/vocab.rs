@@ -444,7 +444,7 @@ pub(crate) enum Event<R> {
         reason: String,
     },
     /// The supervisor was re-executed with a handover and resumes (a machine from
-    /// [`Machine::restore`]): `None` when the new image has taken over; `Some(why)` when it
+    /// [`Machine::restore`](super::Machine::restore)): `None` when the new image has taken over; `Some(why)` when it
     /// could not and this is the previous image again (the restart fails, the old code serves).
     Resumed {
         /// Why the new image could not take over.
