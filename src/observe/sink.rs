@@ -399,13 +399,20 @@ impl Output {
 mod tests {
     use super::*;
 
-    #[test]
-    fn lines_reach_the_file_by_close_and_reopen_follows_a_rename() {
+    /// A sink on `DIR/a.log` that has queued `one`, the file then renamed to `DIR/a.log.1` (as
+    /// logrotate does): the directory, the path and the sink.
+    fn rotated_sink() -> (tempfile::TempDir, std::path::PathBuf, Arc<Sink>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.log");
         let sink = Sink::open(LogTarget::File(path.clone())).unwrap();
         sink.append(b"one\n");
         std::fs::rename(&path, dir.path().join("a.log.1")).unwrap();
+        (dir, path, sink)
+    }
+
+    #[test]
+    fn lines_reach_the_file_by_close_and_reopen_follows_a_rename() {
+        let (dir, path, sink) = rotated_sink();
         let ticket = sink.ask_reopen();
         let deadline = Instant::now() + Duration::from_secs(10);
         assert_eq!(sink.wait_reopened(ticket, deadline), Ok(()));
@@ -429,12 +436,8 @@ mod tests {
 
     #[test]
     fn a_reopen_that_fails_says_why_and_keeps_writing_to_the_open_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.log");
-        let sink = Sink::open(LogTarget::File(path.clone())).unwrap();
-        sink.append(b"one\n");
+        let (dir, path, sink) = rotated_sink();
         let rotated = dir.path().join("a.log.1");
-        std::fs::rename(&path, &rotated).unwrap();
         // Something else took the path: a directory cannot be opened for appending.
         std::fs::create_dir(&path).unwrap();
         let ticket = sink.ask_reopen();

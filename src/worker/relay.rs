@@ -62,12 +62,11 @@ impl Relay {
             tracing::warn!("cannot report the request counts to the supervisor: {e}");
             return;
         }
-        let Msg::Counts { counts } = msg else {
-            unreachable!()
-        };
-        let requests: u64 = counts.requests.values().sum();
-        tracing::debug!(requests, "counts reported");
-        self.last_counts = Some(counts);
+        if let Msg::Counts { counts } = msg {
+            let requests: u64 = counts.requests.values().sum();
+            tracing::debug!(requests, "counts reported");
+            self.last_counts = Some(counts);
+        }
     }
 
     /// A scrape: this worker's counts as of now, then the request for the host's metrics
