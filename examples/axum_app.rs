@@ -11,6 +11,7 @@
 //! curl localhost:8300/v2/api/users/1          # the same router, mounted again under /v2
 //! websocat ws://localhost:8300/api/ws          # a WebSocket echo (closed with 1001 on a restart)
 //! curl -N localhost:8300/api/events            # server-sent events (end with `retry:` on a restart)
+//! curl -p -x localhost:8300 http://127.0.0.1:8300/api/hello  # through a CONNECT tunnel (loopback only)
 //! cargo run --release --example axum_app -- serve restart -c examples/axum_app.yaml
 //! cargo run --release --example axum_app -- --motd 'hi there' serve run -c examples/axum_app.yaml
 //! cargo run --release --example axum_app -- standalone --addr 127.0.0.1:8301  # plain axum::serve
@@ -24,12 +25,14 @@
 //! - long-lived connections across restarts: a WebSocket echo that sends close 1001 ("going
 //!   away") when its worker begins draining ([`apphost::draining`]), and a server-sent-events
 //!   stream that then ends with a `retry:` hint; either way the client reconnects, lands on the
-//!   new worker, and (SSE: `Last-Event-ID`) resumes where it was;
+//!   new worker, and (SSE: `Last-Event-ID`) resumes where it was; and `CONNECT` tunnels (the
+//!   fallback is a forward proxy to loopback addresses), which a restart waits for;
 //! - the program's own CLI (clap) with apphost's `run`/`check`/`restart`/`status`/`shutdown`
 //!   nested as `serve …` ([`Host::command`], [`Host::run_with`]). Every worker is this program
 //!   started again with the same arguments, so `--motd` reaches every generation.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -37,13 +40,15 @@ use std::time::Duration;
 
 use apphost::{ClientAddr, Host};
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
@@ -94,7 +99,7 @@ fn router(motd: String) -> Router {
             "/pid",
             get(|| async { format!("{}\n", std::process::id()) }),
         )
-        .fallback(not_found)
+        .fallback(fallback)
         .layer(CompressionLayer::new())
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -292,12 +297,43 @@ async fn events(headers: HeaderMap, Query(q): Query<EventsQuery>) -> impl IntoRe
     Sse::new(stream)
 }
 
-/// Anything else: the router's own 404, in JSON.
-async fn not_found() -> (StatusCode, Json<serde_json::Value>) {
+/// Anything else: a `CONNECT` tunnel, or the router's own 404, in JSON.
+async fn fallback(req: Request) -> Response {
+    if req.method() == Method::CONNECT {
+        return tunnel(req).await;
+    }
     (
         StatusCode::NOT_FOUND,
         Json(serde_json::json!({ "error": "no such route" })),
     )
+        .into_response()
+}
+
+/// `CONNECT ip:port`: a forward proxy's tunnel, to loopback addresses only (an example, not an
+/// open proxy). The `200` hands the connection over (hyper's `OnUpgrade`, as for a WebSocket);
+/// the bytes are then copied both ways until either side closes. apphost counts the tunnel as a
+/// connection in flight: a restart's drain waits for it, and `stream_grace` closes it.
+async fn tunnel(mut req: Request) -> Response {
+    let to = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        .filter(|a| a.ip().is_loopback());
+    let Some(to) = to else {
+        return (StatusCode::FORBIDDEN, "tunnels go to a loopback ip:port\n").into_response();
+    };
+    let upstream = match tokio::net::TcpStream::connect(to).await {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("{to}: {e}\n")).into_response(),
+    };
+    let handed_over = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(client) = handed_over.await {
+            let (mut client, mut upstream) = (TokioIo::new(client), upstream);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+    });
+    StatusCode::OK.into_response()
 }
 
 fn main() -> ExitCode {

@@ -196,14 +196,15 @@ pub(super) async fn serve_io<I>(
                 r.count();
             }
             let http1 = req.version() < http::Version::HTTP_2;
-            // hyper puts an `OnUpgrade` in the extensions of a request asking for an upgrade
-            // (an empty map costs one test to look in): a `101` answer hands the connection to
-            // the application (see `super::upgrade`).
+            // hyper puts an `OnUpgrade` in the extensions of a request asking for an upgrade,
+            // and of a `CONNECT` (an empty map costs one test to look in): a `101` answer, or a
+            // 2xx to an HTTP/1 `CONNECT`, hands the connection to the application (see
+            // `super::upgrade`).
             let upgrade = req
                 .extensions()
                 .get::<hyper::upgrade::OnUpgrade>()
                 .is_some()
-                .then(|| is_websocket(req.headers()));
+                .then(|| Upgrade::of(&req, http1));
             if !http1 {
                 state.mark_h2();
             }
@@ -317,8 +318,8 @@ struct Answer {
     busy: Option<Busy>,
     /// The request's recording, if its listener has an observer.
     rec: Option<Recording>,
-    /// `Some(websocket)` when the request asked for an upgrade.
-    upgrade: Option<bool>,
+    /// What the request asked to become, when hyper can hand its connection over.
+    upgrade: Option<Upgrade>,
     http1: bool,
     /// The request came without a body.
     bodiless: bool,
@@ -346,14 +347,20 @@ impl Future for Answer {
         if this.rec.is_some() {
             answered(&mut this.rec, &mut resp);
         }
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (Some(websocket), true) = (this.upgrade, switching) {
-            busy.upgrading(websocket);
+        // A `101`, or a 2xx to an HTTP/1 `CONNECT` (a tunnel, as a forward proxy opens):
+        // hyper hands the connection to the application once the head is written.
+        let switching = match (resp.status(), this.upgrade) {
+            (StatusCode::SWITCHING_PROTOCOLS, _) => true,
+            (s, Some(Upgrade::Connect)) => s.is_success(),
+            _ => false,
+        };
+        if let (Some(u), true) = (this.upgrade, switching) {
+            busy.upgrading(u == Upgrade::WebSocket);
         }
         // Once draining, every HTTP/1 response closes its connection: the client learns it
         // before sending another request, so none is lost. (The generation's flag, reached
         // through the connection's state: no reference count is touched.) (Not on a `101`: its
-        // `Connection: upgrade` is what makes it one.)
+        // `Connection: upgrade` is what makes it one; nor on a tunnel, which has no body.)
         let close = this.http1 && !switching && (timed_out || busy.generation_draining());
         if this.http1 {
             // Whether a close now ends it with `close` alone (see `progress::End`).
@@ -369,12 +376,39 @@ impl Future for Answer {
     }
 }
 
-/// True when the request asks for `Upgrade: websocket`.
-fn is_websocket(headers: &http::HeaderMap) -> bool {
-    headers
-        .get_all(http::header::UPGRADE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+/// What a request hyper can hand the connection over for asks to become (see `super::upgrade`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    /// `Upgrade: websocket`, on a `101`.
+    WebSocket,
+    /// Another `Upgrade` protocol, on a `101`.
+    Other,
+    /// An HTTP/1 `CONNECT`: a tunnel, on a 2xx. (An HTTP/2 `CONNECT` is one stream of its
+    /// connection, which stays the host's.)
+    Connect,
+}
+
+impl Upgrade {
+    /// What `req` (carrying hyper's `OnUpgrade`) asks for.
+    fn of<B>(req: &http::Request<B>, http1: bool) -> Upgrade {
+        if req.method() == http::Method::CONNECT {
+            return if http1 {
+                Upgrade::Connect
+            } else {
+                Upgrade::Other
+            };
+        }
+        let websocket = req
+            .headers()
+            .get_all(http::header::UPGRADE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if websocket {
+            Upgrade::WebSocket
+        } else {
+            Upgrade::Other
+        }
+    }
 }
 
 /// The handler answered: note its status and give the response the request's id. Out of line,

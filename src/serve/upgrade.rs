@@ -1,6 +1,6 @@
-//! Upgraded connections: HTTP/1.1 `Upgrade` (a WebSocket, in practice) handed to the
-//! application, counted while it holds them, and closed by the host at `stream_grace` when the
-//! application leaves them open during a drain.
+//! Upgraded connections: HTTP/1.1 `Upgrade` (a WebSocket, in practice) and `CONNECT` tunnels
+//! handed to the application, counted while it holds them, and closed by the host at
+//! `stream_grace` when the application leaves them open during a drain.
 //!
 //! How a connection becomes the application's: hyper inserts an `OnUpgrade` into the request's
 //! extensions when the request asks for an upgrade (axum's `WebSocketUpgrade` takes it from
@@ -37,8 +37,15 @@
 //! busy elsewhere, or its write is stuck mid-frame because the client does not read) is not
 //! waited for: the connection stops counting, and the worker's exit closes the socket.
 //!
+//! A `CONNECT` (a forward proxy's tunnel) is the same with a 2xx in place of the `101`: hyper
+//! writes the head and hands the connection over; it is counted, waited for and closed at
+//! `stream_grace` like a WebSocket (shut down, with no frame). The axum example's fallback is
+//! such a proxy (to loopback addresses), and `tests/it/websocket.rs` has its restart tests.
+//!
 //! HTTP/2 has no upgrades (RFC 8441's extended CONNECT is not offered), so WebSockets are
-//! HTTP/1.1 only, on plain and TLS listeners alike.
+//! HTTP/1.1 only, on plain and TLS listeners alike. An HTTP/2 `CONNECT` is one stream of its
+//! connection, not tracked as a tunnel here: once its response is given, the host counts the
+//! connection as idle (README, Limits).
 
 use std::io;
 use std::pin::Pin;

@@ -33,5 +33,6 @@ mod slow_clients;
 mod smoke;
 mod standby;
 mod systemd;
+mod tunnel;
 mod watch;
 mod websocket;

@@ -25,7 +25,7 @@ type Ws =
 
 /// The example's router at `/*rest` on `port`, with the admin routes (for the connection count)
 /// and `extra` top-level keys. No file watching: restarts happen when a test signals.
-fn config(port: u16, extra: &str) -> String {
+pub(crate) fn config(port: u16, extra: &str) -> String {
     format!(
         "graceful: true\n\
          {extra}\
@@ -104,7 +104,7 @@ where
 }
 
 /// `worker.connections` from the admin status (the asking request included).
-fn admin_connections(port: u16) -> u64 {
+pub(crate) fn admin_connections(port: u16) -> u64 {
     let r = get(port, "/debug/admin/status?format=json");
     assert_eq!(r.status, 200, "{}", r.body_str());
     let v: serde_json::Value = serde_json::from_str(&r.body_str()).expect("JSON status");
