@@ -477,3 +477,28 @@ async fn drive<P, C, E>(
         tracing::debug!(listener = %ep.key, error = %e, "connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Upgrade;
+
+    fn req(method: &str, upgrade: Option<&str>) -> http::Request<()> {
+        let mut b = http::Request::builder().method(method).uri("/");
+        if let Some(u) = upgrade {
+            b = b.header(http::header::UPGRADE, u);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn what_a_request_asks_to_become() {
+        assert_eq!(
+            Upgrade::of(&req("GET", Some("WebSocket")), true),
+            Upgrade::WebSocket
+        );
+        assert_eq!(Upgrade::of(&req("GET", Some("h2c")), true), Upgrade::Other);
+        assert_eq!(Upgrade::of(&req("CONNECT", None), true), Upgrade::Connect);
+        // An HTTP/2 CONNECT is a stream of a connection that stays the host's.
+        assert_eq!(Upgrade::of(&req("CONNECT", None), false), Upgrade::Other);
+    }
+}
