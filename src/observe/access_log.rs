@@ -42,7 +42,10 @@ pub(crate) struct AccessLog {
 
 impl Observer for AccessLog {
     fn started(&self, uri: &Uri, headers: &HeaderMap, ex: &mut Exchange) {
-        ex.path = uri.path_and_query().cloned();
+        match uri.path_and_query() {
+            Some(pq) => ex.path = Some(pq.clone()),
+            None => authority_target(uri, ex),
+        }
         // One pass over the names alone (a walk down a slice, each name once); a value is then
         // looked up (hashed) only for a name that is there. Cheaper than `iter()` (which also
         // follows each name's extra values) and than three lookups by name.
@@ -74,6 +77,14 @@ impl Observer for AccessLog {
             AccessLogFormat::Combined => line::combined(buf, ex, cache),
         });
     }
+}
+
+/// A request in authority form (a `CONNECT`'s `host:port`) has no path: its target is logged in
+/// the path's place, as nginx does (`"CONNECT 127.0.0.1:9000 HTTP/1.1"`).
+#[cold]
+fn authority_target(uri: &Uri, ex: &mut Exchange) {
+    ex.path = None;
+    ex.authority = uri.authority().cloned();
 }
 
 /// A worker's access logs: each server's, and the outputs they write to.

@@ -331,6 +331,15 @@ fn method_other(out: &mut Cur<'_>, m: &[u8]) {
 fn path_bytes(ex: &Exchange) -> &[u8] {
     match &ex.path {
         Some(pq) => pq.as_str().as_bytes(),
+        None => no_path(ex),
+    }
+}
+
+/// What stands for the path of a request without one: a `CONNECT`'s target, else `/`.
+#[cold]
+fn no_path(ex: &Exchange) -> &[u8] {
+    match &ex.authority {
+        Some(a) => a.as_str().as_bytes(),
         None => b"/",
     }
 }
@@ -388,7 +397,7 @@ pub(crate) fn json(buf: &mut Buf, ex: &Exchange, tail: &Tail, cache: &mut Cache)
     }
     match &ex.path {
         Some(p) => json_str(out, p.as_str().as_bytes(), PATH_BUDGET),
-        None => out.push(b'/'),
+        None => out.out_of_line(move |o| json_escaped(o, no_path(ex), PATH_BUDGET)),
     }
     // A status is three digits (`http` checks it).
     let status = &DECIMAL[usize::from(ex.status.as_u16()) & 1023];

@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use http::header::HeaderValue;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 use crate::handler::ClientAddr;
@@ -113,6 +113,9 @@ pub(crate) struct Exchange {
     /// The request target's path and query as received (for HTTP/2, from its `:path`), if the
     /// observer kept it.
     pub path: Option<PathAndQuery>,
+    /// The target of a request in authority form (a `CONNECT`'s `host:port`, which has no
+    /// path), if the observer kept it.
+    pub authority: Option<Authority>,
     /// The HTTP version.
     pub version: Version,
     /// The client (the proxied one, with the PROXY protocol).
@@ -154,6 +157,7 @@ impl Exchange {
             duration_ns: 0,
             method,
             path: None,
+            authority: None,
             version,
             client,
             status: StatusCode::OK,
@@ -173,6 +177,7 @@ impl Exchange {
     /// once finished.
     fn release(&mut self) {
         self.path = None;
+        self.authority = None;
         self.request_id = None;
         self.id_sent = false;
         self.user_agent = None;

@@ -11,7 +11,7 @@ use rustix::process::Signal;
 
 use crate::axum::start;
 use crate::harness::{T, generation_pid, low_port, pid_at, wait_gone, wait_new_pid};
-use crate::support::process_alive;
+use crate::support::{process_alive, wait_until};
 use crate::websocket::{admin_connections, config};
 
 /// An echo server on 127.0.0.1 (a thread per connection, for the test's life); its port.
@@ -66,11 +66,12 @@ fn a_restart_waits_for_an_open_tunnel_and_the_old_worker_ends_when_it_closes() {
     let port = low_port();
     // A short keepalive_grace: the drain closes idle HTTP connections after it, and a tunnel
     // must not be taken for one.
-    let host = start(
-        &config(port, "shutdown_timeout: 60s\nkeepalive_grace: 200ms\n"),
-        "tunnel",
-        port,
+    // The access log has the tunnel's line, with its target.
+    let cfg = config(port, "shutdown_timeout: 60s\nkeepalive_grace: 200ms\n").replace(
+        "    routes:\n",
+        "    access_log: { path: access.log, format: json }\n    routes:\n",
     );
+    let host = start(&cfg, "tunnel", port);
     let old = pid_at(port).unwrap();
     let mut t = open_tunnel(port, to);
     echo(&mut t, "before the restart").unwrap();
@@ -108,6 +109,21 @@ fn a_restart_waits_for_an_open_tunnel_and_the_old_worker_ends_when_it_closes() {
     // The new worker tunnels too.
     let mut t = open_tunnel(port, to);
     echo(&mut t, "after").unwrap();
+    // One line per tunnel, each with its target where other requests have their path.
+    let log = host.dir.path().join("access.log");
+    let tunnels = wait_until(T, "two CONNECT lines in the access log", || {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+            .ok()?
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .filter(|v: &serde_json::Value| v["method"] == "CONNECT")
+            .collect();
+        (lines.len() == 2).then_some(lines)
+    });
+    for v in tunnels {
+        assert_eq!(v["path"], format!("127.0.0.1:{to}"), "{v}");
+        assert_eq!(v["status"], 200, "{v}");
+    }
 }
 
 #[test]

@@ -74,6 +74,30 @@ fn json_line_parses_with_every_field() {
 }
 
 #[test]
+fn a_connect_logs_its_target_where_the_path_goes() {
+    let mut e = ex("/", None);
+    e.method = Method::CONNECT;
+    e.path = None;
+    e.authority = Some("127.0.0.1:9000".parse().unwrap());
+    let out = json_line(&e, &json_tail(1), &mut Cache::default());
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        (&v["method"], &v["path"]),
+        (&"CONNECT".into(), &"127.0.0.1:9000".into())
+    );
+    let line = String::from_utf8(combined_line(&e)).unwrap();
+    assert!(
+        line.contains("\"CONNECT 127.0.0.1:9000 HTTP/1.1\""),
+        "{line}"
+    );
+    // Neither a path nor a target (no request has neither): `/`.
+    e.authority = None;
+    let v: serde_json::Value =
+        serde_json::from_slice(&json_line(&e, &json_tail(1), &mut Cache::default())).unwrap();
+    assert_eq!(v["path"], "/");
+}
+
+#[test]
 fn hostile_values_are_cut_to_a_bounded_line() {
     let long_path = format!("/{}", "%22".repeat(5000));
     let ua = HeaderValue::from_bytes(&[0xfe; 9000]).unwrap();
