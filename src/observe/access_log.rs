@@ -84,7 +84,7 @@ impl Observer for AccessLog {
 #[cold]
 fn authority_target(uri: &Uri, ex: &mut Exchange) {
     ex.path = None;
-    ex.authority = uri.authority().cloned();
+    ex.authority = uri.authority().cloned().map(Box::new);
 }
 
 /// A worker's access logs: each server's, and the outputs they write to.

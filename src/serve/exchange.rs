@@ -114,8 +114,10 @@ pub(crate) struct Exchange {
     /// observer kept it.
     pub path: Option<PathAndQuery>,
     /// The target of a request in authority form (a `CONNECT`'s `host:port`, which has no
-    /// path), if the observer kept it.
-    pub authority: Option<Authority>,
+    /// path), if the observer kept it. Boxed: the record stays in its allocator size class
+    /// (304 bytes, in mimalloc's 320 bin; at 336 it shared tokio's task cells' bin, and a
+    /// new connection cost ~100 instructions more in the allocator's slow path).
+    pub authority: Option<Box<Authority>>,
     /// The HTTP version.
     pub version: Version,
     /// The client (the proxied one, with the PROXY protocol).

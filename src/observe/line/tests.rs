@@ -78,7 +78,7 @@ fn a_connect_logs_its_target_where_the_path_goes() {
     let mut e = ex("/", None);
     e.method = Method::CONNECT;
     e.path = None;
-    e.authority = Some("127.0.0.1:9000".parse().unwrap());
+    e.authority = Some(Box::new("127.0.0.1:9000".parse().unwrap()));
     let out = json_line(&e, &json_tail(1), &mut Cache::default());
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(

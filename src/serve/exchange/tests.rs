@@ -195,3 +195,15 @@ fn the_monotonic_clock_is_instants_clock() {
     assert!(b - a >= 20_000_000, "{}", b - a);
     assert!((b - a).abs_diff(e) < 5_000_000, "{} vs {e}", b - a);
 }
+
+/// A record is allocated once per connection: at 336 bytes it left mimalloc's 320-byte bin for
+/// the one tokio's task cells use, and a new connection cost ~100 instructions more in the
+/// allocator's slow path (BENCHMARKS (al)). A field that would push it over goes in a box.
+#[test]
+fn a_record_fits_its_allocator_bin() {
+    assert!(
+        std::mem::size_of::<super::Recorded>() <= 320,
+        "{}",
+        std::mem::size_of::<super::Recorded>()
+    );
+}
