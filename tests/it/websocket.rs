@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::axum::start;
 use crate::harness::{Hammer, T, generation_pid, low_port, pid_at, wait_gone, wait_log_n};
-use crate::support::{get, parse_response, wait_until};
+use crate::support::{Apphost, get, parse_response, wait_until};
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -178,27 +178,39 @@ fn an_open_websocket_the_application_ignores_is_closed_at_stream_grace_and_the_w
         );
         let closed_after = signalled.elapsed();
         finish(ws).await;
-        wait_gone(old, Duration::from_secs(30), "the old worker");
-        let gone_after = signalled.elapsed();
-        eprintln!(
-            "stream_grace 1.5s: closed after {closed_after:?}, old worker gone after {gone_after:?}"
-        );
-        // Not before stream_grace (counted from the drain, which follows the signal) ...
-        assert!(
-            closed_after >= Duration::from_millis(1500),
-            "{closed_after:?}"
-        );
-        // ... and the worker exits then, not at shutdown_timeout (30 s).
-        assert!(gone_after < Duration::from_secs(10), "{gone_after:?}");
-        assert!(
-            !host.log().contains("shutdown_timeout reached"),
-            "{}",
-            host.log()
-        );
+        closed_at_grace_then_gone(&host, old, signalled, closed_after);
         // The new worker serves WebSockets.
         let (_ws, new) = connect(port, "?drain=ignore").await.unwrap();
         assert_eq!(Some(new), generation_pid(&host.log(), 2));
     });
+}
+
+/// A stream the host closed `closed_after` the restart signal (at `signalled`), with a
+/// `stream_grace` of 1.5 s and a `shutdown_timeout` of 30 s: not before the grace, and the old
+/// worker `old` exits then, not at `shutdown_timeout`.
+pub(crate) fn closed_at_grace_then_gone(
+    host: &Apphost,
+    old: u32,
+    signalled: Instant,
+    closed_after: Duration,
+) {
+    wait_gone(old, Duration::from_secs(30), "the old worker");
+    let gone_after = signalled.elapsed();
+    eprintln!(
+        "stream_grace 1.5s: closed after {closed_after:?}, old worker gone after {gone_after:?}"
+    );
+    // Not before stream_grace (counted from the drain, which follows the signal) ...
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "{closed_after:?}"
+    );
+    // ... and the worker exits then, not at shutdown_timeout (30 s).
+    assert!(gone_after < Duration::from_secs(10), "{gone_after:?}");
+    assert!(
+        !host.log().contains("shutdown_timeout reached"),
+        "{}",
+        host.log()
+    );
 }
 
 /// The echo client of the restart test: keeps a window of numbered messages in flight, and after
