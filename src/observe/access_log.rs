@@ -83,7 +83,7 @@ impl Observer for AccessLog {
 /// the path's place, as nginx does (`"CONNECT 127.0.0.1:9000 HTTP/1.1"`).
 #[cold]
 fn authority_target(uri: &Uri, ex: &mut Exchange) {
-    ex.path = None;
+    // (`ex.path` is already `None`: a record starts empty and is emptied when it finishes.)
     ex.authority = uri.authority().cloned().map(Box::new);
 }
 
